@@ -1,0 +1,173 @@
+"""The IR graph: typed SSA values, nodes in topological order, weights by name.
+
+Modelled on torch.fx's Graph/Node but smaller: a Value is produced by exactly one
+node (or is a graph input or a weight), nodes are kept in a list that is always
+topologically sorted, and passes rewrite the graph with `replace_all_uses`,
+`insert` and `remove`.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .shapes import Dim, Shape, format_shape
+from .weights import WeightStore
+
+DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
+
+
+@dataclass(eq=False)
+class Value:
+    """A tensor in the graph. `kind` is 'input', 'weight' or 'node'."""
+
+    name: str
+    dtype: str
+    shape: Shape
+    kind: str = "node"
+    producer: "Node | None" = field(default=None, repr=False)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"%{self.name}: {self.dtype}{format_shape(self.shape)}"
+
+
+@dataclass(eq=False)
+class Node:
+    op: str
+    inputs: list[Value]
+    outputs: list[Value]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output(self) -> Value:
+        assert len(self.outputs) == 1, f"{self.op} has {len(self.outputs)} outputs"
+        return self.outputs[0]
+
+
+class Graph:
+    """A function from `inputs` to `outputs`; weights live in `self.weights`."""
+
+    def __init__(self, weights: WeightStore | None = None):
+        self.inputs: list[Value] = []
+        self.outputs: list[Value] = []
+        self.nodes: list[Node] = []
+        self.weights = weights if weights is not None else WeightStore()
+        self.weight_values: dict[str, Value] = {}
+        self.meta: dict[str, Any] = {}
+        self._names: set[str] = set()
+        self._counter = itertools.count()
+
+    # -- naming ---------------------------------------------------------------
+    def fresh_name(self, hint: str = "v") -> str:
+        hint = "".join(c if c.isalnum() or c == "_" else "_" for c in hint) or "v"
+        name = hint
+        while name in self._names:
+            name = f"{hint}_{next(self._counter)}"
+        self._names.add(name)
+        return name
+
+    # -- building -------------------------------------------------------------
+    def add_input(self, name: str, dtype: str, shape: Shape) -> Value:
+        v = Value(self.fresh_name(name), dtype, tuple(shape), kind="input")
+        self.inputs.append(v)
+        return v
+
+    def add_weight(self, name: str, array) -> Value:
+        """Register a constant tensor (numpy array or lazy entry) and return its Value."""
+        name = self.fresh_name(name)
+        self.weights[name] = array
+        info = self.weights.info(name)
+        v = Value(name, info.dtype, tuple(info.shape), kind="weight")
+        self.weight_values[name] = v
+        return v
+
+    def weight(self, value: Value):
+        """The numpy array behind a weight Value."""
+        return self.weights[value.name]
+
+    def make_node(self, op: str, inputs: Iterable[Value], attrs: dict | None = None,
+                  name: str | None = None) -> Node:
+        """Create a node (shape-inferred by the op registry) without inserting it."""
+        from .ops import get_op
+
+        inputs = list(inputs)
+        attrs = dict(attrs or {})
+        opdef = get_op(op)
+        attrs = opdef.complete_attrs(attrs)
+        specs = opdef.infer(inputs, attrs)
+        node = Node(op, inputs, [], attrs)
+        base = name or op
+        for i, (dtype, shape) in enumerate(specs):
+            out = Value(self.fresh_name(base if len(specs) == 1 else f"{base}_{i}"),
+                        dtype, tuple(shape), kind="node", producer=node)
+            node.outputs.append(out)
+        return node
+
+    def add_node(self, op: str, inputs: Iterable[Value], attrs: dict | None = None,
+                 name: str | None = None) -> Node:
+        node = self.make_node(op, inputs, attrs, name)
+        self.nodes.append(node)
+        return node
+
+    def op(self, op: str, *inputs: Value, name: str | None = None, **attrs) -> Value:
+        """Append a single-output node and return its output (handy in passes)."""
+        return self.add_node(op, inputs, attrs, name).output
+
+    def insert_before(self, anchor: Node, node: Node) -> None:
+        self.nodes.insert(self.nodes.index(anchor), node)
+
+    def remove(self, node: Node) -> None:
+        self.nodes.remove(node)
+
+    # -- rewriting ------------------------------------------------------------
+    def users(self) -> dict[Value, list[Node]]:
+        uses: dict[Value, list[Node]] = {}
+        for n in self.nodes:
+            for v in n.inputs:
+                uses.setdefault(v, []).append(n)
+        return uses
+
+    def replace_all_uses(self, old: Value, new: Value) -> None:
+        for n in self.nodes:
+            n.inputs = [new if v is old else v for v in n.inputs]
+        self.outputs = [new if v is old else v for v in self.outputs]
+
+    def prune_weights(self) -> None:
+        """Drop weights no node reads any more."""
+        used = {v.name for n in self.nodes for v in n.inputs if v.kind == "weight"}
+        used |= {v.name for v in self.outputs if v.kind == "weight"}
+        for name in list(self.weight_values):
+            if name not in used:
+                del self.weight_values[name]
+                self.weights.pop(name)
+
+    # -- queries --------------------------------------------------------------
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def symbols(self) -> set[str]:
+        from .shapes import symbols_of
+
+        out: set[str] = set()
+        for v in self.inputs:
+            for d in v.shape:
+                out |= symbols_of(d)
+        return out
+
+    def num_parameters(self) -> int:
+        return sum(self.weights.info(n).numel for n in self.weight_values)
+
+    def __str__(self) -> str:
+        from .printer import format_graph
+
+        return format_graph(self)
+
+
+__all__ = ["DTYPES", "Dim", "Graph", "Node", "Shape", "Value"]
