@@ -63,7 +63,7 @@ class Graph:
 
     # -- naming ---------------------------------------------------------------
     def fresh_name(self, hint: str = "v") -> str:
-        hint = "".join(c if c.isalnum() or c == "_" else "_" for c in hint) or "v"
+        hint = "".join(c if c.isalnum() or c in "_." else "_" for c in hint) or "v"
         name = hint
         while name in self._names:
             name = f"{hint}_{next(self._counter)}"

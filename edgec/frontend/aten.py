@@ -1,0 +1,371 @@
+"""Map a torch.export ATen graph to edgec's IR.
+
+Each ATen op maps to one or a few generic IR ops; raising passes later find
+rms_norm, rotary and gated MLPs in them. Output shapes and dtypes come from the
+exporter's fake tensors (`node.meta["val"]`), so symbolic sizes are read, not
+recomputed. Only nodes the logits depend on are mapped; dead code (position
+bookkeeping transformers leaves behind) never reaches the IR.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import UnsupportedModelError
+from ..ir import Graph, Value
+from ..ir.ops import INT_MAX
+
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",
+           torch.int32: "int32", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool",
+           torch.bfloat16: "float32"}
+
+_IDENTITY = {"aten.alias.default", "aten.clone.default", "aten.contiguous.default",
+             "aten.detach.default", "aten.lift_fresh_copy.default", "aten.dropout.default",
+             "aten._to_copy.default", "aten.to.dtype", "aten.to.device", "aten.to.dtype_layout",
+             "aten.type_as.default"}
+_UNARY = {"aten.neg.default": "neg", "aten.rsqrt.default": "rsqrt", "aten.sqrt.default": "sqrt",
+          "aten.exp.default": "exp", "aten.tanh.default": "tanh", "aten.sin.default": "sin",
+          "aten.cos.default": "cos", "aten.relu.default": "relu", "aten.sigmoid.default": "sigmoid",
+          "aten.silu.default": "silu"}
+_BINARY = {"aten.add.Tensor": "add", "aten.sub.Tensor": "sub", "aten.mul.Tensor": "mul",
+           "aten.div.Tensor": "div", "aten.pow.Tensor_Scalar": "pow", "aten.pow.Tensor_Tensor": "pow",
+           "aten.maximum.default": "maximum"}
+
+
+class Importer:
+    def __init__(self, ep: torch.export.ExportedProgram, arch: str):
+        self.ep = ep
+        self.arch = arch
+        self.graph = Graph()
+        self.env: dict[Any, Any] = {}
+        self.symbols: dict[str, str] = {}
+
+    # -- helpers -------------------------------------------------------------
+    def fail(self, node, why: str):
+        raise UnsupportedModelError(f"architecture {self.arch!r}: {why} (at {node.format_node()[:160]})")
+
+    def dim(self, d) -> int | str:
+        if isinstance(d, int):
+            return d
+        key = str(d)
+        if key not in self.symbols:
+            raise UnsupportedModelError(f"architecture {self.arch!r}: symbolic size {key} is not "
+                                        "the sequence length")
+        return self.symbols[key]
+
+    def meta(self, node) -> tuple[str, tuple]:
+        val = node.meta["val"]
+        return _DTYPES[val.dtype], tuple(self.dim(d) for d in val.shape)
+
+    def const(self, value, dtype: str) -> Value:
+        return self.graph.op("const", value=value, dtype=dtype)
+
+    def tensor(self, arg, dtype: str) -> Value:
+        """An IR value for an argument that may be a python scalar."""
+        if isinstance(arg, Value):
+            return arg if arg.dtype == dtype else self.graph.op("cast", arg, dtype=dtype)
+        if isinstance(arg, (bool, int, float)):
+            return self.const(float(arg) if dtype.startswith("float") else int(arg), dtype)
+        raise TypeError(f"unexpected argument {arg!r}")
+
+    def arg(self, a):
+        if isinstance(a, torch.fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(x) for x in a)
+        return a
+
+    def static_shape(self, node, keep_symbolic_as: int) -> list[int]:
+        """Shape from meta with the symbolic dims replaced (-1 for reshape, -1 for expand)."""
+        _, shape = self.meta(node)
+        sym = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+        if len(sym) > 1:
+            self.fail(node, "more than one symbolic dimension in a reshape/expand")
+        return [keep_symbolic_as if not isinstance(d, int) else d for d in shape]
+
+    # -- main ----------------------------------------------------------------
+    def run(self) -> Graph:
+        ep, g = self.ep, self.graph
+        sig = ep.graph_signature
+        params = dict(sig.inputs_to_parameters)
+        params.update(sig.inputs_to_buffers)
+        params.update(getattr(sig, "inputs_to_lifted_tensor_constants", {}))
+        fx = ep.graph
+        output_node = next(n for n in fx.nodes if n.op == "output")
+        live = self._live(output_node)
+        for node in fx.nodes:
+            if node.op != "placeholder":
+                continue
+            if node.name in params:
+                if node not in live:
+                    continue
+                fqn = params[node.name]
+                t = ep.state_dict.get(fqn)
+                if t is None:
+                    t = ep.constants[fqn]
+                t = t.detach()
+                if t.dtype == torch.bfloat16:
+                    t = t.float()
+                self.env[node] = g.add_weight(fqn, t.contiguous().numpy())
+            else:
+                val = node.meta.get("val")
+                if not isinstance(val, torch.Tensor):
+                    continue
+                if val.dim() == 2 and not isinstance(val.shape[1], int):
+                    self.symbols.setdefault(str(val.shape[1]), "seq")
+                self.env[node] = g.add_input(node.name, *self.meta(node))
+        for node in fx.nodes:
+            if node.op != "call_function" or node not in live:
+                continue
+            self.env[node] = self.convert(node)
+        outs = output_node.args[0]
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        logits = self.env[outs[0]]
+        if logits.dtype != "float32" or logits.kind != "node":
+            logits = g.op("cast", logits, dtype="float32")
+        logits.name = g.fresh_name("logits")
+        g.outputs = [logits]
+        return g
+
+    def _live(self, output_node) -> set:
+        live = set()
+        outs = output_node.args[0]
+        stack = list(outs[:1]) if isinstance(outs, (list, tuple)) else [outs]
+        while stack:
+            n = stack.pop()
+            if n in live:
+                continue
+            live.add(n)
+            stack.extend(n.all_input_nodes)
+        return live
+
+    def convert(self, node):
+        target = node.target
+        name = str(target)
+        args = [self.arg(a) for a in node.args]
+        kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
+        g = self.graph
+        if target is operator.getitem:
+            return args[0][args[1]]
+        if name == "aten.sym_size.int":
+            return node.meta["val"]
+        fn = _HANDLERS.get(name)
+        if fn is not None:
+            return fn(self, node, args, kwargs)
+        if name in _IDENTITY:
+            dtype, _ = self.meta(node)
+            x = args[0]
+            return x if x.dtype == dtype else g.op("cast", x, dtype=dtype)
+        if name in _UNARY:
+            return g.op(_UNARY[name], args[0])
+        if name in _BINARY:
+            dtype, _ = self.meta(node)
+            if kwargs.get("alpha", 1) != 1:
+                self.fail(node, "add/sub with alpha != 1")
+            a, b = (self.tensor(x, dtype) for x in args[:2])
+            return g.op(_BINARY[name], a, b)
+        self.fail(node, f"unsupported op {name}")
+
+
+_HANDLERS: dict[str, Callable] = {}
+
+
+def handles(*names):
+    def deco(fn):
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+    return deco
+
+
+@handles("aten.embedding.default")
+def _embedding(im, node, args, kw):
+    return im.graph.op("embedding", args[0], args[1])
+
+
+@handles("aten.linear.default")
+def _linear(im, node, args, kw):
+    x, w = args[:2]
+    b = args[2] if len(args) > 2 else kw.get("bias")
+    return im.graph.op("linear", x, w, *([b] if b is not None else []))
+
+
+@handles("aten.addmm.default")
+def _addmm(im, node, args, kw):
+    """GPT-2's Conv1D: bias + x @ W with W [in, out]; becomes linear with W^T."""
+    bias, x, w = args[:3]
+    if kw.get("beta", 1) != 1 or kw.get("alpha", 1) != 1:
+        im.fail(node, "addmm with alpha/beta != 1")
+    g = im.graph
+    if w.kind == "weight":
+        wt = g.add_weight(w.name + ".T", np.ascontiguousarray(np.asarray(g.weight(w)).T))
+        return g.op("linear", x, wt, bias)
+    return g.op("add", g.op("matmul", x, w), bias)
+
+
+@handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
+def _matmul(im, node, args, kw):
+    return im.graph.op("matmul", args[0], args[1])
+
+
+@handles("aten.gelu.default")
+def _gelu(im, node, args, kw):
+    return im.graph.op("gelu", args[0], approximate=kw.get("approximate", "none"))
+
+
+@handles("aten.mean.dim")
+def _mean(im, node, args, kw):
+    dims = args[1] if len(args) > 1 else kw.get("dim")
+    keep = args[2] if len(args) > 2 else kw.get("keepdim", False)
+    return im.graph.op("mean", args[0], axes=list(dims), keepdim=bool(keep))
+
+
+@handles("aten._softmax.default", "aten.softmax.int")
+def _softmax(im, node, args, kw):
+    return im.graph.op("softmax", args[0], axis=args[1])
+
+
+@handles("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
+         "aten.squeeze.dim", "aten.squeeze.dims", "aten.flatten.using_ints")
+def _reshape(im, node, args, kw):
+    return im.graph.op("reshape", args[0], shape=im.static_shape(node, -1))
+
+
+@handles("aten.transpose.int")
+def _transpose(im, node, args, kw):
+    x = args[0]
+    perm = list(range(x.rank))
+    a, b = args[1] % x.rank, args[2] % x.rank
+    perm[a], perm[b] = perm[b], perm[a]
+    return im.graph.op("permute", x, perm=perm)
+
+
+@handles("aten.permute.default")
+def _permute(im, node, args, kw):
+    x = args[0]
+    return im.graph.op("permute", x, perm=[p % x.rank for p in args[1]])
+
+
+@handles("aten.unsqueeze.default")
+def _unsqueeze(im, node, args, kw):
+    return im.graph.op("unsqueeze", args[0], axis=args[1])
+
+
+@handles("aten.expand.default")
+def _expand(im, node, args, kw):
+    x = args[0]
+    _, out = im.meta(node)
+    pad = (1,) * (len(out) - x.rank) + tuple(x.shape)
+    shape = []
+    for have, want in zip(pad, out):
+        if isinstance(want, int):
+            shape.append(want)
+        elif have == want:
+            shape.append(-1)
+        else:
+            im.fail(node, "expand of a size-1 dim to the symbolic sequence length")
+    return im.graph.op("expand", x, shape=shape)
+
+
+def _sym_bound(im, node, x, axis, v, default):
+    if v is None:
+        return default
+    if isinstance(v, int):
+        return v
+    # a SymInt: only "up to the full (symbolic) length" is supported
+    if im.dim(v) == x.shape[axis]:
+        return INT_MAX
+    im.fail(node, f"slice bound {v} depends on the sequence length")
+
+
+@handles("aten.slice.Tensor")
+def _slice(im, node, args, kw):
+    x = args[0]
+    axis = (args[1] if len(args) > 1 else kw.get("dim", 0)) % x.rank
+    start = args[2] if len(args) > 2 else kw.get("start")
+    end = args[3] if len(args) > 3 else kw.get("end")
+    step = args[4] if len(args) > 4 else kw.get("step", 1)
+    start = _sym_bound(im, node, x, axis, start, 0)
+    end = _sym_bound(im, node, x, axis, end, INT_MAX)
+    if start == 0 and end >= INT_MAX // 2 and step == 1:
+        return x
+    return im.graph.op("slice", x, axis=axis, start=start, end=min(end, INT_MAX), step=step)
+
+
+@handles("aten.select.int")
+def _select(im, node, args, kw):
+    x, axis, i = args[0], args[1] % args[0].rank, args[2]
+    s = im.graph.op("slice", x, axis=axis, start=i, end=i + 1 if i != -1 else INT_MAX)
+    return im.graph.op("reshape", s, shape=im.static_shape(node, -1))
+
+
+@handles("aten.cat.default")
+def _cat(im, node, args, kw):
+    dtype, _ = im.meta(node)
+    xs = [im.tensor(x, dtype) for x in args[0]]
+    xs = [x for x in xs if 0 not in x.shape]
+    axis = args[1] if len(args) > 1 else kw.get("dim", 0)
+    return xs[0] if len(xs) == 1 else im.graph.op("concat", *xs, axis=axis % xs[0].rank)
+
+
+def _split_points(x, axis, sizes):
+    out, start = [], 0
+    for s in sizes:
+        out.append((start, start + s))
+        start += s
+    return out
+
+
+def _slices(im, x, axis, sizes):
+    return [im.graph.op("slice", x, axis=axis, start=a, end=b)
+            for a, b in _split_points(x, axis, sizes)]
+
+
+@handles("aten.split.Tensor", "aten.split_with_sizes.default", "aten.chunk.default")
+def _split(im, node, args, kw):
+    x = args[0]
+    axis = (args[2] if len(args) > 2 else kw.get("dim", 0)) % x.rank
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        im.fail(node, "split along the sequence axis")
+    if str(node.target) == "aten.chunk.default":
+        size = -(-n // args[1])
+        sizes = [min(size, n - i) for i in range(0, n, size)]
+    elif isinstance(args[1], int):
+        sizes = [min(args[1], n - i) for i in range(0, n, args[1])]
+    else:
+        sizes = list(args[1])
+    return _slices(im, x, axis, sizes)
+
+
+@handles("aten.layer_norm.default")
+def _layer_norm(im, node, args, kw):
+    x, shape = args[0], args[1]
+    w = args[2] if len(args) > 2 else kw.get("weight")
+    b = args[3] if len(args) > 3 else kw.get("bias")
+    eps = args[4] if len(args) > 4 else kw.get("eps", 1e-5)
+    if len(shape) != 1:
+        im.fail(node, "layer_norm over more than the last axis")
+    if w is None and b is not None:
+        w = im.graph.add_weight("layer_norm.ones", np.ones(shape, np.float32))
+    ins = [x] + [v for v in (w, b) if v is not None]
+    return im.graph.op("layer_norm", *ins, eps=float(eps))
+
+
+@handles("edgec.attention.default")
+def _attention(im, node, args, kw):
+    q, k, v, scale, softcap, window = args
+    return im.graph.op("attention", q, k, v, scale=float(scale), softcap=float(softcap),
+                       window=int(window))
+
+
+def to_ir(ep: torch.export.ExportedProgram, arch: str) -> Graph:
+    graph = Importer(ep, arch).run()
+    n_attn = sum(1 for n in graph.nodes if n.op == "attention")
+    if n_attn == 0:
+        raise UnsupportedModelError(f"architecture {arch!r} does not call transformers' attention "
+                                    "interface, so edgec cannot capture its attention")
+    return graph

@@ -1,0 +1,55 @@
+"""torch.export of a causal LM with a dynamic sequence axis.
+
+The model is traced once over the full sequence, without a KV cache: inputs
+`input_ids` and `position_ids` ([1, seq], int64), output logits. Passing
+position ids explicitly keeps rotary/learned positions correct when a later
+pass adds the cache (decode steps then pass their absolute positions).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UnsupportedModelError
+from . import attention
+
+EXAMPLE_SEQ = 7
+
+
+def set_attention(model) -> None:
+    name = attention.register()
+    if hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation(name)
+            return
+        except Exception:  # noqa: BLE001 - fall back to the config attribute below
+            pass
+    model.config._attn_implementation = name
+
+
+def context_length(config) -> int:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        v = getattr(config, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 2048
+
+
+def export(model) -> torch.export.ExportedProgram:
+    arch = getattr(model.config, "model_type", type(model).__name__)
+    set_attention(model)
+    max_seq = max(EXAMPLE_SEQ + 1, context_length(model.config))
+    seq = torch.export.Dim("seq", min=1, max=max_seq)
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    ids = (torch.arange(EXAMPLE_SEQ) * 7 % vocab)[None]
+    pos = torch.arange(EXAMPLE_SEQ)[None]
+    kwargs = dict(input_ids=ids, position_ids=pos, use_cache=False)
+    shapes = dict(input_ids={1: seq}, position_ids={1: seq}, use_cache=None)
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, (), kwargs, dynamic_shapes=shapes, strict=False)
+    except UnsupportedModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any tracing failure is an unsupported model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(f"architecture {arch!r} could not be traced with edgec's "
+                                    f"attention op: {type(e).__name__}: {first}") from None

@@ -1,0 +1,70 @@
+"""Tiny random models for tests, one per supported architecture, built from a config.
+
+Each is saved with save_pretrained together with a small character-level
+tokenizer, so the frontend sees exactly what a user's model folder holds.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB_CHARS = string.ascii_letters + string.digits + " .,!?'-\n"
+SPECIALS = ["<unk>", "<s>", "</s>"]
+VOCAB = len(SPECIALS) + len(VOCAB_CHARS)
+
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt2", "opt",
+         "gpt_neox", "stablelm"]
+
+
+def tiny_config(arch: str):
+    c = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    if arch == "gpt2":
+        return transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4,
+                                       n_positions=128, bos_token_id=1, eos_token_id=2,
+                                       initializer_range=0.2)
+    if arch == "opt":
+        return transformers.OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128,
+                                      num_hidden_layers=2, num_attention_heads=4,
+                                      max_position_embeddings=128, word_embed_proj_dim=64,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                                      init_std=0.2)
+    if arch == "gpt_neox":
+        c.pop("num_key_value_heads")
+        return transformers.GPTNeoXConfig(rotary_pct=0.25, **c)
+    if arch == "stablelm":
+        return transformers.StableLmConfig(partial_rotary_factor=0.25, **c)
+    if arch in ("gemma", "gemma2", "qwen3"):
+        c.update(head_dim=16)
+    if arch == "gemma2":
+        c.update(sliding_window=4, attn_logit_softcapping=50.0, final_logit_softcapping=30.0)
+    if arch == "mistral":
+        c.update(sliding_window=6)
+    names = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3",
+             "phi3": "Phi3", "gemma": "Gemma", "gemma2": "Gemma2"}
+    return getattr(transformers, names[arch] + "Config")(**c)
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(VOCAB_CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
+        chat_template="{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}assistant: {% endif %}")
+
+
+def save_tiny(arch: str, path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(tiny_config(arch)).eval()
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return path
