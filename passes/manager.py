@@ -1,0 +1,49 @@
+"""PassManager: runs a list of passes, verifying, timing and recording each."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edgec.ir import Graph, verify
+
+from .registry import get_pass
+
+
+@dataclass
+class PassRecord:
+    name: str
+    options: dict[str, Any]
+    summary: str
+    seconds: float
+    nodes: int
+
+    def to_dict(self) -> dict:
+        return {"pass": self.name, "options": self.options, "summary": self.summary,
+                "seconds": round(self.seconds, 4), "nodes_after": self.nodes}
+
+
+class PassManager:
+    """Run passes in order. `dump_dir` writes the IR text after every pass."""
+
+    def __init__(self, progress: Callable[[str], None] | None = None, dump_dir: Path | None = None):
+        self.records: list[PassRecord] = []
+        self.progress = progress or (lambda msg: None)
+        self.dump_dir = Path(dump_dir) if dump_dir else None
+
+    def run(self, graph: Graph, passes: list[tuple[str, dict]], phase: str = "") -> Graph:
+        for name, opts in passes:
+            p = get_pass(name)
+            options = p.check_options(opts)
+            t0 = time.perf_counter()
+            summary = p.fn(graph, **options) or ""
+            dt = time.perf_counter() - t0
+            verify(graph)
+            self.records.append(PassRecord(name, options, summary, dt, len(graph.nodes)))
+            self.progress(f"{phase + ': ' if phase else ''}{name}: {summary} ({dt:.2f}s)")
+            if self.dump_dir:
+                self.dump_dir.mkdir(parents=True, exist_ok=True)
+                idx = len(self.records)
+                (self.dump_dir / f"{idx:02d}-{name}.txt").write_text(str(graph))
+        return graph

@@ -1,0 +1,38 @@
+"""Small helpers for pattern matching on the IR (producer lookups, constants)."""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.ir import Graph, Node, Value
+
+
+def producer(v: Value, *ops: str) -> Node | None:
+    n = v.producer
+    if n is not None and (not ops or n.op in ops):
+        return n
+    return None
+
+
+def scalar(graph: Graph, v: Value) -> float | None:
+    """The value of a scalar constant (a `const` node or a one-element weight)."""
+    n = producer(v, "const")
+    if n is not None and np.size(n.attrs["value"]) == 1:
+        return float(np.asarray(n.attrs["value"]).reshape(()))
+    if v.kind == "weight" and int(np.prod(v.shape or (1,))) == 1:
+        return float(np.asarray(graph.weight(v)).reshape(()))
+    return None
+
+
+def is_const(v: Value) -> bool:
+    return v.kind == "weight" or producer(v, "const") is not None
+
+
+def last_axis(v: Value, axis: int) -> bool:
+    return axis % v.rank == v.rank - 1
+
+
+def replace(graph: Graph, old: Node, new: Node) -> None:
+    """Put `new` where `old` was and route old's single output to it."""
+    graph.insert_before(old, new)
+    graph.replace_all_uses(old.output, new.output)
+    graph.remove(old)
