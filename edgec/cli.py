@@ -1,0 +1,218 @@
+"""The `edgec` command line: build, run, inspect, devices, recipes.
+
+Every command maps onto the Python API (edgec.build, edgec.load). User errors
+(EdgecError) print one line to stderr and exit 2; progress goes to stderr so
+stdout carries only results (generated text, --json objects).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import EdgecError
+
+
+def _fail(msg: str, code: int = 2):
+    click.echo(f"edgec: error: {msg}", err=True)
+    sys.exit(code)
+
+
+def user_errors(fn):
+    """Turn EdgecError (and Ctrl-C) into a one-line message and a non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgecError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        click.echo(f"[{time.perf_counter() - t0:6.1f}s] {msg}", err=True)
+
+    return say
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgec")
+def main():
+    """edgec: compile a Hugging Face causal LM into an artifact that runs on a device."""
+
+
+def _recipe_help() -> str:
+    from .recipes import list_recipes
+
+    return "Recipe name or .toml/.yaml file. Named: " + ", ".join(list_recipes()) + \
+        " (default: the device's)."
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Artifact directory (default: build/<model>-<recipe>).")
+@click.option("--device", default="host", show_default=True, help="Device profile (see `edgec devices`).")
+@click.option("--backend", default=None, help="Backend (default: the device's): onnx.")
+@click.option("--recipe", default=None, help=_recipe_help())
+@click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
+              help="Write the IR after every pass into this folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@user_errors
+def build(model, output, device, backend, recipe, dump_ir, quiet, as_json):
+    """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
+    embedded SmolLM2-135M-Instruct) into an artifact."""
+    _quiet_libraries()
+    from .artifact import load_manifest
+    from .pipeline import build as do_build
+
+    out = do_build(model, output, device=device, backend=backend, recipe=recipe,
+                   progress=_progress(quiet or as_json), dump_ir=dump_ir)
+    m = load_manifest(out, verify=False)
+    if as_json:
+        click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],
+                               "build_seconds": m["build"]["seconds"], "backend": m["backend"]["name"],
+                               "device": m["device"]["name"], "recipe": m["recipe"]["name"]}))
+    else:
+        click.echo(str(out))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("-p", "--prompt", required=True, help="Prompt text.")
+@click.option("-n", "--max-new-tokens", default=128, show_default=True, type=int)
+@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, type=float)
+@click.option("--seed", default=None, type=int, help="Sampling seed.")
+@click.option("--chat", is_flag=True, help="Apply the model's chat template to the prompt.")
+@click.option("--threads", default=None, type=int, help="Threads for the backend.")
+@click.option("--stats", is_flag=True, help="Print prefill/decode speed to stderr.")
+@user_errors
+def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, threads, stats):
+    """Generate a continuation of PROMPT with ARTIFACT, streamed to stdout."""
+    _quiet_libraries()
+    from .runtime import load
+    from .sampling import check_options
+
+    if max_new_tokens <= 0:
+        raise EdgecError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
+    check_options(temperature, top_k, top_p)
+    model = load(artifact, threads=threads)
+    ids = model.encode(prompt, chat=chat)
+    tok = model.tokenizer
+    out: list[int] = []
+    printed = ""
+    t0 = time.perf_counter()
+    t_first = None
+    for t in model.stream(ids, max_new_tokens, temperature, top_k, top_p, seed):
+        if t_first is None:
+            t_first = time.perf_counter()
+        out.append(t)
+        if t in model.eos_token_ids:
+            break
+        text = tok.decode(out, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+    t1 = time.perf_counter()
+    sys.stdout.write("\n")
+    if stats and t_first is not None:
+        decode = (len(out) - 1) / (t1 - t_first) if len(out) > 1 else 0.0
+        click.echo(f"prompt {len(ids)} tokens in {t_first - t0:.3f}s; "
+                   f"{len(out)} new tokens, decode {decode:.1f} tokens/s", err=True)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@user_errors
+def inspect(artifact, as_json):
+    """Show an artifact's manifest, sizes and graph summary (verifies checksums)."""
+    from .artifact import load_manifest
+
+    m = load_manifest(artifact)
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    g, src = m["graph"], m["source"]
+    click.echo(f"artifact     {artifact}  (format {m['format_version']}, edgec {m.get('edgec_version')})")
+    click.echo(f"source       {src['name']} ({src['architecture']}, {src['kind']}) sha256 {src['sha256'][:16]}...")
+    click.echo(f"recipe       {m['recipe']['name']}: {m['recipe']['description']}")
+    click.echo(f"device       {m['device']['name']}: {m['device']['description']}")
+    click.echo(f"backend      {m['backend']['name']}")
+    click.echo(f"parameters   {g['parameters']:,} ({g['weight_bytes'] / 1e6:.1f} MB of weights)")
+    click.echo(f"context      {g['context_length']} tokens, {g['kv_layers']} KV-cached layers")
+    click.echo(f"size         {m['total_size'] / 1e6:.1f} MB in {len(m['files'])} files")
+    for rel, e in sorted(m["files"].items(), key=lambda kv: -kv[1]["size"])[:8]:
+        click.echo(f"  {e['size'] / 1e6:10.2f} MB  {rel}")
+    ops = ", ".join(f"{k} {v}" for k, v in g["op_counts"].items())
+    click.echo(f"ops          {ops}")
+    for v in g["inputs"][:3] + g["outputs"][:1]:
+        click.echo(f"  {v['name']}: {v['dtype']}{v['shape']}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def devices(as_json):
+    """List the device profiles."""
+    from .devices import get_device, list_devices
+
+    devs = [get_device(n) for n in list_devices()]
+    if as_json:
+        click.echo(json.dumps([d.to_dict() for d in devs], indent=2))
+        return
+    for d in devs:
+        gpu = f", GPU {d.gpu_arch}" if d.gpu_arch else ""
+        click.echo(f"{d.name:18s} {d.cores:3d} cores {d.memory_gb:6.1f} GiB "
+                   f"{d.memory_bandwidth_gbs:7.1f} GB/s{gpu}  backend={d.default_backend} "
+                   f"recipe={d.default_recipe}  {d.description}")
+
+
+@main.command()
+@user_errors
+def recipes():
+    """List the named recipes."""
+    from .recipes import list_recipes
+
+    for name, desc in list_recipes().items():
+        click.echo(f"{name:20s} {desc}")
+
+
+if __name__ == "__main__":
+    main()

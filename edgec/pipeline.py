@@ -1,0 +1,142 @@
+"""`edgec build`: frontend -> IR -> passes -> target -> artifact, one readable list.
+
+Phases (each a list of passes, see edgec.passes):
+  1. import      model folder / GGUF / default -> torch.export -> IR
+  2. canonicalize dead code, constant folding
+  3. raise        rms_norm, rotary, gated MLPs
+  4. compress     the recipe's passes (fp16 weights, quantization, pruning, ...)
+  5. lower        KV cache, so one graph serves prefill and decode
+  6. compile      the backend writes its files into the artifact
+  7. write        tokenizer, IR text, build report, manifest (atomic)
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .artifact import ArtifactWriter
+from .backends import get_backend, load_module
+from .devices import get_device
+from .errors import EdgecError
+from .recipes import load_recipe
+
+Progress = Callable[[str], None]
+
+
+def default_output(model_name: str, recipe: str) -> Path:
+    return Path("build") / f"{model_name}-{Path(recipe).stem}"
+
+
+def _signature(graph) -> dict:
+    def spec(v):
+        return {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}
+
+    return {"inputs": [spec(v) for v in graph.inputs], "outputs": [spec(v) for v in graph.outputs]}
+
+
+def _generation_info(tokenizer, model) -> dict:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)
+    return {"eos_token_ids": eos, "bos_token_id": tokenizer.bos_token_id,
+            "has_chat_template": bool(getattr(tokenizer, "chat_template", None))}
+
+
+def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = None,
+               dump_ir: str | Path | None = None):
+    """Phases 1-5: import MODEL and run every pass; returns (ImportedModel, PassManager).
+
+    `imported.graph` is the final IR that a backend compiles; tests run it in
+    the reference interpreter.
+    """
+    from .frontend import import_model
+    from .passes import CANONICALIZE, LOWER, RAISE, PassManager
+
+    rec = recipe if hasattr(recipe, "passes") else load_recipe(recipe)
+    imported = import_model(None if model is None else str(model), progress=progress)
+    pm = PassManager(progress=progress, dump_dir=Path(dump_ir) if dump_ir else None)
+    pm.run(imported.graph, CANONICALIZE, "canonicalize")
+    pm.run(imported.graph, RAISE, "raise")
+    pm.run(imported.graph, rec.passes, "compress")
+    pm.run(imported.graph, LOWER, "lower")
+    return imported, pm
+
+
+def build(model: str | Path | None = None, output: str | Path | None = None, device: str = "host",
+          backend: str | None = None, recipe: str | Path | None = None, *,
+          progress: Progress | None = None, dump_ir: str | Path | None = None,
+          overwrite: bool = True) -> Path:
+    """Compile MODEL for DEVICE and write the artifact; returns its path."""
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    # Validate every option before any slow work.
+    dev = get_device(device)
+    be = get_backend(backend or dev.default_backend)
+    rec = load_recipe(recipe or dev.default_recipe)
+
+    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir)
+    out = Path(output) if output else default_output(imported.source.name, rec.name)
+    write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
+                   overwrite=overwrite, started=t_start)
+    say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
+    return out
+
+
+def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,
+                   overwrite: bool = True, started: float | None = None) -> Path:
+    """Phases 6-7: compile the final IR with the backend and write the artifact atomically."""
+    import torch
+    import transformers
+
+    from .frontend import model_hash
+    from .ir import format_graph
+
+    say = progress or (lambda msg: None)
+    dev, be, rec = device, backend, recipe
+    graph = imported.graph
+    t_start = started if started is not None else time.perf_counter()
+    t_import = time.perf_counter() - t_start - sum(r.seconds for r in pm.records)
+    with ArtifactWriter(out, overwrite=overwrite) as w:
+        say(f"compiling for {dev.name} with the {be.name} backend")
+        t0 = time.perf_counter()
+        backend_meta = load_module(be).compile_graph(graph, w.dir / "model", device=dev)
+        t_compile = time.perf_counter() - t0
+        say("writing tokenizer and build report")
+        imported.tokenizer.save_pretrained(w.dir / "tokenizer")
+        (w.dir / "graph.txt").write_text(format_graph(graph) + "\n")
+        report = {
+            "passes": [r.to_dict() for r in pm.records],
+            "seconds": {"import": round(t_import, 2), "passes": round(sum(r.seconds for r in pm.records), 2),
+                        "compile": round(t_compile, 2)},
+            "op_counts": graph.op_counts(),
+        }
+        (w.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        src = imported.source
+        w.manifest.update({
+            "source": {"kind": src.kind, "path": str(src.path), "name": src.name,
+                       "architecture": imported.architecture, "sha256": model_hash(src)},
+            "recipe": rec.to_dict(),
+            "device": dev.to_dict(),
+            "backend": {"name": be.name, **backend_meta},
+            "graph": {**_signature(graph), "kv_layers": graph.meta.get("kv_layers", 0),
+                      "context_length": graph.meta.get("context_length"),
+                      "parameters": graph.num_parameters(),
+                      "weight_bytes": graph.weights.total_bytes(),
+                      "op_counts": graph.op_counts()},
+            "generation": _generation_info(imported.tokenizer, imported.model),
+            "build": {"seconds": round(time.perf_counter() - t_start, 2), "python": sys.version.split()[0],
+                      "torch": torch.__version__, "transformers": transformers.__version__,
+                      "edgec": __version__, "platform": platform.platform()},
+        })
+    return out
+
+
+__all__ = ["EdgecError", "build", "compile_ir", "default_output", "write_artifact"]
