@@ -1,0 +1,1 @@
+"""Backends: each lowers the IR to something that runs on a device."""
