@@ -16,3 +16,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent (set EDGEC_DATA_DIR)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A tiny random Llama folder (config, safetensors, tokenizer)."""
+    from tiny import save_tiny
+
+    return save_tiny("llama", tmp_path_factory.mktemp("hf") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tiny_llama, tmp_path_factory) -> Path:
+    """tiny_llama built with the default options (fp32, ONNX, host)."""
+    import edgec
+
+    return edgec.build(tiny_llama, tmp_path_factory.mktemp("art") / "tiny-llama-fp32")

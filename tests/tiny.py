@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import transformers
 
-VOCAB_CHARS = string.ascii_letters + string.digits + " .,!?'-\n"
+VOCAB_CHARS = string.ascii_letters + string.digits + " .,:;!?'-\n"
 SPECIALS = ["<unk>", "<s>", "</s>"]
 VOCAB = len(SPECIALS) + len(VOCAB_CHARS)
 

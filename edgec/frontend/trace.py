@@ -11,19 +11,18 @@ import torch
 
 from ..errors import UnsupportedModelError
 from . import attention
+from .source import VERIFIED_ARCHITECTURES
 
 EXAMPLE_SEQ = 7
 
 
 def set_attention(model) -> None:
+    """Ask transformers to route attention through edgec's op (checked after export)."""
     name = attention.register()
-    if hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation(name)
-            return
-        except Exception:  # noqa: BLE001 - fall back to the config attribute below
-            pass
-    model.config._attn_implementation = name
+    try:
+        model.set_attn_implementation(name)
+    except Exception:  # noqa: BLE001 - some models only read the config attribute
+        model.config._attn_implementation = name
 
 
 def context_length(config) -> int:
@@ -46,10 +45,16 @@ def export(model) -> torch.export.ExportedProgram:
     shapes = dict(input_ids={1: seq}, position_ids={1: seq}, use_cache=None)
     try:
         with torch.no_grad():
-            return torch.export.export(model, (), kwargs, dynamic_shapes=shapes, strict=False)
+            ep = torch.export.export(model, (), kwargs, dynamic_shapes=shapes, strict=False)
     except UnsupportedModelError:
         raise
     except Exception as e:  # noqa: BLE001 - any tracing failure is an unsupported model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnsupportedModelError(f"architecture {arch!r} could not be traced with edgec's "
                                     f"attention op: {type(e).__name__}: {first}") from None
+    if not any(n.target is torch.ops.edgec.attention.default for n in ep.graph.nodes):
+        raise UnsupportedModelError(
+            f"architecture {arch!r} ({type(model).__name__}) does not use transformers' "
+            "AttentionInterface, so edgec cannot capture its attention; supported: "
+            + ", ".join(VERIFIED_ARCHITECTURES))
+    return ep

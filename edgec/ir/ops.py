@@ -255,9 +255,13 @@ def _expand():
     def infer(ins, a):
         x = ins[0]
         tgt = list(a["shape"])
+        if len(tgt) < x.rank:
+            raise ValueError(f"cannot expand {S.format_shape(x.shape)} to fewer dims {tgt}")
         pad = [1] * (len(tgt) - x.rank) + list(x.shape)
         out = [pad[i] if t == -1 else t for i, t in enumerate(tgt)]
-        return [(x.dtype, S.broadcast(tuple(pad), tuple(out)))]
+        if any(p != 1 and S.normalize(p) != S.normalize(o) for p, o in zip(pad, out)):
+            raise ValueError(f"cannot expand {S.format_shape(x.shape)} to {tgt}")
+        return [(x.dtype, tuple(out))]
 
     def ref(x, shape):
         pad = (1,) * (len(shape) - x.ndim) + x.shape
@@ -280,7 +284,7 @@ def _slice():
             n = len(range(*slice(start, end, step).indices(d)))
         elif start == 0 and end >= INT_MAX // 2 and step == 1:
             n = d
-        elif 0 <= start and 0 <= end < INT_MAX // 2 and step == 1:
+        elif 0 <= start <= end < INT_MAX // 2 and step == 1:
             n = end - start  # assumes the symbolic dim is long enough
         else:
             raise ValueError(f"slice of symbolic dim {d} with start={start} end={end}")
@@ -334,7 +338,7 @@ def _embedding():
 def _matmul():
     def infer(ins, a):
         x, y = ins
-        if x.shape[-1] != y.shape[-2]:
+        if S.normalize(x.shape[-1]) != S.normalize(y.shape[-2]):
             raise ValueError(f"matmul inner dims {x.shape[-1]} vs {y.shape[-2]}")
         batch = S.broadcast(x.shape[:-2], y.shape[:-2])
         return [(x.dtype, tuple(batch) + (x.shape[-2], y.shape[-1]))]
@@ -351,7 +355,7 @@ def _linear():
 
     def infer(ins, a):
         x, w = ins[:2]
-        if x.shape[-1] != w.shape[1]:
+        if S.normalize(x.shape[-1]) != S.normalize(w.shape[1]):
             raise ValueError(f"linear: input features {x.shape[-1]} vs weight {w.shape}")
         return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 

@@ -84,10 +84,15 @@ def numel_split(shape: Shape) -> tuple[int, list[str]]:
 
 def infer_reshape(src: Shape, target: list[int]) -> Shape:
     """Resolve a reshape target that uses -1 (at most one) and 0 (copy) against src."""
+    if any(t == 0 and i >= len(src) for i, t in enumerate(target)):
+        raise ValueError(f"reshape {format_shape(src)} -> {target}: 0 (copy) past the input rank")
     target = [src[i] if t == 0 else t for i, t in enumerate(target)]
     if target.count(-1) > 1:
         raise ValueError("reshape allows at most one -1")
     if -1 not in target:
+        (cin, sin), (cout, sout) = numel_split(src), numel_split(target)
+        if cin != cout or sorted(sin) != sorted(sout):
+            raise ValueError(f"cannot reshape {format_shape(src)} to {target}")
         return tuple(target)
     cin, sin = numel_split(src)
     cout, sout = numel_split([t for t in target if t != -1])

@@ -1,0 +1,89 @@
+"""The command line, in process (click's CliRunner), on a tiny model."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import edgec
+from edgec.cli import main
+
+
+@pytest.fixture()
+def cli():
+    return CliRunner()
+
+
+def test_build_json_and_inspect(cli, tiny_llama, tmp_path):
+    out = tmp_path / "a"
+    r = cli.invoke(main, ["build", str(tiny_llama), "-o", str(out), "--recipe", "fp16", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["artifact"] == str(out) and info["recipe"] == "fp16" and info["backend"] == "onnx"
+    r = cli.invoke(main, ["inspect", str(out)])
+    assert r.exit_code == 0
+    assert "fp16" in r.stdout and "rms_norm" in r.stdout and "model/model.onnx.data" in r.stdout
+    m = json.loads(cli.invoke(main, ["inspect", str(out), "--json"]).stdout)
+    assert m["source"]["architecture"] == "llama" and m["graph"]["kv_layers"] == 2
+    assert len(m["source"]["sha256"]) == 64
+    assert all(len(e["sha256"]) == 64 for e in m["files"].values())
+
+
+def test_build_shows_progress_and_dump_ir(cli, tiny_llama, tmp_path):
+    r = cli.invoke(main, ["build", str(tiny_llama), "-o", str(tmp_path / "a"), "--dump-ir", str(tmp_path / "ir")])
+    assert r.exit_code == 0
+    assert "raise_rms_norm" in r.stderr and "compiling for host" in r.stderr
+    dumps = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert dumps[0].startswith("01-") and any("kv_cache" in d for d in dumps)
+    assert "attention(" in (tmp_path / "ir" / dumps[-1]).read_text()
+
+
+def test_run_greedy_prints_continuation_matching_api(cli, tiny_artifact):
+    r = cli.invoke(main, ["run", str(tiny_artifact), "-p", "hello there", "-n", "12"])
+    assert r.exit_code == 0, r.output
+    model = edgec.load(tiny_artifact)
+    ids = model.encode("hello there")
+    new = model.generate(ids, 12)
+    expected = model.tokenizer.decode([t for t in new if t not in model.eos_token_ids], skip_special_tokens=True)
+    assert r.stdout == expected + "\n"
+    assert "hello there" not in r.stdout or expected.startswith("hello there")
+
+
+def test_run_sampling_is_seeded(cli, tiny_artifact):
+    args = ["run", str(tiny_artifact), "-p", "abc", "-n", "10", "--temperature", "1.0", "--top-k", "20",
+            "--top-p", "0.9"]
+    a = cli.invoke(main, args + ["--seed", "1"]).stdout
+    b = cli.invoke(main, args + ["--seed", "1"]).stdout
+    assert a == b
+
+
+def test_run_chat_applies_template(cli, tiny_artifact):
+    model = edgec.load(tiny_artifact)
+    ids = model.encode("hi", chat=True)
+    assert model.tokenizer.decode(ids) == "user: hi\nassistant: "
+    r = cli.invoke(main, ["run", str(tiny_artifact), "-p", "hi", "--chat", "-n", "4", "--stats"])
+    assert r.exit_code == 0 and "tokens/s" in r.stderr
+
+
+def test_devices_and_recipes(cli):
+    r = cli.invoke(main, ["devices"])
+    for name in ["host", "x86-avx2", "rpi5", "pixel8", "jetson-orin-nano", "jetson-agx-orin", "cuda"]:
+        assert name in r.stdout
+    devs = json.loads(cli.invoke(main, ["devices", "--json"]).stdout)
+    assert {d["name"] for d in devs} >= {"rpi5", "cuda"}
+    r = cli.invoke(main, ["recipes"])
+    assert "fp32" in r.stdout and "fp16" in r.stdout
+
+
+def test_recipe_file(cli, tiny_llama, tmp_path):
+    recipe = tmp_path / "half.yaml"
+    recipe.write_text("name: half\ndescription: test\npasses:\n  - name: fp16_weights\n")
+    r = cli.invoke(main, ["build", str(tiny_llama), "-o", str(tmp_path / "a"), "--recipe", str(recipe), "-q"])
+    assert r.exit_code == 0, r.output
+    m = edgec.load(tmp_path / "a").manifest
+    assert m["recipe"]["name"] == "half" and m["recipe"]["passes"] == [{"name": "fp16_weights"}]
+
+
+def test_python_api_logits_shape(tiny_artifact):
+    model = edgec.load(tiny_artifact)
+    out = model.logits([1, 2, 3, 4])
+    assert out.shape == (4, model.tokenizer.vocab_size)
