@@ -2,6 +2,11 @@
 
 Compute stays fp32: the backend sees fp16 constants followed by a cast, which
 ONNX Runtime folds at load time or fuses into the consumer.
+
+Vectors and scalars (rank <= 1: norm weights, biases, scales, the rotary
+`inv_freq`) stay fp32, as in llama.cpp: they are a negligible share of the
+bytes, and fp16 `inv_freq` puts an error on the RoPE angle `pos * inv_freq`
+that grows with the position (~0.3 rad at position 4000).
 """
 import numpy as np
 
@@ -17,7 +22,7 @@ def fp16_weights(graph: Graph) -> str:
     count, before = 0, graph.weights.total_bytes()
     casts = []
     for name, v in list(graph.weight_values.items()):
-        if v.dtype != "float32" or v not in users:
+        if v.dtype != "float32" or v not in users or v.rank <= 1:
             continue
         half = graph.add_weight(name + ".fp16", np.asarray(graph.weight(v)).astype(np.float16))
         cast = graph.make_node("cast", [half], {"dtype": "float32"})

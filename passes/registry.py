@@ -32,7 +32,7 @@ _PASSES: dict[str, Pass] = {}
 
 def register_pass(name: str, **options):
     def deco(fn):
-        _PASSES[name] = Pass(name, fn, options, (fn.__doc__ or "").strip().splitlines()[0])
+        _PASSES[name] = Pass(name, fn, options, next(iter((fn.__doc__ or "").strip().splitlines()), ""))
         return fn
     return deco
 

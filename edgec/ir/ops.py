@@ -195,6 +195,7 @@ def _mean():
 @register("softmax", attrs={"axis": -1})
 def _softmax():
     def infer(ins, a):
+        _norm_axis(a["axis"], ins[0].rank)
         return [(ins[0].dtype, ins[0].shape)]
 
     def ref(x, axis):
