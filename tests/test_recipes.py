@@ -1,0 +1,36 @@
+"""Named recipes end to end on a tiny model: fp16 weights halve the weight file and stay close to fp32."""
+import numpy as np
+import pytest
+
+import edgec
+from edgec.errors import EdgecError
+from edgec.recipes import list_recipes, load_recipe
+
+
+def test_named_recipes_listed_with_descriptions():
+    recipes = list_recipes()
+    assert {"fp32", "fp16"} <= set(recipes)
+    assert all(desc for desc in recipes.values())
+
+
+def test_fp16_artifact_is_half_size_and_close_to_fp32(tiny_llama, tiny_artifact, tmp_path):
+    half = edgec.build(tiny_llama, tmp_path / "fp16", recipe="fp16")
+    m32, m16 = edgec.load(tiny_artifact), edgec.load(half)
+    s32 = m32.manifest["files"]["model/model.onnx.data"]["size"]
+    s16 = m16.manifest["files"]["model/model.onnx.data"]["size"]
+    assert 0.45 < s16 / s32 < 0.56
+    ids = [5, 9, 14, 3, 22, 40, 7]
+    a, b = m32.logits(ids), m16.logits(ids)
+    assert np.abs(a - b).max() < 2e-2
+    assert (a.argmax(-1) == b.argmax(-1)).all()
+
+
+def test_recipe_options_are_validated(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[[passes]]\nname = "fp16_weights"\nbits = 3\n')
+    with pytest.raises(EdgecError, match="has no option"):
+        load_recipe(str(bad))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = \n")
+    with pytest.raises(EdgecError, match="not valid TOML"):
+        load_recipe(str(broken))
