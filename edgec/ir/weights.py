@@ -1,8 +1,11 @@
 """WeightStore: the graph's constants, by name, lazy and mmap-backed.
 
-In memory a weight is a numpy array. Saved, the store is one safetensors file;
-opened again, every tensor is an `np.memmap` view into that file, so a
-multi-gigabyte model costs no RAM until a pass or backend touches it.
+In memory a weight is a numpy array. Saved, the store is one standard
+safetensors file (readable by the safetensors library); opened again, every
+tensor is an `np.memmap` view into that file, so a multi-gigabyte model costs
+no RAM until a pass or backend touches it. The header is padded so the data
+starts 64-byte aligned and tensors are laid out widest dtype first, so every
+tensor is aligned to its element size without gaps (safetensors allows none).
 """
 from __future__ import annotations
 
@@ -67,20 +70,20 @@ class WeightStore:
 
     # -- persistence (safetensors layout, written and memory-mapped here) ------
     def save(self, path: str | Path) -> None:
-        header, offset = {}, 0
-        for name, a in self._arrays.items():
-            n = a.nbytes
-            header[name] = {"dtype": _ST_CODES[a.dtype.name], "shape": list(a.shape),
-                            "data_offsets": [offset, offset + n]}
-            offset += n + (-n % 64)
+        order = sorted(self._arrays, key=lambda k: -self._arrays[k].dtype.itemsize)
+        offsets, offset = {}, 0
+        for name in order:
+            offsets[name] = [offset, offset + self._arrays[name].nbytes]
+            offset += self._arrays[name].nbytes
+        header = {name: {"dtype": _ST_CODES[a.dtype.name], "shape": list(a.shape),
+                         "data_offsets": offsets[name]} for name, a in self._arrays.items()}
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-(len(blob) + 8) % 64)  # 64-byte aligned data section
         with open(path, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
-            for name, a in self._arrays.items():
-                f.write(np.ascontiguousarray(a).tobytes())
-                f.write(b"\0" * (-a.nbytes % 64))
+            for name in order:
+                f.write(np.ascontiguousarray(self._arrays[name]).tobytes())
 
     @classmethod
     def open(cls, path: str | Path) -> "WeightStore":
