@@ -87,12 +87,17 @@ def _recipe_help() -> str:
 @click.option("--device", default="host", show_default=True, help="Device profile (see `edgec devices`).")
 @click.option("--backend", default=None, help="Backend (default: the device's): onnx.")
 @click.option("--recipe", default=None, help=_recipe_help())
+@click.option("--calib", default=None, help="Calibration text: a file, a folder of .txt files, or "
+              "hf:DATASET[:CONFIG]:SPLIT (needed by gptq, awq, smoothquant, wanda, sparsegpt, ...).")
+@click.option("--calib-samples", type=int, default=None, help="Calibration windows (default 128).")
+@click.option("--calib-seqlen", type=int, default=None, help="Tokens per calibration window (default 512).")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
               help="Write the IR after every pass into this folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
-def build(model, output, device, backend, recipe, dump_ir, quiet, as_json):
+def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, quiet,
+          as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries()
@@ -100,7 +105,8 @@ def build(model, output, device, backend, recipe, dump_ir, quiet, as_json):
     from .pipeline import build as do_build
 
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
-                   progress=_progress(quiet or as_json), dump_ir=dump_ir)
+                   progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
+                   calib_samples=calib_samples, calib_seqlen=calib_seqlen)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],

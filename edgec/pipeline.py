@@ -50,30 +50,54 @@ def _generation_info(tokenizer, model) -> dict:
             "has_chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
 
+def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
+    """Calibration settings: command-line values win over the recipe's [calibration] table."""
+    from .calibration import DEFAULT_SAMPLES, DEFAULT_SEQLEN, CalibConfig
+
+    rc = recipe.calibration
+    cfg = CalibConfig(
+        source=str(calib) if calib is not None else rc.get("source"),
+        samples=int(calib_samples if calib_samples is not None else rc.get("samples", DEFAULT_SAMPLES)),
+        seqlen=int(calib_seqlen if calib_seqlen is not None else rc.get("seqlen", DEFAULT_SEQLEN)),
+        seed=int(rc.get("seed", 0)))
+    cfg.check()
+    if recipe.needs_calibration:
+        from .calibration import read_text
+
+        if cfg.source is None:
+            raise EdgecError(f"recipe {recipe.name!r} needs calibration data: pass --calib FILE "
+                             "(e.g. ../shared/data/wikitext-2/valid.txt)")
+        read_text(cfg.source)  # fail on a missing file now, not after loading the model
+    return cfg
+
+
 def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = None,
-               dump_ir: str | Path | None = None):
+               dump_ir: str | Path | None = None, calib=None):
     """Phases 1-5: import MODEL and run every pass; returns (ImportedModel, PassManager).
 
     `imported.graph` is the final IR that a backend compiles; tests run it in
     the reference interpreter.
     """
     from .frontend import import_model
-    from .passes import CANONICALIZE, LOWER, RAISE, PassManager
+    from .passes import CANONICALIZE, LOWER, RAISE, PassContext, PassManager
 
     rec = recipe if hasattr(recipe, "passes") else load_recipe(recipe)
+    calib = calib if calib is not None else calib_config(rec)
     imported = import_model(None if model is None else str(model), progress=progress)
-    pm = PassManager(progress=progress, dump_dir=Path(dump_ir) if dump_ir else None)
+    ctx = PassContext(imported.tokenizer, calib, progress)
+    pm = PassManager(progress=progress, dump_dir=Path(dump_ir) if dump_ir else None, context=ctx)
     pm.run(imported.graph, CANONICALIZE, "canonicalize")
     pm.run(imported.graph, RAISE, "raise")
     pm.run(imported.graph, rec.passes, "compress")
-    pm.run(imported.graph, LOWER, "lower")
+    pm.run(imported.graph, [(name, {**opts, **rec.kv_cache}) for name, opts in LOWER], "lower")
     return imported, pm
 
 
 def build(model: str | Path | None = None, output: str | Path | None = None, device: str = "host",
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
-          overwrite: bool = True) -> Path:
+          overwrite: bool = True, calib: str | Path | None = None, calib_samples: int | None = None,
+          calib_seqlen: int | None = None) -> Path:
     """Compile MODEL for DEVICE and write the artifact; returns its path."""
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
@@ -81,8 +105,9 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     dev = get_device(device)
     be = get_backend(backend or dev.default_backend)
     rec = load_recipe(recipe or dev.default_recipe)
+    cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
 
-    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir)
+    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg)
     out = Path(output) if output else default_output(imported.source.name, rec.name)
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
                    overwrite=overwrite, started=t_start)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgec.errors import EdgecError
 from edgec.ir import Graph, verify
 
 from .registry import get_pass
@@ -24,20 +25,46 @@ class PassRecord:
                 "seconds": round(self.seconds, 4), "nodes_after": self.nodes}
 
 
+class PassContext:
+    """What data-aware passes get besides the graph: calibration windows (loaded once, lazily)."""
+
+    def __init__(self, tokenizer=None, calib=None, progress: Callable[[str], None] | None = None):
+        from edgec.calibration import CalibConfig
+
+        self.tokenizer = tokenizer
+        self.calib = calib or CalibConfig()
+        self.progress = progress or (lambda msg: None)
+        self._windows = None
+
+    def windows(self):
+        if self._windows is None:
+            from edgec.calibration import load_windows
+
+            if self.tokenizer is None:
+                raise EdgecError("calibration needs the model's tokenizer")
+            self._windows = load_windows(self.calib, self.tokenizer)
+            self.progress(f"calibration: {len(self._windows)} windows of {self.calib.seqlen} tokens "
+                          f"from {self.calib.source}")
+        return self._windows
+
+
 class PassManager:
     """Run passes in order. `dump_dir` writes the IR text after every pass."""
 
-    def __init__(self, progress: Callable[[str], None] | None = None, dump_dir: Path | None = None):
+    def __init__(self, progress: Callable[[str], None] | None = None, dump_dir: Path | None = None,
+                 context: PassContext | None = None):
         self.records: list[PassRecord] = []
         self.progress = progress or (lambda msg: None)
         self.dump_dir = Path(dump_dir) if dump_dir else None
+        self.context = context or PassContext(progress=self.progress)
 
     def run(self, graph: Graph, passes: list[tuple[str, dict]], phase: str = "") -> Graph:
         for name, opts in passes:
             p = get_pass(name)
             options = p.check_options(opts)
             t0 = time.perf_counter()
-            summary = p.fn(graph, **options) or ""
+            extra = {"ctx": self.context} if p.needs_calibration else {}
+            summary = p.fn(graph, **extra, **options) or ""
             dt = time.perf_counter() - t0
             verify(graph)
             self.records.append(PassRecord(name, options, summary, dt, len(graph.nodes)))

@@ -18,6 +18,7 @@ class Pass:
     fn: Callable[..., str | None]
     options: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
+    needs_calibration: bool = False  # fn also gets ctx=PassContext (calibration windows)
 
     def check_options(self, opts: dict[str, Any]) -> dict[str, Any]:
         unknown = set(opts) - set(self.options)
@@ -30,9 +31,11 @@ class Pass:
 _PASSES: dict[str, Pass] = {}
 
 
-def register_pass(name: str, **options):
+def register_pass(name: str, *, needs_calibration: bool = False, **options):
+    """Register fn(graph, **options) -> summary; with needs_calibration also ctx=PassContext."""
     def deco(fn):
-        _PASSES[name] = Pass(name, fn, options, next(iter((fn.__doc__ or "").strip().splitlines()), ""))
+        doc = next(iter((fn.__doc__ or "").strip().splitlines()), "")
+        _PASSES[name] = Pass(name, fn, options, doc, needs_calibration)
         return fn
     return deco
 

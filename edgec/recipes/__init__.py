@@ -2,12 +2,19 @@
 
 A recipe file (TOML or YAML) looks like:
 
-    name = "fp16"
-    description = "fp16 weight storage, fp32 compute"
+    name = "int4-gptq"
+    description = "weight-only int4 GPTQ, group size 128"
+    [calibration]              # optional: defaults for --calib/--calib-samples/--calib-seqlen
+    samples = 128
+    seqlen = 512
+    [kv_cache]                 # optional: options of the kv_cache pass (e.g. bits = 8)
     [[passes]]
-    name = "fp16_weights"      # any registered pass; other keys are its options
+    name = "gptq"              # any registered pass; the other keys are its options
+    bits = 4
+    group_size = 128
 
-Named recipes ship as TOML files beside this module.
+Named recipes ship as TOML files beside this module. Recipes compose with
+`+`: `wanda-2:4+int4-gptq` runs wanda-2:4's passes, then int4-gptq's.
 """
 from __future__ import annotations
 
@@ -26,15 +33,19 @@ class Recipe:
     description: str = ""
     passes: list[tuple[str, dict]] = field(default_factory=list)
     source: str = ""
+    calibration: dict = field(default_factory=dict)
+    kv_cache: dict = field(default_factory=dict)
+
+    @property
+    def needs_calibration(self) -> bool:
+        from edgec.passes import get_pass
+
+        return any(get_pass(n).needs_calibration for n, _ in self.passes)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "source": self.source,
-                "passes": [{"name": n, **o} for n, o in self.passes]}
-
-
-def list_recipes() -> dict[str, str]:
-    """Named recipes -> one-line description."""
-    return {p.stem: _parse(p).description for p in sorted(_DIR.glob("*.toml"))}
+                "passes": [{"name": n, **o} for n, o in self.passes],
+                "calibration": self.calibration, "kv_cache": self.kv_cache}
 
 
 def _read(path: Path) -> dict:
@@ -56,10 +67,16 @@ def _read(path: Path) -> dict:
     return data
 
 
+_CALIB_KEYS = {"source", "samples", "seqlen", "seed"}
+
+
 def _parse(path: Path) -> Recipe:
     from edgec.passes import get_pass
 
     data = _read(path)
+    unknown = set(data) - {"name", "description", "passes", "calibration", "kv_cache"}
+    if unknown:
+        raise EdgecError(f"recipe {path}: unknown key(s) {sorted(unknown)}")
     passes = []
     for i, entry in enumerate(data.get("passes") or []):
         if not isinstance(entry, dict) or "name" not in entry:
@@ -67,19 +84,51 @@ def _parse(path: Path) -> Recipe:
         opts = {k: v for k, v in entry.items() if k != "name"}
         get_pass(entry["name"]).check_options(opts)
         passes.append((entry["name"], opts))
-    return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")), passes, str(path))
+    calib = dict(data.get("calibration") or {})
+    if set(calib) - _CALIB_KEYS:
+        raise EdgecError(f"recipe {path}: [calibration] takes {sorted(_CALIB_KEYS)}")
+    kv = dict(data.get("kv_cache") or {})
+    get_pass("kv_cache").check_options(kv)
+    return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")), passes, str(path),
+                  calib, kv)
 
 
-def load_recipe(recipe: str | Path | None) -> Recipe:
-    """A named recipe (`fp16`) or a recipe file path (`my.toml`, `my.yaml`)."""
-    name = str(recipe or "fp32")
+def _named() -> dict[str, Path]:
+    """Recipe name (as written inside the file) -> file."""
+    out = {}
+    for p in sorted(_DIR.glob("*.toml")):
+        out[str(_read(p).get("name", p.stem))] = p
+    return out
+
+
+def list_recipes() -> dict[str, str]:
+    """Named recipes -> one-line description."""
+    return {name: str(_read(p).get("description", "")) for name, p in _named().items()}
+
+
+def _load_one(name: str) -> Recipe:
     path = Path(name)
     if path.suffix in (".toml", ".yaml", ".yml"):
         if not path.is_file():
             raise EdgecError(f"recipe file {name!r} does not exist")
         return _parse(path)
-    named = _DIR / f"{name}.toml"
-    if not named.is_file():
-        raise EdgecError(f"unknown recipe {name!r}; choose one of: {', '.join(list_recipes())} "
+    named = _named()
+    if name not in named:
+        raise EdgecError(f"unknown recipe {name!r}; choose one of: {', '.join(named)} "
                          "or pass a .toml/.yaml recipe file (see `edgec recipes`)")
-    return _parse(named)
+    return _parse(named[name])
+
+
+def load_recipe(recipe: str | Path | None) -> Recipe:
+    """A named recipe (`int4-gptq`), a recipe file, or a `+` composition of them."""
+    spec = str(recipe or "fp32")
+    parts = [_load_one(p.strip()) for p in spec.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    merged = Recipe("+".join(p.name for p in parts),
+                    " then ".join(p.description or p.name for p in parts), source=spec)
+    for p in parts:
+        merged.passes += p.passes
+        merged.calibration.update(p.calibration)
+        merged.kv_cache.update(p.kv_cache)
+    return merged

@@ -1,0 +1,133 @@
+"""Quantized weight format: packed integers + scales + zero points, group-wise along K.
+
+One format serves every weight-only method (RTN, GPTQ, AWQ) and every bit
+width, so backends implement one thing:
+
+    w[n, k] = (q[n, k] - zero[n, k // g]) * scale[n, k // g]
+
+- q are unsigned integers in [0, 2**bits - 1]; symmetric quantization uses
+  the fixed zero point 2**(bits-1) (the convention of ONNX Runtime's
+  MatMulNBits and of GPTQ checkpoints), asymmetric a per-group zero point.
+- Each row of K values is packed as a little-endian bit stream: for 4 bits
+  the low nibble holds the even element, for 8 bits one value per byte,
+  for 3 bits 8 values in 3 bytes. Packed shape: [N, K * bits / 8].
+- scale: float32 [N, K / g]; zero: uint8 [N, K / g] (one per byte, unpacked).
+- g (group_size) divides K; g = K means per output channel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EdgecError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    bits: int = 4
+    group_size: int = 128  # 0 or -1: per output channel (g = K)
+    symmetric: bool = True
+
+    def check(self, k: int, what: str = "weight") -> int:
+        """Validate against a row length K; returns the effective group size."""
+        if self.bits not in SUPPORTED_BITS:
+            raise EdgecError(f"{self.bits}-bit quantization is not supported; use one of {SUPPORTED_BITS}")
+        g = k if self.group_size in (0, -1) else self.group_size
+        if g <= 0 or k % g:
+            raise EdgecError(f"group size {self.group_size} does not divide the {what}'s input "
+                             f"dimension {k}; choose a divisor of {k} (or 0 for per-channel)")
+        if (k * self.bits) % 8:
+            raise EdgecError(f"{self.bits}-bit packing needs K*bits divisible by 8; {what} has K={k}")
+        return g
+
+    @property
+    def qmax(self) -> int:
+        return (1 << self.bits) - 1
+
+
+def pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """[N, K] unsigned ints (< 2**bits) -> uint8 [N, K*bits/8], little-endian bit stream per row."""
+    q = np.asarray(q, dtype=np.uint8)
+    n, k = q.shape
+    if bits == 8:
+        return q.copy()
+    if bits == 4:
+        return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
+    bitplanes = np.unpackbits(q[..., None], axis=-1, bitorder="little")[..., :bits]  # [N, K, bits]
+    return np.packbits(bitplanes.reshape(n, k * bits), axis=-1, bitorder="little")
+
+
+def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """Inverse of pack: uint8 [N, K*bits/8] -> uint8 [N, K]."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    n = packed.shape[0]
+    if bits == 8:
+        return packed.copy()
+    if bits == 4:
+        out = np.empty((n, k), np.uint8)
+        out[:, 0::2] = packed & 0x0F
+        out[:, 1::2] = packed >> 4
+        return out
+    stream = np.unpackbits(packed, axis=-1, bitorder="little")[:, : k * bits].reshape(n, k, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint8))
+    return (stream * weights).sum(-1).astype(np.uint8)
+
+
+def dequantize(packed, scales, zeros, bits: int, group_size: int, k: int) -> np.ndarray:
+    """The reference dequantization (float32 [N, K])."""
+    q = unpack(packed, bits, k).astype(np.float32)
+    n = q.shape[0]
+    g = k if group_size in (0, -1) else group_size
+    q = q.reshape(n, k // g, g)
+    z = np.asarray(zeros, np.float32)[..., None]
+    s = np.asarray(scales, np.float32)[..., None]
+    return ((q - z) * s).reshape(n, k)
+
+
+def group_params(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Round-to-nearest scales and zero points for w [N, K]: ([N, K/g] f32, [N, K/g] u8)."""
+    n, k = w.shape
+    g = spec.check(k)
+    wg = np.asarray(w, np.float32).reshape(n, k // g, g)
+    return params_from_range(wg.min(-1), wg.max(-1), spec)
+
+
+def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and zero point covering [lo, hi] (any shape), per the spec's symmetry."""
+    if spec.symmetric:
+        half = 1 << (spec.bits - 1)
+        amax = np.maximum(np.abs(lo), np.abs(hi))
+        scale = amax / (half - 1) if spec.bits > 2 else amax / half
+        zero = np.full(scale.shape, half, np.uint8)
+    else:
+        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+        scale = (hi - lo) / spec.qmax
+        zero = np.clip(np.round(-lo / np.where(scale == 0, 1, scale)), 0, spec.qmax).astype(np.uint8)
+    scale = np.where(scale == 0, 1e-8, scale).astype(np.float32)
+    return scale, zero
+
+
+def quantize_with(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Integer codes (uint8 [N, K]) of w for given group scales/zeros."""
+    n, k = w.shape
+    g = k // scales.shape[1]
+    wg = np.asarray(w, np.float32).reshape(n, k // g, g)
+    q = np.round(wg / scales[..., None]) + zeros[..., None].astype(np.float32)
+    return np.clip(q, 0, spec.qmax).astype(np.uint8).reshape(n, k)
+
+
+def quantize_rtn(w: np.ndarray, spec: QuantSpec):
+    """Round-to-nearest: (packed, scales, zeros)."""
+    scales, zeros = group_params(w, spec)
+    q = quantize_with(w, scales, zeros, spec)
+    return pack(q, spec.bits), scales, zeros
+
+
+def fake_quantize(w: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """w after a quantize/dequantize round trip (float32), for error measurements."""
+    packed, s, z = quantize_rtn(w, spec)
+    k = w.shape[1]
+    return dequantize(packed, s, z, spec.bits, k // s.shape[1], k)
