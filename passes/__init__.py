@@ -1,7 +1,14 @@
 """Graph -> graph passes (installed as edgec.passes), one module per pass family."""
-from . import dce, fold_constants, fp16_weights, kv_cache, raise_glu, raise_rms_norm, raise_rotary  # noqa: F401 - registers
+import importlib
+import pkgutil
+
 from .manager import PassContext, PassManager, PassRecord
 from .registry import Pass, get_pass, list_passes, register_pass
+
+# Every module of this package registers its passes on import (one module per pass family).
+for _m in pkgutil.iter_modules(__path__):
+    if _m.name not in ("manager", "registry", "match"):
+        importlib.import_module(f"{__name__}.{_m.name}")
 
 # The fixed phases every build runs; a recipe's passes go between RAISE and LOWER.
 CANONICALIZE = [("dce", {}), ("fold_constants", {}), ("dce", {})]

@@ -8,3 +8,11 @@ from .weights import WeightStore
 
 __all__ = ["DTYPES", "Graph", "Node", "Value", "WeightStore", "all_ops", "format_graph",
            "get_op", "interpret", "verify", "VerifyError"]
+
+# Op families beyond the core live in ops_<family>.py and register on import.
+import importlib as _importlib  # noqa: E402
+import pkgutil as _pkgutil  # noqa: E402
+
+for _m in _pkgutil.iter_modules(__path__):
+    if _m.name.startswith("ops_"):
+        _importlib.import_module(f"{__name__}.{_m.name}")
