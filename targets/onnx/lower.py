@@ -518,8 +518,10 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
                           [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs])
     opsets = [helper.make_opsetid("", opset)]
-    model = helper.make_model(g, opset_imports=opsets, producer_name="edgec",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    ir_version = helper.find_min_ir_version_for(opsets)
+    # Contrib ops (e.g. com.microsoft MatMulNBits from lower_quant.py) need their domain declared.
+    opsets += [helper.make_opsetid(d, 1) for d in sorted({nd.domain for nd in cx.nodes} - {"", "ai.onnx"})]
+    model = helper.make_model(g, opset_imports=opsets, producer_name="edgec", ir_version=ir_version)
     return LoweredModel(model, inits)
 
 
