@@ -1,0 +1,264 @@
+"""Unstructured and N:M pruning of linear weights: magnitude, Wanda, SparseGPT.
+
+All three zero weights inside dense fp32 matrices (shapes do not change; a
+backend with sparse kernels can exploit the zeros, and every backend runs the
+result as is). "N:M" keeps n non-zeros in every group of m consecutive weights
+along the input dimension K of W[N, K] (2:4 is what sparse tensor cores run).
+
+- magnitude: drop the smallest |W| per output row (no data). Comparing within a
+  row rather than the whole matrix is what Wanda found to work better for LLMs.
+- wanda (Sun et al. 2023): score |W_ij| * ||X_j||_2, X the layer's calibration
+  inputs; drop the lowest scores per output row (or per N:M group).
+- sparsegpt (Frantar & Alistarh 2023): optimal-brain-surgeon pruning with the
+  layer Hessian H = X^T X: choose the mask block by block (w^2 / [H^-1]_jj^2)
+  and update the remaining weights to compensate for the removed ones.
+
+The calibrated methods run sequentially through `run_calibration`: each linear
+sees the outputs of the already-pruned earlier linears, as in the papers.
+The lm_head (the projection that produces the logits) is kept dense unless
+`lm_head=true`: it is the most sensitive layer and, often tied to the token
+embedding, a bad trade.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgec.calibration import run_calibration
+from edgec.errors import EdgecError
+from edgec.ir import Graph, Node
+
+from .registry import register_pass
+
+LINEAR_DTYPES = ("float32", "float16")
+
+
+# ---------------------------------------------------------------- shared helpers
+def lm_head_nodes(graph: Graph) -> set[Node]:
+    """The linears the graph outputs read without passing another linear (the logits projection)."""
+    found, seen, stack = set(), set(), list(graph.outputs)
+    while stack:
+        v = stack.pop()
+        p = v.producer
+        if p is None or p in seen:
+            continue
+        seen.add(p)
+        if p.op == "linear":
+            found.add(p)
+        else:
+            stack.extend(p.inputs)
+    return found
+
+
+def weight_linears(graph: Graph, lm_head: bool = False) -> list[Node]:
+    """Linears that read a 2-D float weight directly (not already quantized or factored away)."""
+    heads = set() if lm_head else lm_head_nodes(graph)
+    return [n for n in graph.nodes
+            if n.op == "linear" and n not in heads and n.inputs[1].kind == "weight"
+            and n.inputs[1].rank == 2 and n.inputs[1].dtype in LINEAR_DTYPES]
+
+
+def own_weight(graph: Graph, node: Node, index: int = 1) -> None:
+    """Give `node` a private copy of its weight input if another node reads it too (tied lm_head)."""
+    v = node.inputs[index]
+    readers = sum(1 for n in graph.nodes for x in n.inputs if x is v) + graph.outputs.count(v)
+    if readers > 1:
+        node.inputs[index] = graph.add_weight(v.name, np.array(graph.weight(v)))
+
+
+def set_weight(graph: Graph, node: Node, array: np.ndarray, index: int = 1) -> None:
+    """Replace a node's weight array (never in place: arrays may be shared with the source model)."""
+    v = node.inputs[index]
+    graph.weights[v.name] = array
+    v.shape, v.dtype = tuple(array.shape), array.dtype.name
+
+
+def rows(x: np.ndarray) -> np.ndarray:
+    """A node input as a [tokens, features] matrix."""
+    return np.asarray(x).reshape(-1, x.shape[-1])
+
+
+# ---------------------------------------------------------------- options
+def check_sparsity(sparsity, n, m) -> tuple[float, int, int]:
+    """Validate the options; returns (sparsity, n, m) with sparsity = 1 - n/m for N:M."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
+        raise EdgecError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in (n, m)):
+        raise EdgecError(f"n and m must be integers, got n={n!r} m={m!r}")
+    if (n, m) == (0, 0):
+        return float(sparsity), 0, 0
+    if not 0 < n < m:
+        raise EdgecError(f"N:M sparsity keeps n of every m weights and needs 0 < n < m, got {n}:{m}")
+    return 1.0 - n / m, n, m
+
+
+def check_divisible(graph: Graph, nodes: list[Node], m: int) -> None:
+    for node in nodes:
+        k = node.inputs[1].shape[1]
+        if m and k % m:
+            raise EdgecError(f"N:M sparsity with m={m} needs every pruned linear's input size to be a "
+                             f"multiple of {m}; {node.inputs[1].name} has {k}")
+
+
+# ---------------------------------------------------------------- masks
+def prune_mask(score: np.ndarray, sparsity: float, n: int = 0, m: int = 0) -> np.ndarray:
+    """True where a weight goes: the lowest scores per row, or the m-n lowest of every m-group."""
+    rows_, k = score.shape
+    if m:
+        groups = score.reshape(rows_, k // m, m)
+        idx = np.argsort(groups, axis=-1, kind="stable")[..., :m - n]
+        mask = np.zeros_like(groups, dtype=bool)
+        np.put_along_axis(mask, idx, True, axis=-1)
+        return mask.reshape(rows_, k)
+    drop = int(k * sparsity)
+    mask = np.zeros_like(score, dtype=bool)
+    if drop:
+        idx = np.argpartition(score, drop - 1, axis=1)[:, :drop]
+        np.put_along_axis(mask, idx, True, axis=1)
+    return mask
+
+
+def apply_mask(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask, np.zeros((), w.dtype), w)
+
+
+def _summary(graph: Graph, nodes: list[Node], n: int, m: int) -> str:
+    zeros = sum(int(np.count_nonzero(graph.weight(x.inputs[1]) == 0)) for x in nodes)
+    total = sum(int(np.prod(x.inputs[1].shape)) for x in nodes)
+    what = f"{n}:{m}" if m else "unstructured"
+    return f"pruned {len(nodes)} linears to {100 * zeros / max(total, 1):.1f}% ({what})"
+
+
+def _prepare(graph: Graph, sparsity, n, m, lm_head):
+    sparsity, n, m = check_sparsity(sparsity, n, m)
+    nodes = weight_linears(graph, lm_head)
+    check_divisible(graph, nodes, m)
+    for node in nodes:
+        own_weight(graph, node)
+    return sparsity, n, m, nodes
+
+
+# ---------------------------------------------------------------- magnitude
+@register_pass("magnitude", sparsity=0.5, n=0, m=0, lm_head=False)
+def magnitude(graph: Graph, sparsity, n, m, lm_head) -> str:
+    """Zero the smallest-magnitude weights of every linear (per output row, or N:M)."""
+    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    for node in nodes:
+        w = np.asarray(graph.weight(node.inputs[1]))
+        set_weight(graph, node, apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m)))
+    return _summary(graph, nodes, n, m)
+
+
+# ---------------------------------------------------------------- wanda
+def wanda_prune(w: np.ndarray, x_norm: np.ndarray, sparsity: float, n: int = 0, m: int = 0) -> np.ndarray:
+    """Wanda on one weight: score |W_ij| * ||X_j||; returns the pruned copy."""
+    score = np.abs(w.astype(np.float32)) * x_norm.astype(np.float32)[None, :]
+    return apply_mask(w, prune_mask(score, sparsity, n, m))
+
+
+def input_norms(inputs: list[list[np.ndarray]]) -> np.ndarray:
+    """||X_j||_2 per input feature over every calibration token."""
+    sq = sum(np.einsum("tk,tk->k", rows(s[0]), rows(s[0]), dtype=np.float64) for s in inputs)
+    return np.sqrt(sq)
+
+
+@register_pass("wanda", needs_calibration=True, sparsity=0.5, n=0, m=0, lm_head=False)
+def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> str:
+    """Wanda pruning: |W| times input-activation norm, per output row (or N:M), sequentially."""
+    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    targets = set(nodes)
+
+    def visit(node, inputs):
+        w = np.asarray(graph.weight(node.inputs[1]))
+        set_weight(graph, node, wanda_prune(w, input_norms(inputs), sparsity, n, m))
+
+    run_calibration(graph, ctx.windows(), lambda x: x in targets, visit, ctx.progress, "wanda")
+    return _summary(graph, nodes, n, m)
+
+
+# ---------------------------------------------------------------- sparsegpt
+def hessian(inputs: list[list[np.ndarray]]) -> torch.Tensor:
+    """H = sum over calibration tokens of x x^T (float64; only its shape matters, not its scale)."""
+    k = inputs[0][0].shape[-1]
+    h = torch.zeros(k, k, dtype=torch.float64)
+    for s in inputs:
+        x = torch.from_numpy(np.ascontiguousarray(rows(s[0]), dtype=np.float32))
+        h += (x.T @ x).double()
+    return h
+
+
+def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (SparseGPT's and GPTQ's form)."""
+    h = h.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    try:
+        hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+        return torch.linalg.cholesky(hinv, upper=True)
+    except RuntimeError:
+        raise EdgecError("sparsegpt: the layer Hessian is not positive definite; raise damp "
+                         "(e.g. 0.1) or give more calibration data") from None
+
+
+def sparsegpt_prune(w: np.ndarray, h: torch.Tensor, sparsity: float, n: int = 0, m: int = 0,
+                    block_size: int = 128, damp: float = 0.01) -> np.ndarray:
+    """SparseGPT on one weight W[N, K] with Hessian H[K, K]; returns the pruned, compensated copy."""
+    W = torch.tensor(np.asarray(w), dtype=torch.float32)
+    dead = torch.diag(h) == 0
+    W[:, dead] = 0  # inputs that are always zero carry nothing
+    Hinv = inverse_hessian_factor(h, damp).float()
+    K = W.shape[1]
+    for i1 in range(0, K, block_size):
+        i2 = min(i1 + block_size, K)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        d = torch.diag(Hinv1)
+        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if not m:  # adaptive mask: the lowest OBS saliencies of this whole block
+            drop = int(W1.numel() * sparsity)
+            if drop:
+                saliency = (W1 ** 2 / d[None, :] ** 2).flatten()
+                mask1.view(-1)[torch.topk(saliency, drop, largest=False).indices] = True
+        for i in range(i2 - i1):
+            if m and i % m == 0:  # N:M: choose the group's mask with the updated weights
+                saliency = W1[:, i:i + m] ** 2 / d[None, i:i + m] ** 2
+                mask1.scatter_(1, i + torch.topk(saliency, m - n, dim=1, largest=False).indices, True)
+            col = W1[:, i]
+            q = torch.where(mask1[:, i], torch.zeros_like(col), col)
+            err = (col - q) / d[i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Q1[:, i], Err1[:, i] = q, err
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W.numpy().astype(w.dtype)
+
+
+@register_pass("sparsegpt", needs_calibration=True, sparsity=0.5, n=0, m=0, damp=0.01, block_size=128,
+               lm_head=False)
+def sparsegpt(graph: Graph, ctx, sparsity, n, m, damp, block_size, lm_head) -> str:
+    """SparseGPT: OBS pruning with Hessian-based error compensation, layer by layer."""
+    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    if not isinstance(block_size, int) or block_size <= 0 or (m and block_size % m):
+        raise EdgecError(f"sparsegpt: block_size must be a positive multiple of m, got {block_size!r}")
+    if not isinstance(damp, (int, float)) or not 0 < damp < 1:
+        raise EdgecError(f"sparsegpt: damp must be in (0, 1), got {damp!r}")
+    targets = set(nodes)
+    # Linears reading the same activation (q/k/v, gate/up) share one Hessian.
+    readers: dict = {}
+    for node in nodes:
+        readers[node.inputs[0]] = readers.get(node.inputs[0], 0) + 1
+    cache: dict = {}
+
+    def visit(node, inputs):
+        x = node.inputs[0]
+        if x not in cache:
+            cache[x] = hessian(inputs)
+        w = np.asarray(graph.weight(node.inputs[1]))
+        set_weight(graph, node, sparsegpt_prune(w, cache[x], sparsity, n, m, block_size, damp))
+        readers[x] -= 1
+        if not readers[x]:
+            del cache[x]
+
+    run_calibration(graph, ctx.windows(), lambda x: x in targets, visit, ctx.progress, "sparsegpt")
+    return _summary(graph, nodes, n, m)

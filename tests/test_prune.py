@@ -1,0 +1,278 @@
+"""Pruning passes on tiny models: exact sparsity, N:M patterns, SparseGPT/Wanda/magnitude
+reconstruction order, structured pruning that shrinks shapes and still runs in ONNX, bad options."""
+import copy
+
+import numpy as np
+import pytest
+
+import edgec
+from edgec.backends import get_backend
+from edgec.calibration import run_calibration
+from edgec.devices import get_device
+from edgec.errors import EdgecError
+from edgec.frontend import import_model
+from edgec.ir import interpret, verify
+from edgec.passes import CANONICALIZE, RAISE, PassManager, get_pass
+from edgec.passes.prune import (apply_mask, hessian, input_norms, lm_head_nodes, prune_mask,
+                                sparsegpt_prune, wanda_prune, weight_linears)
+from edgec.pipeline import compile_ir, write_artifact
+from edgec.recipes import list_recipes, load_recipe
+from tiny import save_tiny
+
+IDS = [5, 17, 33, 8, 41, 2, 60, 12, 9, 27, 70, 3, 44]
+
+
+class Calib:
+    """What calibrated passes need from PassContext: token windows and a progress callback."""
+
+    def __init__(self, n=8, seqlen=48, seed=0):
+        rng = np.random.default_rng(seed)
+        self._w = [rng.integers(3, 75, seqlen) for _ in range(n)]
+
+    def windows(self):
+        return self._w
+
+    def progress(self, msg):
+        pass
+
+
+def raised_graph(folder):
+    imported = import_model(str(folder))
+    pm = PassManager()
+    pm.run(imported.graph, CANONICALIZE)
+    pm.run(imported.graph, RAISE)
+    return imported.graph
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama):
+    return raised_graph(tiny_llama)
+
+
+def run_pass(graph, name, **opts):
+    """Run a registered pass on a copy of `graph` the way the PassManager does; returns (copy, summary)."""
+    g = copy.deepcopy(graph)
+    p = get_pass(name)
+    extra = {"ctx": Calib()} if p.needs_calibration else {}
+    summary = p.fn(g, **extra, **p.check_options(opts))
+    verify(g)
+    return g, summary
+
+
+def logits(graph, ids=IDS):
+    return interpret(graph, {"input_ids": np.array([ids]), "position_ids": np.arange(len(ids))[None]})["logits"][0]
+
+
+def pruned_weights(graph):
+    return {n.inputs[1].name: np.asarray(graph.weight(n.inputs[1])) for n in weight_linears(graph)}
+
+
+# ---------------------------------------------------------------- unstructured and N:M
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_unstructured_sparsity_is_exact_per_row(llama, method):
+    g, summary = run_pass(llama, method, sparsity=0.5)
+    ws = pruned_weights(g)
+    assert len(ws) == 14 and "pruned 14 linears to 50.0% (unstructured)" in summary
+    for name, w in ws.items():
+        zeros = (w == 0).sum(1)
+        assert np.all(np.abs(zeros - w.shape[1] // 2) <= 1), name
+
+
+def test_sparsegpt_unstructured_sparsity_is_exact_per_layer(llama):
+    g, summary = run_pass(llama, "sparsegpt", sparsity=0.6)
+    for name, w in pruned_weights(g).items():
+        blocks = -(-w.shape[1] // 128)
+        assert abs((w == 0).sum() - int(w.size * 0.6)) <= blocks + 1, name
+    assert "60.0%" in summary
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_2_4_holds_in_every_group_of_four(llama, method):
+    g, summary = run_pass(llama, method, n=2, m=4)
+    assert "(2:4)" in summary
+    for name, w in pruned_weights(g).items():
+        groups = w.reshape(w.shape[0], -1, 4)
+        assert ((groups != 0).sum(-1) <= 2).all(), name
+    heads = lm_head_nodes(g)
+    assert len(heads) == 1 and (np.asarray(g.weight(next(iter(heads)).inputs[1])) != 0).all()
+
+
+def test_lm_head_option_prunes_it_too(llama):
+    g, _ = run_pass(llama, "magnitude", sparsity=0.5, lm_head=True)
+    (head,) = lm_head_nodes(g)
+    assert (np.asarray(g.weight(head.inputs[1])) == 0).mean() == pytest.approx(0.5, abs=0.02)
+
+
+def test_sparsity_zero_changes_nothing(llama):
+    g, _ = run_pass(llama, "wanda", sparsity=0.0)
+    np.testing.assert_array_equal(logits(g), logits(llama))
+
+
+def test_reconstruction_error_sparsegpt_below_wanda_below_magnitude(llama):
+    """||X W^T - X What^T|| on every linear's calibration inputs, summed over the model."""
+    nodes = weight_linears(llama)
+    acts = {}
+    run_calibration(llama, Calib().windows(), lambda n: n in set(nodes), lambda n, ins: acts.__setitem__(n, ins))
+    for n_, m in ((0, 0), (2, 4)):
+        err = {"magnitude": 0.0, "wanda": 0.0, "sparsegpt": 0.0}
+        for node in nodes:
+            ins, w = acts[node], np.asarray(llama.weight(node.inputs[1]))
+            x = np.concatenate([s[0].reshape(-1, w.shape[1]) for s in ins])
+            pruned = {"magnitude": apply_mask(w, prune_mask(np.abs(w), 0.5, n_, m)),
+                      "wanda": wanda_prune(w, input_norms(ins), 0.5, n_, m),
+                      "sparsegpt": sparsegpt_prune(w, hessian(ins), 0.5, n_, m)}
+            for k, wh in pruned.items():
+                assert (wh == 0).mean() >= 0.49
+                err[k] += np.linalg.norm(x @ w.T - x @ wh.T)
+        assert err["sparsegpt"] < err["wanda"] <= err["magnitude"], (n_, m, err)
+
+
+def test_sparsegpt_model_output_closer_than_magnitude(llama):
+    ref = logits(llama)
+    errs = {m: np.abs(logits(run_pass(llama, m, sparsity=0.5)[0]) - ref).mean() for m in ("magnitude", "sparsegpt")}
+    assert errs["sparsegpt"] < errs["magnitude"]
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\)"),
+    ({"sparsity": -0.1}, r"sparsity must be a number in \[0, 1\)"),
+    ({"n": 4, "m": 4}, "needs 0 < n < m, got 4:4"),
+    ({"n": 3, "m": 2}, "needs 0 < n < m"),
+    ({"n": 2, "m": 0}, "needs 0 < n < m"),
+    ({"n": 2, "m": 3}, "multiple of 3"),
+])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_bad_options(llama, method, opts, message):
+    with pytest.raises(EdgecError, match=message):
+        run_pass(llama, method, **opts)
+
+
+def test_sparsegpt_block_must_be_multiple_of_m(llama):
+    with pytest.raises(EdgecError, match="block_size"):
+        run_pass(llama, "sparsegpt", n=2, m=4, block_size=6)
+
+
+# ---------------------------------------------------------------- recipes
+def test_named_pruning_recipes():
+    names = set(list_recipes())
+    assert {"magnitude-50", "wanda-50", "wanda-2:4", "sparsegpt-50", "sparsegpt-2:4", "svd",
+            "prune-ffn-25"} <= names
+    assert load_recipe("wanda-2:4").passes == [("wanda", {"sparsity": 0.5, "n": 2, "m": 4})]
+    assert load_recipe("wanda-2:4").needs_calibration and not load_recipe("magnitude-50").needs_calibration
+
+
+def test_wanda_2_4_composes_with_fp16(tiny_llama, tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. It was a sunny day.\n" * 20)
+    recipe = load_recipe("wanda-2:4+fp16")
+    cfg = edgec.pipeline.calib_config(recipe, text, 4, 32)
+    imported, pm = compile_ir(tiny_llama, recipe, calib=cfg)
+    assert [r.name for r in pm.records if r.name in ("wanda", "fp16_weights")] == ["wanda", "fp16_weights"]
+    halves = [n for n in imported.graph.nodes if n.op == "cast" and n.inputs[0].dtype == "float16"]
+    w = np.asarray(imported.graph.weight(halves[1].inputs[0]))  # a 2:4 layer, now stored as fp16
+    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    art = write_artifact(imported, pm, tmp_path / "art", device=get_device("host"),
+                         backend=get_backend("onnx"), recipe=recipe)
+    out = edgec.load(art).logits(IDS)
+    assert out.shape == (len(IDS), 75) and np.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- structured
+def _by_name(graph, part):
+    (v,) = [v for n, v in graph.weight_values.items() if part in n]
+    return v
+
+
+def test_prune_ffn_shrinks_gated_mlps(llama):
+    g, summary = run_pass(llama, "prune_ffn", ratio=0.25)
+    assert summary.startswith("pruned 2 MLPs: 256 -> 192")
+    for i in (0, 1):
+        assert _by_name(g, f"layers.{i}.mlp.gate_proj").shape == (96, 64)
+        assert _by_name(g, f"layers.{i}.mlp.up_proj").shape == (96, 64)
+        assert _by_name(g, f"layers.{i}.mlp.down_proj").shape == (64, 96)
+    assert g.num_parameters() == llama.num_parameters() - 2 * 3 * 32 * 64
+
+
+def _zero(graph, rows=(), cols=(), channels=()):
+    """A copy of graph with `channels` zeroed in the rows of weights `rows` and the columns of `cols`."""
+    g = copy.deepcopy(graph)
+    for part, axis in [(r, 0) for r in rows] + [(c, 1) for c in cols]:
+        v = _by_name(g, part)
+        w = np.array(g.weight(v))
+        w[(slice(None),) * axis + (channels,)] = 0
+        g.weights[v.name] = w
+    return g
+
+
+def test_prune_ffn_removes_exactly_the_dead_channels(llama):
+    """Channels whose down-projection columns are zero contribute nothing: removing them is exact."""
+    g = _zero(llama, cols=["layers.0.mlp.down_proj", "layers.1.mlp.down_proj"], channels=np.arange(0, 128, 4))
+    pruned, _ = run_pass(g, "prune_ffn", ratio=0.25)
+    np.testing.assert_allclose(logits(pruned), logits(g), atol=1e-5)
+
+
+def test_prune_ffn_plain_mlp_with_biases(tmp_path):
+    opt = raised_graph(save_tiny("opt", tmp_path / "opt"))
+    g = _zero(opt, rows=[f"layers.{i}.fc1.{p}" for i in (0, 1) for p in ("weight", "bias")],
+              channels=np.arange(1, 128, 4))
+    pruned, summary = run_pass(g, "prune_ffn", ratio=0.25, multiple_of=1)
+    assert "256 -> 192" in summary
+    assert _by_name(pruned, "layers.1.fc1.bias").shape == (96,)
+    assert _by_name(pruned, "layers.1.fc2.weight").shape == (64, 96)
+    np.testing.assert_allclose(logits(pruned), logits(g), atol=1e-5)
+
+
+def test_prune_heads_removes_exactly_the_dead_kv_group(llama):
+    """KV group 1 (kv head 1, query heads 2-3) with zero value rows adds nothing: removing it is exact."""
+    g = _zero(llama, rows=["layers.0.self_attn.v_proj", "layers.1.self_attn.v_proj"], channels=np.arange(16, 32))
+    pruned, summary = run_pass(g, "prune_heads", groups=1)
+    assert summary == "pruned attention in 2 layers: 8 -> 4 query heads"
+    assert _by_name(pruned, "layers.0.self_attn.q_proj").shape == (32, 64)
+    assert _by_name(pruned, "layers.0.self_attn.k_proj").shape == (16, 64)
+    assert _by_name(pruned, "layers.0.self_attn.o_proj").shape == (64, 32)
+    att = [n for n in pruned.nodes if n.op == "attention"][0]
+    assert [tuple(v.shape) for v in att.inputs] == [(1, 2, "seq", 16), (1, 1, "seq", 16), (1, 1, "seq", 16)]
+    np.testing.assert_allclose(logits(pruned), logits(g), atol=1e-5)
+
+
+def test_wanda_structured_passes(llama):
+    g, summary = run_pass(llama, "wanda_ffn", ratio=0.5)
+    assert "256 -> 128" in summary
+    g, summary = run_pass(g, "wanda_heads", ratio=0.5)
+    assert summary.endswith("8 -> 4 query heads")
+
+
+def test_prune_heads_refuses_fused_qkv(tmp_path):
+    phi3 = raised_graph(save_tiny("phi3", tmp_path / "phi3"))
+    with pytest.raises(EdgecError, match="head pruning cannot handle this model.*fused qkv"):
+        run_pass(phi3, "prune_heads", groups=1)
+    g, summary = run_pass(phi3, "prune_ffn", ratio=0.25)  # fused gate_up is handled
+    assert "256 -> 192" in summary
+    assert _by_name(g, "layers.0.mlp.gate_up_proj").shape == (192, 64)
+
+
+@pytest.mark.parametrize("opts, message", [
+    ({"groups": 2}, "keep at least one"), ({}, "exactly one of groups"), ({"groups": 1, "ratio": 0.5}, "exactly one"),
+    ({"ratio": 1.5}, r"ratio must be a number in \[0, 1\)")])
+def test_prune_heads_bad_options(llama, opts, message):
+    with pytest.raises(EdgecError, match=message):
+        run_pass(llama, "prune_heads", **opts)
+
+
+def test_structured_recipe_onnx_artifact_matches_interpreter(llama, tiny_llama, tmp_path):
+    rec = tmp_path / "structured.toml"
+    rec.write_text('name = "structured"\n[[passes]]\nname = "prune_ffn"\nratio = 0.25\n'
+                   '[[passes]]\nname = "prune_heads"\ngroups = 1\n')
+    recipe = load_recipe(str(rec))
+    imported, pm = compile_ir(tiny_llama, recipe)
+    art = write_artifact(imported, pm, tmp_path / "art", device=get_device("host"),
+                         backend=get_backend("onnx"), recipe=recipe)
+    g = imported.graph
+    feeds = {"input_ids": np.array([IDS]), "position_ids": np.arange(len(IDS))[None]}
+    feeds.update({v.name: np.zeros([0 if isinstance(d, str) else d for d in v.shape], v.dtype)
+                  for v in g.inputs if v.name.startswith("past_")})
+    ref = interpret(g, feeds)["logits"][0]
+    model = edgec.load(art)
+    np.testing.assert_allclose(model.logits(IDS), ref, atol=1e-4)
+    assert len(model.generate(IDS[:4], max_new_tokens=6, stop_at_eos=False)) == 6
+    assert g.num_parameters() < 0.9 * llama.num_parameters()
