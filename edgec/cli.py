@@ -1,6 +1,6 @@
-"""The `edgec` command line: build, run, inspect, devices, recipes.
+"""The `edgec` command line: build, run, eval, inspect, devices, recipes.
 
-Every command maps onto the Python API (edgec.build, edgec.load). User errors
+Every command maps onto the Python API (edgec.build, edgec.load, edgec.evaluate). User errors
 (EdgecError) print one line to stderr and exit 2; progress goes to stderr so
 stdout carries only results (generated text, --json objects).
 """
@@ -190,6 +190,49 @@ def inspect(artifact, as_json):
     click.echo(f"ops          {ops}")
     for v in g["inputs"][:3] + g["outputs"][:1]:
         click.echo(f"  {v['name']}: {v['dtype']}{v['shape']}")
+
+
+@main.command("eval")
+@click.argument("target", required=False)
+@click.option("--reference", default=None, metavar="MODEL",
+              help="Model for KL and top-1 agreement (default: the artifact's source model).")
+@click.option("--no-reference", is_flag=True, help="Perplexity only (no reference model: faster).")
+@click.option("--text", type=click.Path(path_type=Path), default=None,
+              help="Evaluation text (default: WikiText-2 raw test split from $EDGEC_DATA_DIR "
+              "or ../shared/data).")
+@click.option("--max-tokens", type=int, default=None,
+              help="Evaluate only this token prefix, rounded down to whole windows (default: all).")
+@click.option("--window", type=int, default=512, show_default=True, help="Tokens per window.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@user_errors
+def eval_(target, reference, no_reference, text, max_tokens, window, quiet, as_json):
+    """Perplexity of TARGET (an artifact, a model folder, a .gguf, or nothing for
+    the default model) on WikiText-2, with KL divergence and top-1 agreement
+    against the source model."""
+    _quiet_libraries()
+    from .eval import evaluate
+
+    if reference is not None and no_reference:
+        raise EdgecError("pass either --reference or --no-reference, not both")
+    r = evaluate(target, reference=False if no_reference else reference, text=text, max_tokens=max_tokens,
+                 window=window, progress=_progress(quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(r.to_dict()))
+        return
+    wins = f"{r.windows} window{'s' * (r.windows != 1)} x {r.window} tokens"
+    click.echo(f"perplexity   {r.perplexity:.4f}  ({wins}: {r.tokens:,} predicted of {r.text_tokens:,} "
+               f"in {Path(r.text).name})")
+    if r.reference is None:
+        click.echo("KL, top-1    n/a (no reference; pass --reference MODEL)")
+    else:
+        click.echo(f"KL           {r.kl:.6f} nats/token vs {r.reference}")
+        click.echo(f"top-1        {100 * r.top1_agreement:.2f}% agreement")
+    if r.size_bytes is not None:
+        bpw = f", {r.bits_per_weight:.2f} bits/weight ({r.weight_bytes / 1e6:.1f} MB of weights / " \
+              f"{r.parameters / 1e6:.1f}M source parameters)" if r.bits_per_weight else ""
+        click.echo(f"size         {r.size_bytes / 1e6:.1f} MB{bpw}")
+    click.echo(f"time         {r.seconds:.1f} s")
 
 
 @main.command()
