@@ -203,10 +203,11 @@ def inspect(artifact, as_json):
 @click.option("--max-tokens", type=int, default=None,
               help="Evaluate only this token prefix, rounded down to whole windows (default: all).")
 @click.option("--window", type=int, default=512, show_default=True, help="Tokens per window.")
+@click.option("--threads", default=None, type=int, help="Threads for the backend and torch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
-def eval_(target, reference, no_reference, text, max_tokens, window, quiet, as_json):
+def eval_(target, reference, no_reference, text, max_tokens, window, threads, quiet, as_json):
     """Perplexity of TARGET (an artifact, a model folder, a .gguf, or nothing for
     the default model) on WikiText-2, with KL divergence and top-1 agreement
     against the source model."""
@@ -216,7 +217,7 @@ def eval_(target, reference, no_reference, text, max_tokens, window, quiet, as_j
     if reference is not None and no_reference:
         raise EdgecError("pass either --reference or --no-reference, not both")
     r = evaluate(target, reference=False if no_reference else reference, text=text, max_tokens=max_tokens,
-                 window=window, progress=_progress(quiet or as_json))
+                 window=window, progress=_progress(quiet or as_json), threads=threads)
     if as_json:
         click.echo(json.dumps(r.to_dict()))
         return

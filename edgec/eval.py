@@ -202,7 +202,7 @@ class _Target:
     agree: int = 0
 
 
-def _open(target, window: int, need_source: bool, say: Progress) -> _Target:
+def _open(target, window: int, need_source: bool, say: Progress, threads: int | None) -> _Target:
     if hasattr(target, "logits"):
         return _Target(target, "custom", getattr(target, "name", type(target).__name__),
                        getattr(target, "size_bytes", None), getattr(target, "weight_bytes", None),
@@ -211,7 +211,7 @@ def _open(target, window: int, need_source: bool, say: Progress) -> _Target:
         from .runtime import load
 
         say(f"loading artifact {target}")
-        model = load(target)
+        model = load(target, threads=threads)
         if window > model.context_length:
             raise EdgecError(f"window {window} is longer than the artifact's context ({model.context_length})")
         m = model.manifest
@@ -239,7 +239,8 @@ def _log_softmax64(logits):
 
 
 def evaluate(target=None, reference=None, text: str | Path | None = None, max_tokens: int | None = None,
-             window: int = DEFAULT_WINDOW, progress: Progress | None = None) -> EvalResult:
+             window: int = DEFAULT_WINDOW, progress: Progress | None = None,
+             threads: int | None = None) -> EvalResult:
     """Perplexity of `target` on WikiText-2 (or `text`), and KL/top-1 against `reference`.
 
     target: an artifact directory; a model (HF folder, .gguf, or None = the
@@ -250,13 +251,14 @@ def evaluate(target=None, reference=None, text: str | Path | None = None, max_to
     compared with itself; kl and top1_agreement are then None); False = none.
     max_tokens: evaluate only this prefix of the tokenized text, rounded down
     to whole windows (None = all of it).
+    threads: for the artifact's backend and torch (None = their defaults).
     """
-    return evaluate_many([target], reference, text, max_tokens, window, progress)[0]
+    return evaluate_many([target], reference, text, max_tokens, window, progress, threads)[0]
 
 
 def evaluate_many(targets: list, reference=None, text: str | Path | None = None,
                   max_tokens: int | None = None, window: int = DEFAULT_WINDOW,
-                  progress: Progress | None = None) -> list[EvalResult]:
+                  progress: Progress | None = None, threads: int | None = None) -> list[EvalResult]:
     """`evaluate` for several targets on the same windows, running the reference once per window.
 
     With reference=None the artifacts must share one source model, which then
@@ -271,8 +273,12 @@ def evaluate_many(targets: list, reference=None, text: str | Path | None = None,
     if reference is not None and reference is not False:
         reference = _resolve(reference)  # a one-line error for a bad path before loading anything
     text_path, body = read_eval_text(text)
+    if threads:
+        import torch
 
-    opened = [_open(t, window, reference is None, say) for t in targets]
+        torch.set_num_threads(threads)
+
+    opened = [_open(t, window, reference is None, say, threads) for t in targets]
     say(f"tokenizing {text_path} ({len(body):,} characters)")
     ids = tokenize(opened[0].scorer.tokenizer, body)
     for t in opened[1:]:
