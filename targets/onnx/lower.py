@@ -514,6 +514,9 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
     for n in graph.nodes:
         cx.scope = n.outputs[0].name if n.outputs else n.op
         LOWERINGS[n.op](cx, n)
+    # A fused lowering may leave a weight unread (MatMulNBits' default zero points): don't store it.
+    read = {name for nd in cx.nodes for name in nd.input}
+    inits = [i for i in inits if i.name in read]
     g = helper.make_graph(cx.nodes, graph.meta.get("name", "edgec"),
                           [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs])

@@ -1,0 +1,171 @@
+"""AWQ (Lin et al. 2023): activation-aware weight quantization by per-input-channel scaling.
+
+A few input channels carry much larger activations than the rest, and the
+weights they multiply matter most. AWQ scales those weight columns up before
+round-to-nearest (so they lose less precision) and divides the activations
+by the same factor, which is exact in full precision:
+
+    x W^T = (x / s) (W diag(s))^T,   s = mean|x|^alpha (normalized)
+
+alpha is searched on a grid to minimize the quantized output error
+||x W^T - (x/s) Q(W diag(s))^T||. The error is evaluated over all
+calibration tokens at once through H = X^T X (||X D^T||^2 = tr(D H D^T)),
+so the search costs N*K^2 per alpha, independent of the token count.
+
+1/s is folded into what produces x, so inference pays nothing:
+- an rms_norm / layer_norm whose output only feeds these linears: its
+  weight (and bias) is divided by s;
+- a `glu(act(gate), up)` whose `up` is a quantized linear: up's rows are
+  divided by s, which for the packed format is just its row scales;
+- otherwise an explicit `mul(x, 1/s)` with a [K] constant is inserted.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from edgec.calibration import run_calibration
+from edgec.errors import EdgecError
+from edgec.ir import Graph, Node, Value
+from edgec.ir.quant import QuantSpec, group_params, pack, quantize_with
+
+from .gptq import hessian
+from .quantize import Target, find_targets, make_spec, replace_weight, summary
+from .registry import register_pass
+
+
+def rtn(w: np.ndarray, spec: QuantSpec):
+    """Round-to-nearest of w [N, K]: (codes, scales, zeros, dequantized w)."""
+    scales, zeros = group_params(w, spec)
+    codes = quantize_with(w, scales, zeros, spec)
+    n, k = w.shape
+    q = codes.reshape(n, scales.shape[1], -1).astype(np.float32) - zeros[..., None]
+    return codes, scales, zeros, (q * scales[..., None]).reshape(n, k)
+
+
+def search_scales(w: np.ndarray, h: torch.Tensor, x_mean: np.ndarray, spec: QuantSpec, grid: int = 20):
+    """Best per-input-channel scales s [K] for w [N, K]: (s, error at best alpha, error at alpha=0).
+
+    Errors are ||X (W - Q(W s)/s)^T||^2 with H = X^T X; alpha = 0 is plain RTN.
+    """
+    hf = h.float()
+    W = torch.from_numpy(np.asarray(w, np.float32))
+    xm = np.maximum(np.asarray(x_mean, np.float64), 1e-4)
+    best = (np.inf, np.ones(w.shape[1], np.float32))
+    base = None
+    for i in range(max(int(grid), 1)):
+        alpha = i / grid
+        s = xm ** alpha
+        s = (s / np.sqrt(s.max() * s.min())).astype(np.float32)
+        w_eff = rtn(w * s, spec)[3] / s
+        d = torch.from_numpy(w_eff) - W
+        err = float(((d @ hf) * d).sum())
+        if i == 0:
+            base = err
+        if err < best[0]:
+            best = (err, s)
+    return best[1], best[0], base
+
+
+def _fold_target(graph: Graph, x: Value, group: list[Node], users: dict, results: dict) -> str:
+    """Where 1/s can be folded for the linears `group` reading x: 'norm', 'glu' or 'mul'."""
+    p = x.producer
+    only_group = set(users.get(x, [])) <= set(group) and x not in graph.outputs
+    if p is None or not only_group:
+        return "mul"
+    if p.op in ("rms_norm", "layer_norm"):
+        return "norm"
+    if p.op == "glu":
+        up = p.inputs[1]
+        up_node = up.producer
+        if (up_node is not None and up_node.op == "linear" and up_node.inputs[1].name in results
+                and users.get(up) == [p] and up.shape == x.shape):
+            return "glu"
+    return "mul"
+
+
+def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: str, results: dict) -> None:
+    inv = (1.0 / s).astype(np.float32)
+    p = x.producer
+    if how == "norm":
+        ins = list(p.inputs)
+        if len(ins) < 2:  # layer_norm without an affine weight
+            ins.append(graph.add_weight(f"{x.name}.awq_weight", inv))
+        else:
+            ins[1] = graph.add_weight(f"{ins[1].name}.awq", np.asarray(graph.weight(ins[1]), np.float32) * inv)
+        if p.op == "layer_norm" and len(ins) == 3:
+            ins[2] = graph.add_weight(f"{ins[2].name}.awq", np.asarray(graph.weight(ins[2]), np.float32) * inv)
+        p.inputs = ins
+    elif how == "glu":
+        up_node = p.inputs[1].producer
+        name = up_node.inputs[1].name
+        packed, scales, zeros, s_up = results[name]
+        results[name] = (packed, scales * inv[:, None], zeros, s_up)  # row n of up divided by s[n]
+        if len(up_node.inputs) == 3:
+            b = up_node.inputs[2]
+            up_node.inputs = up_node.inputs[:2] + [graph.add_weight(f"{b.name}.awq", np.asarray(graph.weight(b)) * inv)]
+    else:
+        m = graph.make_node("mul", [x, graph.add_weight(f"{x.name}.awq_inv_scale", inv)], name=f"{x.name}.awq")
+        graph.insert_before(min(group, key=graph.nodes.index), m)
+        for n in group:
+            n.inputs = [m.output] + n.inputs[1:]
+
+
+@register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
+               skip=[])
+def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> str:
+    """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023)."""
+    spec = make_spec(bits, group_size, symmetric)
+    if int(grid) < 1:
+        raise EdgecError(f"awq: grid must be >= 1, got {grid}")
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
+    before = graph.weights.total_bytes()
+    # A weight read by several linears cannot take one input scaling: plain RTN for it.
+    single = [t for t in targets if len(t.linears) == 1]
+    by_node: dict[Node, Target] = {t.linears[0]: t for t in single}
+    results: dict[str, tuple] = {}  # weight -> (packed, scales, zeros, s) of Q(W diag(s))
+    groups: list[tuple[Value, list[Node], np.ndarray]] = []
+    gains: list[float] = []
+
+    def visit(node, inputs):
+        t = by_node[node]
+        if t.name in results:
+            return
+        x = node.inputs[0]
+        group = [u for u in single if u.linears[0].inputs[0] is x and u.name not in results]
+        xs = [s[0] for s in inputs]
+        k = xs[0].shape[-1]
+        x_mean = np.mean([np.abs(a.reshape(-1, k)).mean(0) for a in xs], axis=0)
+        h = hessian(xs)
+        ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
+        s, err, base = search_scales(np.concatenate(ws), h, x_mean, spec, grid)
+        gains.append(err / base if base > 0 else 1.0)
+        for u, w in zip(group, ws):
+            codes, scales, zeros, w_hat = rtn(w * s, spec)
+            results[u.name] = (pack(codes, spec.bits), scales, zeros, s)
+            graph.weights[u.name] = w_hat / s  # what the layer computes on the unscaled x
+        groups.append((x, [u.linears[0] for u in group], s))
+        ctx.progress(f"awq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
+                     f"output error {gains[-1]:.2f}x of RTN")
+
+    run_calibration(graph, ctx.windows(), lambda n: n in by_node, visit)
+    users = graph.users()
+    plans = [(x, group, s, _fold_target(graph, x, group, users, results)) for x, group, s in groups
+             if not np.all(s == 1)]
+    folds = {"norm": 0, "glu": 0, "mul": 0}
+    for x, group, s, how in plans:
+        _apply_fold(graph, x, group, s, how, results)
+        folds[how] += 1
+    for t in targets:
+        if t.name in results:
+            packed, scales, zeros, _ = results[t.name]
+        else:
+            w = np.asarray(graph.weight(t.value), np.float32)
+            codes, scales, zeros, _ = rtn(w, spec)
+            packed = pack(codes, spec.bits)
+        replace_weight(graph, t, packed, scales, zeros, spec)
+    graph.prune_weights()
+    extra = (f", output error {np.mean(gains):.2f}x of RTN, scales folded into "
+             f"{folds['norm']} norms + {folds['glu']} up projections, {folds['mul']} mul" if gains else "")
+    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph,
+                   lm_head, extra)

@@ -1,0 +1,191 @@
+"""GPTQ (Frantar et al. 2022): weight-only quantization that corrects rounding errors with second-order information.
+
+For each linear, with H = 2/n sum x x^T over the calibration tokens, GPTQ
+quantizes W one input column at a time and spreads each column's rounding
+error over the columns not yet quantized, weighted by the inverse Hessian,
+so ||X W^T - X Q^T|| stays much lower than with round-to-nearest.
+
+Layers are processed in graph order by `run_calibration`, and each layer's
+dequantized weights are written back before it runs, so every layer is
+calibrated on the outputs of the already-quantized layers before it.
+Linears that read the same input (q/k/v, gate/up) share one Hessian and are
+quantized together as one row-stacked matrix (GPTQ is row-independent).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from edgec.calibration import run_calibration
+from edgec.errors import EdgecError
+from edgec.ir import Graph
+from edgec.ir.quant import QuantSpec, pack, params_from_range, quantize_rtn
+
+from .quantize import find_targets, make_spec, replace_weight, summary
+from .registry import register_pass
+
+
+@contextmanager
+def single_thread():
+    """Run torch single-threaded: the column loop is thousands of tiny ops, and OpenMP's
+    spin-waiting makes each cost milliseconds on a busy machine (microseconds without threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def hessian(xs: list[np.ndarray]) -> torch.Tensor:
+    """H = 2/n sum_t x_t x_t^T over every token of every sample (float64 [K, K]).
+
+    One matmul per chunk of samples, accumulated in float32 (as the GPTQ
+    reference does); float64 only for the result, where it is inverted.
+    """
+    k = xs[0].shape[-1]
+    h = torch.zeros(k, k)
+    n = 0
+    for i in range(0, len(xs), 16):
+        x = torch.from_numpy(np.concatenate([np.asarray(a, np.float32).reshape(-1, k) for a in xs[i:i + 16]]))
+        h.addmm_(x.T, x)
+        n += x.shape[0]
+    return h.double() * (2.0 / max(n, 1))
+
+
+def _params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zero points (float32 [N]) covering the columns of w [N, g], as edgec.ir.quant computes them."""
+    lo, hi = w.min(1).values.numpy(), w.max(1).values.numpy()
+    s, z = params_from_range(lo, hi, spec)
+    return torch.from_numpy(s), torch.from_numpy(z.astype(np.float32))
+
+
+def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp*mean(diag H)*I)^-1, in float64; more damping if H is not PD."""
+    k = h.shape[0]
+    lam = damp * torch.mean(torch.diag(h)).item()
+    for _ in range(6):
+        try:
+            l = torch.linalg.cholesky(h + lam * torch.eye(k, dtype=h.dtype))
+            return torch.linalg.cholesky(torch.cholesky_inverse(l), upper=True)
+        except torch.linalg.LinAlgError:
+            lam = max(lam * 10, 1e-8)
+    raise EdgecError("GPTQ: the calibration Hessian is not positive definite even with heavy damping; "
+                     "use more calibration data or a larger damp")
+
+
+def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
+                  damp: float = 0.01, block_size: int = 128):
+    """GPTQ on w [N, K] with Hessian h [K, K]: (codes uint8 [N, K], scales f32 [N, K/g], zeros u8 [N, K/g]).
+
+    Group parameters are computed when the first column of a group is
+    reached, from the group's error-updated weights. With act_order, columns
+    are processed by decreasing diag(H), and the group parameters come from
+    the original column order before permuting ("static groups"), so the
+    result stays plain group-wise (the format has no g_idx).
+    """
+    n, k = w.shape
+    g = spec.check(k)
+    W = torch.tensor(np.asarray(w, np.float32))
+    H = h.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    scales = torch.zeros(n, k // g)
+    zeros = torch.zeros(n, k // g)
+    perm = None
+    if act_order:
+        for j in range(k // g):
+            scales[:, j], zeros[:, j] = _params(W[:, j * g:(j + 1) * g], spec)
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+
+    Hinv = inverse_hessian_factor(H, damp).float()
+    Q = torch.zeros_like(W)
+    qmax = float(spec.qmax)
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            grp = (int(perm[col]) if perm is not None else col) // g
+            if perm is None and col % g == 0:
+                # The group's current weights: the rest of this block (updated in W1) and later columns.
+                cur = torch.cat([W1[:, i:], W[:, i2:col + g]], 1)[:, :g]
+                scales[:, grp], zeros[:, grp] = _params(cur, spec)
+            s, z = scales[:, grp], zeros[:, grp]
+            wc = W1[:, i]
+            q = torch.clamp(torch.round(wc / s) + z, 0, qmax)
+            Q[:, col] = q
+            err = (wc - (q - z) * s) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    return Q.to(torch.uint8).numpy(), scales.numpy(), zeros.to(torch.uint8).numpy()
+
+
+def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
+    """Relative layer output error ||X(W - W^)^T||^2 / ||X W^T||^2, from the Hessian alone."""
+    W = torch.from_numpy(np.asarray(w, np.float32))
+    D = W - torch.from_numpy(np.asarray(w_hat, np.float32))
+    hf = h.float()
+    return float(((D @ hf) * D).sum() / ((W @ hf) * W).sum().clamp_min(1e-30))
+
+
+@register_pass("gptq", needs_calibration=True, bits=4, group_size=128, symmetric=True, act_order=False,
+               damp=0.01, block_size=128, lm_head=False, skip=[])
+def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head, skip) -> str:
+    """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
+    from edgec.ir.quant import dequantize
+
+    spec = make_spec(bits, group_size, symmetric)
+    if not 0 < float(damp) < 1 or int(block_size) < 1:
+        raise EdgecError(f"gptq: damp must be in (0, 1) and block_size >= 1; got damp={damp}, block_size={block_size}")
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
+    before = graph.weights.total_bytes()
+    # A weight read by several linears (rare) has no single Hessian: plain RTN for it.
+    single = [t for t in targets if len(t.linears) == 1]
+    by_node = {t.linears[0]: t for t in single}
+    results: dict[str, tuple] = {}
+    errors: list[float] = []
+
+    def visit(node, inputs):
+        t = by_node[node]
+        if t.name in results:
+            return  # quantized together with an earlier linear that reads the same input
+        x = node.inputs[0]
+        group = [u for u in single if u.linears[0].inputs[0] is x and u.name not in results]
+        h = hessian([s[0] for s in inputs])
+        ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
+        with single_thread():
+            codes, scales, zeros = gptq_quantize(np.concatenate(ws), h, spec, act_order=act_order,
+                                                 damp=float(damp), block_size=int(block_size))
+        k = ws[0].shape[1]
+        w_hat = dequantize(pack(codes, spec.bits), scales, zeros, spec.bits, k // scales.shape[1], k)
+        errors.append(output_error(np.concatenate(ws), w_hat, h))
+        row = 0
+        for u, w in zip(group, ws):
+            rows = slice(row, row + w.shape[0])
+            row += w.shape[0]
+            results[u.name] = (pack(codes[rows], spec.bits), scales[rows], zeros[rows])
+            graph.weights[u.name] = w_hat[rows]  # later layers see this layer quantized
+        ctx.progress(f"gptq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
+                     f"relative output error {errors[-1]:.2e}")
+
+    run_calibration(graph, ctx.windows(), lambda n: n in by_node, visit)
+    for t in targets:
+        if t.name not in results:  # weights read by several linears
+            results[t.name] = quantize_rtn(np.asarray(graph.weight(t.value), np.float32), spec)
+        replace_weight(graph, t, *results[t.name], spec, share_embedding=True)
+    graph.prune_weights()
+    extra = (" (act_order)" if act_order else "") + (
+        f", mean relative output error {np.mean(errors):.2e}" if errors else "")
+    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph,
+                   lm_head, extra)

@@ -1,0 +1,141 @@
+"""Weight-only round-to-nearest (RTN) quantization, and the plumbing GPTQ and AWQ share.
+
+Every weight-only method ends the same way: a linear's fp32 weight W[N, K] is
+replaced by `dequantize(packed, scales, zeros)` in the one format of
+edgec.ir.quant, and the fp32 weight is dropped. The graph stays runnable by
+the reference interpreter, and backends fuse `linear(x, dequantize(...))`
+into their low-bit matmul (MatMulNBits on ONNX, see targets/onnx/lower_quant.py).
+
+The logits projection (`lm_head`, usually tied to the token embedding) stays
+fp32 unless `lm_head=True`: it is the most quantization-sensitive linear, and
+when tied the fp32 table must be kept for the embedding lookup anyway.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgec.errors import EdgecError
+from edgec.ir import Graph, Node, Value
+from edgec.ir.quant import SUPPORTED_BITS, QuantSpec, quantize_rtn
+
+from .registry import register_pass
+
+
+def make_spec(bits, group_size, symmetric) -> QuantSpec:
+    """Validated options -> QuantSpec (bad bit widths fail before any work is done)."""
+    if bits not in SUPPORTED_BITS:
+        raise EdgecError(f"{bits}-bit quantization is not supported; use one of {SUPPORTED_BITS}")
+    if not isinstance(group_size, int) or group_size < -1:
+        raise EdgecError(f"group_size must be a positive integer, or 0 for per output channel; got {group_size!r}")
+    return QuantSpec(int(bits), int(group_size), bool(symmetric))
+
+
+def describe(spec: QuantSpec) -> str:
+    g = "per-channel" if spec.group_size in (0, -1) else f"g{spec.group_size}"
+    return f"int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
+
+
+@dataclass(eq=False)
+class Target:
+    """One fp32 weight to quantize and the linears that read it as their W."""
+
+    value: Value
+    linears: list[Node] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.value.name
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.value.shape)
+
+
+def _const_like(v: Value) -> bool:
+    return v.kind == "weight" or (v.producer is not None and v.producer.op == "const")
+
+
+def lm_head_linears(graph: Graph) -> set[Node]:
+    """The linears that produce a graph output through single-input ops only (the logits projection).
+
+    Walks back from each output through casts, reshapes and soft-capping
+    (ops whose other inputs are constants); anything else (a residual add,
+    attention) ends the walk, so no hidden layer is mistaken for the head.
+    """
+    heads = set()
+    for out in graph.outputs:
+        n = out.producer
+        while n is not None:
+            if n.op == "linear":
+                heads.add(n)
+                break
+            live = [v for v in n.inputs if not _const_like(v)]
+            n = live[0].producer if len(live) == 1 else None
+    return heads
+
+
+def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=()) -> list[Target]:
+    """Eligible weights (2-D fp32 weights read as a linear's W), validated against the spec.
+
+    Every target is checked before any is rewritten, so a group size that
+    does not divide some layer's K fails cleanly, naming the layer.
+    """
+    if isinstance(skip, str):
+        skip = [skip]
+    excluded = set() if lm_head else lm_head_linears(graph)
+    targets: dict[str, Target] = {}
+    for n in graph.nodes:
+        if n.op != "linear" or n in excluded:
+            continue
+        w = n.inputs[1]
+        if w.kind != "weight" or w.dtype != "float32" or w.rank != 2 or any(s in w.name for s in skip):
+            continue
+        targets.setdefault(w.name, Target(w)).linears.append(n)
+    for t in targets.values():
+        spec.check(int(t.shape[1]), what=f"linear {t.name!r}")
+    return list(targets.values())
+
+
+def replace_weight(graph: Graph, target: Target, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
+                   spec: QuantSpec, *, share_embedding: bool = False) -> Value:
+    """Make the target's linears read dequantize(packed, scales, zeros) instead of the fp32 weight.
+
+    With share_embedding, an `embedding` reading the same (tied) table reads
+    the dequantized table too, so only the packed copy is stored. The fp32
+    weight is left for graph.prune_weights() to drop once nothing reads it.
+    """
+    n_out, k = (int(d) for d in target.shape)
+    g = spec.check(k, what=f"linear {target.name!r}")
+    users = list(target.linears)
+    if share_embedding:
+        users += [n for n in graph.nodes if n.op == "embedding" and n.inputs[0] is target.value]
+    p = graph.add_weight(f"{target.name}.q{spec.bits}", np.ascontiguousarray(packed, np.uint8))
+    s = graph.add_weight(f"{target.name}.scales", np.ascontiguousarray(scales, np.float32))
+    z = graph.add_weight(f"{target.name}.zeros", np.ascontiguousarray(zeros, np.uint8))
+    dq = graph.make_node("dequantize", [p, s, z], {"bits": spec.bits, "group_size": g, "k": k},
+                         name=f"{target.name}.dq")
+    graph.insert_before(min(users, key=graph.nodes.index), dq)
+    for n in users:
+        n.inputs = [dq.output if v is target.value else v for v in n.inputs]
+    return dq.output
+
+
+def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, lm_head: bool, extra: str = "") -> str:
+    heads = "" if lm_head or not lm_head_linears(graph) else ", lm_head kept fp32"
+    return (f"quantized {count} linears to {describe(spec)}{extra}, "
+            f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB{heads}")
+
+
+@register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, skip=[])
+def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip) -> str:
+    """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym)."""
+    spec = make_spec(bits, group_size, symmetric)
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
+    before = graph.weights.total_bytes()
+    for t in targets:
+        w = np.asarray(graph.weight(t.value), np.float32)
+        replace_weight(graph, t, *quantize_rtn(w, spec), spec, share_embedding=True)
+    graph.prune_weights()
+    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph, lm_head)
