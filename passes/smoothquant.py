@@ -109,14 +109,24 @@ def _only_feeds(x: Value, group: list[Node], users, graph: Graph) -> bool:
     return x not in graph.outputs and {id(u) for u in users.get(x, [])} <= {id(n) for n in group}
 
 
+def _through_reshapes(graph: Graph, x: Value, users) -> Value:
+    """The tensor behind a private chain of reshapes that keep the last axis (GPT-2 flattens to 2-D)."""
+    while x.producer is not None and x.producer.op == "reshape":
+        src = x.producer.inputs[0]
+        if src.shape[-1] != x.shape[-1] or len(users.get(src, [])) != 1 or src in graph.outputs:
+            break
+        x = src
+    return x
+
+
 def _norm_producer(graph: Graph, x: Value, group, users) -> Node | None:
     """The rms_norm / layer_norm making x, if 1/s can go into its weight (and bias)."""
-    n = x.producer
+    if not _only_feeds(x, group, users, graph):
+        return None
+    n = _through_reshapes(graph, x, users).producer
     if n is None or n.op not in ("rms_norm", "layer_norm") or len(n.inputs) < 2:
         return None
-    if not all(v.kind == "weight" for v in n.inputs[1:]) or not _only_feeds(x, group, users, graph):
-        return None
-    return n
+    return n if all(v.kind == "weight" for v in n.inputs[1:]) else None
 
 
 def _up_producer(graph: Graph, x: Value, group, users, eligible: set[Node]) -> Node | None:
