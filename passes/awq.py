@@ -73,7 +73,7 @@ def _fold_target(graph: Graph, x: Value, group: list[Node], users: dict, results
     only_group = set(users.get(x, [])) <= set(group) and x not in graph.outputs
     if p is None or not only_group:
         return "mul"
-    if p.op in ("rms_norm", "layer_norm"):
+    if p.op in ("rms_norm", "layer_norm") and all(v.kind == "weight" for v in p.inputs[1:]):
         return "norm"
     if p.op == "glu":
         up = p.inputs[1]

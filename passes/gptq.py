@@ -21,7 +21,7 @@ import torch
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph
-from edgec.ir.quant import QuantSpec, pack, params_from_range, quantize_rtn
+from edgec.ir.quant import QuantSpec, dequantize, pack, params_from_range, quantize_rtn
 
 from .quantize import find_targets, make_spec, replace_weight, summary
 from .registry import register_pass
@@ -143,8 +143,6 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
                damp=0.01, block_size=128, lm_head=False, skip=[])
 def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head, skip) -> str:
     """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
-    from edgec.ir.quant import dequantize
-
     spec = make_spec(bits, group_size, symmetric)
     if not 0 < float(damp) < 1 or int(block_size) < 1:
         raise EdgecError(f"gptq: damp must be in (0, 1) and block_size >= 1; got damp={damp}, block_size={block_size}")
