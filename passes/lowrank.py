@@ -78,7 +78,11 @@ def _check(rank, energy, targets, min_saving, name):
 def _targets(graph: Graph, targets: list[str], name: str) -> list[Node]:
     """The linears to factor: all but the lm_head, or those whose weight name contains a target."""
     if not targets:
-        return weight_linears(graph)
+        nodes = weight_linears(graph)
+        if not nodes:
+            raise EdgecError(f"{name}: found no linear with a plain float weight; run it before "
+                             "quantization or fp16_weights in the recipe")
+        return nodes
     nodes = [n for n in weight_linears(graph, lm_head=True) if any(t in n.inputs[1].name for t in targets)]
     if not nodes:
         raise EdgecError(f"{name}: no linear weight name contains any of {targets}")

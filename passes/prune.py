@@ -132,6 +132,9 @@ def _summary(graph: Graph, nodes: list[Node], n: int, m: int) -> str:
 def _prepare(graph: Graph, sparsity, n, m, lm_head):
     sparsity, n, m = check_sparsity(sparsity, n, m)
     nodes = weight_linears(graph, lm_head)
+    if not nodes:
+        raise EdgecError("found no linear with a plain float weight to prune; run pruning before "
+                         "quantization or fp16_weights in the recipe")
     check_divisible(graph, nodes, m)
     for node in nodes:
         own_weight(graph, node)

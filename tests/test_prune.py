@@ -147,6 +147,12 @@ def test_bad_options(llama, method, opts, message):
         run_pass(llama, method, **opts)
 
 
+def test_pruning_after_fp16_is_refused(llama):
+    g, _ = run_pass(llama, "fp16_weights")
+    with pytest.raises(EdgecError, match="run pruning before quantization or fp16_weights"):
+        run_pass(g, "magnitude")
+
+
 def test_sparsegpt_block_must_be_multiple_of_m(llama):
     with pytest.raises(EdgecError, match="block_size"):
         run_pass(llama, "sparsegpt", n=2, m=4, block_size=6)
@@ -168,9 +174,12 @@ def test_wanda_2_4_composes_with_fp16(tiny_llama, tmp_path):
     cfg = edgec.pipeline.calib_config(recipe, text, 4, 32)
     imported, pm = compile_ir(tiny_llama, recipe, calib=cfg)
     assert [r.name for r in pm.records if r.name in ("wanda", "fp16_weights")] == ["wanda", "fp16_weights"]
-    halves = [n for n in imported.graph.nodes if n.op == "cast" and n.inputs[0].dtype == "float16"]
-    w = np.asarray(imported.graph.weight(halves[1].inputs[0]))  # a 2:4 layer, now stored as fp16
-    assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
+    halves = [n.inputs[0] for n in imported.graph.nodes if n.op == "cast" and n.inputs[0].dtype == "float16"]
+    pruned = [v for v in halves if "proj" in v.name]
+    assert len(pruned) == 14  # every 2:4 linear is now stored as fp16, still 2:4
+    for v in pruned:
+        w = np.asarray(imported.graph.weight(v))
+        assert ((w.reshape(w.shape[0], -1, 4) != 0).sum(-1) <= 2).all()
     art = write_artifact(imported, pm, tmp_path / "art", device=get_device("host"),
                          backend=get_backend("onnx"), recipe=recipe)
     out = edgec.load(art).logits(IDS)
