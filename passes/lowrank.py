@@ -20,7 +20,6 @@ squared singular values (of the scaled matrix for asvd).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
@@ -32,29 +31,28 @@ from .registry import register_pass
 SCALINGS = ("mean_abs", "rms", "whiten")
 
 
-def choose_rank(s: torch.Tensor, rank: int = 0, energy: float = 0.0) -> int:
+def choose_rank(s: np.ndarray, rank: int = 0, energy: float = 0.0) -> int:
     """`rank` itself, or the smallest r whose singular values keep `energy` of sum(s^2)."""
     if rank:
         return min(rank, len(s))
-    kept = torch.cumsum(s.double() ** 2, 0) / torch.sum(s.double() ** 2)
-    return min(int(torch.searchsorted(kept, torch.tensor([energy], dtype=kept.dtype))[0]) + 1, len(s))
+    kept = np.cumsum(np.square(s, dtype=np.float64)) / np.sum(np.square(s, dtype=np.float64))
+    return min(int(np.searchsorted(kept, energy)) + 1, len(s))
 
 
-def factor(w: np.ndarray, rank: int = 0, energy: float = 0.0, scale: torch.Tensor | None = None):
-    """(A[N, r], B[r, K]) with A @ B ~ W. `scale`: a [K] vector or an invertible [K, K] matrix S;
+def factor(w: np.ndarray, rank: int = 0, energy: float = 0.0, scale: np.ndarray | None = None):
+    """(A[N, r], B[r, K]) with A @ B ~ W. `scale`: a [K] vector or a lower-triangular [K, K] S;
     the truncation is then done on W S and B carries S^-1."""
-    W = torch.from_numpy(np.asarray(w, dtype=np.float32)).double()
+    W = np.asarray(w, dtype=np.float64)
     if scale is not None:
         W = W * scale[None, :] if scale.ndim == 1 else W @ scale
-    U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+    U, S, Vh = np.linalg.svd(W.astype(np.float32), full_matrices=False)
     r = choose_rank(S, rank, energy)
-    root = S[:r].sqrt()
+    root = np.sqrt(S[:r].astype(np.float64))
     A, B = U[:, :r] * root[None, :], root[:, None] * Vh[:r]
-    if scale is not None:  # B S^-1 (for a lower-triangular S: solve S^T X^T = B^T)
-        B = B / scale[None, :] if scale.ndim == 1 else \
-            torch.linalg.solve_triangular(scale.T, B.T, upper=True).T
+    if scale is not None:  # B S^-1
+        B = B / scale[None, :] if scale.ndim == 1 else np.linalg.solve(scale.T, B.T).T
     dt = np.asarray(w).dtype
-    return A.numpy().astype(dt), B.numpy().astype(dt)
+    return A.astype(dt), B.astype(dt)
 
 
 def worth_it(n: int, k: int, r: int, min_saving: float) -> bool:
@@ -124,19 +122,19 @@ def svd(graph: Graph, rank, energy, targets, min_saving) -> str:
     return _apply(graph, nodes, factors)
 
 
-def activation_scale(inputs, scaling: str, alpha: float, damp: float) -> torch.Tensor:
+def activation_scale(inputs, scaling: str, alpha: float, damp: float) -> np.ndarray:
     """S for asvd: per-channel |x| statistics ([K]) or the Cholesky factor of X^T X ([K, K])."""
     if scaling == "whiten":
         h = hessian(inputs)
-        h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
-        return torch.linalg.cholesky(h)
+        h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
+        return np.linalg.cholesky(h)
     tokens = sum(rows(s[0]).shape[0] for s in inputs)
     if scaling == "mean_abs":
         stat = sum(np.abs(rows(s[0])).sum(0, dtype=np.float64) for s in inputs) / tokens
     else:
         stat = np.sqrt(sum(np.square(rows(s[0]), dtype=np.float64).sum(0) for s in inputs) / tokens)
-    stat = torch.from_numpy(np.asarray(stat, np.float64)) ** alpha
-    return torch.clamp(stat, min=max(float(stat.max()) * 1e-6, 1e-12))
+    stat = np.asarray(stat, np.float64) ** alpha
+    return np.maximum(stat, max(float(stat.max()) * 1e-6, 1e-12))
 
 
 @register_pass("asvd", needs_calibration=True, rank=0, energy=0.0, targets=[], min_saving=0.0,

@@ -22,7 +22,6 @@ embedding, a bad trade.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
@@ -180,61 +179,65 @@ def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> str:
 
 
 # ---------------------------------------------------------------- sparsegpt
-def hessian(inputs: list[list[np.ndarray]]) -> torch.Tensor:
+def hessian(inputs: list[list[np.ndarray]]) -> np.ndarray:
     """H = sum over calibration tokens of x x^T (float64; only its shape matters, not its scale)."""
     k = inputs[0][0].shape[-1]
-    h = torch.zeros(k, k, dtype=torch.float64)
+    h = np.zeros((k, k), np.float64)
     for s in inputs:
-        x = torch.from_numpy(np.ascontiguousarray(rows(s[0]), dtype=np.float32))
-        h += (x.T @ x).double()
+        x = rows(s[0]).astype(np.float32, copy=False)
+        h += x.T @ x
     return h
 
 
-def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (SparseGPT's and GPTQ's form)."""
-    h = h.clone()
-    dead = torch.diag(h) == 0
+def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 = U^T U (SparseGPT's and GPTQ's form)."""
+    h = h.copy()
+    dead = np.diag(h) == 0
     h[dead, dead] = 1
-    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
     try:
-        hinv = torch.cholesky_inverse(torch.linalg.cholesky(h))
-        return torch.linalg.cholesky(hinv, upper=True)
-    except RuntimeError:
+        linv = np.linalg.inv(np.linalg.cholesky(h))  # H = L L^T, so H^-1 = L^-T L^-1
+        return np.linalg.cholesky(linv.T @ linv).T
+    except np.linalg.LinAlgError:
         raise EdgecError("sparsegpt: the layer Hessian is not positive definite; raise damp "
                          "(e.g. 0.1) or give more calibration data") from None
 
 
-def sparsegpt_prune(w: np.ndarray, h: torch.Tensor, sparsity: float, n: int = 0, m: int = 0,
+def sparsegpt_prune(w: np.ndarray, h: np.ndarray, sparsity: float, n: int = 0, m: int = 0,
                     block_size: int = 128, damp: float = 0.01) -> np.ndarray:
-    """SparseGPT on one weight W[N, K] with Hessian H[K, K]; returns the pruned, compensated copy."""
-    W = torch.tensor(np.asarray(w), dtype=torch.float32)
-    dead = torch.diag(h) == 0
-    W[:, dead] = 0  # inputs that are always zero carry nothing
-    Hinv = inverse_hessian_factor(h, damp).float()
+    """SparseGPT on one weight W[N, K] with Hessian H[K, K]; returns the pruned, compensated copy.
+
+    numpy rather than torch: the column loop is many small ops, where torch's thread pool
+    costs more than it gains (and stalls badly when other processes share the cores).
+    """
+    W = np.array(w, dtype=np.float32)
+    W[:, np.diag(h) == 0] = 0  # inputs that are always zero carry nothing
+    Hinv = inverse_hessian_factor(h, damp).astype(np.float32)
     K = W.shape[1]
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1)
-        Q1, Err1 = torch.zeros_like(W1), torch.zeros_like(W1)
-        mask1 = torch.zeros_like(W1, dtype=torch.bool)
-        if not m:  # adaptive mask: the lowest OBS saliencies of this whole block
-            drop = int(W1.numel() * sparsity)
+        W1, Hinv1 = W[:, i1:i2].copy(), Hinv[i1:i2, i1:i2]
+        d = np.diag(Hinv1).copy()
+        Q1, Err1 = np.zeros_like(W1), np.zeros_like(W1)
+        mask1 = np.zeros(W1.shape, dtype=bool)
+        if not m:  # adaptive mask: the lowest OBS saliencies w^2 / [H^-1]_jj^2 of this whole block
+            drop = int(W1.size * sparsity)
             if drop:
-                saliency = (W1 ** 2 / d[None, :] ** 2).flatten()
-                mask1.view(-1)[torch.topk(saliency, drop, largest=False).indices] = True
+                saliency = (W1 ** 2 / d[None, :] ** 2).ravel()
+                mask1.ravel()[np.argpartition(saliency, drop - 1)[:drop]] = True
         for i in range(i2 - i1):
             if m and i % m == 0:  # N:M: choose the group's mask with the updated weights
                 saliency = W1[:, i:i + m] ** 2 / d[None, i:i + m] ** 2
-                mask1.scatter_(1, i + torch.topk(saliency, m - n, dim=1, largest=False).indices, True)
+                drop = np.argsort(saliency, axis=1, kind="stable")[:, :m - n]
+                np.put_along_axis(mask1[:, i:i + m], drop, True, axis=1)
             col = W1[:, i]
-            q = torch.where(mask1[:, i], torch.zeros_like(col), col)
+            q = np.where(mask1[:, i], np.float32(0), col)
             err = (col - q) / d[i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            W1[:, i:] -= np.outer(err, Hinv1[i, i:])
             Q1[:, i], Err1[:, i] = q, err
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return W.numpy().astype(w.dtype)
+    return W.astype(np.asarray(w).dtype)
 
 
 @register_pass("sparsegpt", needs_calibration=True, sparsity=0.5, n=0, m=0, damp=0.01, block_size=128,
