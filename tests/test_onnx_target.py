@@ -67,6 +67,27 @@ for _op in ("neg", "sqrt", "rsqrt", "exp", "tanh", "sin", "cos", "relu", "sigmoi
         return g, _seq_feeds(lo=0.1 if pos else -3.0, hi=3.0)
 
 
+@case("quantized_ops")
+def _quantized_ops():
+    """dequantize (4-bit g4 and 3-bit per-channel) feeding linears, W8A8 and int8 rows."""
+    from edgec.ir.quant import QuantSpec, quantize_rtn
+
+    g = Graph()
+    x = _x(g)
+    outs = []
+    for spec in (QuantSpec(4, 4, False), QuantSpec(3, 0, True)):
+        p, sc, z = quantize_rtn(rand(6, 8), spec)
+        w = g.op("dequantize", g.add_weight("p", p), g.add_weight("s", sc), g.add_weight("z", z),
+                 bits=spec.bits, group_size=spec.group_size, k=8)
+        outs.append(g.op("linear", x, w))
+    wq = R.integers(-127, 128, (6, 8)).astype("int8")
+    outs.append(g.op("linear_w8a8", x, g.add_weight("wq", wq), g.add_weight("ws", rand(6, lo=0.01, hi=0.02))))
+    q = g.add_node("quantize_rows", [x]).outputs
+    outs.append(g.op("dequantize_rows", *q))
+    g.outputs = outs
+    return g, _seq_feeds()
+
+
 @case("const")
 def _const():
     g = Graph()
