@@ -27,7 +27,7 @@ import torch
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
-from edgec.ir.quant import QuantSpec, group_params, pack, quantize_with
+from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with
 
 from .gptq import hessian
 from .quantize import Target, find_targets, make_spec, replace_weight, summary
@@ -38,9 +38,7 @@ def rtn(w: np.ndarray, spec: QuantSpec):
     """Round-to-nearest of w [N, K]: (codes, scales, zeros, dequantized w)."""
     scales, zeros = group_params(w, spec)
     codes = quantize_with(w, scales, zeros, spec)
-    n, k = w.shape
-    q = codes.reshape(n, scales.shape[1], -1).astype(np.float32) - zeros[..., None]
-    return codes, scales, zeros, (q * scales[..., None]).reshape(n, k)
+    return codes, scales, zeros, dequantize_codes(codes, scales, zeros, w.shape[1])
 
 
 def search_scales(w: np.ndarray, h: torch.Tensor, x_mean: np.ndarray, spec: QuantSpec, grid: int = 20):

@@ -21,7 +21,7 @@ import torch
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph
-from edgec.ir.quant import QuantSpec, dequantize, pack, params_from_range, quantize_rtn
+from edgec.ir.quant import QuantSpec, dequantize_codes, pack, pad_columns, padded_k, params_from_range, quantize_rtn
 
 from .quantize import find_targets, make_spec, replace_weight, summary
 from .registry import register_pass
@@ -78,7 +78,7 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
                   damp: float = 0.01, block_size: int = 128):
-    """GPTQ on w [N, K] with Hessian h [K, K]: (codes uint8 [N, K], scales f32 [N, K/g], zeros u8 [N, K/g]).
+    """GPTQ on w [N, K] with Hessian h [K, K]: (codes u8 [N, Kp], scales f32 [N, Kp/g], zeros u8 [N, Kp/g]).
 
     Group parameters are computed when the first column of a group is
     reached, from the group's error-updated weights. With act_order, columns
@@ -94,11 +94,12 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    scales = torch.zeros(n, k // g)
-    zeros = torch.zeros(n, k // g)
+    groups = padded_k(k, g) // g  # the last group may be partial (padded in storage)
+    scales = torch.zeros(n, groups)
+    zeros = torch.zeros(n, groups)
     perm = None
     if act_order:
-        for j in range(k // g):
+        for j in range(groups):
             scales[:, j], zeros[:, j] = _params(W[:, j * g:(j + 1) * g], spec)
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
@@ -128,7 +129,8 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
-    return Q.to(torch.uint8).numpy(), scales.numpy(), zeros.to(torch.uint8).numpy()
+    zeros = zeros.to(torch.uint8).numpy()
+    return pad_columns(Q.to(torch.uint8).numpy(), groups * g, zeros[:, -1:]), scales.numpy(), zeros
 
 
 def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
@@ -165,8 +167,7 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
         with single_thread():
             codes, scales, zeros = gptq_quantize(np.concatenate(ws), h, spec, act_order=act_order,
                                                  damp=float(damp), block_size=int(block_size))
-        k = ws[0].shape[1]
-        w_hat = dequantize(pack(codes, spec.bits), scales, zeros, spec.bits, k // scales.shape[1], k)
+        w_hat = dequantize_codes(codes, scales, zeros, ws[0].shape[1])
         errors.append(output_error(np.concatenate(ws), w_hat, h))
         row = 0
         for u, w in zip(group, ws):

@@ -503,24 +503,28 @@ def _attention():
 # ---------------------------------------------------------------- quantization
 @register("dequantize", arity=(3, 3), attrs={"bits": REQUIRED, "group_size": REQUIRED, "k": REQUIRED})
 def _dequantize():
-    """dequantize(packed u8[N, K*bits/8], scales f32[N, K/g], zeros u8[N, K/g]) -> f32[N, K].
+    """dequantize(packed u8[N, Kp*bits/8], scales f32[N, Kp/g], zeros u8[N, Kp/g]) -> f32[N, K].
 
     The weight-only format of edgec.ir.quant: w = (q - zero) * scale per group
-    of `group_size` along K. A `linear` reading this is a quantized linear;
-    backends lower the pair to their fused kernels (e.g. MatMulNBits).
+    of `group_size` along K, rows padded to Kp = ceil(K/g)*g. A `linear`
+    reading this is a quantized linear; backends lower the pair to their
+    fused kernels (e.g. MatMulNBits).
     """
 
     def infer(ins, a):
+        from .quant import padded_k
+
         packed, scales, zeros = ins
         k, bits = a["k"], a["bits"]
-        g = k if a["group_size"] in (0, -1) else a["group_size"]
+        g = k if a["group_size"] in (0, -1) else min(a["group_size"], k)
+        kp = padded_k(k, g)
         if packed.dtype != "uint8" or zeros.dtype != "uint8":
             raise ValueError("dequantize: packed data and zeros must be uint8")
-        if packed.shape[1] * 8 != k * bits:
-            raise ValueError(f"dequantize: packed width {packed.shape[1]} != K*bits/8 = {k * bits / 8}")
-        if k % g or tuple(scales.shape) != (packed.shape[0], k // g) or tuple(zeros.shape) != tuple(scales.shape):
+        if packed.shape[1] * 8 != kp * bits:
+            raise ValueError(f"dequantize: packed width {packed.shape[1]} != Kp*bits/8 = {kp * bits / 8}")
+        if tuple(scales.shape) != (packed.shape[0], kp // g) or tuple(zeros.shape) != tuple(scales.shape):
             raise ValueError(f"dequantize: scales/zeros {scales.shape}/{zeros.shape} do not match "
-                             f"[{packed.shape[0]}, {k}/{g}]")
+                             f"[{packed.shape[0]}, {kp}/{g}]")
         return [("float32", (packed.shape[0], k))]
 
     def ref(packed, scales, zeros, bits, group_size, k):

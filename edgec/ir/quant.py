@@ -10,9 +10,15 @@ width, so backends implement one thing:
   MatMulNBits and of GPTQ checkpoints), asymmetric a per-group zero point.
 - Each row of K values is packed as a little-endian bit stream: for 4 bits
   the low nibble holds the even element, for 8 bits one value per byte,
-  for 3 bits 8 values in 3 bytes. Packed shape: [N, K * bits / 8].
-- scale: float32 [N, K / g]; zero: uint8 [N, K / g] (one per byte, unpacked).
-- g (group_size) divides K; g = K means per output channel.
+  for 3 bits 8 values in 3 bytes. Packed shape: [N, Kp * bits / 8].
+- scale: float32 [N, Kp / g]; zero: uint8 [N, Kp / g] (one per byte, unpacked).
+- g = K means per output channel. When g does not divide K, the last group
+  is padded: every row is stored as Kp = ceil(K / g) * g columns, the padding
+  being zero weights (codes equal to the zero point), and dequantization
+  returns the first K columns. Zeros never widen a group's range, so the
+  padding changes no scale; it costs (Kp - K) codes per row. This is how
+  group size 128 runs on SmolLM2 (K = 576 = 4.5 x 128), as in llama.cpp's
+  and ONNX Runtime's block formats, whose last block is partial too.
 """
 from __future__ import annotations
 
@@ -36,16 +42,34 @@ class QuantSpec:
         if self.bits not in SUPPORTED_BITS:
             raise EdgecError(f"{self.bits}-bit quantization is not supported; use one of {SUPPORTED_BITS}")
         g = k if self.group_size in (0, -1) else self.group_size
-        if g <= 0 or k % g:
-            raise EdgecError(f"group size {self.group_size} does not divide the {what}'s input "
-                             f"dimension {k}; choose a divisor of {k} (or 0 for per-channel)")
-        if (k * self.bits) % 8:
-            raise EdgecError(f"{self.bits}-bit packing needs K*bits divisible by 8; {what} has K={k}")
+        if g <= 0:
+            raise EdgecError(f"group size must be > 0 (or 0 for per-channel), got {self.group_size}")
+        g = min(g, k)  # a group longer than the row is the whole row
+        if (padded_k(k, g) * self.bits) % 8:
+            raise EdgecError(f"{self.bits}-bit packing needs a multiple of {8 // np.gcd(self.bits, 8)} values "
+                             f"per row; {what} has K={k} with group size {g}: choose a group size that is "
+                             f"a multiple of 8")
         return g
 
     @property
     def qmax(self) -> int:
         return (1 << self.bits) - 1
+
+
+def padded_k(k: int, g: int) -> int:
+    """Stored columns per row: K rounded up to whole groups of g."""
+    return -(-k // g) * g
+
+
+def pad_columns(a: np.ndarray, kp: int, fill=0) -> np.ndarray:
+    """a [N, K] widened to [N, kp] with `fill` (a scalar or an [N, 1] column)."""
+    n, k = a.shape
+    if k == kp:
+        return a
+    out = np.empty((n, kp), a.dtype)
+    out[:, :k] = a
+    out[:, k:] = fill
+    return out
 
 
 def pack(q: np.ndarray, bits: int) -> np.ndarray:
@@ -78,20 +102,25 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 
 def dequantize(packed, scales, zeros, bits: int, group_size: int, k: int) -> np.ndarray:
     """The reference dequantization (float32 [N, K])."""
-    q = unpack(packed, bits, k).astype(np.float32)
-    n = q.shape[0]
-    g = k if group_size in (0, -1) else group_size
-    q = q.reshape(n, k // g, g)
+    kp = np.asarray(scales).shape[1] * (k if group_size in (0, -1) else min(group_size, k))
+    return dequantize_codes(unpack(packed, bits, kp), scales, zeros, k)
+
+
+def dequantize_codes(codes: np.ndarray, scales, zeros, k: int) -> np.ndarray:
+    """Unpacked codes [N, Kp] -> float32 [N, K] (the first K columns of the padded row)."""
+    n, kp = codes.shape
+    cols = np.asarray(scales).shape[1]
+    q = codes.reshape(n, cols, kp // cols).astype(np.float32)
     z = np.asarray(zeros, np.float32)[..., None]
     s = np.asarray(scales, np.float32)[..., None]
-    return ((q - z) * s).reshape(n, k)
+    return ((q - z) * s).reshape(n, kp)[:, :k]
 
 
 def group_params(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Round-to-nearest scales and zero points for w [N, K]: ([N, K/g] f32, [N, K/g] u8)."""
+    """Round-to-nearest scales and zero points for w [N, K]: ([N, Kp/g] f32, [N, Kp/g] u8)."""
     n, k = w.shape
     g = spec.check(k)
-    wg = np.asarray(w, np.float32).reshape(n, k // g, g)
+    wg = pad_columns(np.asarray(w, np.float32), padded_k(k, g)).reshape(n, -1, g)
     return params_from_range(wg.min(-1), wg.max(-1), spec)
 
 
@@ -111,12 +140,12 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[
 
 
 def quantize_with(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec) -> np.ndarray:
-    """Integer codes (uint8 [N, K]) of w for given group scales/zeros."""
+    """Integer codes (uint8 [N, Kp], padding included) of w [N, K] for given group scales/zeros."""
     n, k = w.shape
-    g = k // scales.shape[1]
-    wg = np.asarray(w, np.float32).reshape(n, k // g, g)
+    g = spec.check(k)
+    wg = pad_columns(np.asarray(w, np.float32), padded_k(k, g)).reshape(n, -1, g)
     q = np.round(wg / scales[..., None]) + zeros[..., None].astype(np.float32)
-    return np.clip(q, 0, spec.qmax).astype(np.uint8).reshape(n, k)
+    return np.clip(q, 0, spec.qmax).astype(np.uint8).reshape(n, -1)
 
 
 def quantize_rtn(w: np.ndarray, spec: QuantSpec):
@@ -130,4 +159,4 @@ def fake_quantize(w: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """w after a quantize/dequantize round trip (float32), for error measurements."""
     packed, s, z = quantize_rtn(w, spec)
     k = w.shape[1]
-    return dequantize(packed, s, z, spec.bits, k // s.shape[1], k)
+    return dequantize(packed, s, z, spec.bits, spec.check(k), k)

@@ -9,7 +9,8 @@ decoded token on this machine's CPU.
 What onnxruntime 1.31's CPU kernel takes (checked): bits 2, 4, 8;
 block_size 16, 32, 64, 128, 256; B as [N, K/block, block*bits/8] uint8;
 scales [N*K/block] float; zero points packed like B (default 2**(bits-1));
-an optional bias. We map onto it exactly:
+an optional bias; K need not be a multiple of block (the last block is
+partial, like edgec's padded last group). We map onto it exactly:
 - group size g -> the largest supported block b dividing g, with each
   group's scale and zero point repeated g/b times (so per-channel int8 with
   K = 576 runs as 64-blocks);
@@ -30,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.ir import Node, Value
+from edgec.ir.quant import padded_k
 
 from .lower import LOWERINGS, _Ctx, lowering
 
@@ -40,17 +42,24 @@ _base_linear = LOWERINGS["linear"]
 
 
 def _group(dq: Node) -> int:
-    g = dq.attrs["group_size"]
-    return dq.attrs["k"] if g in (0, -1) else g
+    g, k = dq.attrs["group_size"], dq.attrs["k"]
+    return k if g in (0, -1) else min(g, k)
+
+
+def _stored_k(dq: Node) -> int:
+    """Columns per stored row: K padded to whole groups (MatMulNBits pads its last block the same way)."""
+    return padded_k(dq.attrs["k"], _group(dq))
 
 
 def _plan(dq: Node) -> tuple[int, int] | None:
     """(kernel bits, block size) for MatMulNBits, or None when the kernel cannot express it."""
     if dq.op != "dequantize" or any(v.kind != "weight" for v in dq.inputs):
         return None
-    g = _group(dq)
+    g, k = _group(dq), dq.attrs["k"]
     block = next((b for b in BLOCK_SIZES if g % b == 0), None)
-    return None if block is None else (KERNEL_BITS[dq.attrs["bits"]], block)
+    if block is None or _stored_k(dq) // block != -(-k // block):  # padding wider than one partial block
+        return None
+    return KERNEL_BITS[dq.attrs["bits"]], block
 
 
 def _fusable(n: Node) -> tuple[int, int] | None:
@@ -117,14 +126,14 @@ def _linear(cx: _Ctx, n: Node) -> None:
     packed, scales, zeros = dq.inputs
     bits, (kbits, block) = dq.attrs["bits"], plan
     rows, k = int(w.shape[0]), int(w.shape[1])
-    g = _group(dq)
-    groups, r = k // g, g // block
-    blocks = k // block
+    g, kp = _group(dq), _stored_k(dq)
+    groups, r = kp // g, g // block
+    blocks = kp // block
 
     if kbits == bits:
         b = packed.name
     else:  # 3-bit codes widened to 4-bit nibbles
-        b = _pack_codes(cx, _unpack_codes(cx, packed.name, bits, rows, k), kbits, rows, k)
+        b = _pack_codes(cx, _unpack_codes(cx, packed.name, bits, rows, kp), kbits, rows, kp)
     b = cx.op("Reshape", b, cx.ints([rows, blocks, block * kbits // 8]))
     s = cx.op("Reshape", _repeat_cols(cx, scales.name, rows, groups, r), cx.ints([-1]))
 
@@ -161,12 +170,16 @@ def _dequantize(cx: _Ctx, n: Node) -> None:
     packed, scales, zeros = n.inputs
     bits, k = n.attrs["bits"], n.attrs["k"]
     rows = int(out.shape[0])
-    g = _group(n)
+    g, kp = _group(n), _stored_k(n)
     if bits == 8:
         q = cx.op("Cast", packed.name, to=1)
     else:
-        q = cx.op("Cast", _unpack_codes(cx, packed.name, bits, rows, k), to=1)
-    q = cx.op("Reshape", q, cx.ints([rows, k // g, g]))
+        q = cx.op("Cast", _unpack_codes(cx, packed.name, bits, rows, kp), to=1)
+    q = cx.op("Reshape", q, cx.ints([rows, kp // g, g]))
     zf = cx.op("Unsqueeze", cx.op("Cast", zeros.name, to=1), cx.ints([2]))
     w = cx.op("Mul", cx.op("Sub", q, zf), cx.op("Unsqueeze", scales.name, cx.ints([2])))
-    cx.op("Reshape", w, cx.ints([rows, k]), out=out.name)
+    if kp == k:
+        cx.op("Reshape", w, cx.ints([rows, k]), out=out.name)
+    else:  # drop the padding of the last group
+        w = cx.op("Reshape", w, cx.ints([rows, kp]))
+        cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]), out=out.name)
