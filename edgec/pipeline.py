@@ -5,9 +5,10 @@ Phases (each a list of passes, see edgec.passes):
   2. canonicalize dead code, constant folding
   3. raise        rms_norm, rotary, gated MLPs
   4. compress     the recipe's passes (fp16 weights, quantization, pruning, ...)
-  5. lower        KV cache, so one graph serves prefill and decode
-  6. compile      the backend writes its files into the artifact
-  7. write        tokenizer, IR text, build report, manifest (atomic)
+  5. fuse         merged QKV / gate-up linears, add+rms_norm, rotary tables (skipped by fuse=False)
+  6. lower        KV cache, so one graph serves prefill and decode
+  7. compile      the backend writes its files into the artifact
+  8. write        tokenizer, IR text, build report, manifest (atomic)
 """
 from __future__ import annotations
 
@@ -72,14 +73,14 @@ def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
 
 
 def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = None,
-               dump_ir: str | Path | None = None, calib=None):
-    """Phases 1-5: import MODEL and run every pass; returns (ImportedModel, PassManager).
+               dump_ir: str | Path | None = None, calib=None, fuse: bool = True):
+    """Phases 1-6: import MODEL and run every pass; returns (ImportedModel, PassManager).
 
     `imported.graph` is the final IR that a backend compiles; tests run it in
     the reference interpreter.
     """
     from .frontend import import_model
-    from .passes import CANONICALIZE, LOWER, RAISE, PassContext, PassManager
+    from .passes import CANONICALIZE, FUSE, LOWER, RAISE, PassContext, PassManager
 
     rec = recipe if hasattr(recipe, "passes") else load_recipe(recipe)
     calib = calib if calib is not None else calib_config(rec)
@@ -89,6 +90,9 @@ def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = 
     pm.run(imported.graph, CANONICALIZE, "canonicalize")
     pm.run(imported.graph, RAISE, "raise")
     pm.run(imported.graph, rec.passes, "compress")
+    if fuse:
+        pm.run(imported.graph, FUSE, "fuse")
+    imported.graph.meta["fused"] = bool(fuse)
     pm.run(imported.graph, [(name, {**opts, **rec.kv_cache}) for name, opts in LOWER], "lower")
     return imported, pm
 
@@ -97,8 +101,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
           overwrite: bool = True, calib: str | Path | None = None, calib_samples: int | None = None,
-          calib_seqlen: int | None = None) -> Path:
-    """Compile MODEL for DEVICE and write the artifact; returns its path."""
+          calib_seqlen: int | None = None, fuse: bool = True) -> Path:
+    """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase)."""
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     # Validate every option before any slow work.
@@ -107,7 +111,7 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     rec = load_recipe(recipe or dev.default_recipe)
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
 
-    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg)
+    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
     out = Path(output) if output else default_output(imported.source.name, rec.name)
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
                    overwrite=overwrite, started=t_start)
@@ -117,7 +121,7 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
 
 def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,
                    overwrite: bool = True, started: float | None = None) -> Path:
-    """Phases 6-7: compile the final IR with the backend and write the artifact atomically."""
+    """Phases 7-8: compile the final IR with the backend and write the artifact atomically."""
     import torch
     import transformers
 
@@ -138,6 +142,7 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
         imported.tokenizer.save_pretrained(w.dir / "tokenizer")
         (w.dir / "graph.txt").write_text(format_graph(graph) + "\n")
         report = {
+            "fuse": graph.meta.get("fused", False),
             "passes": [r.to_dict() for r in pm.records],
             "seconds": {"import": round(t_import, 2), "passes": round(sum(r.seconds for r in pm.records), 2),
                         "compile": round(t_compile, 2)},
@@ -159,7 +164,8 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
             "generation": _generation_info(imported.tokenizer, imported.model),
             "build": {"seconds": round(time.perf_counter() - t_start, 2), "python": sys.version.split()[0],
                       "torch": torch.__version__, "transformers": transformers.__version__,
-                      "edgec": __version__, "platform": platform.platform()},
+                      "edgec": __version__, "platform": platform.platform(),
+                      "fuse": graph.meta.get("fused", False)},
         })
     return out
 

@@ -10,10 +10,12 @@ for _m in pkgutil.iter_modules(__path__):
     if _m.name not in ("manager", "registry", "match"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-# The fixed phases every build runs; a recipe's passes go between RAISE and LOWER.
+# The fixed phases every build runs; a recipe's passes go between RAISE and FUSE
+# (compression wants the separate q/k/v and gate/up linears that FUSE merges).
 CANONICALIZE = [("dce", {}), ("fold_constants", {}), ("dce", {})]
 RAISE = [("raise_rms_norm", {}), ("raise_rotary", {}), ("raise_glu", {}), ("dce", {})]
+FUSE = [("fuse_linears", {}), ("fuse_add_rms_norm", {}), ("fuse_rotary", {}), ("dce", {})]
 LOWER = [("kv_cache", {})]
 
-__all__ = ["CANONICALIZE", "LOWER", "Pass", "PassContext", "PassManager", "PassRecord", "RAISE", "get_pass",
+__all__ = ["CANONICALIZE", "FUSE", "LOWER", "Pass", "PassContext", "PassManager", "PassRecord", "RAISE", "get_pass",
            "list_passes", "register_pass"]

@@ -182,6 +182,13 @@ OP_CASES: dict[str, list] = {
     "rotary": [([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 8)), T(F32, (1, 1, "seq", 8))], {}),
                ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 4)), T(F32, (1, 1, "seq", 4))], {})],
     "glu": [([X3, X3], {}), ([X3, X3], {"act": "gelu"}), ([X3, X3], {"act": "gelu_tanh"})],
+    # fused ops (edgec/ir/ops_fused.py)
+    "add_rms_norm": [([X3, X3, T(F32, (8,))], {"eps": 1e-5})],
+    "rotary_cached": [([T(F32, (1, 4, "seq", 8)), T("int64", (1, "seq"), "int", 16), T(F32, (16, 4)),
+                        T(F32, (16, 4))], {}),
+                      ([T(F32, (1, 4, "seq", 8)), T("int64", (1, "seq"), "int", 16), T(F32, (16, 2)),
+                        T(F32, (16, 2))], {})],
+    "split": [([T(F32, (1, "seq", 12))], {"sizes": [8, 2, 2]}), ([T(F32, (6, 4))], {"sizes": [1, 5], "axis": 0})],
     "attention": [
         ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 2, "seq", 8)), T(F32, (1, 2, "seq", 6))], {"scale": 0.3}),
         ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 2, "seq", 8)), T(F32, (1, 2, "seq", 8)),

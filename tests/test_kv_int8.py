@@ -165,7 +165,7 @@ def test_generation_end_to_end_with_w8a8_and_int8_cache(tiny_llama, tmp_path):
     model = edgec.load(out)
     assert model.manifest["recipe"]["kv_cache"] == {"bits": 8}
     ops = model.manifest["graph"]["op_counts"]
-    assert ops["linear_w8a8"] == 14 and ops["quantize_rows"] == 4
+    assert ops["linear_w8a8"] == 8 and ops["quantize_rows"] == 4  # FUSE merged q/k/v and gate/up
     assert {v["dtype"] for v in model.manifest["graph"]["inputs"] if v["name"].startswith("past_")} \
         == {"int8", "float32"}
     tokens = model.generate(IDS[:5], max_new_tokens=16, stop_at_eos=False)

@@ -88,6 +88,23 @@ def _quantized_ops():
     return g, _seq_feeds()
 
 
+@case("fused_ops")
+def _fused_ops():
+    """add_rms_norm, rotary_cached (full and partial) and split; contrib-op lowerings in lower_fused.py."""
+    g = Graph()
+    x = _x(g, last=16)
+    skip = g.add_input("skip", "float32", (1, "seq", 16))
+    pos = g.add_input("pos", "int64", (1, "seq"))
+    normed, total = g.add_node("add_rms_norm", [x, skip, g.add_weight("w", rand(16, lo=0.5, hi=1.5))]).outputs
+    heads = g.op("permute", g.op("reshape", normed, shape=[1, -1, 2, 8]), perm=[0, 2, 1, 3])
+    outs = [normed, total, *g.add_node("split", [total], {"sizes": [4, 12]}).outputs]
+    for r in (8, 4):
+        tables = [g.add_weight(f"{f}{r}", rand(12, r // 2)) for f in ("cos", "sin")]
+        outs.append(g.op("rotary_cached", heads, pos, *tables))
+    g.outputs = outs
+    return g, [{"x": rand(1, s, 16), "skip": rand(1, s, 16), "pos": R.integers(0, 12, (1, s))} for s in (1, 5)]
+
+
 @case("const")
 def _const():
     g = Graph()
