@@ -133,7 +133,7 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
 def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, threads, stats):
     """Generate a continuation of PROMPT with ARTIFACT, streamed to stdout."""
     _quiet_libraries()
-    from .runtime import load
+    from .runtime import Detokenizer, load
     from .sampling import check_options
 
     if max_new_tokens <= 0:
@@ -141,9 +141,8 @@ def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
     check_options(temperature, top_k, top_p)
     model = load(artifact, threads=threads)
     ids = model.encode(prompt, chat=chat)
-    tok = model.tokenizer
+    detok = Detokenizer(model.tokenizer)  # per-token work independent of the text so far
     out: list[int] = []
-    printed = ""
     t0 = time.perf_counter()
     t_first = None
     for t in model.stream(ids, max_new_tokens, temperature, top_k, top_p, seed):
@@ -152,11 +151,10 @@ def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
         out.append(t)
         if t in model.eos_token_ids:
             break
-        text = tok.decode(out, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(printed):])
+        piece = detok.add(t)
+        if piece:
+            sys.stdout.write(piece)
             sys.stdout.flush()
-            printed = text
     t1 = time.perf_counter()
     sys.stdout.write("\n")
     if stats and t_first is not None:

@@ -1,7 +1,11 @@
 """Load an artifact and generate: the Python side of `edgec run`.
 
-The backend executes one graph for prefill and decode; this loop feeds it
-token ids, absolute positions and the KV cache it returned last step.
+The backend executes one graph for prefill and decode. Generation runs on a
+`sequence`: where the backend can (ONNX with GroupQueryAttention), the KV
+cache is allocated once per generation and updated in place, so a decode
+step's Python-side work does not grow with the context (no concatenation,
+no copies, no allocation, no re-tokenizing: see Detokenizer). Otherwise the
+loop feeds back the cache the backend returned last step (`forward`).
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ class CompiledModel:
         self.manifest = load_manifest(self.path, verify=verify)
         backend = get_backend(self.manifest["backend"]["name"])
         executor_cls = getattr(load_module(backend), backend.executor)
-        self.executor = executor_cls(self.path / "model", threads=threads)
+        # session options from the device profile's table for this backend (e.g. [onnx])
+        options = (self.manifest.get("device") or {}).get(backend.name) or {}
+        kwargs = {"options": options} if options else {}
+        self.executor = executor_cls(self.path / "model", threads=threads, **kwargs)
         graph = self.manifest["graph"]
         self.context_length = int(graph.get("context_length") or 2048)
         self._past = [(v["name"], v["dtype"], v["shape"]) for v in graph["inputs"]
@@ -54,6 +61,16 @@ class CompiledModel:
         new_cache = {name: out[name.replace("past_", "present_", 1)] for name in cache}
         return out["logits"][0], new_cache
 
+    def sequence(self, capacity: int | None = None):
+        """A KV cache for one sequence of up to `capacity` tokens: `.run(ids) -> logits[n, V]`, `.length`.
+
+        The backend's in-place cache where it has one, else one built on forward().
+        """
+        capacity = min(int(capacity or self.context_length), self.context_length)
+        make = getattr(self.executor, "sequence", None)
+        seq = make(capacity) if make else None
+        return seq if seq is not None else _ForwardSequence(self, capacity)
+
     def _check_ids(self, ids: list[int]) -> list[int]:
         ids = [int(i) for i in ids]
         if not ids:
@@ -80,16 +97,16 @@ class CompiledModel:
         check_options(temperature, top_k, top_p)
         ids = self._check_ids(prompt_ids)
         rng = np.random.default_rng(seed)
-        logits, cache = self.forward(ids, 0, self.empty_cache())
-        pos = len(ids)
+        # the last token yielded is never fed back: len(ids) + max_new_tokens - 1 rows suffice
+        seq = self.sequence(len(ids) + max_new_tokens - 1)
+        logits = seq.run(ids)
         for i in range(max_new_tokens):
             tok = sample(logits[-1], rng, temperature, top_k, top_p)
             yield tok
-            if (stop_at_eos and tok in self.eos_token_ids) or pos + 1 >= self.context_length \
+            if (stop_at_eos and tok in self.eos_token_ids) or seq.length + 1 >= self.context_length \
                     or i + 1 == max_new_tokens:
                 return
-            logits, cache = self.forward([tok], pos, cache)
-            pos += 1
+            logits = seq.run([tok])
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -113,6 +130,48 @@ class CompiledModel:
                 ids = ids["input_ids"]
             return list(ids)
         return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class _ForwardSequence:
+    """The sequence interface over forward() for backends without an in-place cache."""
+
+    def __init__(self, model: CompiledModel, capacity: int):
+        self.model, self.capacity, self.length = model, capacity, 0
+        self.cache = model.empty_cache()
+
+    def run(self, ids) -> np.ndarray:
+        if not ids or self.length + len(ids) > self.capacity:
+            raise EdgecError(f"{len(ids)} more tokens do not fit the KV cache "
+                             f"({self.length} of {self.capacity} used)")
+        logits, self.cache = self.model.forward(list(ids), self.length, self.cache)
+        self.length += len(ids)
+        return logits
+
+
+class Detokenizer:
+    """Text of a growing token list, a piece per token, decoding a short window each time.
+
+    Decoding all tokens so far at every step costs O(context) per token; this
+    decodes only the tokens since the last emitted text plus one before them
+    (so a tokenizer that strips a leading space strips it from both decodes),
+    and waits while a multi-byte character is incomplete.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens: bool = True):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = self._read = 0  # ids[prefix:read] were emitted; ids[read:] are pending
+
+    def add(self, token: int) -> str:
+        """Append token; returns the new text (possibly empty)."""
+        self.ids.append(int(token))
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=self.skip)  # noqa: E731
+        before = decode(self.ids[self._prefix:self._read])
+        text = decode(self.ids[self._prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return text[len(before):]
 
 
 def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:

@@ -15,6 +15,11 @@ never re-quantized. Attention reads the dequantized past plus the
 dequantized new rows, so prefill and step-by-step decode see the same
 values (logits() of a prompt equals what generation computes), and the
 attention keeps its cached form for later fusions.
+
+max_context caps the context length the artifact accepts (the model's
+max_position_embeddings otherwise; 0 = no cap), recorded as
+graph.meta["context_length"] for the manifest. Backends with a preallocated
+cache (ONNX GroupQueryAttention) size it per generation up to this length.
 """
 from edgec.errors import EdgecError
 from edgec.ir import Graph
@@ -24,11 +29,16 @@ from .registry import register_pass
 CACHE_BITS = (8, 32)
 
 
-@register_pass("kv_cache", bits=32)
-def kv_cache(graph: Graph, bits: int = 32) -> str:
-    """Add past/present KV tensors to every attention op (bits=8: int8 cache)."""
+@register_pass("kv_cache", bits=32, max_context=0)
+def kv_cache(graph: Graph, bits: int = 32, max_context: int = 0) -> str:
+    """Add past/present KV tensors to every attention op (bits=8: int8 cache); cap the context."""
     if bits not in CACHE_BITS:
         raise EdgecError(f"kv_cache bits={bits!r} is not supported; use 32 (model dtype) or 8 (int8)")
+    if not isinstance(max_context, int) or isinstance(max_context, bool) or max_context < 0:
+        raise EdgecError(f"kv_cache max_context must be a whole number >= 0 (0 = the model's), got {max_context!r}")
+    if max_context:
+        model_ctx = graph.meta.get("context_length")
+        graph.meta["context_length"] = min(model_ctx, max_context) if model_ctx else max_context
     layers = 0
     for node in list(graph.nodes):
         if node.op != "attention" or len(node.inputs) != 3:

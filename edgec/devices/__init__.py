@@ -50,6 +50,8 @@ class Device:
     default_recipe: str
     onnx_providers: tuple[str, ...]
     estimated: tuple[str, ...] = ()  # names of fields whose values are estimates
+    # Backend session options, the [onnx] table (keys: edgec.targets.onnx.runtime.SESSION_OPTIONS).
+    onnx: dict = dataclasses.field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (lists, not tuples) for manifests and `--json`."""
@@ -98,6 +100,8 @@ def _load(path: Path) -> Device:
             value = float(value) if ok else value
         elif key == "cores":
             ok = isinstance(value, int) and not isinstance(value, bool)
+        elif key == "onnx":  # option names are checked by the backend that reads them
+            ok = isinstance(value, dict) and all(isinstance(v, (bool, int, float, str)) for v in value.values())
         else:
             ok = isinstance(value, str)
         if not ok:

@@ -77,4 +77,7 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFA
         "onnxruntime_version": _version("onnxruntime"),
         "inputs": [v.name for v in graph.inputs],
         "outputs": [v.name for v in graph.outputs],
+        # shared_buffer: GroupQueryAttention, one preallocated cache bound as past and present;
+        # concat: the cache grows by Concat every step (see lower_gqa.py)
+        "kv_cache": {p.key: p.value for p in model.metadata_props}.get("edgec.kv_cache", "concat"),
     }

@@ -109,6 +109,7 @@ class _Ctx:
         self._names |= {o.name for n in graph.nodes for o in n.outputs}
         self._names |= set(transposed.values())
         self._consts: dict[tuple, str] = {}
+        self.metadata: dict[str, str] = {}  # -> model.metadata_props (e.g. the KV cache layout)
 
     def fresh(self, hint: str) -> str:
         base = f"{self.scope}/{hint}"
@@ -525,6 +526,7 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
     # Contrib ops (e.g. com.microsoft MatMulNBits from lower_quant.py) need their domain declared.
     opsets += [helper.make_opsetid(d, 1) for d in sorted({nd.domain for nd in cx.nodes} - {"", "ai.onnx"})]
     model = helper.make_model(g, opset_imports=opsets, producer_name="edgec", ir_version=ir_version)
+    helper.set_model_props(model, cx.metadata)
     return LoweredModel(model, inits)
 
 

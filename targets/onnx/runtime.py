@@ -1,4 +1,12 @@
-"""Run a compiled ONNX artifact with onnxruntime."""
+"""Run a compiled ONNX artifact with onnxruntime.
+
+Two ways in: `OnnxExecutor.run(feeds)` is a plain session.run with the IR's
+inputs (a cache of exactly `past` rows in, `past+seq` rows out: tests, eval);
+`OnnxExecutor.sequence(capacity)` is the generation loop's fast path when the
+model's attention is GroupQueryAttention (see lower_gqa.py): the KV cache is
+allocated once and bound with IOBinding as both past and present, so a
+decode step copies no cache and allocates nothing on the Python side.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +14,46 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from edgec.errors import EdgecError
+
 from .compile import MODEL_FILE
+from .lower_gqa import KV_LAYOUT_KEY, SHARED_BUFFER
+
+_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+           "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+           "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+           "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
+       "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(double)": np.float64}
+
+# The [onnx] table of a device profile (edgec/devices/*.toml); every key is optional.
+SESSION_OPTIONS = {
+    "intra_op_threads": int,      # 0: onnxruntime's default (one per physical core)
+    "allow_spinning": bool,       # workers spin between ops: lower latency, more power
+    "cpu_mem_arena": bool,        # reuse freed activation memory instead of malloc per run
+    "graph_optimization": str,    # disable | basic | extended | all
+}
+
+
+def session_options(options: dict | None = None, threads: int | None = None) -> ort.SessionOptions:
+    """SessionOptions from a device profile's [onnx] table; `threads` (e.g. --threads) wins."""
+    options = dict(options or {})
+    unknown = set(options) - set(SESSION_OPTIONS)
+    if unknown:
+        raise EdgecError(f"unknown [onnx] session option(s) {sorted(unknown)}; known: {sorted(SESSION_OPTIONS)}")
+    level = options.get("graph_optimization", "all")
+    if level not in _LEVELS:
+        raise EdgecError(f"[onnx] graph_optimization must be one of {sorted(_LEVELS)}, not {level!r}")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _LEVELS[level]
+    n = threads or options.get("intra_op_threads") or 0
+    if n:
+        opts.intra_op_num_threads = int(n)
+    if "cpu_mem_arena" in options:
+        opts.enable_cpu_mem_arena = bool(options["cpu_mem_arena"])
+    if "allow_spinning" in options:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
+    return opts
 
 
 class OnnxExecutor:
@@ -14,21 +61,22 @@ class OnnxExecutor:
 
     CPU by default with every graph optimization on, which is what fuses the
     primitive decompositions (RMSNorm, Gelu, scaled MatMul) back into kernels.
+    `options` is the device profile's [onnx] table (see SESSION_OPTIONS).
     """
 
-    def __init__(self, model_dir: Path, *, threads: int | None = None, providers=None):
+    def __init__(self, model_dir: Path, *, threads: int | None = None, providers=None,
+                 options: dict | None = None):
         path = Path(model_dir)
         if path.is_dir():
             path = path / MODEL_FILE
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
         self.path = path
-        self.session = ort.InferenceSession(str(path), sess_options=opts,
+        self.session = ort.InferenceSession(str(path), sess_options=session_options(options, threads),
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = self.session.get_modelmeta().custom_metadata_map
+        # True when past and present K/V may share one preallocated buffer (GroupQueryAttention).
+        self.shared_kv = meta.get(KV_LAYOUT_KEY) == SHARED_BUFFER
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
@@ -36,3 +84,95 @@ class OnnxExecutor:
             raise KeyError(f"missing model input(s) {missing}")
         outs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outs))
+
+    def sequence(self, capacity: int) -> "OnnxSequence | None":
+        """A KV cache of `capacity` tokens bound in place, or None if this model cannot share buffers."""
+        return OnnxSequence(self, capacity) if self.shared_kv else None
+
+
+class OnnxSequence:
+    """One sequence: its KV buffers, allocated once, bound as both past_X and present_X.
+
+    GroupQueryAttention writes each call's new rows at row `length` of the
+    buffers in place. One-token steps reuse a binding whose input ids,
+    position and logits arrays are preallocated, so a decode step does no
+    Python-side work that depends on the context length.
+    """
+
+    def __init__(self, executor: OnnxExecutor, capacity: int):
+        if capacity <= 0:
+            raise EdgecError(f"KV capacity must be > 0, got {capacity}")
+        self.session = executor.session
+        self.capacity = int(capacity)
+        self.length = 0
+        self.buffers: dict[str, np.ndarray] = {}  # past name -> [1, kv_heads, capacity, head_dim]
+        self._kv: dict[str, ort.OrtValue] = {}
+        self._extra_outputs = []
+        logits = None
+        for i in self.session.get_inputs():
+            if i.name.startswith("past_"):
+                shape = [self.capacity if isinstance(d, str) or d is None else d for d in i.shape]
+                # zeros: calloc'ed pages cost nothing until GQA writes them
+                buf = np.zeros(shape, _NP[i.type])
+                self.buffers[i.name] = buf
+                self._kv[i.name] = ort.OrtValue.ortvalue_from_numpy(buf)
+            elif i.name not in ("input_ids", "position_ids"):
+                raise EdgecError(f"ONNX model input {i.name!r} is not one the generation loop feeds")
+        for o in self.session.get_outputs():
+            if o.name == "logits":
+                logits = o
+            elif not o.name.startswith("present_"):
+                self._extra_outputs.append(o.name)
+        if logits is None:
+            raise EdgecError("the ONNX model has no 'logits' output")
+        self._vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
+        self._logits_dtype = _NP[logits.type]
+        # the decode step: one token, everything bound once
+        self._ids = np.zeros((1, 1), np.int64)
+        self._pos = np.zeros((1, 1), np.int64)
+        self._step = self._binding(self._ids, self._pos)
+        self._step_logits = self._bind_logits(self._step, 1)
+
+    def _binding(self, ids: np.ndarray, pos: np.ndarray) -> ort.IOBinding:
+        b = self.session.io_binding()
+        b.bind_cpu_input("input_ids", ids)
+        b.bind_cpu_input("position_ids", pos)
+        for name, ov in self._kv.items():
+            b.bind_ortvalue_input(name, ov)
+            b.bind_ortvalue_output(name.replace("past_", "present_", 1), ov)
+        for name in self._extra_outputs:
+            b.bind_output(name)
+        return b
+
+    def _bind_logits(self, b: ort.IOBinding, n: int) -> np.ndarray | None:
+        if self._vocab is None:
+            b.bind_output("logits")
+            return None
+        out = np.empty((1, n, self._vocab), self._logits_dtype)
+        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(out))
+        return out
+
+    def _run(self, b: ort.IOBinding, out: np.ndarray | None) -> np.ndarray:
+        self.session.run_with_iobinding(b)
+        if out is None:  # logits is bound last
+            out = b.get_outputs()[-1].numpy()
+        return out[0]
+
+    def run(self, ids) -> np.ndarray:
+        """Feed ids at positions length..; returns logits [len(ids), vocab].
+
+        For one token the result is a view of a reused buffer, valid until the next call.
+        """
+        n = len(ids)
+        if n == 0 or self.length + n > self.capacity:
+            raise EdgecError(f"{n} more tokens do not fit the KV cache ({self.length} of {self.capacity} used)")
+        if n == 1:
+            self._ids[0, 0] = ids[0]
+            self._pos[0, 0] = self.length
+            logits = self._run(self._step, self._step_logits)
+        else:
+            b = self._binding(np.asarray([ids], np.int64),
+                              np.arange(self.length, self.length + n, dtype=np.int64)[None])
+            logits = self._run(b, self._bind_logits(b, n))
+        self.length += n
+        return logits
