@@ -18,8 +18,10 @@ class Backend:
 
 BACKENDS = {
     "onnx": Backend("onnx", "edgec.targets.onnx", "OnnxExecutor", "ONNX Runtime (CPU; CUDA EP on GPUs)"),
+    "tvm": Backend("tvm", "edgec.targets.tvm", "TvmExecutor",
+                   "Apache TVM (llvm for x86-64/aarch64, cuda); needs apache-tvm"),
 }
-PLANNED = {"tvm": "Apache TVM (issue: TVM target)", "c": "edgec's embedded C runtime"}
+PLANNED = {"c": "edgec's embedded C runtime"}
 
 
 def get_backend(name: str) -> Backend:

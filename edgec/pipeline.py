@@ -108,6 +108,9 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     # Validate every option before any slow work.
     dev = get_device(device)
     be = get_backend(backend or dev.default_backend)
+    check_device = getattr(load_module(be), "check_device", None)  # e.g. TVM: triple, cross compiler
+    if check_device is not None:
+        check_device(dev)
     rec = load_recipe(recipe or dev.default_recipe)
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
 

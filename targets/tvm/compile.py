@@ -1,0 +1,79 @@
+"""Compile an IR graph with TVM into `model.so` + `weights.safetensors` + `tvm.json`.
+
+Weights are not baked into the library: both Relax functions take them as
+one tuple argument, so the library stays small, compiles fast, and the
+weights file is the same mmap-able safetensors layout the IR uses.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from edgec.ir import Graph
+from edgec.ir.weights import WeightStore
+
+from .lower import lower_graph
+from .schedule import build_pipeline
+from .target import plan_for
+
+LIB_FILE = "model.so"
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "tvm.json"
+
+
+def check_device(device) -> None:
+    """Fail before any slow work when TVM cannot serve the device (unknown triple, no cross gcc)."""
+    plan_for(device)
+
+
+def _fcompile(plan):
+    if not plan.cross:
+        return None
+    from tvm.support import cc
+
+    return cc.cross_compiler(plan.linker)
+
+
+def compile_graph(graph: Graph, out_dir: Path, *, device=None) -> dict[str, Any]:
+    """Lower to Relax, tvm.compile for the device's target, export the library; returns manifest metadata."""
+    if device is None:
+        from edgec.devices import get_device
+
+        device = get_device("host")
+    plan = plan_for(device)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lowered = lower_graph(graph)
+    target = plan.tvm_target()
+    t0 = time.perf_counter()
+    ex = tvm.compile(lowered.mod, target=target, relax_pipeline=build_pipeline(plan, target))
+    ex.export_library(str(out_dir / LIB_FILE), fcompile=_fcompile(plan))
+    seconds = round(time.perf_counter() - t0, 2)
+
+    store = WeightStore()
+    for name in lowered.weights:
+        store[name] = graph.weights[name]
+    store.save(out_dir / WEIGHTS_FILE)
+    functions = [gv.name_hint for gv in lowered.mod.get_global_vars()
+                 if isinstance(lowered.mod[gv], tvm.relax.Function)]
+    meta = {
+        "kind": plan.kind,
+        "target": str(target),
+        "triple": plan.triple,
+        "tvm_version": tvm.__version__,
+        "linker": plan.linker,
+        "cross_compiled": plan.cross,
+        "functions": sorted(functions),
+        "inputs": [v.name for v in graph.inputs],
+        "outputs": [v.name for v in graph.outputs],
+        "weights": lowered.weights,
+        "notes": plan.notes,
+    }
+    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return {"files": [LIB_FILE, WEIGHTS_FILE, META_FILE], "compile_seconds": seconds,
+            **{k: meta[k] for k in ("kind", "target", "triple", "tvm_version", "linker", "cross_compiled",
+                                    "functions", "inputs", "outputs", "notes")}}

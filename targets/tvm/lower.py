@@ -1,0 +1,377 @@
+"""Lower an edgec IR graph to a Relax IRModule with the BlockBuilder.
+
+Table-driven like the ONNX target: `LOWERINGS` maps each IR op name to a
+function emitting Relax bindings for one node. Generic ops map to Relax ops
+(legalized to TIR by TVM); the LLM ops whose fast form is index arithmetic
+(quantized/fp16 linear, rotary, attention, int8 rows) are tensor expressions
+from kernels.py.
+
+The module has two functions over the same weights, because their best
+schedules differ: `prefill` with a symbolic `seq` (matmuls) and `decode` with
+seq = 1 (matrix-vector products, where the weight read dominates). Both take
+the graph inputs in order and then one tuple of every weight, and return a
+tuple of the graph outputs in order. `past` stays symbolic in both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+from tvm.relax import op as R
+
+from edgec.errors import UnsupportedModelError
+from edgec.ir import Graph, Node, Value
+from edgec.ir import shapes as S
+
+from . import kernels as K
+
+INT_BIG = 2**62
+
+
+@dataclass
+class Lowered:
+    mod: tvm.IRModule
+    weights: list[str]  # weight names, in the order of the params tuple
+
+
+class _Ctx:
+    """Per-function state: symbols, the Relax expression of every IR value."""
+
+    def __init__(self, bb: relax.BlockBuilder, graph: Graph, symbols: dict[str, object]):
+        self.bb = bb
+        self.graph = graph
+        self.symbols = symbols  # "seq" -> tirx.Var or 1
+        self.env: dict[Value, relax.Expr] = {}
+        self.users: dict[Value, list[Node]] = graph.users()
+        self.fused: set[int] = set()  # id() of nodes folded into their consumer
+
+    def dim(self, d):
+        if isinstance(d, int):
+            return d
+        const, syms = S._terms(d)
+        expr = None
+        for s in syms:
+            expr = self.symbols[s] if expr is None else expr + self.symbols[s]
+        return expr + const if const else expr
+
+    def shape(self, v: Value) -> list:
+        return [self.dim(d) for d in v.shape]
+
+    def __getitem__(self, v: Value) -> relax.Expr:
+        return self.env[v]
+
+    def emit(self, expr, name: str = "") -> relax.Expr:
+        return self.bb.emit(expr, name_hint=name)
+
+    def te(self, fn, *args, name: str = "", **kwargs) -> relax.Expr:
+        return self.bb.emit_te(fn, *args, primfunc_name_hint=name or fn.__name__, **kwargs)
+
+
+LOWERINGS: dict[str, Callable[[_Ctx, Node], list]] = {}
+
+
+def lowering(*names):
+    def deco(fn):
+        for n in names:
+            LOWERINGS[n] = fn
+        return fn
+
+    return deco
+
+
+# ----------------------------------------------------------------------------- generic ops
+_BINARY = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
+           "maximum": R.maximum}
+_UNARY = {"neg": R.negative, "sqrt": R.sqrt, "rsqrt": R.rsqrt, "exp": R.exp, "tanh": R.tanh,
+          "sin": R.sin, "cos": R.cos, "relu": R.nn.relu, "sigmoid": R.sigmoid, "silu": R.nn.silu}
+
+
+@lowering(*_BINARY)
+def _binary(c, n):
+    return [_BINARY[n.op](c[n.inputs[0]], c[n.inputs[1]])]
+
+
+@lowering(*_UNARY)
+def _unary(c, n):
+    return [_UNARY[n.op](c[n.inputs[0]])]
+
+
+@lowering("gelu")
+def _gelu(c, n):
+    x = c[n.inputs[0]]
+    return [R.nn.gelu_tanh(x) if n.attrs["approximate"] == "tanh" else R.nn.gelu(x)]
+
+
+@lowering("const")
+def _const(c, n):
+    dtype = n.attrs["dtype"]
+    return [relax.const(np.asarray(n.attrs["value"], dtype=dtype), dtype)]
+
+
+@lowering("cast")
+def _cast(c, n):
+    return [R.astype(c[n.inputs[0]], n.attrs["dtype"])]
+
+
+@lowering("mean")
+def _mean(c, n):
+    return [R.mean(c[n.inputs[0]], axis=list(n.attrs["axes"]), keepdims=bool(n.attrs["keepdim"]))]
+
+
+@lowering("softmax")
+def _softmax(c, n):
+    return [R.nn.softmax(c[n.inputs[0]], axis=n.attrs["axis"])]
+
+
+@lowering("reshape")
+def _reshape(c, n):
+    return [R.reshape(c[n.inputs[0]], c.shape(n.output))]
+
+
+@lowering("expand")
+def _expand(c, n):
+    return [R.broadcast_to(c[n.inputs[0]], c.shape(n.output))]
+
+
+@lowering("permute")
+def _permute(c, n):
+    return [R.permute_dims(c[n.inputs[0]], list(n.attrs["perm"]))]
+
+
+@lowering("unsqueeze")
+def _unsqueeze(c, n):
+    return [R.expand_dims(c[n.inputs[0]], n.attrs["axis"])]
+
+
+@lowering("slice")
+def _slice(c, n):
+    x = n.inputs[0]
+    axis = n.attrs["axis"] % x.rank
+    start, end, step = n.attrs["start"], n.attrs["end"], n.attrs["step"]
+    d = x.shape[axis]
+    if isinstance(d, int):
+        start, end, step = slice(start, end, step).indices(d)
+        if step < 0 and end < 0:
+            end = -d - 1  # Relax reads a negative end relative to the dim
+    else:
+        end = c.dim(d) if end >= INT_BIG else end
+    return [R.strided_slice(c[x], axes=[axis], begin=[start], end=[end], strides=[step])]
+
+
+@lowering("concat")
+def _concat(c, n):
+    return [R.concat([c[v] for v in n.inputs], axis=n.attrs["axis"])]
+
+
+@lowering("matmul")
+def _matmul(c, n):
+    return [R.matmul(c[n.inputs[0]], c[n.inputs[1]])]
+
+
+# ----------------------------------------------------------------------------- LLM ops
+@lowering("embedding")
+def _embedding(c, n):
+    table, ids = n.inputs
+    return [R.take(c[table], c[ids], axis=0)]
+
+
+@lowering("layer_norm")
+def _layer_norm(c, n):
+    x = n.inputs[0]
+    dim = x.shape[-1]
+    w = c[n.inputs[1]] if len(n.inputs) > 1 else relax.const(np.ones(dim, x.dtype))
+    b = c[n.inputs[2]] if len(n.inputs) > 2 else relax.const(np.zeros(dim, x.dtype))
+    return [R.nn.layer_norm(c[x], w, b, axes=[-1], epsilon=float(n.attrs["eps"]))]
+
+
+@lowering("rms_norm")
+def _rms_norm(c, n):
+    x, w = n.inputs
+    wr = c[w] if w.dtype == x.dtype else R.astype(c[w], x.dtype)
+    return [R.nn.rms_norm(c[x], wr, axes=[-1], epsilon=float(n.attrs["eps"]))]
+
+
+@lowering("glu")
+def _glu(c, n):
+    g, u = (c[v] for v in n.inputs)
+    act = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh}[n.attrs["act"]]
+    return [R.multiply(act(g), u)]
+
+
+@lowering("rotary")
+def _rotary(c, n):
+    return [c.te(K.rotary, *(c[v] for v in n.inputs), name="rotary")]
+
+
+@lowering("rotary_cached")
+def _rotary_cached(c, n):
+    return [c.te(K.rotary_cached, *(c[v] for v in n.inputs), name="rotary_cached")]
+
+
+@lowering("add_rms_norm")
+def _add_rms_norm(c, n):
+    x, skip, w = n.inputs
+    total = c.emit(R.add(c[x], c[skip]))
+    wr = c[w] if w.dtype == x.dtype else R.astype(c[w], x.dtype)
+    return [R.nn.rms_norm(total, wr, axes=[-1], epsilon=float(n.attrs["eps"])), total]
+
+
+@lowering("split")
+def _split(c, n):
+    bounds = np.cumsum([int(s) for s in n.attrs["sizes"]])[:-1].tolist()
+    parts = c.emit(R.split(c[n.inputs[0]], bounds, axis=n.attrs["axis"]))
+    return [relax.TupleGetItem(parts, i) for i in range(len(n.outputs))]
+
+
+@lowering("attention")
+def _attention(c, n):
+    """GQA as batched matmuls over KV groups: q [B,H,S,D] is viewed as [B,KV,rep*S,D].
+
+    Plain Relax matmuls, so every target's matmul schedule (dlight on GPUs)
+    applies; the mask is an elementwise epilogue computed from indices.
+    """
+    qv, kv_, vv = n.inputs[:3]
+    q, k, v = c[qv], c[kv_], c[vv]
+    outs = []
+    if len(n.inputs) == 5:
+        k = c.emit(R.concat([c[n.inputs[3]], k], axis=2), "present_k")
+        v = c.emit(R.concat([c[n.inputs[4]], v], axis=2), "present_v")
+        outs = [k, v]
+    b, heads, s_len, d = c.shape(qv)
+    kv, dv = int(kv_.shape[1]), int(vv.shape[3])
+    rep = heads // kv
+    a = n.attrs
+    qg = R.reshape(q, [b, kv, rep * s_len, d])
+    scores = c.emit(R.matmul(qg, R.permute_dims(k, [0, 1, 3, 2]), out_dtype="float32"))
+    t_len = c.shape(n.outputs[1])[2] if outs else c.shape(kv_)[2]
+    scores = c.emit(R.reshape(scores, [b, kv, rep, s_len, t_len]))  # exposes S to the mask
+    masked = c.te(lambda t: K.attention_mask(t, float(a["scale"]), float(a["softcap"]), int(a["window"])),
+                  scores, name="attention_mask")
+    p = c.emit(R.reshape(R.nn.softmax(masked, axis=-1), [b, kv, rep * s_len, t_len]))
+    if vv.dtype != "float32":
+        v = R.astype(v, "float32")
+    o = c.emit(R.matmul(p, v))  # [B, KV, rep*S, Dv]
+    o = R.permute_dims(R.reshape(o, [b, heads, s_len, dv]), [0, 2, 1, 3])
+    if n.outputs[0].dtype != "float32":
+        o = R.astype(o, n.outputs[0].dtype)
+    return [o, *outs]
+
+
+def _weight_source(c: _Ctx, w: Value):
+    """(element function args, builder) for a linear's weight: plain, fp16 cast, or dequantize."""
+    node = w.producer
+    if w.kind == "weight":
+        return [c[w]], K.plain_weight
+    if node is not None and all(u.op == "linear" and u.inputs[1] is w for u in c.users.get(w, [])):
+        if node.op == "cast" and node.inputs[0].kind == "weight":
+            c.fused.add(id(node))
+            return [c[node.inputs[0]]], K.plain_weight
+        if node.op == "dequantize" and all(v.kind == "weight" for v in node.inputs):
+            c.fused.add(id(node))
+            bits = node.attrs["bits"]
+            return [c[v] for v in node.inputs], lambda p, s, z: K.packed_weight(p, s, z, bits)
+    return None
+
+
+@lowering("linear")
+def _linear(c, n):
+    x, w = n.inputs[:2]
+    src = _weight_source(c, w)
+    if src is None:  # a computed weight (e.g. low-rank product): plain [N, K] tensor
+        src = ([c[w]], K.plain_weight)
+    wargs, make_elem = src
+    bias = [c[n.inputs[2]]] if len(n.inputs) > 2 else []
+    nw, n_out, k_in = len(wargs), int(w.shape[0]), int(w.shape[1])
+
+    def fused(xt, *args):  # emit_te passes tensors only, so the weight format is closed over
+        return K.linear(xt, make_elem(*args[:nw]), n_out, k_in, args[nw] if bias else None)
+
+    y = c.te(fused, c[x], *wargs, *bias, name="linear")
+    if n.output.dtype != "float32":
+        y = R.astype(y, n.output.dtype)
+    return [y]
+
+
+@lowering("dequantize")
+def _dequantize(c, n):
+    p, s, z = (c[v] for v in n.inputs)
+    return [c.te(K.dequantize, p, s, z, bits=n.attrs["bits"], k=n.attrs["k"], name="dequantize")]
+
+
+@lowering("quantize_rows")
+def _quantize_rows(c, n):
+    t = c.te(K.quantize_rows, c[n.inputs[0]], name="quantize_rows")
+    return [c.emit(relax.TupleGetItem(t, 0)), c.emit(relax.TupleGetItem(t, 1))]
+
+
+@lowering("dequantize_rows")
+def _dequantize_rows(c, n):
+    return [c.te(K.dequantize_rows, *(c[v] for v in n.inputs), name="dequantize_rows")]
+
+
+@lowering("linear_w8a8")
+def _linear_w8a8(c, n):
+    x = c[n.inputs[0]]
+    t = c.te(K.quantize_rows, x, name="quantize_rows")
+    xq, xs = c.emit(relax.TupleGetItem(t, 0)), c.emit(relax.TupleGetItem(t, 1))
+    return [c.te(K.linear_w8a8, xq, xs, *(c[v] for v in n.inputs[1:]), name="linear_w8a8")]
+
+
+# ----------------------------------------------------------------------------- driver
+def check_supported(graph: Graph) -> None:
+    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
+    if missing:
+        raise UnsupportedModelError(f"the TVM target has no lowering for IR op(s) {', '.join(missing)}")
+
+
+def _relax_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
+def _emit_function(bb: relax.BlockBuilder, graph: Graph, fname: str, weight_names: list[str],
+                   symbols: dict[str, object]) -> None:
+    c = _Ctx(bb, graph, symbols)
+    params = []
+    for v in graph.inputs:
+        var = relax.Var(_relax_name(v.name), relax.TensorType(c.shape(v), v.dtype))
+        c.env[v] = var
+        params.append(var)
+    wvals = [graph.weight_values[name] for name in weight_names]
+    wtuple = relax.Var("params", relax.TupleType([relax.TensorType(list(v.shape), v.dtype) for v in wvals]))
+    with bb.function(fname, [*params, wtuple]):
+        with bb.dataflow():
+            for i, v in enumerate(wvals):
+                c.env[v] = bb.emit(relax.TupleGetItem(wtuple, i), name_hint=_relax_name(v.name))
+            # Decide fusions first: a fused producer is not emitted at all.
+            for node in graph.nodes:
+                if node.op == "linear":
+                    _weight_source(c, node.inputs[1])
+            for node in graph.nodes:
+                if id(node) in c.fused:
+                    continue
+                outs = LOWERINGS[node.op](c, node)
+                for val, expr in zip(node.outputs, outs):
+                    c.env[val] = expr if isinstance(expr, relax.Var) else \
+                        bb.emit(expr, name_hint=_relax_name(val.name))
+            result = bb.emit_output(relax.Tuple([c[v] for v in graph.outputs]))
+        bb.emit_func_output(result)
+
+
+def lower_graph(graph: Graph) -> Lowered:
+    """IR -> IRModule with `prefill` (symbolic seq) and `decode` (seq = 1)."""
+    check_supported(graph)
+    weight_names = list(graph.weight_values)
+    syms = sorted(graph.symbols())
+    bb = relax.BlockBuilder()
+    for fname in ("prefill", "decode"):
+        symbols = {s: tirx.Var(s, "int64") for s in syms}
+        if fname == "decode":
+            if "seq" not in symbols:
+                continue
+            symbols["seq"] = tirx.IntImm("int64", 1)
+        _emit_function(bb, graph, fname, weight_names, symbols)
+    mod = bb.get()
+    return Lowered(mod, weight_names)
