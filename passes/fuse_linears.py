@@ -28,7 +28,7 @@ def _weight_form(graph: Graph, node: Node, users) -> tuple | None:
     """A key that equal-form siblings share, or None if node's weight cannot be merged."""
     if node.op == "linear_w8a8":
         wq, ws = node.inputs[1:3]
-        if wq.kind == "weight" and ws.kind == "weight":
+        if all(v.kind == "weight" and len(users.get(v, [])) == 1 for v in (wq, ws)):
             return ("w8a8",)
         return None
     w = node.inputs[1]
