@@ -70,6 +70,8 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None) -> dict[str, Any]
         "functions": sorted(functions),
         "inputs": [v.name for v in graph.inputs],
         "outputs": [v.name for v in graph.outputs],
+        "past": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}
+                 for v in graph.inputs if v.name.startswith("past_")],
         "weights": lowered.weights,
         "notes": plan.notes,
     }

@@ -54,12 +54,47 @@ class TvmExecutor:
         self.output_names = list(self.meta["outputs"])
         self._decode = "decode" in self.meta["functions"]
 
+    def call(self, args: list, seq: int) -> list:
+        """Run on device tensors (graph inputs in order); returns device tensors (graph outputs in order)."""
+        fn = "decode" if self._decode and seq == 1 else "prefill"
+        return list(self.vm[fn](*args, self.params))
+
+    def sequence(self, capacity: int):
+        """A KV cache that stays in TVM tensors between steps (see edgec.runtime.CompiledModel.sequence)."""
+        if not {"input_ids", "position_ids"} <= set(self.input_names) or "logits" not in self.output_names:
+            return None
+        return _TvmSequence(self, capacity)
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise KeyError(f"missing model input(s) {missing}")
         args = [tvm.runtime.tensor(_contiguous(feeds[n]), self.device) for n in self.input_names]
         seq = feeds["input_ids"].shape[-1] if "input_ids" in feeds else None
-        fn = "decode" if self._decode and seq == 1 else "prefill"
-        outs = self.vm[fn](*args, self.params)
+        outs = self.call(args, seq)
         return {name: o.numpy() for name, o in zip(self.output_names, outs)}
+
+
+class _TvmSequence:
+    """One generation: present_* tensors are fed back as past_* without leaving the device."""
+
+    def __init__(self, ex: TvmExecutor, capacity: int):
+        self.ex, self.capacity, self.length = ex, capacity, 0
+        self.outputs = {n: i for i, n in enumerate(ex.output_names)}
+        self.cache = {}
+        for v in ex.meta.get("past", []):
+            shape = [0 if isinstance(d, str) else d for d in v["shape"]]
+            self.cache[v["name"]] = tvm.runtime.tensor(np.zeros(shape, v["dtype"]), ex.device)
+
+    def run(self, ids) -> np.ndarray:
+        n = len(ids)
+        if not n or self.length + n > self.capacity:
+            raise EdgecError(f"{n} more tokens do not fit the KV cache ({self.length} of {self.capacity} used)")
+        ex = self.ex
+        feeds = {"input_ids": tvm.runtime.tensor(np.asarray([ids], np.int64), ex.device),
+                 "position_ids": tvm.runtime.tensor(
+                     np.arange(self.length, self.length + n, dtype=np.int64)[None], ex.device)}
+        outs = ex.call([feeds[name] if name in feeds else self.cache[name] for name in ex.input_names], n)
+        self.cache = {name: outs[self.outputs[name.replace("past_", "present_", 1)]] for name in self.cache}
+        self.length += n
+        return outs[self.outputs["logits"]].numpy()[0]

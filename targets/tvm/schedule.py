@@ -18,7 +18,17 @@ from tvm.s_tir.dlight.analysis import normalize_prim_func
 
 
 class CpuParallel(dl.ScheduleRule):
-    """Fuse each block's leading spatial loops and run them on the thread pool."""
+    """Parallel spatial loops for every block; dot products vectorized along K.
+
+    A reduction over a static K (a linear layer: [.., N] = x[.., K] . W(N, K))
+    is split K = ko * 16 + ki and rfactored on ki: 16 partial sums per output
+    element accumulate in SIMD lanes over contiguous x and weight rows, then
+    one short sum. Output rows are tiled by 16 and the tiles spread over
+    threads, so a tile's weight rows stay in cache across all tokens of a
+    prompt.
+    """
+
+    LANES, ROWS = 16, 16
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc):
@@ -27,17 +37,38 @@ class CpuParallel(dl.ScheduleRule):
         infos = normalize_prim_func(sch)
         if not infos:
             return None
-        done = False
         for info in infos:
             kinds = info.dom_kind()
-            lead = len(kinds) - len(kinds.lstrip("S"))
             loops = sch.get_loops(info.block_rv)
-            if lead == 0 or len(loops) < lead:
+            lead = len(kinds) - len(kinds.lstrip("S"))
+            if lead == 0 or len(loops) != len(kinds):
                 continue
-            fused = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
-            sch.parallel(fused)
-            done = True
-        return sch if done else None
+            if kinds == "S" * lead + "R" and self._dot(sch, info.block_rv, loops, lead):
+                continue
+            sch.parallel(sch.fuse(*loops[:lead]) if lead > 1 else loops[0])
+        return sch
+
+    def _dot(self, sch, block, loops, lead) -> bool:
+        k = sch.get(loops[-1]).extent
+        n = sch.get(loops[lead - 1]).extent
+        if not (isinstance(k, tirx.IntImm) and int(k) % self.LANES == 0 and int(k) >= 4 * self.LANES
+                and isinstance(n, tirx.IntImm) and int(n) % self.ROWS == 0):
+            return False
+        ko, ki = sch.split(loops[-1], [None, self.LANES])
+        w0 = sch.get(block).writes[0]
+        out_rank = len(w0.region)
+        rf = sch.rfactor(ki, factor_axis=out_rank)  # lanes last: contiguous partial sums
+        # rf block loops: spatial..., ko, ki (ki is spatial there): tile N, move ki innermost
+        rloops = sch.get_loops(rf)
+        *outer, n_loop, ko_loop, ki_loop = rloops
+        no, ni = sch.split(n_loop, [None, self.ROWS])
+        sch.reorder(no, *outer, ni, ko_loop, ki_loop)
+        sch.vectorize(ki_loop)
+        sch.parallel(no)
+        # the final sum over the 16 lanes: parallel over its own output rows
+        floops = sch.get_loops(block)
+        sch.parallel(sch.fuse(*floops[:lead]) if lead > 1 else floops[0])
+        return True
 
 
 class _SafeMatmul(dl.gpu.Matmul):
