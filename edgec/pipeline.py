@@ -90,6 +90,8 @@ def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = 
     pm.run(imported.graph, CANONICALIZE, "canonicalize")
     pm.run(imported.graph, RAISE, "raise")
     pm.run(imported.graph, rec.passes, "compress")
+    if "accuracy_level" in rec.onnx:  # the recipe picks MatMulNBits' compute type (else the target's default)
+        imported.graph.meta["matmul_nbits_accuracy_level"] = rec.onnx["accuracy_level"]
     if fuse:
         pm.run(imported.graph, FUSE, "fuse")
     imported.graph.meta["fused"] = bool(fuse)

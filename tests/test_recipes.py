@@ -34,3 +34,21 @@ def test_recipe_options_are_validated(tmp_path):
     broken.write_text("name = \n")
     with pytest.raises(EdgecError, match="not valid TOML"):
         load_recipe(str(broken))
+
+
+def test_onnx_accuracy_level_from_the_recipe(tiny_llama, tmp_path):
+    """[onnx] accuracy_level reaches MatMulNBits; int8 ships with fp32 compute, int4 with the default (4)."""
+    import onnx
+
+    assert load_recipe("int8").onnx == {"accuracy_level": 1}
+    assert load_recipe("int4-rtn+int8").onnx == {"accuracy_level": 1}
+    for recipe, level in [("int8", 1), ("int4-rtn", 4)]:
+        out = edgec.build(tiny_llama, tmp_path / recipe, recipe=recipe)
+        model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
+        levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+                  for a in n.attribute if a.name == "accuracy_level"}
+        assert levels == {level}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\n[onnx]\naccuracy_level = 7\n')
+    with pytest.raises(EdgecError, match=r"\[onnx\] takes accuracy_level = 0-4"):
+        load_recipe(str(bad))

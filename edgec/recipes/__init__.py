@@ -8,6 +8,7 @@ A recipe file (TOML or YAML) looks like:
     samples = 128
     seqlen = 512
     [kv_cache]                 # optional: options of the kv_cache pass (e.g. bits = 8)
+    [onnx]                     # optional: accuracy_level = 0-4 for MatMulNBits (4: int8 compute)
     [[passes]]
     name = "gptq"              # any registered pass; the other keys are its options
     bits = 4
@@ -35,6 +36,7 @@ class Recipe:
     source: str = ""
     calibration: dict = field(default_factory=dict)
     kv_cache: dict = field(default_factory=dict)
+    onnx: dict = field(default_factory=dict)
 
     @property
     def needs_calibration(self) -> bool:
@@ -45,7 +47,7 @@ class Recipe:
     def to_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "source": self.source,
                 "passes": [{"name": n, **o} for n, o in self.passes],
-                "calibration": self.calibration, "kv_cache": self.kv_cache}
+                "calibration": self.calibration, "kv_cache": self.kv_cache, "onnx": self.onnx}
 
 
 def _read(path: Path) -> dict:
@@ -74,7 +76,7 @@ def _parse(path: Path) -> Recipe:
     from edgec.passes import get_pass
 
     data = _read(path)
-    unknown = set(data) - {"name", "description", "passes", "calibration", "kv_cache"}
+    unknown = set(data) - {"name", "description", "passes", "calibration", "kv_cache", "onnx"}
     if unknown:
         raise EdgecError(f"recipe {path}: unknown key(s) {sorted(unknown)}")
     passes = []
@@ -89,8 +91,13 @@ def _parse(path: Path) -> Recipe:
         raise EdgecError(f"recipe {path}: [calibration] takes {sorted(_CALIB_KEYS)}")
     kv = dict(data.get("kv_cache") or {})
     get_pass("kv_cache").check_options(kv)
+    onnx = dict(data.get("onnx") or {})
+    level = onnx.get("accuracy_level", 0)
+    if set(onnx) - {"accuracy_level"} or isinstance(level, bool) or level not in range(5):
+        raise EdgecError(f"recipe {path}: [onnx] takes accuracy_level = 0-4 (MatMulNBits compute type: "
+                         f"0/1 fp32, 2 fp16, 3 bf16, 4 int8), got {onnx}")
     return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")), passes, str(path),
-                  calib, kv)
+                  calib, kv, onnx)
 
 
 def _named() -> dict[str, Path]:
@@ -131,4 +138,5 @@ def load_recipe(recipe: str | Path | None) -> Recipe:
         merged.passes += p.passes
         merged.calibration.update(p.calibration)
         merged.kv_cache.update(p.kv_cache)
+        merged.onnx.update(p.onnx)
     return merged
