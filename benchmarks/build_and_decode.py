@@ -53,16 +53,17 @@ def main() -> None:
     for _ in range(args.runs):
         for r in recipes:  # interleaved
             m = models[r]
-            t0 = time.perf_counter()
-            logits, cache = m.forward(short, 0, m.empty_cache())
+            # the generation loop's path: one KV cache per sequence, updated in place where the
+            # backend can (ONNX GroupQueryAttention), else fed back step by step
+            seq = m.sequence(len(short) + 128)
+            logits = seq.run(short)
             t1 = time.perf_counter()
-            pos, tokn = len(short), int(logits[-1].argmax())
+            tokn = int(logits[-1].argmax())
             for _ in range(128):
-                logits, cache = m.forward([tokn], pos, cache)
-                tokn, pos = int(logits[-1].argmax()), pos + 1
+                tokn = int(seq.run([tokn])[-1].argmax())
             decode[r].append(128 / (time.perf_counter() - t1))
             t0 = time.perf_counter()
-            m.forward(long_ids, 0, m.empty_cache())
+            m.sequence(len(long_ids)).run(long_ids)
             prefill[r].append(len(long_ids) / (time.perf_counter() - t0))
 
     rows = []

@@ -95,11 +95,13 @@ def _recipe_help() -> str:
               help="Write the IR after every pass into this folder.")
 @click.option("--no-fuse", is_flag=True, help="Skip the fusion passes (merged linears, add+rms_norm, "
               "rotary tables), e.g. to measure what they gain.")
+@click.option("--max-context", type=int, default=None,
+              help="Cap the context length in tokens (default: the model's); bounds the KV cache.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
-def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse, quiet,
-          as_json):
+def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse,
+          max_context, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries()
@@ -108,7 +110,8 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
 
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
                    progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
-                   calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse)
+                   calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse,
+                   max_context=max_context)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],

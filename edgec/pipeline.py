@@ -103,8 +103,11 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
           overwrite: bool = True, calib: str | Path | None = None, calib_samples: int | None = None,
-          calib_seqlen: int | None = None, fuse: bool = True) -> Path:
-    """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase)."""
+          calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None) -> Path:
+    """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase).
+
+    max_context caps the context length (default: the model's) and with it the KV cache.
+    """
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     # Validate every option before any slow work.
@@ -114,6 +117,10 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     if check_device is not None:
         check_device(dev)
     rec = load_recipe(recipe or dev.default_recipe)
+    if max_context is not None:
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
+            raise EdgecError(f"max-context must be a whole number >= 1, got {max_context!r}")
+        rec.kv_cache["max_context"] = max_context
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
 
     imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)

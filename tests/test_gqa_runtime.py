@@ -309,3 +309,17 @@ def test_detokenizer_pieces_join_to_the_full_text():
     text = "".join(detok.add(t) for t in ids)
     assert text == tok.decode(ids, skip_special_tokens=True)
     assert detok._read - detok._prefix <= 1  # the window stays one token, not the whole text
+
+
+def test_cli_max_context(tiny_llama, tmp_path):
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    out = tmp_path / "ctx48"
+    r = CliRunner().invoke(main, ["build", str(tiny_llama), "-o", str(out), "--max-context", "48", "-q"])
+    assert r.exit_code == 0, r.output
+    m = edgec.load(out)
+    assert m.context_length == 48 and m.manifest["recipe"]["kv_cache"] == {"max_context": 48}
+    r = CliRunner().invoke(main, ["build", str(tiny_llama), "-o", str(tmp_path / "bad"), "--max-context", "0"])
+    assert r.exit_code == 2 and "max-context" in r.output
