@@ -159,13 +159,14 @@ def test_quantize_pass_shrinks_weights_by_the_expected_factor(tiny, calib_file):
         assert g.weights.total_bytes() == expected
 
 
-def tied_graph():
+def tied_graph(hidden: int = 32):
     g = Graph()
     ids = g.add_input("input_ids", "int64", (1, "seq"))
     g.add_input("position_ids", "int64", (1, "seq"))
-    table = g.add_weight("embed.weight", RNG.standard_normal((40, 32)).astype(np.float32))
+    table = g.add_weight("embed.weight", RNG.standard_normal((40, hidden)).astype(np.float32))
     h = g.op("embedding", table, ids)
-    h = g.op("relu", g.op("linear", h, g.add_weight("fc.weight", RNG.standard_normal((32, 32)).astype(np.float32))))
+    fc = RNG.standard_normal((hidden, hidden)).astype(np.float32)
+    h = g.op("relu", g.op("linear", h, g.add_weight("fc.weight", fc)))
     g.outputs = [g.op("linear", h, table, name="logits")]
     f = {"input_ids": np.array([[1, 5, 7, 39]]), "position_ids": np.arange(4)[None]}
     return g, f
@@ -446,8 +447,28 @@ def test_onnx_falls_back_to_standard_ops(tmp_path, tiny, calib_file):
     tied.meta["matmul_nbits_accuracy_level"] = 0
     compile_graph(tied, tmp_path / "tied")
     model = onnx.load(tmp_path / "tied" / "model.onnx", load_external_data=False)
-    assert op_count(model, "MatMulNBits") == 2  # both linears fused; the embedding reads a folded table
+    assert op_count(model, "MatMulNBits") == 2  # both linears fused
+    # the embedding gathers packed rows (no fp32 copy of the table is folded at load)
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    assert {n.input[0] for n in gathers} >= {"embed.weight.q4", "embed.weight.scales", "embed.weight.zeros"}
     got = OnnxExecutor(tmp_path / "tied").run(f)["logits"]
+    np.testing.assert_allclose(got, interpret(tied, f)["logits"], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bits,group,hidden", [(4, 16, 32), (4, 16, 40), (8, 16, 40), (8, 0, 32), (3, 32, 40)])
+def test_quantized_tied_embedding_gathers_packed_rows(tmp_path, bits, group, hidden):
+    """A quantized tied table: the lookup dequantizes only the gathered rows (padded groups sliced off)."""
+    tied, f = tied_graph(hidden)
+    from edgec.passes import get_pass
+
+    get_pass("quantize").fn(tied, bits=bits, group_size=group, symmetric=False, lm_head=True, skip=[])
+    tied.meta["matmul_nbits_accuracy_level"] = 0
+    compile_graph(tied, tmp_path / "tied")
+    model = onnx.load(tmp_path / "tied" / "model.onnx", load_external_data=False)
+    got = OnnxExecutor(tmp_path / "tied").run(f)["logits"]
+    assert op_count(model, "MatMulNBits") == 2
+    assert {n.input[0] for n in model.graph.node if n.op_type == "Gather"} >= {
+        f"embed.weight.q{bits}", "embed.weight.scales", "embed.weight.zeros"}
     np.testing.assert_allclose(got, interpret(tied, f)["logits"], atol=1e-4, rtol=1e-4)
 
 

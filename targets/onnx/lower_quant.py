@@ -39,6 +39,7 @@ KERNEL_BITS = {2: 2, 3: 4, 4: 4, 8: 8}  # stored bits -> MatMulNBits bits
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 DEFAULT_ACCURACY_LEVEL = 4
 _base_linear = LOWERINGS["linear"]
+_base_embedding = LOWERINGS["embedding"]
 
 
 def _group(dq: Node) -> int:
@@ -73,6 +74,14 @@ def _fusable(n: Node) -> tuple[int, int] | None:
     if len(n.inputs) > 2 and n.inputs[2].dtype != "float32":
         return None
     return _plan(dq)
+
+
+def _gatherable(n: Node) -> bool:
+    """True if embedding n looks up rows of a stored quantized table (a tied, quantized lm_head)."""
+    if n.op != "embedding":
+        return False
+    dq = n.inputs[0].producer
+    return dq is not None and dq.op == "dequantize" and all(v.kind == "weight" for v in dq.inputs)
 
 
 def _users(cx: _Ctx) -> dict[Value, list[Node]]:
@@ -159,13 +168,42 @@ def _linear(cx: _Ctx, n: Node) -> None:
           block_size=block, accuracy_level=level)
 
 
+@lowering("embedding")
+def _embedding(cx: _Ctx, n: Node) -> None:
+    """Rows of a quantized table: gather the packed rows, scales and zeros, dequantize only those.
+
+    Per token this touches one row instead of folding the whole table to fp32
+    at load (which would cost V*K*4 bytes of RAM for a tied embedding).
+    """
+    if not _gatherable(n):
+        _base_embedding(cx, n)
+        return
+    dq, ids = n.inputs[0].producer, n.inputs[1]
+    packed, scales, zeros = dq.inputs
+    bits, k = dq.attrs["bits"], dq.attrs["k"]
+    g, kp = _group(dq), _stored_k(dq)
+    idx = ids.name if ids.dtype in ("int32", "int64") else cx.cast(ids.name, ids.dtype, "int64")
+    flat = cx.op("Reshape", idx, cx.ints([-1]))
+    rows = cx.op("Gather", packed.name, flat, axis=0)
+    q = cx.op("Cast", rows if bits == 8 else _unpack_codes(cx, rows, bits, -1, kp), to=1)
+    q = cx.op("Reshape", q, cx.ints([-1, kp // g, g]))
+    z = cx.op("Unsqueeze", cx.op("Cast", cx.op("Gather", zeros.name, flat, axis=0), to=1), cx.ints([2]))
+    s = cx.op("Unsqueeze", cx.op("Gather", scales.name, flat, axis=0), cx.ints([2]))
+    w = cx.op("Reshape", cx.op("Mul", cx.op("Sub", q, z), s), cx.ints([-1, kp]))
+    if kp != k:
+        w = cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]))
+    shape = cx.op("Concat", cx.op("Shape", idx), cx.ints([k]), axis=0)
+    cx.op("Reshape", w, shape, out=n.output.name)
+
+
 @lowering("dequantize")
 def _dequantize(cx: _Ctx, n: Node) -> None:
-    """Nothing when every reader is a MatMulNBits linear; otherwise standard integer ops."""
+    """Nothing when every reader is a MatMulNBits linear or a row lookup; otherwise standard integer ops."""
     out = n.output
     readers = _users(cx).get(out, [])
     if readers and out not in cx.graph.outputs and all(
-            u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u) for u in readers):
+            (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u))
+            or (_gatherable(u) and u.inputs[1] is not out) for u in readers):
         return
     packed, scales, zeros = n.inputs
     bits, k = n.attrs["bits"], n.attrs["k"]
