@@ -128,14 +128,34 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
             f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB{heads}")
 
 
-@register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, skip=[])
-def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip) -> str:
-    """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym)."""
+@register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
+               lm_head_group_size=None, skip=[])
+def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None, lm_head_group_size=None) -> str:
+    """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
+
+    lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
+    projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
+    files do the same (Q8_0 token_embd/output), because the head is the most
+    sensitive linear and, at batch 1, a large share of the bytes read per token.
+    """
     spec = make_spec(bits, group_size, symmetric)
+    head_spec = spec
+    if lm_head_bits is not None or lm_head_group_size is not None:
+        if not lm_head:
+            raise EdgecError("lm_head_bits / lm_head_group_size need lm_head = true")
+        head_spec = make_spec(spec.bits if lm_head_bits is None else lm_head_bits,
+                              spec.group_size if lm_head_group_size is None else lm_head_group_size, symmetric)
+    heads = lm_head_linears(graph) if lm_head else set()
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
     before = graph.weights.total_bytes()
+    extra = ""
     for t in targets:
+        sp = head_spec if any(n in heads for n in t.linears) else spec
+        if sp is not spec:
+            sp.check(int(t.shape[1]), what=f"linear {t.name!r}")
+            extra = f", lm_head {describe(sp)}"
         w = np.asarray(graph.weight(t.value), np.float32)
-        replace_weight(graph, t, *quantize_rtn(w, spec), spec, share_embedding=True)
+        replace_weight(graph, t, *quantize_rtn(w, sp), sp, share_embedding=True)
     graph.prune_weights()
-    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph, lm_head)
+    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph, lm_head,
+                   extra)

@@ -288,7 +288,8 @@ def test_recipes_parse_and_unknown_option_is_rejected():
         r = load_recipe(name)
         assert r.passes[0][0] == pass_name and r.passes[0][1]["bits"] == bits
         assert r.needs_calibration == (pass_name != "quantize")
-    assert load_recipe("int4-rtn-g32-asym").passes[0][1] == {"bits": 4, "group_size": 32, "symmetric": False}
+    assert load_recipe("int4-rtn-g32-asym").passes[0][1] == {
+        "bits": 4, "group_size": 32, "symmetric": False, "lm_head": True, "lm_head_bits": 8, "lm_head_group_size": 32}
     with pytest.raises(EdgecError, match="no option"):
         from edgec.passes import get_pass
 
@@ -470,6 +471,30 @@ def test_quantized_tied_embedding_gathers_packed_rows(tmp_path, bits, group, hid
     assert {n.input[0] for n in model.graph.node if n.op_type == "Gather"} >= {
         f"embed.weight.q{bits}", "embed.weight.scales", "embed.weight.zeros"}
     np.testing.assert_allclose(got, interpret(tied, f)["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_int4_recipe_keeps_an_int8_head(tmp_path, tiny_llama):
+    """`int4`: int4 body, int8 per-channel lm_head read by MatMulNBits and by the embedding's row gather."""
+    import json
+
+    import edgec
+
+    out = edgec.build(tiny_llama, tmp_path / "int4", recipe="int4")
+    report = json.loads((out / "report.json").read_text())
+    summary = next(p["summary"] for p in report["passes"] if p["pass"] == "quantize")
+    assert "int4 g128 sym" in summary and "lm_head int8 per-channel sym" in summary
+    model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
+    kernels = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert sorted(a.i for n in kernels for a in n.attribute if a.name == "bits") == [4] * 8 + [8]
+    head_fp32 = edgec.load(edgec.build(tiny_llama, tmp_path / "int4-rtn", recipe="int4-rtn"))
+    ids = list(IDS[0])
+    # the int8 head adds about int8's error (~0.03 on this model) to the int4 body's
+    assert rel(edgec.load(out).logits(ids), head_fp32.logits(ids)) < 0.03
+    with pytest.raises(EdgecError, match="need lm_head = true"):
+        from edgec.passes import get_pass
+
+        get_pass("quantize").fn(Graph(), bits=4, group_size=32, symmetric=True, lm_head=False, lm_head_bits=8,
+                                lm_head_group_size=None, skip=[])
 
 
 def test_build_int4_gptq_artifact(tmp_path, tiny_llama, calib_file):
