@@ -267,9 +267,13 @@ def test_tiny_model_fused_matches_unfused_and_transformers(arch, hf_models, tmp_
     assert np.abs(b - ref).max() <= TOL
     out, onnx_ops = onnx_run(fused, feeds, tmp_path)
     assert np.abs(out["logits"] - ref).max() <= TOL
-    assert "RotaryEmbedding" in onnx_ops
+    assert "GroupQueryAttention" in onnx_ops
     if arch != "gpt_neox":
         assert "SkipSimplifiedLayerNormalization" in onnx_ops
+        # GQA takes the packed QKV projection and rotates q/k itself (do_rotary)
+        assert not {"RotaryEmbedding", "Transpose"} & onnx_ops
+    else:  # partial rotary: GQA cannot rotate it, RotaryEmbedding does
+        assert "RotaryEmbedding" in onnx_ops
 
 
 def test_tiny_int4_model_merges_quantized_linears(hf_models, tmp_path):

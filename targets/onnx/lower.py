@@ -499,6 +499,17 @@ def _plan_weights(graph: Graph) -> tuple[list[Initializer], dict[str, str]]:
     return inits, transposed
 
 
+def _live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.NodeProto]:
+    """The nodes the outputs depend on, in order: a fused lowering (e.g. GQA on a packed QKV) may
+    make the nodes that prepared its unfused inputs dead."""
+    needed, live = set(outputs), []
+    for nd in reversed(nodes):
+        if needed.intersection(nd.output):
+            live.append(nd)
+            needed.update(i for i in nd.input if i)
+    return live[::-1]
+
+
 def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
     """Lower `graph`; initializer data is left out of the proto (see LoweredModel)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -515,16 +526,17 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
     for n in graph.nodes:
         cx.scope = n.outputs[0].name if n.outputs else n.op
         LOWERINGS[n.op](cx, n)
+    nodes = _live_nodes(cx.nodes, [v.name for v in graph.outputs])
     # A fused lowering may leave a weight unread (MatMulNBits' default zero points): don't store it.
-    read = {name for nd in cx.nodes for name in nd.input}
+    read = {name for nd in nodes for name in nd.input}
     inits = [i for i in inits if i.name in read]
-    g = helper.make_graph(cx.nodes, graph.meta.get("name", "edgec"),
+    g = helper.make_graph(nodes, graph.meta.get("name", "edgec"),
                           [_value_info(v) for v in graph.inputs],
                           [_value_info(v) for v in graph.outputs])
     opsets = [helper.make_opsetid("", opset)]
     ir_version = helper.find_min_ir_version_for(opsets)
     # Contrib ops (e.g. com.microsoft MatMulNBits from lower_quant.py) need their domain declared.
-    opsets += [helper.make_opsetid(d, 1) for d in sorted({nd.domain for nd in cx.nodes} - {"", "ai.onnx"})]
+    opsets += [helper.make_opsetid(d, 1) for d in sorted({nd.domain for nd in nodes} - {"", "ai.onnx"})]
     model = helper.make_model(g, opset_imports=opsets, producer_name="edgec", ir_version=ir_version)
     helper.set_model_props(model, cx.metadata)
     return LoweredModel(model, inits)
