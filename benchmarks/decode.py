@@ -60,8 +60,8 @@ BENCH_INSTALL = 'pip install -e ".[bench]"'
 
 # name -> how it is made and run. kind: the worker that runs it.
 SYSTEMS = {
-    "edgec-int4": {"kind": "edgec", "recipe": "int4-rtn", "no_fuse": False},
-    "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4-rtn", "no_fuse": True},
+    "edgec-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False},  # RTN g128, int8 head
+    "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4", "no_fuse": True},
     "edgec-int4-g32": {"kind": "edgec", "recipe": "int4-rtn-g32-asym", "no_fuse": False},
     "edgec-fp32": {"kind": "edgec", "recipe": "fp32", "no_fuse": False},
     "llama.cpp": {"kind": "llama", "ftype": None},

@@ -240,6 +240,27 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
 
 
 @main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--prompt-tokens", default=64, show_default=True, type=click.IntRange(1),
+              help="Prompt length of the prefill run.")
+@click.option("--new-tokens", default=32, show_default=True, type=click.IntRange(2),
+              help="Greedy tokens generated (decode steps = this - 1).")
+@click.option("--threads", default=None, type=int, help="Threads for the backend.")
+@click.option("--top", default=12, show_default=True, type=click.IntRange(1), help="Op types listed per phase.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@user_errors
+def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json):
+    """Prefill and decode speed of ARTIFACT, and which operators the time goes to
+    (onnxruntime's per-node profiler; ONNX artifacts)."""
+    _quiet_libraries()
+    from .profile import format_profile
+    from .profile import profile as run_profile
+
+    p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads)
+    click.echo(json.dumps(p.to_dict()) if as_json else format_profile(p, top))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def devices(as_json):

@@ -87,3 +87,18 @@ def test_python_api_logits_shape(tiny_artifact):
     model = edgec.load(tiny_artifact)
     out = model.logits([1, 2, 3, 4])
     assert out.shape == (4, model.tokenizer.vocab_size)
+
+
+def test_profile_splits_decode_time_per_op(cli, tiny_artifact):
+    r = cli.invoke(main, ["profile", str(tiny_artifact), "--prompt-tokens", "8", "--new-tokens", "5", "--json"])
+    assert r.exit_code == 0, r.output
+    p = json.loads(r.output)
+    assert p["prompt_tokens"] == 8 and p["decode_tok_s"] > 0 and p["prefill_tok_s"] > 0
+    ops = {o["op"]: o for o in p["decode_ops"]}
+    assert ops["GroupQueryAttention"]["calls"] == 2  # one per layer and token
+    assert abs(sum(o["share"] for o in p["decode_ops"]) - 1) < 1e-6
+    assert p["decode_kernel_ms"] > 0
+    text = cli.invoke(main, ["profile", str(tiny_artifact), "--prompt-tokens", "8", "--new-tokens", "3"])
+    assert text.exit_code == 0 and "decode, per token:" in text.output and "GroupQueryAttention" in text.output
+    bad = cli.invoke(main, ["profile", str(tiny_artifact), "--new-tokens", "1"])
+    assert bad.exit_code == 2 and "--new-tokens" in bad.output

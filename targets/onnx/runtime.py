@@ -65,12 +65,16 @@ class OnnxExecutor:
     """
 
     def __init__(self, model_dir: Path, *, threads: int | None = None, providers=None,
-                 options: dict | None = None):
+                 options: dict | None = None, profile_prefix: str | None = None):
         path = Path(model_dir)
         if path.is_dir():
             path = path / MODEL_FILE
         self.path = path
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(options, threads),
+        opts = session_options(options, threads)
+        if profile_prefix:  # onnxruntime's per-node trace (edgec profile); session.end_profiling() writes it
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(profile_prefix)
+        self.session = ort.InferenceSession(str(path), sess_options=opts,
                                             providers=providers or ["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -1,0 +1,155 @@
+"""`edgec profile`: where the time of prefill and of each decoded token goes, per operator.
+
+Runs the artifact's own generation path (the in-place KV sequence `edgec run`
+uses) twice: once plain, for wall-clock prefill and decode speed, and once
+with onnxruntime's profiler on, whose per-node trace is split into the
+prefill run and the decode runs and summed per op type. The gap between a
+run's wall time and the sum of its kernels is onnxruntime's own overhead
+(scheduling, allocation, thread hand-offs), the part that many small ops cost.
+Token ids are synthetic (fixed, seeded): the cost of a step does not depend
+on which tokens they are.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgecError
+from .runtime import CompiledModel, load
+
+
+@dataclass
+class OpTime:
+    op: str
+    calls: float  # per run (per token for decode)
+    ms: float  # per run
+    share: float  # of the kernel time
+
+
+@dataclass
+class Profile:
+    artifact: str
+    threads: int | None
+    prompt_tokens: int
+    new_tokens: int
+    prefill_ms: float
+    prefill_tok_s: float
+    decode_ms_per_token: float
+    decode_tok_s: float
+    decode_kernel_ms: float = 0.0  # per token, summed over nodes
+    decode_overhead_ms: float = 0.0  # per token: run time - kernel time
+    prefill_ops: list[OpTime] = field(default_factory=list)
+    decode_ops: list[OpTime] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _ids(model: CompiledModel, n: int) -> list[int]:
+    logits = next(v for v in model.manifest["graph"]["outputs"] if v["name"] == "logits")
+    vocab = int(logits["shape"][-1])
+    return [int(i) for i in np.random.default_rng(0).integers(0, vocab, n)]
+
+
+def _generate(model: CompiledModel, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds per token) of greedy decoding on the model's sequence."""
+    seq = model.sequence(len(prompt) + new_tokens)
+    t0 = time.perf_counter()
+    tok = int(np.argmax(seq.run(prompt)[-1]))
+    t1 = time.perf_counter()
+    for _ in range(new_tokens - 1):
+        tok = int(np.argmax(seq.run([tok])[-1]))
+    t2 = time.perf_counter()
+    return t1 - t0, (t2 - t1) / max(1, new_tokens - 1)
+
+
+def _per_op(events: list[dict], runs: list[tuple[int, int]]) -> list[dict[str, list[float]]]:
+    """For each run (ts, end): op type -> [calls, microseconds] of its kernels."""
+    out = [defaultdict(lambda: [0, 0.0]) for _ in runs]
+    starts = np.array([r[0] for r in runs])
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+        if i < 0 or e["ts"] > runs[i][1]:
+            continue
+        acc = out[i][e.get("args", {}).get("op_name", "?")]
+        acc[0] += 1
+        acc[1] += float(e["dur"])
+    return out
+
+
+def _table(acc: list[dict[str, list[float]]]) -> list[OpTime]:
+    total: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for run in acc:
+        for op, (c, us) in run.items():
+            total[op][0] += c
+            total[op][1] += us
+    n = max(1, len(acc))
+    kernel = sum(us for _, us in total.values()) or 1.0
+    rows = [OpTime(op, c / n, us / n / 1000, us / kernel) for op, (c, us) in total.items()]
+    return sorted(rows, key=lambda r: -r.ms)
+
+
+def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
+            threads: int | None = None) -> Profile:
+    """Wall-clock prefill/decode speed and the per-op split of both (ONNX artifacts)."""
+    if prompt_tokens < 1 or new_tokens < 2:
+        raise EdgecError("profile needs --prompt-tokens >= 1 and --new-tokens >= 2")
+    model = load(path, threads=threads)
+    backend = model.manifest["backend"]["name"]
+    if backend != "onnx":
+        raise EdgecError(f"per-op profiling uses onnxruntime's profiler; this artifact's backend is {backend!r} "
+                         "(build it with --backend onnx)")
+    if prompt_tokens + new_tokens > model.context_length:
+        raise EdgecError(f"--prompt-tokens + --new-tokens must fit the context ({model.context_length})")
+    prompt = _ids(model, prompt_tokens)
+    _generate(model, prompt, 4)  # warm-up: first-run allocations and thread start
+    prefill_s, step_s = _generate(model, prompt, new_tokens)
+
+    from edgec.targets.onnx.runtime import OnnxExecutor
+
+    options = (model.manifest.get("device") or {}).get("onnx") or {}
+    with tempfile.TemporaryDirectory() as tmp:
+        traced = OnnxExecutor(model.path / "model", threads=threads, options=options,
+                              profile_prefix=str(Path(tmp) / "ort"))
+        model.executor = traced  # the same generation path, on the profiling session
+        _generate(model, prompt, new_tokens)
+        events = json.loads(Path(traced.session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    if len(runs) < new_tokens:
+        raise EdgecError(f"onnxruntime's trace has {len(runs)} runs, expected {new_tokens}")
+    runs = runs[-new_tokens:]  # session start-up runs (if any) come first
+    acc = _per_op(events, runs)
+    decode_acc = acc[1:]
+    kernel_ms = sum(us for run in decode_acc for _, us in run.values()) / len(decode_acc) / 1000
+    run_ms = sum(b - a for a, b in runs[1:]) / len(decode_acc) / 1000
+    return Profile(str(path), threads, prompt_tokens, new_tokens,
+                   prefill_ms=prefill_s * 1000, prefill_tok_s=prompt_tokens / prefill_s,
+                   decode_ms_per_token=step_s * 1000, decode_tok_s=1 / step_s,
+                   decode_kernel_ms=kernel_ms, decode_overhead_ms=max(0.0, run_ms - kernel_ms),
+                   prefill_ops=_table(acc[:1]), decode_ops=_table(decode_acc))
+
+
+def format_profile(p: Profile, top: int = 12) -> str:
+    lines = [f"prefill   {p.prompt_tokens} tokens in {p.prefill_ms:.1f} ms ({p.prefill_tok_s:.0f} tok/s)",
+             f"decode    {p.decode_ms_per_token:.2f} ms/token ({p.decode_tok_s:.1f} tok/s) over {p.new_tokens - 1} "
+             f"steps; profiled: kernels {p.decode_kernel_ms:.2f} ms + onnxruntime overhead "
+             f"{p.decode_overhead_ms:.2f} ms per token", ""]
+    for title, rows, unit in (("decode, per token", p.decode_ops, "token"), ("prefill", p.prefill_ops, "run")):
+        lines.append(f"{title}:")
+        lines.append(f"  {'op':34s} {'calls/' + unit:>12s} {'ms/' + unit:>10s} {'share':>7s}")
+        for r in rows[:top]:
+            lines.append(f"  {r.op:34s} {r.calls:12.0f} {r.ms:10.3f} {100 * r.share:6.1f}%")
+        if len(rows) > top:
+            rest = rows[top:]
+            lines.append(f"  {'(' + str(len(rest)) + ' more op types)':34s} {sum(r.calls for r in rest):12.0f} "
+                         f"{sum(r.ms for r in rest):10.3f} {100 * sum(r.share for r in rest):6.1f}%")
+        lines.append("")
+    return "\n".join(lines).rstrip()
