@@ -37,17 +37,19 @@ def test_recipe_options_are_validated(tmp_path):
 
 
 def test_onnx_accuracy_level_from_the_recipe(tiny_llama, tmp_path):
-    """[onnx] accuracy_level reaches MatMulNBits; int8 ships with fp32 compute, int4 with the default (4)."""
+    """[onnx] accuracy_level reaches MatMulNBits; int8 ships with fp32 compute, int4 with the default (4).
+
+    (8-bit with fp32 compute is not a MatMulNBits: onnxruntime's kernel is slow there, see lower_quant.py.)"""
     import onnx
 
     assert load_recipe("int8").onnx == {"accuracy_level": 1}
     assert load_recipe("int4-rtn+int8").onnx == {"accuracy_level": 1}
-    for recipe, level in [("int8", 1), ("int4-rtn", 4)]:
+    for recipe, level in [("int8", set()), ("int4-rtn", {4}), ("int4-rtn+int8", {1})]:
         out = edgec.build(tiny_llama, tmp_path / recipe, recipe=recipe)
         model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
         levels = {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
                   for a in n.attribute if a.name == "accuracy_level"}
-        assert levels == {level}
+        assert levels == level
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "bad"\n[onnx]\naccuracy_level = 7\n')
     with pytest.raises(EdgecError, match=r"\[onnx\] takes accuracy_level = 0-4"):

@@ -19,9 +19,11 @@ partial, like edgec's padded last group). We map onto it exactly:
   while the artifact stays 3-bit.
 All re-shaping and re-packing is done with standard ONNX ops on the stored
 initializers; onnxruntime constant-folds them when the session loads, so
-they cost load time only. Anything else (g not a multiple of 16, a
-dequantized weight read by something other than a linear) lowers
-`dequantize` itself to standard integer ops, folded to fp32 at load.
+they cost load time only. Anything else (g not a multiple of 16, 8-bit
+with fp32 compute, a dequantized weight read by something other than a
+linear or an embedding) lowers `dequantize` itself to standard integer ops,
+folded to fp32 at load. An embedding reading a quantized (tied) table
+gathers the packed rows and dequantizes only those.
 
 accuracy_level comes from graph.meta["matmul_nbits_accuracy_level"] (default
 4: int8 compute; 0 computes in fp32 and matches the interpreter to ~1e-5).
@@ -52,9 +54,22 @@ def _stored_k(dq: Node) -> int:
     return padded_k(dq.attrs["k"], _group(dq))
 
 
-def _plan(dq: Node) -> tuple[int, int] | None:
-    """(kernel bits, block size) for MatMulNBits, or None when the kernel cannot express it."""
+def _level(cx: _Ctx) -> int:
+    return int(cx.graph.meta.get("matmul_nbits_accuracy_level", DEFAULT_ACCURACY_LEVEL))
+
+
+def _plan(dq: Node, level: int) -> tuple[int, int] | None:
+    """(kernel bits, block size) for MatMulNBits, or None when the kernel cannot express it (or runs it slowly).
+
+    onnxruntime 1.31's 8-bit kernel has a fast path only for accuracy_level 4
+    (int8 activations); with fp32 compute it dequantizes the whole weight on
+    every call (measured: 6 ms instead of 0.03 ms for a 1536 x 576 linear at
+    batch 1), so 8-bit at levels 0-3 takes the standard-op path, whose
+    dequantization onnxruntime folds into fp32 weights once, at load.
+    """
     if dq.op != "dequantize" or any(v.kind != "weight" for v in dq.inputs):
+        return None
+    if dq.attrs["bits"] == 8 and level < 4:
         return None
     g, k = _group(dq), dq.attrs["k"]
     block = next((b for b in BLOCK_SIZES if g % b == 0), None)
@@ -63,7 +78,7 @@ def _plan(dq: Node) -> tuple[int, int] | None:
     return KERNEL_BITS[dq.attrs["bits"]], block
 
 
-def _fusable(n: Node) -> tuple[int, int] | None:
+def _fusable(n: Node, level: int) -> tuple[int, int] | None:
     """The MatMulNBits plan if linear n reads a dequantized weight the kernel can take directly."""
     if n.op != "linear":
         return None
@@ -73,7 +88,7 @@ def _fusable(n: Node) -> tuple[int, int] | None:
         return None
     if len(n.inputs) > 2 and n.inputs[2].dtype != "float32":
         return None
-    return _plan(dq)
+    return _plan(dq, level)
 
 
 def _gatherable(n: Node) -> bool:
@@ -126,7 +141,7 @@ def _repeat_cols(cx: _Ctx, t: str, n: int, cols: int, r: int) -> str:
 # ----------------------------------------------------------------------------- lowerings
 @lowering("linear")
 def _linear(cx: _Ctx, n: Node) -> None:
-    plan = _fusable(n)
+    plan = _fusable(n, _level(cx))
     if plan is None:
         _base_linear(cx, n)
         return
@@ -163,7 +178,7 @@ def _linear(cx: _Ctx, n: Node) -> None:
         ins += ["", n.inputs[2].name]  # g_idx unused
     while ins[-1] == "":
         ins.pop()
-    level = int(cx.graph.meta.get("matmul_nbits_accuracy_level", DEFAULT_ACCURACY_LEVEL))
+    level = _level(cx)
     cx.op("MatMulNBits", *ins, out=n.output.name, domain="com.microsoft", K=k, N=rows, bits=kbits,
           block_size=block, accuracy_level=level)
 
@@ -202,7 +217,7 @@ def _dequantize(cx: _Ctx, n: Node) -> None:
     out = n.output
     readers = _users(cx).get(out, [])
     if readers and out not in cx.graph.outputs and all(
-            (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u))
+            (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u, _level(cx)))
             or (_gatherable(u) and u.inputs[1] is not out) for u in readers):
         return
     packed, scales, zeros = n.inputs
