@@ -124,6 +124,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
 
     imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
+    if "accuracy_level" not in rec.onnx and "accuracy_level" in dev.onnx:  # the recipe's choice wins
+        imported.graph.meta["matmul_nbits_accuracy_level"] = int(dev.onnx["accuracy_level"])
     out = Path(output) if output else default_output(imported.source.name, rec.name)
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
                    overwrite=overwrite, started=t_start)

@@ -1,4 +1,6 @@
 """Named recipes end to end on a tiny model: fp16 weights halve the weight file and stay close to fp32."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -54,3 +56,26 @@ def test_onnx_accuracy_level_from_the_recipe(tiny_llama, tmp_path):
     bad.write_text('name = "bad"\n[onnx]\naccuracy_level = 7\n')
     with pytest.raises(EdgecError, match=r"\[onnx\] takes accuracy_level = 0-4"):
         load_recipe(str(bad))
+
+
+def test_device_accuracy_level_applies_unless_the_recipe_sets_one(tiny_llama, tmp_path, monkeypatch):
+    """The device profile's [onnx] accuracy_level picks MatMulNBits' compute type; a recipe's own wins."""
+    import dataclasses
+
+    import onnx
+
+    import edgec.pipeline as pipeline
+    from edgec.devices import get_device
+
+    host = get_device("host")
+    assert host.onnx["accuracy_level"] == 4
+    slow = dataclasses.replace(host, onnx={**host.onnx, "accuracy_level": 0})
+    monkeypatch.setattr(pipeline, "get_device", lambda name: slow)
+    own = tmp_path / "int4-l2.toml"
+    own.write_text('name = "int4-l2"\n[[passes]]\nname = "quantize"\nbits = 4\ngroup_size = 32\n'
+                   '[onnx]\naccuracy_level = 2\n')
+    for recipe, level in [("int4-rtn", {0}), (str(own), {2})]:
+        out = edgec.build(tiny_llama, tmp_path / Path(recipe).stem, recipe=recipe)
+        model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
+        assert {a.i for n in model.graph.node if n.op_type == "MatMulNBits"
+                for a in n.attribute if a.name == "accuracy_level"} == level

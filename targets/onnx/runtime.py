@@ -32,6 +32,7 @@ SESSION_OPTIONS = {
     "allow_spinning": bool,       # workers spin between ops: lower latency, more power
     "cpu_mem_arena": bool,        # reuse freed activation memory instead of malloc per run
     "graph_optimization": str,    # disable | basic | extended | all
+    "accuracy_level": int,        # build time, not a session option: MatMulNBits' compute type (0-4)
 }
 
 
@@ -41,6 +42,8 @@ def session_options(options: dict | None = None, threads: int | None = None) -> 
     unknown = set(options) - set(SESSION_OPTIONS)
     if unknown:
         raise EdgecError(f"unknown [onnx] session option(s) {sorted(unknown)}; known: {sorted(SESSION_OPTIONS)}")
+    if options.get("accuracy_level", 4) not in range(5):
+        raise EdgecError(f"[onnx] accuracy_level must be 0-4, not {options['accuracy_level']!r}")
     level = options.get("graph_optimization", "all")
     if level not in _LEVELS:
         raise EdgecError(f"[onnx] graph_optimization must be one of {sorted(_LEVELS)}, not {level!r}")
