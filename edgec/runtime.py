@@ -42,9 +42,18 @@ class CompiledModel:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            folder = self.path / "tokenizer"
+            if (folder / "tokenizer.json").is_file():
+                # The artifact's tokenizer is its tokenizer.json (what AutoTokenizer resolves to
+                # here too); loading it directly keeps torch out of the process: AutoTokenizer
+                # imports it through transformers' config code (~250 MB of RSS).
+                from transformers import PreTrainedTokenizerFast
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.path / "tokenizer")
+                self._tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+            else:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(folder)
         return self._tokenizer
 
     # -- one forward step ------------------------------------------------------
