@@ -97,11 +97,17 @@ def _recipe_help() -> str:
               "rotary tables), e.g. to measure what they gain.")
 @click.option("--max-context", type=int, default=None,
               help="Cap the context length in tokens (default: the model's); bounds the KV cache.")
+@click.option("--tune-minutes", type=float, default=0.0, show_default=True,
+              help="TVM only: tune the kernels with MetaSchedule for up to this many minutes on this "
+              "machine; the log is stored in the artifact (model/tune/).")
+@click.option("--tune-log", type=click.Path(path_type=Path), default=None,
+              help="TVM only: reuse the tuning log of an earlier artifact (or its model/tune/ folder); "
+              "with --tune-minutes, tuning continues from it.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
 def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse,
-          max_context, quiet, as_json):
+          max_context, tune_minutes, tune_log, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries()
@@ -111,7 +117,7 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
                    progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
                    calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse,
-                   max_context=max_context)
+                   max_context=max_context, tune_minutes=tune_minutes, tune_log=tune_log)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],

@@ -103,10 +103,13 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
           overwrite: bool = True, calib: str | Path | None = None, calib_samples: int | None = None,
-          calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None) -> Path:
+          calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None,
+          tune_minutes: float = 0.0, tune_log: str | Path | None = None) -> Path:
     """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase).
 
     max_context caps the context length (default: the model's) and with it the KV cache.
+    tune_minutes > 0 tunes the TVM kernels with MetaSchedule for that long; tune_log reuses
+    an earlier artifact's tuning log (TVM backend only).
     """
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
@@ -116,6 +119,14 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     check_device = getattr(load_module(be), "check_device", None)  # e.g. TVM: triple, cross compiler
     if check_device is not None:
         check_device(dev)
+    backend_options = {}
+    if tune_minutes or tune_log is not None:
+        if be.name != "tvm":
+            raise EdgecError(f"--tune-minutes/--tune-log: tuning is TVM-only, but the backend is {be.name!r} "
+                             "(pass --backend tvm)")
+        from edgec.targets.tvm.compile import check_tuning
+
+        backend_options = check_tuning(dev, tune_minutes, tune_log)
     rec = load_recipe(recipe or dev.default_recipe)
     if max_context is not None:
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
@@ -128,14 +139,18 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
         imported.graph.meta["matmul_nbits_accuracy_level"] = int(dev.onnx["accuracy_level"])
     out = Path(output) if output else default_output(imported.source.name, rec.name)
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
-                   overwrite=overwrite, started=t_start)
+                   overwrite=overwrite, started=t_start, backend_options=backend_options)
     say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
     return out
 
 
 def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,
-                   overwrite: bool = True, started: float | None = None) -> Path:
-    """Phases 7-8: compile the final IR with the backend and write the artifact atomically."""
+                   overwrite: bool = True, started: float | None = None,
+                   backend_options: dict | None = None) -> Path:
+    """Phases 7-8: compile the final IR with the backend and write the artifact atomically.
+
+    backend_options: extra keyword arguments for the backend's compile_graph (TVM tuning).
+    """
     import torch
     import transformers
 
@@ -150,7 +165,8 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
     with ArtifactWriter(out, overwrite=overwrite) as w:
         say(f"compiling for {dev.name} with the {be.name} backend")
         t0 = time.perf_counter()
-        backend_meta = load_module(be).compile_graph(graph, w.dir / "model", device=dev)
+        extra = {**backend_options, "progress": say} if backend_options else {}
+        backend_meta = load_module(be).compile_graph(graph, w.dir / "model", device=dev, **extra)
         t_compile = time.perf_counter() - t0
         say("writing tokenizer and build report")
         imported.tokenizer.save_pretrained(w.dir / "tokenizer")

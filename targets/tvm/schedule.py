@@ -8,6 +8,8 @@
   single-threaded scalar loop nest. `CpuParallel` parallelizes the spatial
   loops of every block; the target enables floating-point reassociation so
   LLVM vectorizes the inner reduction (the dot products of linear layers).
+- Tuned kernels (tune.py, `--tune-minutes`/`--tune-log`) are scheduled from
+  their MetaSchedule records first; the rules above skip them.
 """
 from __future__ import annotations
 
@@ -84,26 +86,40 @@ class _SafeMatmul(dl.gpu.Matmul):
         return None if bad else sch
 
 
-def _passes(plan, target):
+def fusion_passes(plan, target):
+    """Library dispatch, legalization and operator fusion: the module whose kernels get scheduled (or tuned)."""
+    P = _backend(plan)
     legalize = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    return P.library_dispatch_passes(target) + legalize
+
+
+def _backend(plan):
+    if plan.kind == "cuda":
+        from tvm.relax.backend.cuda import pipeline as P
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline as P
+    return P
+
+
+def _passes(plan, target, tuned=None):
     if plan.kind == "cuda":
         sched = dl.ApplyDefaultSchedule(_SafeMatmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                         dl.gpu.GeneralReduction(), dl.gpu.Fallback())
-        from tvm.relax.backend.cuda import pipeline as P
     else:
         sched = dl.ApplyDefaultSchedule(CpuParallel())
-        from tvm.relax.backend.cpu_generic import pipeline as P
-    return (P.library_dispatch_passes(target) + legalize + [sched]
+    P = _backend(plan)
+    first = [tuned] if tuned is not None else []  # tuned kernels are marked scheduled: dlight skips them
+    return (fusion_passes(plan, target) + first + [sched]
             + P.dataflow_lower_passes(target) + P.finalize_passes(target))
 
 
-def build_pipeline(plan, target):
-    """The Relax pass pipeline for tvm.compile(relax_pipeline=...)."""
+def build_pipeline(plan, target, tuned=None):
+    """The Relax pass pipeline for tvm.compile(relax_pipeline=...); TUNED: a pass applying tuning records."""
 
     @tvm.transform.module_pass(opt_level=0, name="edgec_tvm_pipeline")
     def _pipeline(mod, _ctx):
         with target:
-            return tvm.transform.Sequential(_passes(plan, target))(mod)
+            return tvm.transform.Sequential(_passes(plan, target, tuned))(mod)
 
     return _pipeline
