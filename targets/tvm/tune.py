@@ -345,38 +345,32 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
     last = [t0]
 
     @derived_object
-    class Clock(ms.measure_callback.PyMeasureCallback):
-        """Progress on stderr; past the deadline every task is ended (the wall-clock guard)."""
+    class Count(ms.measure_callback.PyMeasureCallback):
+        """Counts trials and reports progress on stderr (at most every 5 s)."""
+
+        def __init__(self, name: str):
+            self.name = name
 
         def apply(self, scheduler, task_id, candidates, builder_results, runner_results):
-            counts[names[task_id]] += len(runner_results)
+            counts[self.name] += len(runner_results)
             now = time.perf_counter()
-            if now - last[0] >= 5 or now - t0 >= seconds:
+            if now - last[0] >= 5:
                 last[0] = now
                 say(f"tuning: {sum(counts.values())} trials, {sum(c > 0 for c in counts.values())}/"
                     f"{len(names)} kernels, {now - t0:.0f}s of {seconds:.0f}s")
-            if now - t0 >= seconds:
-                for i in range(len(names)):
-                    try:
-                        scheduler.terminate_task(i)
-                    except Exception:  # noqa: BLE001 - already finished or terminated
-                        pass
 
+    per_iter = budget["num_trials_per_iter"]
     try:
         with _quiet_meta_schedule(), _no_tensor_intrin():
             db = ms.database.MemoryDatabase()
-            strategy = ms.search_strategy.EvolutionarySearch(
-                population_size=max(64, 8 * budget["num_trials_per_iter"]), init_min_unmeasured=16,
-                genetic_num_iters=2)
-            ctxs = [ms.TuneContext(mod=kernels[n], target=tune_target, space_generator=_space(),
-                                   search_strategy=strategy, task_name=n, num_threads=cores,
-                                   rand_state=i + 1).clone() for i, n in enumerate(names)]
+            # the IRModule each TuneContext wraps its PrimFunc in: the database keys workloads by it
+            mods = {n: ms.TuneContext(mod=kernels[n], target=tune_target, task_name=n).mod for n in names}
             seeded = 0
-            for n, ctx in zip(names, ctxs):  # continue from a reused log
+            for n in names:  # continue from a reused log
                 rec = prior_records.get(keys[n])
                 if rec is None:
                     continue
-                workload = db.commit_workload(ctx.mod)
+                workload = db.commit_workload(mods[n])
                 sch = _replay(kernels[n], rec["trace"])
                 db.commit_tuning_record(ms.database.TuningRecord(
                     sch.trace, workload, [float(s) for s in rec["run_secs"]], tune_target,
@@ -384,16 +378,31 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
                 seeded += 1
             if seeded:
                 say(f"tuning continues from {seeded} reused schedules")
-            runner = _runner()
-            ms.tune.tune_tasks(
-                tasks=ctxs, task_weights=[1.0] * len(ctxs), work_dir=tmp, builder=_builder(tmp), runner=runner,
-                database=db, cost_model="random", task_scheduler="gradient",
-                measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [Clock()], **budget)
+            runner, builder = _runner(), _builder(tmp)
+            # The wall-clock guard: one batch of one kernel per call, the clock checked between calls
+            # (ending tasks from inside a running tune trips a check in TVM's task scheduler). Each
+            # call's evolutionary search starts from the database's best schedules so far.
+            rounds = 0
+            while time.perf_counter() - t0 < seconds and sum(counts.values()) < budget["max_trials_global"]:
+                for i, n in enumerate(names):
+                    if time.perf_counter() - t0 >= seconds:
+                        break
+                    strategy = ms.search_strategy.EvolutionarySearch(
+                        population_size=max(64, 8 * per_iter), init_min_unmeasured=16, genetic_num_iters=2)
+                    ctx = ms.TuneContext(mod=mods[n], target=tune_target, space_generator=_space(),
+                                         search_strategy=strategy, task_name=n, num_threads=cores,
+                                         rand_state=rounds * len(names) + i + 1).clone()
+                    ms.tune.tune_tasks(
+                        tasks=[ctx], task_weights=[1.0], work_dir=tmp, builder=builder, runner=runner,
+                        database=db, cost_model="random", task_scheduler="round-robin",
+                        measure_callbacks=ms.measure_callback.MeasureCallback.create("default") + [Count(n)],
+                        max_trials_global=per_iter, num_trials_per_iter=per_iter, max_trials_per_task=per_iter)
+                rounds += 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     records = dict(prior_records)
-    for n, ctx in zip(names, ctxs):
-        top = db.get_top_k(db.commit_workload(ctx.mod), 1)
+    for n in names:
+        top = db.get_top_k(db.commit_workload(mods[n]), 1)
         if not top or not top[0].run_secs:
             continue
         run = [float(s) for s in top[0].run_secs]

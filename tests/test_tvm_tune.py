@@ -1,0 +1,74 @@
+"""MetaSchedule tuning of the TVM target (`--tune-minutes`, `--tune-log`) on a tiny model.
+
+A few seconds of tuning: the log lands in the artifact, the tuned library
+still matches the interpreter, a rebuild with --tune-log reuses the log
+without measuring anything, and bad options fail in one line.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import edgec
+from edgec.cli import main
+from edgec.errors import EdgecError
+from edgec.pipeline import compile_ir
+from edgec.recipes import load_recipe
+
+tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install apache-tvm==0.27.0.post1)")
+
+from test_tvm_target import check_prefill_and_decode  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tune") / "tuned"
+    edgec.build(tiny_llama, out, backend="tvm", tune_minutes=0.1)
+    return out
+
+
+def test_tuning_writes_its_log_into_the_artifact_and_matches_the_interpreter(tuned, tiny_llama):
+    m = json.loads((tuned / "manifest.json").read_text())
+    tuning = m["backend"]["tuning"]
+    assert tuning["minutes"] == 0.1 and tuning["trials"] > 0 and tuning["seconds"] < 60
+    assert tuning["database_applied"] and tuning["applied"] and tuning["reused_log"] is None
+    assert "model/tune/records.json" in m["files"]  # checksummed with the rest
+    log = json.loads((tuned / "model" / "tune" / "records.json").read_text())
+    assert len(log["records"]) == tuning["records"] >= 1
+    assert all(len(r["key"]) == 64 and r["run_secs"] and r["trace"] for r in log["records"])
+    graph = compile_ir(str(tiny_llama), load_recipe("fp32"))[0].graph
+    check_prefill_and_decode(graph, tuned)
+
+
+def test_tune_log_is_reused_without_measuring(tuned, tiny_llama, tmp_path):
+    out = edgec.build(tiny_llama, tmp_path / "again", backend="tvm", tune_log=tuned)
+    tuning = json.loads((out / "manifest.json").read_text())["backend"]["tuning"]
+    first = json.loads((tuned / "manifest.json").read_text())["backend"]["tuning"]
+    assert tuning["trials"] == 0 and tuning["reused_records"] == first["records"]
+    assert sorted(tuning["applied"]) == sorted(first["applied"])
+    a = edgec.load(tuned).logits([5, 9, 14, 3])
+    b = edgec.load(out).logits([5, 9, 14, 3])
+    assert abs(a - b).max() <= 1e-5  # the same schedules: the same library
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tune-minutes", "-1", "--backend", "tvm"], "tune-minutes must be between 0"),
+    (["--tune-minutes", "1", "--backend", "onnx"], "tuning is TVM-only"),
+    (["--tune-minutes", "1", "--backend", "tvm", "--device", "rpi5"], "on the target device"),
+    (["--backend", "tvm", "--tune-log", "/nonexistent/log"], "no tuning log"),
+])
+def test_bad_tuning_options_fail_in_one_line(tiny_llama, tmp_path, args, message):
+    out = tmp_path / "bad"
+    r = CliRunner().invoke(main, ["build", str(tiny_llama), "-o", str(out), "-q", *args])
+    assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not out.exists()
+
+
+def test_corrupt_tune_log_is_refused(tiny_llama, tmp_path):
+    bad = tmp_path / "records.json"
+    bad.write_text("{not json")
+    with pytest.raises(EdgecError, match="tuning log"):
+        edgec.build(tiny_llama, tmp_path / "x", backend="tvm", tune_log=bad)
+    assert not (tmp_path / "x").exists()
