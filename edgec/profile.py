@@ -61,7 +61,7 @@ def _generate(model: CompiledModel, prompt: list[int], new_tokens: int) -> tuple
     """(prefill seconds, decode seconds per token) of greedy decoding on the model's sequence."""
     seq = model.sequence(len(prompt) + new_tokens)
     t0 = time.perf_counter()
-    tok = int(np.argmax(seq.run(prompt)[-1]))
+    tok = int(np.argmax(seq.run(prompt, last_only=True)[-1]))
     t1 = time.perf_counter()
     for _ in range(new_tokens - 1):
         tok = int(np.argmax(seq.run([tok])[-1]))

@@ -108,7 +108,7 @@ class CompiledModel:
         rng = np.random.default_rng(seed)
         # the last token yielded is never fed back: len(ids) + max_new_tokens - 1 rows suffice
         seq = self.sequence(len(ids) + max_new_tokens - 1)
-        logits = seq.run(ids)
+        logits = seq.run(ids, last_only=True)
         for i in range(max_new_tokens):
             tok = sample(logits[-1], rng, temperature, top_k, top_p)
             yield tok
@@ -148,13 +148,13 @@ class _ForwardSequence:
         self.model, self.capacity, self.length = model, capacity, 0
         self.cache = model.empty_cache()
 
-    def run(self, ids) -> np.ndarray:
+    def run(self, ids, last_only: bool = False) -> np.ndarray:
         if not ids or self.length + len(ids) > self.capacity:
             raise EdgecError(f"{len(ids)} more tokens do not fit the KV cache "
                              f"({self.length} of {self.capacity} used)")
         logits, self.cache = self.model.forward(list(ids), self.length, self.cache)
         self.length += len(ids)
-        return logits
+        return logits[-1:] if last_only else logits
 
 
 class Detokenizer:

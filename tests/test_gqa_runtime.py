@@ -183,6 +183,21 @@ def test_model_uses_gqa_and_matches_interpreter(built):
         seq.run([1])
 
 
+def test_prefill_can_skip_the_logits_of_all_but_the_last_row(built):
+    """The `logits_rows` input: a prompt's prefill runs the head on its last row only."""
+    model = edgec.load(built.artifact)
+    inputs = [i.name for i in onnx.load(built.artifact / "model" / "model.onnx", load_external_data=False).graph.input]
+    assert inputs[-1] == "logits_rows"
+    ref = reference_logits(built.graph, IDS)
+    seq = model.sequence(len(IDS))
+    last = seq.run(IDS[:6], last_only=True)
+    assert last.shape == (1, ref.shape[1])
+    np.testing.assert_allclose(last[0], ref[5], atol=TOL, rtol=0)
+    np.testing.assert_allclose(seq.run(IDS[6:9])[:], ref[6:9], atol=TOL, rtol=0)  # all rows by default
+    np.testing.assert_allclose(seq.run(IDS[9:12], last_only=True)[0], ref[11], atol=TOL, rtol=0)
+    assert seq.length == 12
+
+
 def test_greedy_generation_matches_transformers(built):
     model = edgec.load(built.artifact)
     prompt = IDS[:5]

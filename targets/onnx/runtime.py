@@ -17,6 +17,7 @@ import onnxruntime as ort
 from edgec.errors import EdgecError
 
 from .compile import MODEL_FILE
+from .lower import LOGITS_ROWS
 from .lower_gqa import KV_LAYOUT_KEY, SHARED_BUFFER
 
 _LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -86,6 +87,8 @@ class OnnxExecutor:
         self.shared_kv = meta.get(KV_LAYOUT_KEY) == SHARED_BUFFER
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if LOGITS_ROWS in self.input_names and LOGITS_ROWS not in feeds and "input_ids" in feeds:
+            feeds = {**feeds, LOGITS_ROWS: np.array([np.shape(feeds["input_ids"])[1]], np.int64)}  # every row
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise KeyError(f"missing model input(s) {missing}")
@@ -123,7 +126,7 @@ class OnnxSequence:
                 buf = np.zeros(shape, _NP[i.type])
                 self.buffers[i.name] = buf
                 self._kv[i.name] = ort.OrtValue.ortvalue_from_numpy(buf)
-            elif i.name not in ("input_ids", "position_ids"):
+            elif i.name not in ("input_ids", "position_ids", LOGITS_ROWS):
                 raise EdgecError(f"ONNX model input {i.name!r} is not one the generation loop feeds")
         for o in self.session.get_outputs():
             if o.name == "logits":
@@ -137,13 +140,17 @@ class OnnxSequence:
         # the decode step: one token, everything bound once
         self._ids = np.zeros((1, 1), np.int64)
         self._pos = np.zeros((1, 1), np.int64)
-        self._step = self._binding(self._ids, self._pos)
+        self._rows_input = LOGITS_ROWS in executor.input_names
+        self._one = np.ones(1, np.int64)  # logits_rows = 1
+        self._step = self._binding(self._ids, self._pos, self._one)
         self._step_logits = self._bind_logits(self._step, 1)
 
-    def _binding(self, ids: np.ndarray, pos: np.ndarray) -> ort.IOBinding:
+    def _binding(self, ids: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> ort.IOBinding:
         b = self.session.io_binding()
         b.bind_cpu_input("input_ids", ids)
         b.bind_cpu_input("position_ids", pos)
+        if self._rows_input:
+            b.bind_cpu_input(LOGITS_ROWS, rows)
         for name, ov in self._kv.items():
             b.bind_ortvalue_input(name, ov)
             b.bind_ortvalue_output(name.replace("past_", "present_", 1), ov)
@@ -165,10 +172,12 @@ class OnnxSequence:
             out = b.get_outputs()[-1].numpy()
         return out[0]
 
-    def run(self, ids) -> np.ndarray:
-        """Feed ids at positions length..; returns logits [len(ids), vocab].
+    def run(self, ids, last_only: bool = False) -> np.ndarray:
+        """Feed ids at positions length..; returns logits [len(ids), vocab] ([1, vocab] with last_only).
 
-        For one token the result is a view of a reused buffer, valid until the next call.
+        last_only skips the logits projection of all rows but the last (a prompt's
+        prefill needs only the next token's). For one token the result is a view
+        of a reused buffer, valid until the next call.
         """
         n = len(ids)
         if n == 0 or self.length + n > self.capacity:
@@ -178,8 +187,10 @@ class OnnxSequence:
             self._pos[0, 0] = self.length
             logits = self._run(self._step, self._step_logits)
         else:
+            rows = 1 if last_only and self._rows_input else n
             b = self._binding(np.asarray([ids], np.int64),
-                              np.arange(self.length, self.length + n, dtype=np.int64)[None])
-            logits = self._run(b, self._bind_logits(b, n))
+                              np.arange(self.length, self.length + n, dtype=np.int64)[None],
+                              np.array([rows], np.int64))
+            logits = self._run(b, self._bind_logits(b, rows))
         self.length += n
         return logits

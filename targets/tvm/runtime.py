@@ -86,7 +86,7 @@ class _TvmSequence:
             shape = [0 if isinstance(d, str) else d for d in v["shape"]]
             self.cache[v["name"]] = tvm.runtime.tensor(np.zeros(shape, v["dtype"]), ex.device)
 
-    def run(self, ids) -> np.ndarray:
+    def run(self, ids, last_only: bool = False) -> np.ndarray:
         n = len(ids)
         if not n or self.length + n > self.capacity:
             raise EdgecError(f"{n} more tokens do not fit the KV cache ({self.length} of {self.capacity} used)")
@@ -97,4 +97,5 @@ class _TvmSequence:
         outs = ex.call([feeds[name] if name in feeds else self.cache[name] for name in ex.input_names], n)
         self.cache = {name: outs[self.outputs[name.replace("past_", "present_", 1)]] for name in self.cache}
         self.length += n
-        return outs[self.outputs["logits"]].numpy()[0]
+        logits = outs[self.outputs["logits"]].numpy()[0]
+        return logits[-1:] if last_only else logits
