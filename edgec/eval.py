@@ -71,7 +71,7 @@ def default_text_path() -> Path:
         if (root / WIKITEXT_TEST).is_file():
             return root / WIKITEXT_TEST
     raise EdgecError(f"no evaluation text: {WIKITEXT_TEST} not found under "
-                     f"{' or '.join(str(r) for r in roots)}; set EDGEC_DATA_DIR or pass --text FILE")
+                     f"{' or '.join(dict.fromkeys(str(r) for r in roots))}; set EDGEC_DATA_DIR or pass --text FILE")
 
 
 def read_eval_text(path: str | Path | None) -> tuple[Path, str]:

@@ -114,7 +114,7 @@ def test_cli_text_output_and_progress(tiny_artifact, text_file):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["/no/such/artifact"], "does not exist"),
+    (["/no/such/artifact", "--text", "{text}"], "does not exist"),
     (["{art}", "--text", "/no/such/file.txt"], "does not exist"),
     (["{art}", "--reference", "/no/such/model"], "does not exist"),
     (["{art}", "--text", "{short}"], "fewer than one window"),
