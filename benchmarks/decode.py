@@ -64,6 +64,9 @@ SYSTEMS = {
     "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4", "no_fuse": True},
     "edgec-int4-g32": {"kind": "edgec", "recipe": "int4-rtn-g32-asym", "no_fuse": False},
     "edgec-fp32": {"kind": "edgec", "recipe": "fp32", "no_fuse": False},
+    # issue 5: the host TVM artifact beside the rest (int4-rtn: TVM dequantizes a quantized tied table whole)
+    "edgec-tvm-fp32": {"kind": "edgec", "recipe": "fp32", "no_fuse": False, "backend": "tvm"},
+    "edgec-tvm-int4": {"kind": "edgec", "recipe": "int4-rtn", "no_fuse": False, "backend": "tvm"},
     "llama.cpp": {"kind": "llama", "ftype": None},
     "llama.cpp-q4_0": {"kind": "llama", "ftype": "Q4_0"},
     "llama.cpp-q4_k_m": {"kind": "llama", "ftype": "Q4_K_M"},
@@ -178,7 +181,9 @@ class EdgecRunner:
 
         self.m = edgec.load(path, threads=threads)
         onnx_file = Path(path) / "model" / "model.onnx"
-        self.weight_bytes = onnx_weight_bytes(onnx_file) if onnx_file.is_file() else None
+        tvm_weights = Path(path) / "model" / "weights.safetensors"
+        self.weight_bytes = (onnx_weight_bytes(onnx_file) if onnx_file.is_file() else
+                             tvm_weights.stat().st_size if tvm_weights.is_file() else None)
 
     def decode(self, ids, n):
         it = self.m.stream(ids, n, stop_at_eos=False)
@@ -600,16 +605,17 @@ class Prep:
     def self_cmd(self, *args) -> list[str]:
         return [sys.executable, str(Path(__file__).resolve()), "--prepare", *map(str, args)]
 
-    def edgec(self, name: str, recipe: str, no_fuse: bool) -> tuple[Path, float | None]:
+    def edgec(self, name: str, recipe: str, no_fuse: bool, backend: str = "onnx") -> tuple[Path, float | None]:
         import shutil
 
-        key = {"recipe": recipe, "no_fuse": no_fuse, "edgec_source": self.edgec_src}
-        out = self.work / ("edgec-" + recipe.replace(":", "_").replace("+", "_") + ("-nofuse" if no_fuse else ""))
+        key = {"recipe": recipe, "no_fuse": no_fuse, "backend": backend, "edgec_source": self.edgec_src}
+        out = self.work / ("edgec-" + recipe.replace(":", "_").replace("+", "_") + ("-nofuse" if no_fuse else "")
+                           + ("" if backend == "onnx" else f"-{backend}"))
 
         def make(o):
             shutil.rmtree(o, ignore_errors=True)
-            self.run(name, [sys.executable, "-m", "edgec.cli", "build", "-o", str(o), "--recipe", recipe, "-q"]
-                     + (["--no-fuse"] if no_fuse else []))
+            self.run(name, [sys.executable, "-m", "edgec.cli", "build", "-o", str(o), "--recipe", recipe, "-q",
+                            "--backend", backend] + (["--no-fuse"] if no_fuse else []))
 
         return self.cached(name, key, out, make)
 
@@ -757,7 +763,7 @@ def main() -> None:
     for n in edgecs[:1] + exports + [n for n in selected if n not in edgecs[:1] + exports]:
         spec = SYSTEMS[n]
         if spec["kind"] == "edgec":
-            jobs[n] = pool.submit(prep.edgec, n, spec["recipe"], spec["no_fuse"])
+            jobs[n] = pool.submit(prep.edgec, n, spec["recipe"], spec["no_fuse"], spec.get("backend", "onnx"))
         elif spec["kind"] == "llama":
             jobs[n] = (pool.submit(prep.llama_quant, n, gguf, spec["ftype"]) if spec["ftype"] else
                        pool.submit(lambda: (gguf, None)))
@@ -781,7 +787,8 @@ def main() -> None:
             rec = json.loads((paths[n] / "manifest.json").read_text()).get("recipe", {})
             opts = ", ".join(f"{k}={v}" for p in rec.get("passes", []) for k, v in p.items() if k != "name")
             labels[n] = f"edgec `{rec.get('name', SYSTEMS[n]['recipe'])}`" + (f" ({opts})" if opts else "") + \
-                (", --no-fuse" if SYSTEMS[n]["no_fuse"] else "")
+                (", --no-fuse" if SYSTEMS[n]["no_fuse"] else "") + \
+                (", TVM backend" if SYSTEMS[n].get("backend") == "tvm" else "")
         onnx_file = {"edgec": paths[n] / "model" / "model.onnx", "ortgenai": paths[n] / "model.onnx"}.get(
             SYSTEMS[n]["kind"])
         if onnx_file is not None and onnx_file.is_file():
