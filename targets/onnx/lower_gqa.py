@@ -96,7 +96,7 @@ def _heads_of(x: Value) -> tuple[Node, int] | None:
     return s, s.outputs.index(r.inputs[0])
 
 
-def packed_qkv(n: Node, graph: Graph) -> tuple[Value, Value, Value] | None:
+def packed_qkv(n: Node) -> tuple[Value, Value, Value] | None:
     """(packed qkv, cos table, sin table) when GQA can take the QKV projection's output as is.
 
     That is: q, k and v are the three pieces, in order, of one split of a
@@ -138,7 +138,7 @@ def _attention(cx: _Ctx, n: Node) -> None:
     a = n.attrs
     seqlens, total = _lengths(cx)
     out = cx.fresh("gqa_out")
-    packed = packed_qkv(n, cx.graph)
+    packed = packed_qkv(n)
     if packed is not None:  # the split/reshape/permute/rotary nodes are left dead and pruned by lower_graph
         qkv, cos, sin = packed
         ins = [qkv.name, "", "", pk.name, pv.name, seqlens, total,
