@@ -170,6 +170,9 @@ def test_model_uses_gqa_and_matches_interpreter(built):
     model = edgec.load(built.artifact)
     assert model.manifest["backend"]["kv_cache"] == "shared_buffer"
     assert gqa_nodes(built.artifact / "model") == built.graph.meta["kv_layers"] == 2
+    nodes = onnx.load(str(built.artifact / "model" / "model.onnx"), load_external_data=False).graph.node
+    gqa_out = {n.output[0] for n in nodes if n.op_type == "GroupQueryAttention"}
+    assert not [n for n in nodes if n.op_type == "Reshape" and n.input[0] in gqa_out]  # heads merged by GQA itself
     ref = reference_logits(built.graph, IDS)
     np.testing.assert_allclose(model.logits(IDS), ref, atol=TOL, rtol=0)
     # the generation path: in-place cache, a prompt, a chunk of 3, then single tokens

@@ -110,6 +110,14 @@ class _Ctx:
         self._names |= set(transposed.values())
         self._consts: dict[tuple, str] = {}
         self.metadata: dict[str, str] = {}  # -> model.metadata_props (e.g. the KV cache layout)
+        self.claimed: set[int] = set()  # ids of IR nodes a fused lowering already emitted (skipped)
+        self._users: dict | None = None
+
+    def users(self, v: Value) -> list[Node]:
+        """The IR nodes that read v (computed once per graph)."""
+        if self._users is None:
+            self._users = self.graph.users()
+        return self._users.get(v, [])
 
     def fresh(self, hint: str) -> str:
         base = f"{self.scope}/{hint}"
@@ -558,6 +566,8 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET) -> LoweredModel:
     cx = _Ctx(graph, opset, transposed)
     head = _logits_head(graph)
     for n in graph.nodes:
+        if id(n) in cx.claimed:
+            continue
         cx.scope = n.outputs[0].name if n.outputs else n.op
         if n is head:
             n = _last_rows(cx, n)

@@ -125,6 +125,21 @@ def packed_qkv(n: Node) -> tuple[Value, Value, Value] | None:
     return split.inputs[0], cos, sin
 
 
+def _merged_heads(cx: _Ctx, n: Node) -> Node | None:
+    """The reshape [1, S, H, D] -> [1, S, H*D] that alone reads this attention's output, if any.
+
+    GQA's output already is [1, S, H*D]: lowering writes it under the reshape's
+    name and claims the reshape, so no Reshape pair runs per layer and step.
+    """
+    out = n.outputs[0]
+    users = cx.users(out)
+    if len(users) != 1 or users[0].op != "reshape" or out in cx.graph.outputs:
+        return None
+    r = users[0]
+    b, s, h, d = out.shape
+    return r if list(r.output.shape) == [b, s, h * d] else None
+
+
 @lowering("attention")
 def _attention(cx: _Ctx, n: Node) -> None:
     if not hasattr(cx, "_gqa_ok"):
@@ -137,7 +152,8 @@ def _attention(cx: _Ctx, n: Node) -> None:
     heads, kv_heads, d = q.shape[1], k.shape[1], q.shape[3]
     a = n.attrs
     seqlens, total = _lengths(cx)
-    out = cx.fresh("gqa_out")
+    merged = _merged_heads(cx, n)
+    out = merged.output.name if merged is not None else cx.fresh("gqa_out")
     packed = packed_qkv(n)
     if packed is not None:  # the split/reshape/permute/rotary nodes are left dead and pruned by lower_graph
         qkv, cos, sin = packed
@@ -153,4 +169,7 @@ def _attention(cx: _Ctx, n: Node) -> None:
         [out, n.outputs[1].name, n.outputs[2].name], name=cx.fresh("GroupQueryAttention_node"),
         domain="com.microsoft", num_heads=heads, kv_num_heads=kv_heads, scale=float(a["scale"]),
         softcap=float(a["softcap"]), local_window_size=int(a["window"]) if a["window"] else -1, **rotary))
-    cx.op("Reshape", out, cx.ints([0, 0, heads, d]), out=n.outputs[0].name)
+    if merged is not None:
+        cx.claimed.add(id(merged))
+    else:
+        cx.op("Reshape", out, cx.ints([0, 0, heads, d]), out=n.outputs[0].name)
