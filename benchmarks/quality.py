@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--no-llama", action="store_true", help="Skip the llama.cpp row.")
     ap.add_argument("--build-only", action="store_true", help="Only fill the --work cache with artifacts.")
     ap.add_argument("--json", action="store_true", help="Print the rows as JSON.")
+    ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/RESULTS.md.")
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -267,7 +268,8 @@ def main() -> None:
         f"adds a BOS and scores only the second half of each window.\n\n"
         + "\n".join(table)
         + ("\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) if notes else ""))
-    write_section(TITLE, body)
+    if not args.no_write:
+        write_section(TITLE, body)
     print("\n".join(table))
     for n in notes:
         print("note:", n)

@@ -113,15 +113,11 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
     _generate(model, prompt, 4)  # warm-up: first-run allocations and thread start
     prefill_s, step_s = _generate(model, prompt, new_tokens)
 
-    from edgec.targets.onnx.runtime import OnnxExecutor
-
-    options = (model.manifest.get("device") or {}).get("onnx") or {}
     with tempfile.TemporaryDirectory() as tmp:
-        traced = OnnxExecutor(model.path / "model", threads=threads, options=options,
-                              profile_prefix=str(Path(tmp) / "ort"))
-        model.executor = traced  # the same generation path, on the profiling session
-        _generate(model, prompt, new_tokens)
-        events = json.loads(Path(traced.session.end_profiling()).read_text())
+        traced = CompiledModel(path, threads=threads, verify=False,  # the same generation path, profiled
+                               executor_kwargs={"profile_prefix": str(Path(tmp) / "ort")})
+        _generate(traced, prompt, new_tokens)
+        events = json.loads(Path(traced.executor.session.end_profiling()).read_text())
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
     if len(runs) < new_tokens:
         raise EdgecError(f"onnxruntime's trace has {len(runs)} runs, expected {new_tokens}")

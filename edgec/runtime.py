@@ -23,14 +23,16 @@ from .sampling import check_options, sample
 class CompiledModel:
     """An artifact ready to run. Use `edgec.load(path)`."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True):
+    def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True,
+                 executor_kwargs: dict | None = None):
+        """executor_kwargs: extra arguments for the backend's executor (e.g. ONNX's profile_prefix)."""
         self.path = Path(path)
         self.manifest = load_manifest(self.path, verify=verify)
         backend = get_backend(self.manifest["backend"]["name"])
         executor_cls = getattr(load_module(backend), backend.executor)
         # session options from the device profile's table for this backend (e.g. [onnx])
         options = (self.manifest.get("device") or {}).get(backend.name) or {}
-        kwargs = {"options": options} if options else {}
+        kwargs = ({"options": options} if options else {}) | dict(executor_kwargs or {})
         self.executor = executor_cls(self.path / "model", threads=threads, **kwargs)
         graph = self.manifest["graph"]
         self.context_length = int(graph.get("context_length") or 2048)

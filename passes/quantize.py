@@ -53,10 +53,6 @@ class Target:
         return tuple(self.value.shape)
 
 
-def _const_like(v: Value) -> bool:
-    return v.kind == "weight" or (v.producer is not None and v.producer.op == "const")
-
-
 def lm_head_linears(graph: Graph) -> set[Node]:
     """The linears that produce a graph output through single-input ops only (the logits projection).
 
@@ -64,15 +60,8 @@ def lm_head_linears(graph: Graph) -> set[Node]:
     (ops whose other inputs are constants); anything else (a residual add,
     attention) ends the walk, so no hidden layer is mistaken for the head.
     """
-    heads = set()
-    for out in graph.outputs:
-        n = out.producer
-        while n is not None:
-            if n.op == "linear":
-                heads.add(n)
-                break
-            live = [v for v in n.inputs if not _const_like(v)]
-            n = live[0].producer if len(live) == 1 else None
+    heads = {graph.producing_linear(out) for out in graph.outputs}
+    heads.discard(None)
     return heads
 
 

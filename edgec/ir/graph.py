@@ -131,6 +131,21 @@ class Graph:
                 uses.setdefault(v, []).append(n)
         return uses
 
+    @staticmethod
+    def producing_linear(out: Value, through=lambda node: True) -> Node | None:
+        """The linear that makes `out` through a chain of ops with one non-constant input each
+        (e.g. the logits projection behind casts and soft-capping); None if the chain ends otherwise.
+
+        `through(node)` may refuse an op on the way. Weights and `const` nodes count as constants.
+        """
+        n = out.producer
+        while n is not None and n.op != "linear":
+            live = [v for v in n.inputs if v.kind != "weight" and not (v.producer is not None and v.producer.op == "const")]
+            if len(live) != 1 or not through(n):
+                return None
+            n = live[0].producer
+        return n
+
     def replace_all_uses(self, old: Value, new: Value) -> None:
         for n in self.nodes:
             n.inputs = [new if v is old else v for v in n.inputs]

@@ -520,12 +520,7 @@ def _logits_head(graph: Graph) -> Node | None:
     out = next((v for v in graph.outputs if v.name == "logits"), None)
     if out is None or out.rank != 3 or any(v.name == LOGITS_ROWS for v in graph.inputs):
         return None
-    n = out.producer
-    while n is not None and n.op != "linear":
-        live = [v for v in n.inputs if v.kind == "node" and v.producer.op != "const"]
-        if n.op not in _ROW_WISE or len(live) != 1:
-            return None
-        n = live[0].producer
+    n = graph.producing_linear(out, through=lambda node: node.op in _ROW_WISE)
     if n is None or n.inputs[0].rank != 3:
         return None
     return n
