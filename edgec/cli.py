@@ -49,11 +49,15 @@ def _progress(quiet: bool):
     return say
 
 
-def _quiet_libraries() -> None:
+def _quiet_libraries(quiet: bool = True) -> None:
+    """Silence library warnings and, when quiet, the progress bars libraries draw themselves
+    (transformers' GGUF reader uses tqdm directly, outside its own progress-bar switch)."""
     import logging
     import os
     import warnings
 
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore")
@@ -110,7 +114,7 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
           max_context, tune_minutes, tune_log, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
-    _quiet_libraries()
+    _quiet_libraries(quiet or as_json)
     from .artifact import load_manifest
     from .pipeline import build as do_build
 
@@ -220,7 +224,7 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
     """Perplexity of TARGET (an artifact, a model folder, a .gguf, or nothing for
     the default model) on WikiText-2, with KL divergence and top-1 agreement
     against the source model."""
-    _quiet_libraries()
+    _quiet_libraries(quiet or as_json)
     from .eval import evaluate
 
     if reference is not None and no_reference:

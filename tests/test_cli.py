@@ -1,5 +1,7 @@
 """The command line, in process (click's CliRunner), on a tiny model."""
 import json
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -81,6 +83,16 @@ def test_recipe_file(cli, tiny_llama, tmp_path):
     assert r.exit_code == 0, r.output
     m = edgec.load(tmp_path / "a").manifest
     assert m["recipe"]["name"] == "half" and m["recipe"]["passes"] == [{"name": "fp16_weights"}]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_quiet_silences_library_progress_bars(quiet):
+    """-q also stops bars libraries draw with tqdm directly (transformers' GGUF reader), in a
+    fresh process as the CLI runs: tqdm reads TQDM_DISABLE when it is first imported."""
+    code = (f"from edgec.cli import _quiet_libraries; _quiet_libraries({quiet}); from tqdm.auto import tqdm; "
+            "[_ for _ in tqdm(range(3), desc='a-bar')]")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert ("a-bar" in err) is not quiet, err
 
 
 def test_python_api_logits_shape(tiny_artifact):
