@@ -27,6 +27,11 @@ every system alike. Medians are reported.
   but tables that are only gathered from, i.e. an untied embedding) / measured
   memory bandwidth (numpy streaming reads of a 1 GiB array, best of 5, with 1
   and with --threads threads; the better of the two is used).
+- MatMulNBits alone (ONNX models with int4/int8 MatMulNBits: edgec and
+  onnxruntime-genai): after the runs, every MatMulNBits of the model in one
+  graph with nothing else, timed at batch 1 on the same threads; the best
+  decode speed any graph built on onnxruntime's kernels could reach, so the
+  share of it a system reaches is what its other ops and overheads cost.
 
 Systems (--systems; default all): see SYSTEMS below. Artifacts are cached in
 --work: edgec artifacts are rebuilt when their recipe, flags or edgec's source
@@ -162,6 +167,61 @@ def matmulnbits_summary(path: Path) -> str | None:
             kinds[(a.get("bits", 4), a.get("block_size"), a.get("accuracy_level", 0), zp)] += 1
     return "; ".join(f"{n} MatMulNBits: {b}-bit, block {bs}, accuracy_level {acc}, "
                      f"{'zero points' if zp else 'no zero points'}" for (b, bs, acc, zp), n in kinds.items()) or None
+
+
+def matmulnbits_floor(path: Path, threads: int) -> dict | None:
+    """The time one decode token spends in the model's MatMulNBits kernels alone.
+
+    A one-graph copy of every MatMulNBits of the model (same shapes, bits,
+    block sizes and accuracy levels; random weights of the same size, since
+    speed does not depend on the values) and nothing else, run at batch 1
+    with the same threads: as many bytes stream through the caches per run as
+    in a decode step. What the model's graph could reach at best with
+    onnxruntime's kernels, and so what is left to gain around them.
+    """
+    code = r"""
+import json, sys, time
+import numpy as np, onnx, onnxruntime as ort
+from onnx import helper, numpy_helper, TensorProto
+path, threads = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(0)
+nodes, inits, ks, outs = [], [], set(), []
+for i, n in enumerate(x for x in onnx.load(path, load_external_data=False).graph.node if x.op_type == "MatMulNBits"):
+    a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+    k, nn, bits, bs = a["K"], a["N"], a.get("bits", 4), a["block_size"]
+    blocks = -(-k // bs)
+    inits += [numpy_helper.from_array(rng.integers(0, 256, (nn, blocks, bs * bits // 8), dtype=np.uint8), f"b{i}"),
+              numpy_helper.from_array(rng.uniform(1e-3, 1e-2, nn * blocks).astype(np.float32), f"s{i}")]
+    nodes.append(helper.make_node("MatMulNBits", [f"a{k}", f"b{i}", f"s{i}"], [f"y{i}"], domain="com.microsoft",
+                                  K=k, N=nn, bits=bits, block_size=bs, accuracy_level=a.get("accuracy_level", 0)))
+    ks.add(k)
+    outs.append((f"y{i}", nn))
+g = helper.make_graph(nodes, "floor", [helper.make_tensor_value_info(f"a{k}", TensorProto.FLOAT, [1, 1, k]) for k in ks],
+                      [helper.make_tensor_value_info(y, TensorProto.FLOAT, [1, 1, nn]) for y, nn in outs], inits)
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+so = ort.SessionOptions(); so.intra_op_num_threads = threads
+so.add_session_config_entry("session.intra_op.allow_spinning", "1")
+sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+b = sess.io_binding()
+for k in ks:
+    b.bind_cpu_input(f"a{k}", rng.standard_normal((1, 1, k)).astype(np.float32))
+for y, nn in outs:
+    b.bind_ortvalue_output(y, ort.OrtValue.ortvalue_from_numpy(np.empty((1, 1, nn), np.float32)))
+for _ in range(10):
+    sess.run_with_iobinding(b)
+ts = []
+for _ in range(15):
+    t0 = time.perf_counter()
+    for _ in range(20):
+        sess.run_with_iobinding(b)
+    ts.append((time.perf_counter() - t0) / 20)
+print(json.dumps({"ms_per_token": round(float(np.median(ts)) * 1000, 3), "nodes": len(nodes)}))
+"""
+    model = path / "model" / "model.onnx" if (path / "model").is_dir() else path
+    p = subprocess.run([sys.executable, "-c", code, str(model), str(threads)], capture_output=True, text=True)
+    if p.returncode != 0:
+        return None
+    return json.loads(p.stdout)
 
 
 def gguf_weight_bytes(path: Path) -> int:
@@ -775,6 +835,7 @@ def main() -> None:
             jobs[n] = pool.submit(lambda n=n: prep.ort_export(n, hf_job.result()))
     paths: dict[str, Path] = {}
     build_s: dict[str, float | None] = {}
+    onnx_files: dict[str, Path] = {}  # systems whose MatMulNBits floor is measured
     for n in list(selected):
         try:
             paths[n], build_s[n] = jobs[n].result()
@@ -798,6 +859,7 @@ def main() -> None:
                 summary = None
             if summary:
                 notes.append(f"`{n}`: {summary}")
+                onnx_files[n] = onnx_file
     pool.shutdown()
     if not selected:
         sys.exit("decode.py: error: no system could be prepared: " + "; ".join(notes))
@@ -868,6 +930,11 @@ def main() -> None:
     for n, w in workers.items():
         rss[n] = w.ask({"op": "rss"})
         w.close()
+    floors = {}  # the MatMulNBits kernels alone, measured with every worker closed
+    for n in order:
+        if n in onnx_files and n in rss:
+            say(f"{n}: timing its MatMulNBits kernels alone")
+            floors[n] = matmulnbits_floor(onnx_files[n], args.threads)
 
     # ---- table ---------------------------------------------------------------------------
     ref_name = next((n for n in ("transformers", "edgec-fp32", "ort-export") if n in tokens), None)
@@ -895,6 +962,7 @@ def main() -> None:
             "limit_tok_s": round(limit, 1) if limit else None,
             "pct_of_limit": round(100 * d / limit, 1) if limit else None,
             "same_tokens_as_ref": agree(tokens[n]) if ref else None,
+            "matmulnbits_alone_ms": (floors.get(n) or {}).get("ms_per_token"),
         })
     base = next((r for r in rows if r["system"] == BASELINE), None)
     for r in rows:
@@ -913,6 +981,15 @@ def main() -> None:
             f"{max(r['decode_runs']):.0f}) | {fmt(r['decode_vs_llama_cpp'], '.2f')} | {fmt(r['pct_of_limit'], '.0f')} "
             f"| {r['prefill_tok_s']:.0f} | {fmt(r['prefill_vs_llama_cpp'], '.2f')} "
             f"| {fmt(r['same_tokens_as_ref'], 'd')}/{args.new_tokens} |")
+    for r in rows:
+        if r["matmulnbits_alone_ms"]:
+            floor_tok_s = 1000 / r["matmulnbits_alone_ms"]
+            notes.append(
+                f"`{r['system']}`: its MatMulNBits kernels alone (one graph of all of them, nothing else; "
+                f"`matmulnbits_floor`) take {r['matmulnbits_alone_ms']:.2f} ms per token = {floor_tok_s:.0f} tok/s"
+                + (f" = {100 * floor_tok_s / r['limit_tok_s']:.0f}% of the BW limit" if r["limit_tok_s"] else "")
+                + f"; the whole decode step runs at {r['decode_tok_s']:.0f} tok/s = "
+                f"{100 * r['decode_tok_s'] / floor_tok_s:.0f}% of that")
     cmd = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "edgec", "passes", "targets"],
                            capture_output=True, text=True, cwd=REPO).stdout.strip()
