@@ -290,6 +290,7 @@ def test_recipes_parse_and_unknown_option_is_rejected():
         assert r.needs_calibration == (pass_name != "quantize")
     assert load_recipe("int4-rtn-g32-asym").passes[0][1] == {
         "bits": 4, "group_size": 32, "symmetric": False, "lm_head": True, "lm_head_bits": 8, "lm_head_group_size": 32}
+    assert all(load_recipe(n).passes[0][1]["act_order"] for n in ("int4-gptq", "int3-gptq"))  # RESULTS: it wins
     with pytest.raises(EdgecError, match="no option"):
         from edgec.passes import get_pass
 
