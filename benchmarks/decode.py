@@ -224,6 +224,60 @@ print(json.dumps({"ms_per_token": round(float(np.median(ts)) * 1000, 3), "nodes"
     return json.loads(p.stdout)
 
 
+def graph_without_matmulnbits(artifact: Path, threads: int) -> float | None:
+    """ms per decode token of an edgec artifact whose MatMulNBits are all replaced by a Pad or
+    Slice of the right shape: the cost of everything else (attention, norms, SwiGLU, glue, the
+    session's per-run work). Beside matmulnbits_floor it splits a decode step in two."""
+    code = r"""
+import shutil, sys, tempfile, time
+from pathlib import Path
+import numpy as np, onnx
+from onnx import helper, numpy_helper
+from edgec.runtime import CompiledModel
+src, threads = Path(sys.argv[1]), int(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp:
+    art = Path(tmp) / "art"
+    shutil.copytree(src, art, ignore=shutil.ignore_patterns("*.data"))
+    for f in (src / "model").glob("*.data"):  # onnxruntime refuses symlinked external data
+        try:
+            (art / "model" / f.name).hardlink_to(f)
+        except OSError:
+            shutil.copy(f, art / "model" / f.name)
+    m = onnx.load(str(art / "model" / "model.onnx"), load_external_data=False)
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "MatMulNBits":
+            nodes.append(n)
+            continue
+        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
+        k, nn = a["K"], a["N"]
+        def const(suffix, v):
+            m.graph.initializer.append(numpy_helper.from_array(np.array(v, np.int64), n.name + suffix))
+            return n.name + suffix
+        if nn >= k:
+            nodes.append(helper.make_node("Pad", [n.input[0], const("_pads", [0, 0, 0, 0, 0, nn - k])], [n.output[0]]))
+        else:
+            nodes.append(helper.make_node("Slice", [n.input[0], const("_s", [0]), const("_e", [nn]), const("_a", [2])],
+                                          [n.output[0]]))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(art / "model" / "model.onnx"))
+    model = CompiledModel(art, threads=threads, verify=False)
+    prompt = list(range(100, 116))
+    def step_ms(n=64):
+        seq = model.sequence(len(prompt) + n)
+        seq.run(prompt, last_only=True)
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            seq.run([5])
+        return (time.perf_counter() - t0) / (n - 1) * 1000
+    step_ms(8)
+    print(float(np.median([step_ms() for _ in range(9)])))
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(artifact), str(threads)], capture_output=True, text=True)
+    return round(float(p.stdout.strip().splitlines()[-1]), 3) if p.returncode == 0 and p.stdout.strip() else None
+
+
 def gguf_weight_bytes(path: Path) -> int:
     """Bytes of the GGUF tensors one token reads: token_embd is only gathered when output.weight exists."""
     from gguf import GGUFReader
@@ -935,6 +989,8 @@ def main() -> None:
         if n in onnx_files and n in rss:
             say(f"{n}: timing its MatMulNBits kernels alone")
             floors[n] = matmulnbits_floor(onnx_files[n], args.threads)
+            if floors[n] is not None and SYSTEMS[n]["kind"] == "edgec":
+                floors[n]["rest_ms"] = graph_without_matmulnbits(paths[n], args.threads)
 
     # ---- table ---------------------------------------------------------------------------
     ref_name = next((n for n in ("transformers", "edgec-fp32", "ort-export") if n in tokens), None)
@@ -963,6 +1019,7 @@ def main() -> None:
             "pct_of_limit": round(100 * d / limit, 1) if limit else None,
             "same_tokens_as_ref": agree(tokens[n]) if ref else None,
             "matmulnbits_alone_ms": (floors.get(n) or {}).get("ms_per_token"),
+            "without_matmulnbits_ms": (floors.get(n) or {}).get("rest_ms"),
         })
     base = next((r for r in rows if r["system"] == BASELINE), None)
     for r in rows:
@@ -989,7 +1046,9 @@ def main() -> None:
                 f"`matmulnbits_floor`) take {r['matmulnbits_alone_ms']:.2f} ms per token = {floor_tok_s:.0f} tok/s"
                 + (f" = {100 * floor_tok_s / r['limit_tok_s']:.0f}% of the BW limit" if r["limit_tok_s"] else "")
                 + f"; the whole decode step runs at {r['decode_tok_s']:.0f} tok/s = "
-                f"{100 * r['decode_tok_s'] / floor_tok_s:.0f}% of that")
+                f"{100 * r['decode_tok_s'] / floor_tok_s:.0f}% of that"
+                + (f"; the graph with every MatMulNBits replaced by a Pad/Slice (`graph_without_matmulnbits`) "
+                   f"takes {r['without_matmulnbits_ms']:.2f} ms per token" if r["without_matmulnbits_ms"] else ""))
     cmd = "python benchmarks/decode.py " + " ".join(sys.argv[1:])
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "edgec", "passes", "targets"],
                            capture_output=True, text=True, cwd=REPO).stdout.strip()
