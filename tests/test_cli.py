@@ -1,5 +1,6 @@
 """The command line, in process (click's CliRunner), on a tiny model."""
 import json
+import os
 import subprocess
 import sys
 
@@ -91,7 +92,8 @@ def test_quiet_silences_library_progress_bars(quiet):
     fresh process as the CLI runs: tqdm reads TQDM_DISABLE when it is first imported."""
     code = (f"from edgec.cli import _quiet_libraries; _quiet_libraries({quiet}); from tqdm.auto import tqdm; "
             "[_ for _ in tqdm(range(3), desc='a-bar')]")
-    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # in-process CLI tests may have set it
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stderr
     assert ("a-bar" in err) is not quiet, err
 
 
