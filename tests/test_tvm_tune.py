@@ -32,7 +32,8 @@ def tuned(tiny_llama, tmp_path_factory):
 def test_tuning_writes_its_log_into_the_artifact_and_matches_the_interpreter(tuned, tiny_llama):
     m = json.loads((tuned / "manifest.json").read_text())
     tuning = m["backend"]["tuning"]
-    assert tuning["minutes"] == 0.1 and tuning["trials"] > 0 and tuning["seconds"] < 60
+    # the guard: no batch starts after the 6 s budget (a started batch runs to its end, however slow)
+    assert tuning["minutes"] == 0.1 and tuning["trials"] > 0 and tuning["last_batch_started_s"] < 6
     assert tuning["database_applied"] and tuning["applied"] and tuning["reused_log"] is None
     assert "model/tune/records.json" in m["files"]  # checksummed with the rest
     log = json.loads((tuned / "model" / "tune" / "records.json").read_text())

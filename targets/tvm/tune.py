@@ -387,6 +387,7 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
                 for i, n in enumerate(names):
                     if time.perf_counter() - t0 >= seconds:
                         break
+                    stats["last_batch_started_s"] = round(time.perf_counter() - t0, 2)  # always < the budget
                     strategy = ms.search_strategy.EvolutionarySearch(
                         population_size=max(64, 8 * per_iter), init_min_unmeasured=16, genetic_num_iters=2)
                     ctx = ms.TuneContext(mod=mods[n], target=tune_target, space_generator=_space(),
