@@ -140,7 +140,8 @@ class Graph:
         """
         n = out.producer
         while n is not None and n.op != "linear":
-            live = [v for v in n.inputs if v.kind != "weight" and not (v.producer is not None and v.producer.op == "const")]
+            live = [v for v in n.inputs
+                    if v.kind != "weight" and not (v.producer is not None and v.producer.op == "const")]
             if len(live) != 1 or not through(n):
                 return None
             n = live[0].producer
