@@ -32,6 +32,8 @@ every system alike. Medians are reported.
   graph with nothing else, timed at batch 1 on the same threads; the best
   decode speed any graph built on onnxruntime's kernels could reach, so the
   share of it a system reaches is what its other ops and overheads cost.
+  For edgec artifacts also the reverse: the same graph with every MatMulNBits
+  replaced by a Pad/Slice of the right shape (graph_without_matmulnbits).
 
 Systems (--systems; default all): see SYSTEMS below. Artifacts are cached in
 --work: edgec artifacts are rebuilt when their recipe, flags or edgec's source
