@@ -65,10 +65,14 @@ TITLE = "Decode speed: edgec vs llama.cpp, ONNX Runtime GenAI, PyTorch, ONNX Run
 SHORT_PROMPT = "The capital of France is"
 BENCH_INSTALL = 'pip install -e ".[bench]"'
 
-# name -> how it is made and run. kind: the worker that runs it.
+SMALL_PAGES = "DECODE_BENCH_SMALL_PAGES"  # env: the edgec worker opens its artifact with huge_pages off
+
+# name -> how it is made and run. kind: the worker that runs it; env: extra environment for its process.
 SYSTEMS = {
     "edgec-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False},  # RTN g128, int8 head
     "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4", "no_fuse": True},
+    # the same artifact as edgec-int4 with its weights left in 4 KiB pages (the [onnx] huge_pages option off)
+    "edgec-int4-4k": {"kind": "edgec", "recipe": "int4", "no_fuse": False, "env": {SMALL_PAGES: "1"}},
     "edgec-int4-g32": {"kind": "edgec", "recipe": "int4-rtn-g32-asym", "no_fuse": False},
     "edgec-fp32": {"kind": "edgec", "recipe": "fp32", "no_fuse": False},
     # issue 5: the host TVM artifact beside the rest (int4-rtn: TVM dequantizes a quantized tied table whole)
@@ -78,6 +82,8 @@ SYSTEMS = {
     "llama.cpp-q4_0": {"kind": "llama", "ftype": "Q4_0"},
     "llama.cpp-q4_k_m": {"kind": "llama", "ftype": "Q4_K_M"},
     "ortgenai-int4": {"kind": "ortgenai"},
+    # the same model, with glibc's malloc asking for transparent huge pages (not GenAI's default)
+    "ortgenai-int4-thp": {"kind": "ortgenai", "env": {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}},
     "transformers": {"kind": "torch"},
     "ort-export": {"kind": "ortexport"},
 }
@@ -171,7 +177,7 @@ def matmulnbits_summary(path: Path) -> str | None:
                      f"{'zero points' if zp else 'no zero points'}" for (b, bs, acc, zp), n in kinds.items()) or None
 
 
-def matmulnbits_floor(path: Path, threads: int) -> dict | None:
+def matmulnbits_floor(path: Path, threads: int, huge_pages: bool = False, env: dict | None = None) -> dict | None:
     """The time one decode token spends in the model's MatMulNBits kernels alone.
 
     A one-graph copy of every MatMulNBits of the model (same shapes, bits,
@@ -180,12 +186,14 @@ def matmulnbits_floor(path: Path, threads: int) -> dict | None:
     with the same threads: as many bytes stream through the caches per run as
     in a decode step. What the model's graph could reach at best with
     onnxruntime's kernels, and so what is left to gain around them.
+    huge_pages: the session's memory moved to huge pages as edgec's runtime
+    does (edgec/memory.py); env: the system's own process environment.
     """
     code = r"""
 import json, sys, time
 import numpy as np, onnx, onnxruntime as ort
 from onnx import helper, numpy_helper, TensorProto
-path, threads = sys.argv[1], int(sys.argv[2])
+path, threads, huge = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 rng = np.random.default_rng(0)
 nodes, inits, ks, outs = [], [], set(), []
 for i, n in enumerate(x for x in onnx.load(path, load_external_data=False).graph.node if x.op_type == "MatMulNBits"):
@@ -203,7 +211,9 @@ g = helper.make_graph(nodes, "floor", [helper.make_tensor_value_info(f"a{k}", Te
 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
 so = ort.SessionOptions(); so.intra_op_num_threads = threads
 so.add_session_config_entry("session.intra_op.allow_spinning", "1")
-sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+from edgec.memory import HugePages
+with HugePages(enabled=huge):
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 b = sess.io_binding()
 for k in ks:
     b.bind_cpu_input(f"a{k}", rng.standard_normal((1, 1, k)).astype(np.float32))
@@ -220,7 +230,8 @@ for _ in range(15):
 print(json.dumps({"ms_per_token": round(float(np.median(ts)) * 1000, 3), "nodes": len(nodes)}))
 """
     model = path / "model" / "model.onnx" if (path / "model").is_dir() else path
-    p = subprocess.run([sys.executable, "-c", code, str(model), str(threads)], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-c", code, str(model), str(threads), "1" if huge_pages else "0"],
+                       capture_output=True, text=True, env=dict(os.environ, **(env or {})))
     if p.returncode != 0:
         return None
     return json.loads(p.stdout)
@@ -293,9 +304,16 @@ def gguf_weight_bytes(path: Path) -> int:
 
 class EdgecRunner:
     def __init__(self, path: str, threads: int, ctx: int):
-        import edgec
+        from edgec.artifact import load_manifest
+        from edgec.runtime import CompiledModel
 
-        self.m = edgec.load(path, threads=threads)
+        kwargs = None
+        if os.environ.get(SMALL_PAGES):
+            options = (load_manifest(Path(path), verify=False).get("device") or {}).get("onnx") or {}
+            kwargs = {"options": dict(options, huge_pages=False)}
+        self.m = CompiledModel(path, threads=threads, executor_kwargs=kwargs)
+        hp = getattr(self.m.executor, "huge_pages", None)
+        self.huge_page_bytes = hp.collapsed_bytes if hp else None
         onnx_file = Path(path) / "model" / "model.onnx"
         tvm_weights = Path(path) / "model" / "weights.safetensors"
         self.weight_bytes = (onnx_weight_bytes(onnx_file) if onnx_file.is_file() else
@@ -494,7 +512,7 @@ def worker(kind: str, path: str, threads: int, ctx: int) -> None:
         reply({"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]})
         raise
     reply({"ready": True, "load_s": now() - t0, "rss_before_load": rss0, "rss_loaded": current_rss_bytes(),
-           "weight_bytes": runner.weight_bytes})
+           "weight_bytes": runner.weight_bytes, "huge_page_bytes": getattr(runner, "huge_page_bytes", None)})
     for line in sys.stdin:
         req = json.loads(line)
         try:
@@ -518,10 +536,12 @@ def worker(kind: str, path: str, threads: int, ctx: int) -> None:
 class Worker:
     """The parent's handle on one worker process."""
 
-    def __init__(self, name: str, kind: str, path: Path, threads: int, ctx: int, log: Path):
+    def __init__(self, name: str, kind: str, path: Path, threads: int, ctx: int, log: Path,
+                 extra_env: dict | None = None):
         self.name, self.log = name, log
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+                   OPENBLAS_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+                   **(extra_env or {}))
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(path),
                                       "--threads", str(threads), "--ctx", str(ctx)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(log, "w"),
@@ -733,7 +753,7 @@ class Prep:
             self.run(name, [sys.executable, "-m", "edgec.cli", "build", "-o", str(o), "--recipe", recipe, "-q",
                             "--backend", backend] + (["--no-fuse"] if no_fuse else []))
 
-        return self.cached(name, key, out, make)
+        return self.cached(out.name, key, out, make)  # systems that differ only in how they run share it
 
     def hf(self, gguf: Path) -> Path:
         key = {"gguf": gguf.name, "gguf_bytes": gguf.stat().st_size, "transformers": version("transformers")}
@@ -759,7 +779,7 @@ class Prep:
                             "-p", "int4", "-e", "cpu", "-c", str(tmp)])
             shutil.rmtree(tmp, ignore_errors=True)
 
-        return self.cached(name, key, self.work / "ortgenai-int4", make)
+        return self.cached("ortgenai-int4", key, self.work / "ortgenai-int4", make)
 
     def ort_export(self, name: str, hf: Path) -> tuple[Path, float | None]:
         import shutil
@@ -869,24 +889,33 @@ def main() -> None:
             labels[n] = {"torch": "transformers (PyTorch eager, fp32, sdpa attention)",
                          "ortgenai": "ONNX Runtime GenAI int4 (model builder `-p int4 -e cpu`)",
                          "ortexport": "ONNX Runtime on torch.onnx.export (fp32, past KV in/out)"}[spec["kind"]]
+            if "GLIBC_TUNABLES" in spec.get("env", {}):
+                labels[n] += f", GLIBC_TUNABLES={spec['env']['GLIBC_TUNABLES']} (huge pages; not its default)"
     pool = ThreadPoolExecutor(max(1, args.build_jobs))
     uses_hf = [n for n in selected if SYSTEMS[n]["kind"] in ("torch", "ortgenai", "ortexport")]
     hf_job = pool.submit(prep.hf, gguf) if uses_hf else None  # first: the longest chain starts from it
     # submission order: one edgec build, the long ONNX export (its chain starts with hf above), the rest
     edgecs = [n for n in selected if SYSTEMS[n]["kind"] == "edgec"]
     exports = [n for n in selected if SYSTEMS[n]["kind"] == "ortexport"]
-    jobs = {}
+    jobs, builds = {}, {}  # builds: one job per distinct model (systems may differ only in how they run it)
+
+    def once(key, fn, *a):
+        if key not in builds:
+            builds[key] = pool.submit(fn, *a)
+        return builds[key]
+
     for n in edgecs[:1] + exports + [n for n in selected if n not in edgecs[:1] + exports]:
         spec = SYSTEMS[n]
         if spec["kind"] == "edgec":
-            jobs[n] = pool.submit(prep.edgec, n, spec["recipe"], spec["no_fuse"], spec.get("backend", "onnx"))
+            build = (spec["recipe"], spec["no_fuse"], spec.get("backend", "onnx"))
+            jobs[n] = once(("edgec",) + build, prep.edgec, n, *build)
         elif spec["kind"] == "llama":
             jobs[n] = (pool.submit(prep.llama_quant, n, gguf, spec["ftype"]) if spec["ftype"] else
                        pool.submit(lambda: (gguf, None)))
         elif spec["kind"] == "torch":
             jobs[n] = pool.submit(lambda: (hf_job.result(), None))
         elif spec["kind"] == "ortgenai":
-            jobs[n] = pool.submit(lambda n=n: prep.ortgenai(n, hf_job.result()))
+            jobs[n] = once("ortgenai", lambda n=n: prep.ortgenai(n, hf_job.result()))
         elif spec["kind"] == "ortexport":
             jobs[n] = pool.submit(lambda n=n: prep.ort_export(n, hf_job.result()))
     paths: dict[str, Path] = {}
@@ -905,7 +934,8 @@ def main() -> None:
             opts = ", ".join(f"{k}={v}" for p in rec.get("passes", []) for k, v in p.items() if k != "name")
             labels[n] = f"edgec `{rec.get('name', SYSTEMS[n]['recipe'])}`" + (f" ({opts})" if opts else "") + \
                 (", --no-fuse" if SYSTEMS[n]["no_fuse"] else "") + \
-                (", TVM backend" if SYSTEMS[n].get("backend") == "tvm" else "")
+                (", TVM backend" if SYSTEMS[n].get("backend") == "tvm" else "") + \
+                (", weights in 4 KiB pages (huge_pages off)" if SMALL_PAGES in SYSTEMS[n].get("env", {}) else "")
         onnx_file = {"edgec": paths[n] / "model" / "model.onnx", "ortgenai": paths[n] / "model.onnx"}.get(
             SYSTEMS[n]["kind"])
         if onnx_file is not None and onnx_file.is_file():
@@ -947,7 +977,8 @@ def main() -> None:
     info: dict[str, dict] = {}
     for n in selected:
         say(f"{n}: loading")
-        w = Worker(n, SYSTEMS[n]["kind"], paths[n], args.threads, ctx, args.work / "logs" / f"worker-{n}.log")
+        w = Worker(n, SYSTEMS[n]["kind"], paths[n], args.threads, ctx, args.work / "logs" / f"worker-{n}.log",
+                   SYSTEMS[n].get("env"))
         try:
             info[n] = w.recv(600)
             w.ask({"op": "decode", "ids": short, "n": 8})
@@ -990,7 +1021,11 @@ def main() -> None:
     for n in order:
         if n in onnx_files and n in rss:
             say(f"{n}: timing its MatMulNBits kernels alone")
-            floors[n] = matmulnbits_floor(onnx_files[n], args.threads)
+            env = SYSTEMS[n].get("env") or {}
+            huge = SYSTEMS[n]["kind"] == "edgec" and SMALL_PAGES not in env  # as the system's own runtime does
+            floors[n] = matmulnbits_floor(onnx_files[n], args.threads, huge, env)
+            if floors[n] is not None:
+                floors[n]["pages"] = "2 MiB" if huge or "hugetlb" in env.get("GLIBC_TUNABLES", "") else "4 KiB"
             if floors[n] is not None and SYSTEMS[n]["kind"] == "edgec":
                 floors[n]["rest_ms"] = graph_without_matmulnbits(paths[n], args.threads)
 
@@ -1022,6 +1057,8 @@ def main() -> None:
             "same_tokens_as_ref": agree(tokens[n]) if ref else None,
             "matmulnbits_alone_ms": (floors.get(n) or {}).get("ms_per_token"),
             "without_matmulnbits_ms": (floors.get(n) or {}).get("rest_ms"),
+            "huge_page_bytes": info[n].get("huge_page_bytes"),
+            "matmulnbits_alone_pages": (floors.get(n) or {}).get("pages"),
         })
     base = next((r for r in rows if r["system"] == BASELINE), None)
     for r in rows:
@@ -1041,11 +1078,16 @@ def main() -> None:
             f"| {r['prefill_tok_s']:.0f} | {fmt(r['prefill_vs_llama_cpp'], '.2f')} "
             f"| {fmt(r['same_tokens_as_ref'], 'd')}/{args.new_tokens} |")
     for r in rows:
+        if r["huge_page_bytes"]:
+            notes.append(f"`{r['system']}`: {r['huge_page_bytes'] / mb:.0f} MB of the session's memory "
+                         f"(the prepacked weights) moved to 2 MiB pages at load (edgec/memory.py)")
+    for r in rows:
         if r["matmulnbits_alone_ms"]:
             floor_tok_s = 1000 / r["matmulnbits_alone_ms"]
             notes.append(
                 f"`{r['system']}`: its MatMulNBits kernels alone (one graph of all of them, nothing else; "
-                f"`matmulnbits_floor`) take {r['matmulnbits_alone_ms']:.2f} ms per token = {floor_tok_s:.0f} tok/s"
+                f"`matmulnbits_floor`, weights in {r['matmulnbits_alone_pages']} pages as in the system) take "
+                f"{r['matmulnbits_alone_ms']:.2f} ms per token = {floor_tok_s:.0f} tok/s"
                 + (f" = {100 * floor_tok_s / r['limit_tok_s']:.0f}% of the BW limit" if r["limit_tok_s"] else "")
                 + f"; the whole decode step runs at {r['decode_tok_s']:.0f} tok/s = "
                 f"{100 * r['decode_tok_s'] / floor_tok_s:.0f}% of that"

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgec.errors import EdgecError
+from edgec.memory import HugePages
 
 from .compile import MODEL_FILE
 from .lower import LOGITS_ROWS
@@ -34,6 +35,7 @@ SESSION_OPTIONS = {
     "cpu_mem_arena": bool,        # reuse freed activation memory instead of malloc per run
     "graph_optimization": str,    # disable | basic | extended | all
     "accuracy_level": int,        # build time, not a session option: MatMulNBits' compute type (0-4)
+    "huge_pages": bool,           # edgec, not onnxruntime: weights in 2 MiB pages (edgec/memory.py; default on)
 }
 
 
@@ -78,8 +80,11 @@ class OnnxExecutor:
         if profile_prefix:  # onnxruntime's per-node trace (edgec profile); session.end_profiling() writes it
             opts.enable_profiling = True
             opts.profile_file_prefix = str(profile_prefix)
-        self.session = ort.InferenceSession(str(path), sess_options=opts,
-                                            providers=providers or ["CPUExecutionProvider"])
+        providers = providers or ["CPUExecutionProvider"]
+        # the weights onnxruntime loads and prepacks here are what every decode step streams
+        with HugePages(enabled=(options or {}).get("huge_pages", True)
+                       and providers[0] == "CPUExecutionProvider") as self.huge_pages:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
