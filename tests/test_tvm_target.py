@@ -66,6 +66,7 @@ def check_prefill_and_decode(graph, artifact, tol=TOL):
     from edgec.targets.tvm import TvmExecutor
 
     ex = TvmExecutor(artifact / "model")
+    assert ex.huge_pages.enabled == sys.platform.startswith("linux")  # host weights go to 2 MiB pages
     f1 = feeds_for(graph, IDS)
     ref, out = interpret(graph, f1), ex.run(f1)
     assert set(out) == set(ref)

@@ -10,6 +10,7 @@ from tvm import relax
 
 from edgec.errors import EdgecError
 from edgec.ir.weights import WeightStore
+from edgec.memory import HugePages
 
 from .compile import LIB_FILE, META_FILE, WEIGHTS_FILE
 
@@ -49,7 +50,9 @@ class TvmExecutor:
         lib = tvm.runtime.load_module(str(model_dir / LIB_FILE))
         self.vm = relax.VirtualMachine(lib, self.device)
         store = WeightStore.open(model_dir / WEIGHTS_FILE)
-        self.params = [tvm.runtime.tensor(_contiguous(store[n]), self.device) for n in self.meta["weights"]]
+        # every decode step streams the weights: on the CPU, keep them in 2 MiB pages (edgec/memory.py)
+        with HugePages(enabled=self.meta["kind"] != "cuda") as self.huge_pages:
+            self.params = [tvm.runtime.tensor(_contiguous(store[n]), self.device) for n in self.meta["weights"]]
         self.input_names = list(self.meta["inputs"])
         self.output_names = list(self.meta["outputs"])
         self._decode = "decode" in self.meta["functions"]
