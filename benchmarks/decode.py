@@ -123,6 +123,17 @@ def current_rss_bytes() -> int:
     return _status_kib("VmRSS") or 0
 
 
+def anon_huge_page_bytes() -> int | None:
+    """Bytes of this process's memory in transparent huge pages (AnonHugePages, /proc/self/smaps_rollup)."""
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def onnx_weight_bytes(path: Path) -> int:
     """Bytes of the initializers one token reads: all but those only gathered from (embedding tables)."""
     from collections import defaultdict
@@ -522,7 +533,7 @@ def worker(kind: str, path: str, threads: int, ctx: int) -> None:
             elif req["op"] == "prefill":
                 reply({"s": runner.prefill(req["ids"])})
             elif req["op"] == "rss":
-                reply({"peak": peak_rss_bytes(), "current": current_rss_bytes()})
+                reply({"peak": peak_rss_bytes(), "current": current_rss_bytes(), "huge": anon_huge_page_bytes()})
             elif req["op"] == "quit":
                 reply({"bye": True})
                 return
@@ -1058,6 +1069,7 @@ def main() -> None:
             "matmulnbits_alone_ms": (floors.get(n) or {}).get("ms_per_token"),
             "without_matmulnbits_ms": (floors.get(n) or {}).get("rest_ms"),
             "huge_page_bytes": info[n].get("huge_page_bytes"),
+            "anon_huge_page_bytes": rss[n].get("huge"),
             "matmulnbits_alone_pages": (floors.get(n) or {}).get("pages"),
         })
     base = next((r for r in rows if r["system"] == BASELINE), None)
@@ -1081,6 +1093,9 @@ def main() -> None:
         if r["huge_page_bytes"]:
             notes.append(f"`{r['system']}`: {r['huge_page_bytes'] / mb:.0f} MB of the session's memory "
                          f"(the prepacked weights) moved to 2 MiB pages at load (edgec/memory.py)")
+    huge = [f"{r['system']} {r['anon_huge_page_bytes'] / mb:.0f}" for r in rows if r["anon_huge_page_bytes"] is not None]
+    if huge:
+        notes.append("MB in transparent huge pages after the runs (AnonHugePages): " + ", ".join(huge))
     for r in rows:
         if r["matmulnbits_alone_ms"]:
             floor_tok_s = 1000 / r["matmulnbits_alone_ms"]
