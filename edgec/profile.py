@@ -44,6 +44,7 @@ class Profile:
     decode_tok_s: float
     decode_kernel_ms: float = 0.0  # per token, summed over nodes
     decode_overhead_ms: float = 0.0  # per token: run time - kernel time
+    huge_page_mb: float = 0.0  # of the session's memory (the prepacked weights) in 2 MiB pages (edgec/memory.py)
     prefill_ops: list[OpTime] = field(default_factory=list)
     decode_ops: list[OpTime] = field(default_factory=list)
 
@@ -110,6 +111,7 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
     if prompt_tokens + new_tokens > model.context_length:
         raise EdgecError(f"--prompt-tokens + --new-tokens must fit the context ({model.context_length})")
     prompt = _ids(model, prompt_tokens)
+    huge = getattr(model.executor, "huge_pages", None)
     _generate(model, prompt, 4)  # warm-up: first-run allocations and thread start
     prefill_s, step_s = _generate(model, prompt, new_tokens)
 
@@ -130,6 +132,7 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
                    prefill_ms=prefill_s * 1000, prefill_tok_s=prompt_tokens / prefill_s,
                    decode_ms_per_token=step_s * 1000, decode_tok_s=1 / step_s,
                    decode_kernel_ms=kernel_ms, decode_overhead_ms=max(0.0, run_ms - kernel_ms),
+                   huge_page_mb=huge.collapsed_bytes / 1e6 if huge else 0.0,
                    prefill_ops=_table(acc[:1]), decode_ops=_table(decode_acc))
 
 
@@ -137,7 +140,10 @@ def format_profile(p: Profile, top: int = 12) -> str:
     lines = [f"prefill   {p.prompt_tokens} tokens in {p.prefill_ms:.1f} ms ({p.prefill_tok_s:.0f} tok/s)",
              f"decode    {p.decode_ms_per_token:.2f} ms/token ({p.decode_tok_s:.1f} tok/s) over {p.new_tokens - 1} "
              f"steps; profiled: kernels {p.decode_kernel_ms:.2f} ms + onnxruntime overhead "
-             f"{p.decode_overhead_ms:.2f} ms per token", ""]
+             f"{p.decode_overhead_ms:.2f} ms per token",
+             f"memory    {p.huge_page_mb:.0f} MB of the session's memory (the prepacked weights) in 2 MiB pages"
+             + ("" if p.huge_page_mb else " (none: [onnx] huge_pages off, a model under a few MB, or no MADV_COLLAPSE)"),
+             ""]
     for title, rows, unit in (("decode, per token", p.decode_ops, "token"), ("prefill", p.prefill_ops, "run")):
         lines.append(f"{title}:")
         lines.append(f"  {'op':34s} {'calls/' + unit:>12s} {'ms/' + unit:>10s} {'share':>7s}")

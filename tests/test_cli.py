@@ -111,8 +111,9 @@ def test_profile_splits_decode_time_per_op(cli, tiny_artifact):
     ops = {o["op"]: o for o in p["decode_ops"]}
     assert ops["GroupQueryAttention"]["calls"] == 2  # one per layer and token
     assert abs(sum(o["share"] for o in p["decode_ops"]) - 1) < 1e-6
-    assert p["decode_kernel_ms"] > 0
+    assert p["decode_kernel_ms"] > 0 and p["huge_page_mb"] >= 0
     text = cli.invoke(main, ["profile", str(tiny_artifact), "--prompt-tokens", "8", "--new-tokens", "3"])
     assert text.exit_code == 0 and "decode, per token:" in text.output and "GroupQueryAttention" in text.output
+    assert "2 MiB pages" in text.output
     bad = cli.invoke(main, ["profile", str(tiny_artifact), "--new-tokens", "1"])
     assert bad.exit_code == 2 and "--new-tokens" in bad.output
