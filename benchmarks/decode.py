@@ -29,7 +29,8 @@ every system alike. Medians are reported.
   and with --threads threads; the better of the two is used).
 - MatMulNBits alone (ONNX models with int4/int8 MatMulNBits: edgec and
   onnxruntime-genai): after the runs, every MatMulNBits of the model in one
-  graph with nothing else, timed at batch 1 on the same threads; the best
+  graph with nothing else, timed at batch 1 on the same threads and in the
+  page size the system itself uses (2 MiB for edgec, see edgec/memory.py); the best
   decode speed any graph built on onnxruntime's kernels could reach, so the
   share of it a system reaches is what its other ops and overheads cost.
   For edgec artifacts also the reverse: the same graph with every MatMulNBits

@@ -5,14 +5,15 @@ weights into memory it mallocs; on a kernel whose THP mode is `madvise` (the
 common default) those bytes sit in 4 KiB pages, and walking ~90 MB of them
 per token misses the TLB tens of thousands of times (dearer still in a VM,
 where each miss walks two page tables). Measured on SmolLM2-135M int4 with
-2 threads: 174-185 tok/s in 4 KiB pages, 204-212 tok/s in 2 MiB pages.
+2 threads: 180 tok/s in 4 KiB pages, 221 tok/s in 2 MiB pages (RESULTS.md).
 
 `HugePages()` is a context manager: it notes the process's anonymous
 mappings on entry and, on exit, asks the kernel to back every range that
 appeared inside the block with huge pages (`MADV_HUGEPAGE` for later faults,
 `MADV_COLLAPSE`, Linux 6.1+, for the pages already there). Memory the caller
-had before the block is left alone, RSS does not grow (only populated
-ranges are collapsed), and anywhere this is unsupported it does nothing.
+had before the block is left alone, RSS does not grow (only huge pages whose
+512 small pages are all resident, by `mincore`, are collapsed), and where any
+of this is unsupported it does nothing.
 """
 from __future__ import annotations
 
@@ -116,10 +117,10 @@ def _resident_runs(libc, a: int, b: int) -> list[tuple[int, int]]:
     vec = ctypes.create_string_buffer((b - a) // PAGE)
     if libc.mincore(a, b - a, vec) != 0:
         return []
-    per = HUGE_PAGE // PAGE
+    per, resident = HUGE_PAGE // PAGE, vec.raw
     runs: list[tuple[int, int]] = []
     for i in range((b - a) // HUGE_PAGE):
-        if all(c & 1 for c in vec.raw[i * per:(i + 1) * per]):
+        if all(c & 1 for c in resident[i * per:(i + 1) * per]):
             lo = a + i * HUGE_PAGE
             if runs and runs[-1][1] == lo:
                 runs[-1] = (runs[-1][0], lo + HUGE_PAGE)
