@@ -96,6 +96,12 @@ NEEDS = {  # kind -> (module, what it is) that must be importable
 }
 
 
+def in_huge_pages(spec: dict) -> bool:
+    """Whether a system's weights sit in 2 MiB pages: edgec's runtime unless told not to, or glibc's tunable."""
+    env = spec.get("env") or {}
+    return (spec["kind"] == "edgec" and SMALL_PAGES not in env) or "hugetlb" in env.get("GLIBC_TUNABLES", "")
+
+
 def now() -> float:
     return time.perf_counter()
 
@@ -947,7 +953,7 @@ def main() -> None:
             labels[n] = f"edgec `{rec.get('name', SYSTEMS[n]['recipe'])}`" + (f" ({opts})" if opts else "") + \
                 (", --no-fuse" if SYSTEMS[n]["no_fuse"] else "") + \
                 (", TVM backend" if SYSTEMS[n].get("backend") == "tvm" else "") + \
-                (", weights in 4 KiB pages (huge_pages off)" if SMALL_PAGES in SYSTEMS[n].get("env", {}) else "")
+                ("" if in_huge_pages(SYSTEMS[n]) else ", weights in 4 KiB pages (huge_pages off)")
         onnx_file = {"edgec": paths[n] / "model" / "model.onnx", "ortgenai": paths[n] / "model.onnx"}.get(
             SYSTEMS[n]["kind"])
         if onnx_file is not None and onnx_file.is_file():
@@ -1033,11 +1039,12 @@ def main() -> None:
     for n in order:
         if n in onnx_files and n in rss:
             say(f"{n}: timing its MatMulNBits kernels alone")
-            env = SYSTEMS[n].get("env") or {}
-            huge = SYSTEMS[n]["kind"] == "edgec" and SMALL_PAGES not in env  # as the system's own runtime does
-            floors[n] = matmulnbits_floor(onnx_files[n], args.threads, huge, env)
+            spec = SYSTEMS[n]
+            # edgec moves the floor's weights itself, as its runtime does; glibc's tunable comes with env
+            floors[n] = matmulnbits_floor(onnx_files[n], args.threads,
+                                          spec["kind"] == "edgec" and in_huge_pages(spec), spec.get("env"))
             if floors[n] is not None:
-                floors[n]["pages"] = "2 MiB" if huge or "hugetlb" in env.get("GLIBC_TUNABLES", "") else "4 KiB"
+                floors[n]["pages"] = "2 MiB" if in_huge_pages(spec) else "4 KiB"
             if floors[n] is not None and SYSTEMS[n]["kind"] == "edgec":
                 floors[n]["rest_ms"] = graph_without_matmulnbits(paths[n], args.threads)
 
