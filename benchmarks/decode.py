@@ -293,6 +293,14 @@ with tempfile.TemporaryDirectory() as tmp:
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     onnx.save(m, str(art / "model" / "model.onnx"))
+    # the edited graph is a new artifact: list its model.onnx anew (unsigned: it is no build's output)
+    import hashlib, json
+    man = json.loads((art / "manifest.json").read_text())
+    blob = (art / "model" / "model.onnx").read_bytes()
+    man["files"]["model/model.onnx"] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    man["total_size"] = sum(e["size"] for e in man["files"].values())
+    (art / "manifest.json").write_text(json.dumps(man))
+    (art / "signature.json").unlink(missing_ok=True)
     model = CompiledModel(art, threads=threads, verify=False)
     prompt = list(range(100, 116))
     def step_ms(n=64):

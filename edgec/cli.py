@@ -77,6 +77,35 @@ def main():
     """edgec: compile a Hugging Face causal LM into an artifact that runs on a device."""
 
 
+def trust_options(fn):
+    """--trust KEY (repeatable) and --allow-unsigned, for every command that runs an artifact."""
+    fn = click.option("--allow-unsigned", is_flag=True,
+                      help="Run an artifact with native code (TVM, C) even if no trusted key signed it: "
+                      "it is code, run it only if you trust where it came from.")(fn)
+    return click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY",
+                        help="Also trust artifacts signed by this public key (a .pub or PEM file; "
+                        "repeatable). Your own key and those in the config folder's trusted/ always are.")(fn)
+
+
+def _threads(threads):
+    from .limits import useful_threads
+
+    return useful_threads(threads)
+
+
+def _on_sigterm() -> None:
+    """SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so a build removes its temp folder."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding application's worker)
+        pass
+
+
 def _recipe_help() -> str:
     from .recipes import list_recipes
 
@@ -107,21 +136,29 @@ def _recipe_help() -> str:
 @click.option("--tune-log", type=click.Path(path_type=Path), default=None,
               help="TVM only: reuse the tuning log of an earlier artifact (or its model/tune/ folder); "
               "with --tune-minutes, tuning continues from it.")
+@click.option("--force", is_flag=True, help="Replace an existing edgec artifact at OUTPUT even if it holds "
+              "files edgec did not put there (they are deleted). Never replaces anything that is not a "
+              "verified edgec artifact.")
+@click.option("--sign", "sign", type=click.Path(path_type=Path), default=None, metavar="KEY",
+              help="Sign with this Ed25519 private key (PEM or OpenSSH) instead of your own key, which is "
+              "created on first use in the config folder ($EDGEC_CONFIG_DIR or ~/.config/edgec).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
 def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse,
-          max_context, tune_minutes, tune_log, quiet, as_json):
+          max_context, tune_minutes, tune_log, force, sign, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries(quiet or as_json)
+    _on_sigterm()
     from .artifact import load_manifest
     from .pipeline import build as do_build
 
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
                    progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
                    calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse,
-                   max_context=max_context, tune_minutes=tune_minutes, tune_log=tune_log)
+                   max_context=max_context, tune_minutes=tune_minutes, tune_log=tune_log,
+                   force=force, sign=sign)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],
@@ -142,8 +179,10 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
 @click.option("--chat", is_flag=True, help="Apply the model's chat template to the prompt.")
 @click.option("--threads", default=None, type=int, help="Threads for the backend.")
 @click.option("--stats", is_flag=True, help="Print prefill/decode speed to stderr.")
+@trust_options
 @user_errors
-def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, threads, stats):
+def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat, threads, stats, trust,
+        allow_unsigned):
     """Generate a continuation of PROMPT with ARTIFACT, streamed to stdout."""
     _quiet_libraries()
     from .runtime import Detokenizer, load
@@ -152,7 +191,7 @@ def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
     if max_new_tokens <= 0:
         raise EdgecError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
     check_options(temperature, top_k, top_p)
-    model = load(artifact, threads=threads)
+    model = load(artifact, threads=_threads(threads), trusted_keys=trust, allow_unsigned=allow_unsigned)
     ids = model.encode(prompt, chat=chat)
     detok = Detokenizer(model.tokenizer)  # per-token work independent of the text so far
     out: list[int] = []
@@ -179,17 +218,25 @@ def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--trust", "trust", multiple=True, type=click.Path(path_type=Path), metavar="KEY",
+              help="Also count this public key as trusted when showing the signer.")
 @user_errors
-def inspect(artifact, as_json):
-    """Show an artifact's manifest, sizes and graph summary (verifies checksums)."""
-    from .artifact import load_manifest
+def inspect(artifact, as_json, trust):
+    """Show an artifact's manifest, signer, sizes and graph summary (verifies every file; runs nothing)."""
+    from .artifact import open_artifact, trust_of
 
-    m = load_manifest(artifact)
+    art = open_artifact(artifact)
+    m, status = art.manifest, trust_of(art, trust)
+    art.close()
+    signer = f"{art.signer} ({status})" if art.signer else "none (unsigned)"
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(json.dumps({**m, "signature": {"signer": art.signer, "trust": status,
+                                                  "manifest_digest": art.digest}}, indent=2))
         return
     g, src = m["graph"], m["source"]
     click.echo(f"artifact     {artifact}  (format {m['format_version']}, edgec {m.get('edgec_version')})")
+    click.echo(f"signer       {signer}{'  native code: runs only if trusted' if art.native else ''}")
+    click.echo(f"manifest     {art.digest}")
     click.echo(f"source       {src['name']} ({src['architecture']}, {src['kind']}) sha256 {src['sha256'][:16]}...")
     click.echo(f"recipe       {m['recipe']['name']}: {m['recipe']['description']}")
     click.echo(f"device       {m['device']['name']}: {m['device']['description']}")
@@ -219,8 +266,10 @@ def inspect(artifact, as_json):
 @click.option("--threads", default=None, type=int, help="Threads for the backend and torch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@trust_options
 @user_errors
-def eval_(target, reference, no_reference, text, max_tokens, window, threads, quiet, as_json):
+def eval_(target, reference, no_reference, text, max_tokens, window, threads, quiet, as_json, trust,
+          allow_unsigned):
     """Perplexity of TARGET (an artifact, a model folder, a .gguf, or nothing for
     the default model) on WikiText-2, with KL divergence and top-1 agreement
     against the source model."""
@@ -230,7 +279,8 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
     if reference is not None and no_reference:
         raise EdgecError("pass either --reference or --no-reference, not both")
     r = evaluate(target, reference=False if no_reference else reference, text=text, max_tokens=max_tokens,
-                 window=window, progress=_progress(quiet or as_json), threads=threads)
+                 window=window, progress=_progress(quiet or as_json), threads=_threads(threads),
+                 trusted_keys=trust, allow_unsigned=allow_unsigned)
     if as_json:
         click.echo(json.dumps(r.to_dict()))
         return
@@ -258,15 +308,17 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
 @click.option("--threads", default=None, type=int, help="Threads for the backend.")
 @click.option("--top", default=12, show_default=True, type=click.IntRange(1), help="Op types listed per phase.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@trust_options
 @user_errors
-def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json):
+def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json, trust, allow_unsigned):
     """Prefill and decode speed of ARTIFACT, and which operators the time goes to
     (onnxruntime's per-node profiler; ONNX artifacts)."""
     _quiet_libraries()
     from .profile import format_profile
     from .profile import profile as run_profile
 
-    p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads)
+    p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=_threads(threads),
+                    trusted_keys=trust, allow_unsigned=allow_unsigned)
     click.echo(json.dumps(p.to_dict()) if as_json else format_profile(p, top))
 
 

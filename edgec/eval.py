@@ -202,7 +202,8 @@ class _Target:
     agree: int = 0
 
 
-def _open(target, window: int, need_source: bool, say: Progress, threads: int | None) -> _Target:
+def _open(target, window: int, need_source: bool, say: Progress, threads: int | None,
+          trust: dict | None = None) -> _Target:
     if hasattr(target, "logits"):
         return _Target(target, "custom", getattr(target, "name", type(target).__name__),
                        getattr(target, "size_bytes", None), getattr(target, "weight_bytes", None),
@@ -211,7 +212,7 @@ def _open(target, window: int, need_source: bool, say: Progress, threads: int | 
         from .runtime import load
 
         say(f"loading artifact {target}")
-        model = load(target, threads=threads)
+        model = load(target, threads=threads, **(trust or {}))
         if window > model.context_length:
             raise EdgecError(f"window {window} is longer than the artifact's context ({model.context_length})")
         m = model.manifest
@@ -240,7 +241,7 @@ def _log_softmax64(logits):
 
 def evaluate(target=None, reference=None, text: str | Path | None = None, max_tokens: int | None = None,
              window: int = DEFAULT_WINDOW, progress: Progress | None = None,
-             threads: int | None = None) -> EvalResult:
+             threads: int | None = None, trusted_keys=(), allow_unsigned: bool = False) -> EvalResult:
     """Perplexity of `target` on WikiText-2 (or `text`), and KL/top-1 against `reference`.
 
     target: an artifact directory; a model (HF folder, .gguf, or None = the
@@ -252,13 +253,16 @@ def evaluate(target=None, reference=None, text: str | Path | None = None, max_to
     max_tokens: evaluate only this prefix of the tokenized text, rounded down
     to whole windows (None = all of it).
     threads: for the artifact's backend and torch (None = their defaults).
+    trusted_keys, allow_unsigned: as for edgec.load.
     """
-    return evaluate_many([target], reference, text, max_tokens, window, progress, threads)[0]
+    return evaluate_many([target], reference, text, max_tokens, window, progress, threads,
+                         trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)[0]
 
 
 def evaluate_many(targets: list, reference=None, text: str | Path | None = None,
                   max_tokens: int | None = None, window: int = DEFAULT_WINDOW,
-                  progress: Progress | None = None, threads: int | None = None) -> list[EvalResult]:
+                  progress: Progress | None = None, threads: int | None = None, trusted_keys=(),
+                  allow_unsigned: bool = False) -> list[EvalResult]:
     """`evaluate` for several targets on the same windows, running the reference once per window.
 
     With reference=None the artifacts must share one source model, which then
@@ -278,7 +282,8 @@ def evaluate_many(targets: list, reference=None, text: str | Path | None = None,
 
         torch.set_num_threads(threads)
 
-    opened = [_open(t, window, reference is None, say, threads) for t in targets]
+    trust = {"trusted_keys": trusted_keys, "allow_unsigned": allow_unsigned}
+    opened = [_open(t, window, reference is None, say, threads, trust) for t in targets]
     say(f"tokenizing {text_path} ({len(body):,} characters)")
     ids = tokenize(opened[0].scorer.tokenizer, body)
     for t in opened[1:]:

@@ -99,21 +99,40 @@ def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = 
     return imported, pm
 
 
+def signing_key(sign=None):
+    """The key an artifact is signed with: None/True -> the user's own (created on first use),
+    a path -> that private key, False -> unsigned."""
+    from . import signing
+
+    if sign is False:
+        return None
+    if hasattr(sign, "sign") and hasattr(sign, "public_key"):  # already a private key
+        return sign
+    if sign is None or sign is True:
+        return signing.default_key(create=True)
+    return signing.load_private_key(sign)
+
+
 def build(model: str | Path | None = None, output: str | Path | None = None, device: str = "host",
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
-          overwrite: bool = True, calib: str | Path | None = None, calib_samples: int | None = None,
+          force: bool = False, sign=None, calib: str | Path | None = None, calib_samples: int | None = None,
           calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None,
           tune_minutes: float = 0.0, tune_log: str | Path | None = None) -> Path:
     """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase).
 
     max_context caps the context length (default: the model's) and with it the KV cache.
     tune_minutes > 0 tunes the TVM kernels with MetaSchedule for that long; tune_log reuses
-    an earlier artifact's tuning log (TVM backend only).
+    an earlier artifact's tuning log (TVM backend only). An existing OUTPUT is replaced only if
+    it is a verified edgec artifact with nothing else in it (force: extra files allowed).
+    sign: see signing_key (default: the user's own key).
     """
+    from .artifact import check_output, clean_stale
+    from .frontend import resolve_source
+
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
-    # Validate every option before any slow work.
+    # Validate every option, the model path and the output path before any slow work.
     dev = get_device(device)
     be = get_backend(backend or dev.default_backend)
     check_device = getattr(load_module(be), "check_device", None)  # e.g. TVM: triple, cross compiler
@@ -133,23 +152,29 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
             raise EdgecError(f"max-context must be a whole number >= 1, got {max_context!r}")
         rec.kv_cache["max_context"] = max_context
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
+    source = resolve_source(None if model is None else str(model))
+    out = Path(output) if output else default_output(source.name, rec.name)
+    for stale in clean_stale(out):
+        say(f"removed {stale.name}, left by a build that was killed")
+    check_output(out, force=force)
+    key = signing_key(sign)
 
     imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
     if "accuracy_level" not in rec.onnx and "accuracy_level" in dev.onnx:  # the recipe's choice wins
         imported.graph.meta["matmul_nbits_accuracy_level"] = int(dev.onnx["accuracy_level"])
-    out = Path(output) if output else default_output(imported.source.name, rec.name)
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
-                   overwrite=overwrite, started=t_start, backend_options=backend_options)
+                   force=force, sign=key if key is not None else False, started=t_start, backend_options=backend_options)
     say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
     return out
 
 
 def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,
-                   overwrite: bool = True, started: float | None = None,
+                   force: bool = False, sign=None, started: float | None = None,
                    backend_options: dict | None = None) -> Path:
     """Phases 7-8: compile the final IR with the backend and write the artifact atomically.
 
     backend_options: extra keyword arguments for the backend's compile_graph (TVM tuning).
+    sign: see signing_key (default: the user's own key).
     """
     import torch
     import transformers
@@ -162,7 +187,7 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
     graph = imported.graph
     t_start = started if started is not None else time.perf_counter()
     t_import = time.perf_counter() - t_start - sum(r.seconds for r in pm.records)
-    with ArtifactWriter(out, overwrite=overwrite) as w:
+    with ArtifactWriter(out, force=force, sign_key=signing_key(sign)) as w:
         say(f"compiling for {dev.name} with the {be.name} backend")
         t0 = time.perf_counter()
         extra = {**backend_options, "progress": say} if backend_options else {}

@@ -99,11 +99,11 @@ def _table(acc: list[dict[str, list[float]]]) -> list[OpTime]:
 
 
 def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
-            threads: int | None = None) -> Profile:
+            threads: int | None = None, trusted_keys=(), allow_unsigned: bool = False) -> Profile:
     """Wall-clock prefill/decode speed and the per-op split of both (ONNX artifacts)."""
     if prompt_tokens < 1 or new_tokens < 2:
         raise EdgecError("profile needs --prompt-tokens >= 1 and --new-tokens >= 2")
-    model = load(path, threads=threads)
+    model = load(path, threads=threads, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
     backend = model.manifest["backend"]["name"]
     if backend != "onnx":
         raise EdgecError(f"per-op profiling uses onnxruntime's profiler; this artifact's backend is {backend!r} "
@@ -116,7 +116,8 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
     prefill_s, step_s = _generate(model, prompt, new_tokens)
 
     with tempfile.TemporaryDirectory() as tmp:
-        traced = CompiledModel(path, threads=threads, verify=False,  # the same generation path, profiled
+        traced = CompiledModel(path, threads=threads, verify=False, trust=trusted_keys,  # profiled
+                               allow_unsigned=allow_unsigned,
                                executor_kwargs={"profile_prefix": str(Path(tmp) / "ort")})
         _generate(traced, prompt, new_tokens)
         events = json.loads(Path(traced.executor.session.end_profiling()).read_text())

@@ -9,53 +9,71 @@ loop feeds back the cache the backend returned last step (`forward`).
 """
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .artifact import load_manifest
+from .artifact import check_trust, open_artifact
 from .backends import get_backend, load_module
-from .errors import EdgecError
+from .errors import ArtifactError, EdgecError
+from .limits import useful_threads
+from .manifest import vocab_size
 from .sampling import check_options, sample
 
 
 class CompiledModel:
-    """An artifact ready to run. Use `edgec.load(path)`."""
+    """An artifact ready to run. Use `edgec.load(path)`.
+
+    Opening verifies the artifact (edgec.artifact.open_artifact) and checks who signed it: an
+    artifact that carries machine code (TVM, C) runs only if signed by a trusted key (yours, one
+    in the config folder's trusted/, or `trust`) unless allow_unsigned. The backend is then handed
+    exactly the verified files, and its compiled interface is checked against the manifest.
+    """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True,
-                 executor_kwargs: dict | None = None):
+                 executor_kwargs: dict | None = None, trust=(), allow_unsigned: bool = False):
         """executor_kwargs: extra arguments for the backend's executor (e.g. ONNX's profile_prefix)."""
         self.path = Path(path)
-        self.manifest = load_manifest(self.path, verify=verify)
+        threads = useful_threads(threads)
+        self.artifact = open_artifact(self.path, verify=verify)
+        self.trust = check_trust(self.artifact, trust, allow_unsigned)
+        self.manifest = self.artifact.manifest
         backend = get_backend(self.manifest["backend"]["name"])
         executor_cls = getattr(load_module(backend), backend.executor)
         # session options from the device profile's table for this backend (e.g. [onnx])
         options = (self.manifest.get("device") or {}).get(backend.name) or {}
+        if not isinstance(options, dict):
+            raise ArtifactError(f"{self.path}: manifest device.{backend.name} is not a table; rebuild the artifact")
         kwargs = ({"options": options} if options else {}) | dict(executor_kwargs or {})
-        self.executor = executor_cls(self.path / "model", threads=threads, **kwargs)
+        self.executor = executor_cls(self.artifact.files("model"), threads=threads, **kwargs)
         graph = self.manifest["graph"]
-        self.context_length = int(graph.get("context_length") or 2048)
+        self.context_length = int(graph["context_length"])
+        self.vocab_size = vocab_size(self.manifest)
+        self._check_backend(graph)
         self._past = [(v["name"], v["dtype"], v["shape"]) for v in graph["inputs"]
                       if v["name"].startswith("past_")]
-        self.eos_token_ids = set(self.manifest.get("generation", {}).get("eos_token_ids") or [])
+        self.eos_token_ids = set(self.manifest["generation"].get("eos_token_ids") or [])
         self._tokenizer = None
+
+    def _check_backend(self, graph: dict) -> None:
+        """The manifest's interface, context and vocabulary must be what the backend compiled."""
+        ex, where = self.executor, f"{self.path}: the manifest does not match the compiled model"
+        if sorted(ex.graph_inputs) != sorted(v["name"] for v in graph["inputs"]):
+            raise ArtifactError(f"{where} (inputs); rebuild the artifact")
+        if sorted(ex.output_names) != sorted(v["name"] for v in graph["outputs"]):
+            raise ArtifactError(f"{where} (outputs); rebuild the artifact")
+        for what, theirs, ours in (("context length", ex.context_length, self.context_length),
+                                   ("vocabulary", ex.vocab_size, self.vocab_size)):
+            if theirs is not None and theirs != ours:
+                raise ArtifactError(f"{where} ({what} {ours} in the manifest, {theirs} compiled); "
+                                    "rebuild the artifact")
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            folder = self.path / "tokenizer"
-            if (folder / "tokenizer.json").is_file():
-                # The artifact's tokenizer is its tokenizer.json (what AutoTokenizer resolves to
-                # here too); loading it directly keeps torch out of the process: AutoTokenizer
-                # imports it through transformers' config code (~250 MB of RSS).
-                from transformers import PreTrainedTokenizerFast
-
-                self._tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
-            else:
-                from transformers import AutoTokenizer
-
-                self._tokenizer = AutoTokenizer.from_pretrained(folder)
+            self._tokenizer = _load_tokenizer(self.artifact.files("tokenizer"), self.vocab_size, self.path)
         return self._tokenizer
 
     # -- one forward step ------------------------------------------------------
@@ -65,6 +83,7 @@ class CompiledModel:
 
     def forward(self, ids: list[int], start: int, cache: dict[str, np.ndarray]):
         """Run ids at positions start.. with the given cache; returns (logits[n, V], new cache)."""
+        ids = self.check_token_ids(ids)
         n = len(ids)
         feeds = {"input_ids": np.asarray([ids], np.int64),
                  "position_ids": np.arange(start, start + n, dtype=np.int64)[None], **cache}
@@ -78,12 +97,26 @@ class CompiledModel:
         The backend's in-place cache where it has one, else one built on forward().
         """
         capacity = min(int(capacity or self.context_length), self.context_length)
+        if capacity < 1:
+            raise EdgecError(f"KV capacity must be > 0, got {capacity}")
         make = getattr(self.executor, "sequence", None)
         seq = make(capacity) if make else None
-        return seq if seq is not None else _ForwardSequence(self, capacity)
+        return _CheckedSequence(seq if seq is not None else _ForwardSequence(self, capacity), self)
+
+    def check_token_ids(self, ids) -> list[int]:
+        """ids as ints, each in 0..vocab-1 (an out-of-range id would read outside the embedding)."""
+        try:
+            out = [operator.index(i) for i in ids]
+        except TypeError:
+            raise EdgecError("token ids must be integers") from None
+        bad = next((i for i in out if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise EdgecError(f"token id {bad} is out of range: this model's vocabulary has "
+                             f"{self.vocab_size} ids (0..{self.vocab_size - 1})")
+        return out
 
     def _check_ids(self, ids: list[int]) -> list[int]:
-        ids = [int(i) for i in ids]
+        ids = self.check_token_ids(ids)
         if not ids:
             raise EdgecError("the prompt is empty; give at least one token")
         if len(ids) >= self.context_length:
@@ -94,7 +127,7 @@ class CompiledModel:
     # -- public API ------------------------------------------------------------
     def logits(self, input_ids: list[int]) -> np.ndarray:
         """Logits for every position of input_ids: [len(input_ids), vocab]."""
-        ids = [int(i) for i in input_ids]
+        ids = self.check_token_ids(input_ids)
         if not ids or len(ids) > self.context_length:
             raise EdgecError(f"logits() needs 1..{self.context_length} tokens, got {len(ids)}")
         return self.forward(ids, 0, self.empty_cache())[0]
@@ -143,6 +176,57 @@ class CompiledModel:
         return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
+class _CheckedSequence:
+    """A backend's sequence with the token ids checked first (a decode step pays one range test)."""
+
+    def __init__(self, seq, model: CompiledModel):
+        self.inner, self._model = seq, model
+
+    @property
+    def length(self) -> int:
+        return self.inner.length
+
+    @property
+    def capacity(self) -> int:
+        return self.inner.capacity
+
+    def run(self, ids, last_only: bool = False) -> np.ndarray:
+        return self.inner.run(self._model.check_token_ids(ids), last_only=last_only)
+
+
+def _load_tokenizer(files, vocab: int, where: Path):
+    """The tokenizer from the verified files alone, copied into a private folder first: transformers
+    looks for optional files (chat templates, special-token maps) by name, and only listed ones may count."""
+    import tempfile
+
+    names = files.listing()
+    if not names:
+        raise ArtifactError(f"{where}: the artifact has no tokenizer/ files; rebuild it")
+    with tempfile.TemporaryDirectory(prefix="edgec-tok-") as tmp:
+        for rel in names:
+            target = Path(tmp) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(files.read_bytes(rel))
+        try:
+            if "tokenizer.json" in names:
+                # what AutoTokenizer resolves to here too; loading it directly keeps torch out of the
+                # process: AutoTokenizer imports it through transformers' config code (~250 MB of RSS)
+                from transformers import PreTrainedTokenizerFast
+
+                tok = PreTrainedTokenizerFast.from_pretrained(tmp)
+            else:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(tmp)
+        except Exception as e:  # noqa: BLE001 - a corrupt tokenizer file fails in many ways
+            raise ArtifactError(f"{where}: the tokenizer does not load ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:160] if str(e) else ''}); rebuild the artifact") from None
+    if len(tok) > vocab:
+        raise ArtifactError(f"{where}: the tokenizer has {len(tok)} tokens but the model only {vocab}; "
+                            "rebuild the artifact")
+    return tok
+
+
 class _ForwardSequence:
     """The sequence interface over forward() for backends without an in-place cache."""
 
@@ -185,6 +269,7 @@ class Detokenizer:
         return text[len(before):]
 
 
-def load(path: str | Path, *, threads: int | None = None) -> CompiledModel:
-    """Open an artifact (verifying its manifest and checksums)."""
-    return CompiledModel(path, threads=threads)
+def load(path: str | Path, *, threads: int | None = None, trusted_keys=(),
+         allow_unsigned: bool = False) -> CompiledModel:
+    """Open an artifact (verifying its manifest, files and signature; see CompiledModel)."""
+    return CompiledModel(path, threads=threads, trust=trusted_keys, allow_unsigned=allow_unsigned)

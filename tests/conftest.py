@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# edgec signs every artifact with the user's key, created on first use in the config folder:
+# the tests' own folder, never the developer's ~/.config/edgec
+os.environ["EDGEC_CONFIG_DIR"] = tempfile.mkdtemp(prefix="edgec-test-config-")
 
 SHARED_DATA = Path(os.environ.get("EDGEC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

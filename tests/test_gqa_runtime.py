@@ -177,7 +177,7 @@ def test_model_uses_gqa_and_matches_interpreter(built):
     np.testing.assert_allclose(model.logits(IDS), ref, atol=TOL, rtol=0)
     # the generation path: in-place cache, a prompt, a chunk of 3, then single tokens
     seq = model.sequence(len(IDS))
-    assert isinstance(seq, OnnxSequence)
+    assert isinstance(seq.inner, OnnxSequence)
     steps = [seq.run(IDS[:4])[-1].copy(), *seq.run(IDS[4:7])[:].copy()]
     for t in IDS[7:]:
         steps.append(seq.run([t])[-1].copy())
@@ -215,7 +215,7 @@ def test_greedy_generation_matches_transformers(built):
 
 def test_decode_never_copies_or_reallocates_the_cache(built):
     model = edgec.load(built.artifact)
-    seq = model.sequence(64)
+    seq = model.sequence(64).inner
     seq.run(IDS[:5])
     addresses = {n: (id(b), b.ctypes.data, seq._kv[n].data_ptr()) for n, b in seq.buffers.items()}
     assert all(a[1] == a[2] for a in addresses.values())  # the OrtValue is the numpy buffer
@@ -274,7 +274,7 @@ def test_int8_kv_cache_falls_back_to_concat(tiny_llama, tmp_path):
     model = edgec.load(art)
     assert model.manifest["backend"]["kv_cache"] == "concat" and gqa_nodes(art / "model") == 0
     seq = model.sequence(32)
-    assert isinstance(seq, _ForwardSequence)
+    assert isinstance(seq.inner, _ForwardSequence)
     tokens = model.generate(IDS[:5], max_new_tokens=8, stop_at_eos=False)
     full = model.logits(IDS[:5] + tokens)
     assert (full[4:-1].argmax(-1) == np.array(tokens)).mean() >= 0.85

@@ -20,6 +20,7 @@ from .lower import DEFAULT_OPSET, Initializer, lower_graph, onnx_dtype
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+CONTEXT_KEY = "edgec.context_length"  # metadata_props: the context the graph's tables were built for
 _PAGE = 4096
 
 
@@ -66,6 +67,9 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFA
     out_dir.mkdir(parents=True, exist_ok=True)
     lowered = lower_graph(graph, opset)
     model = lowered.model
+    if graph.meta.get("context_length"):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = CONTEXT_KEY, str(int(graph.meta["context_length"]))
     write_external(model, lowered.initializers, out_dir / DATA_FILE)
     onnx.save_model(model, out_dir / MODEL_FILE)
     # Path-based check: reads external data lazily and runs strict shape inference.

@@ -14,9 +14,11 @@ Standard ops only, chosen so the integers equal the reference's exactly:
   as u8s8 and ~125 us as fp32 MatMul. So activations are stored as uint8 with
   zero point 128 (code + 128: the same integers, shifted) against int8
   weights, the layout MLAS (VNNI vpdpbusd, ARM dot products) is built for.
-  Caveat: non-VNNI AVX2 kernels compute u8*s8 pairs with vpmaddubsw, whose
-  int16 sums can saturate (onnxruntime's documented reason for reduce_range);
-  results then differ slightly from the int32 reference on such CPUs.
+  The int8 weights are fed as uint8 with zero point 128 (u8 x u8): non-VNNI
+  AVX2 kernels compute u8 x s8 pairs with vpmaddubsw, whose int16 sums
+  saturate (onnxruntime's documented reason for reduce_range), which gave
+  errors of 40% on an AVX2-only EPYC; u8 x u8 widens to int16 first and is
+  exact there (its speed against u8 x s8 on VNNI hosts is not yet measured).
   DynamicQuantizeMatMul / MatMulIntegerToFloat take one activation scale per
   tensor (or per column), not per token, so they cannot express this op.
 - The int32 product is Cast to f32 and multiplied by the token scale, then
@@ -88,13 +90,21 @@ def _weight_kn(cx: _Ctx, wq) -> str:
     return cx.op("Transpose", wq.name, perm=[1, 0])
 
 
+def _weight_u8(cx: _Ctx, w: str) -> str:
+    """int8 codes as uint8 with zero point 128 (constant-folded at session load): u8 x u8 runs
+    MLAS's exact int16 kernels everywhere, where u8 x s8 saturates on AVX2 without VNNI."""
+    wide = cx.op("Cast", w, to=onnx_dtype("int16"))
+    return cx.op("Cast", cx.op("Add", wide, cx.const(128, "int16")), to=onnx_dtype("uint8"))
+
+
 @lowering("linear_w8a8")
 def _linear_w8a8(cx: _Ctx, n: Node) -> None:
     x, wq, w_scale = n.inputs[:3]
     bias = n.inputs[3] if len(n.inputs) > 3 else None
     out = n.output
     xq, xs = _activation_u8(cx, x)
-    acc = cx.op("MatMulInteger", xq, _weight_kn(cx, wq), cx.const(128, "uint8"))
+    acc = cx.op("MatMulInteger", xq, _weight_u8(cx, _weight_kn(cx, wq)), cx.const(128, "uint8"),
+                cx.const(128, "uint8"))
     y = cx.op("Mul", cx.op("Cast", acc, to=onnx_dtype("float32")), xs)
     last = bias is None and out.dtype == "float32"
     y = cx.op("Mul", y, _as_f32(cx, w_scale.name, w_scale.dtype), out=out.name if last else None)

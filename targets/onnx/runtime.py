@@ -9,15 +9,19 @@ decode step copies no cache and allocates nothing on the Python side.
 """
 from __future__ import annotations
 
+import contextlib
+import mmap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from edgec.errors import EdgecError
+from edgec.artifact import as_files
+from edgec.errors import ArtifactError, EdgecError
 from edgec.memory import HugePages
 
-from .compile import MODEL_FILE
+from .compile import CONTEXT_KEY, DATA_FILE, MODEL_FILE
 from .lower import LOGITS_ROWS
 from .lower_gqa import KV_LAYOUT_KEY, SHARED_BUFFER
 
@@ -62,6 +66,23 @@ def session_options(options: dict | None = None, threads: int | None = None) -> 
     return opts
 
 
+def _check_external_data(model_bytes: bytes, data_size: int) -> None:
+    """Every external tensor must lie inside the artifact's one data file, nowhere else."""
+    try:
+        model = onnx.ModelProto.FromString(model_bytes)
+    except Exception as e:  # noqa: BLE001 - protobuf's decode errors have no common base
+        raise ArtifactError(f"{MODEL_FILE} is not a valid ONNX model ({type(e).__name__}); rebuild the artifact") from None
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        ext = {e.key: e.value for e in t.external_data}
+        offset, length = ext.get("offset", "0"), ext.get("length", "")
+        if ext.get("location") != DATA_FILE or not (offset.isdigit() and length.isdigit()) \
+                or int(offset) + int(length) > data_size:
+            raise ArtifactError(f"{MODEL_FILE}: tensor {t.name!r} points outside {DATA_FILE} "
+                                f"({ext.get('location')!r} at {offset}+{length}); rebuild the artifact")
+
+
 class OnnxExecutor:
     """An onnxruntime session over `model_dir/model.onnx` (weights load from model.onnx.data).
 
@@ -70,26 +91,43 @@ class OnnxExecutor:
     `options` is the device profile's [onnx] table (see SESSION_OPTIONS).
     """
 
-    def __init__(self, model_dir: Path, *, threads: int | None = None, providers=None,
+    def __init__(self, model_dir, *, threads: int | None = None, providers=None,
                  options: dict | None = None, profile_prefix: str | None = None):
-        path = Path(model_dir)
-        if path.is_dir():
-            path = path / MODEL_FILE
-        self.path = path
+        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles)."""
+        files = as_files(model_dir)
+        self.path = Path(files.path(MODEL_FILE))
         opts = session_options(options, threads)
         if profile_prefix:  # onnxruntime's per-node trace (edgec profile); session.end_profiling() writes it
             opts.enable_profiling = True
             opts.profile_file_prefix = str(profile_prefix)
+        # The model is parsed from the verified bytes and its weights handed over from the verified
+        # file, so onnxruntime opens no path of its own (nothing outside the manifest is read).
+        model_bytes = files.read_bytes(MODEL_FILE)
+        data_size = files.size(DATA_FILE) if files.exists(DATA_FILE) else 0
+        _check_external_data(model_bytes, data_size)
         providers = providers or ["CPUExecutionProvider"]
-        # the weights onnxruntime loads and prepacks here are what every decode step streams
-        with HugePages(enabled=(options or {}).get("huge_pages", True)
-                       and providers[0] == "CPUExecutionProvider") as self.huge_pages:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        with open(files.path(DATA_FILE), "rb") if data_size else contextlib.nullcontext() as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if data_size else None
+            try:
+                if data is not None:
+                    opts.add_external_initializers_from_files_in_memory([DATA_FILE], [data], [data_size])
+                # the weights onnxruntime loads and prepacks here are what every decode step streams
+                with HugePages(enabled=(options or {}).get("huge_pages", True)
+                               and providers[0] == "CPUExecutionProvider") as self.huge_pages:
+                    self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
+            finally:
+                if data is not None:
+                    data.close()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
         # True when past and present K/V may share one preallocated buffer (GroupQueryAttention).
         self.shared_kv = meta.get(KV_LAYOUT_KEY) == SHARED_BUFFER
+        ctx = meta.get(CONTEXT_KEY)
+        self.context_length = int(ctx) if ctx and ctx.isdigit() else None
+        logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
+        self.vocab_size = logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None
+        self.graph_inputs = [n for n in self.input_names if n != LOGITS_ROWS]  # the IR's own inputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if LOGITS_ROWS in self.input_names and LOGITS_ROWS not in feeds and "input_ids" in feeds:

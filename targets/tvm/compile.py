@@ -114,6 +114,9 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, tune_minutes: flo
                  for v in graph.inputs if v.name.startswith("past_")],
         "weights": lowered.weights,
         "notes": plan.notes,
+        "context_length": graph.meta.get("context_length"),
+        "vocab_size": next((int(v.shape[-1]) for v in graph.outputs
+                            if v.name == "logits" and isinstance(v.shape[-1], int)), None),
     }
     if tuning is not None:
         meta["tuning"] = tuning

@@ -1,14 +1,18 @@
 """Run a TVM artifact: the exported library in the Relax VM, weights from safetensors."""
 from __future__ import annotations
 
+import fcntl
 import json
-from pathlib import Path
+import os
+import tempfile
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
-from edgec.errors import EdgecError
+from edgec.artifact import as_files
+from edgec.errors import ArtifactError, EdgecError
 from edgec.ir.weights import WeightStore
 from edgec.memory import HugePages
 
@@ -28,15 +32,49 @@ def _contiguous(a) -> np.ndarray:
     return a if a.flags.c_contiguous else np.array(a, order="C")
 
 
+def _check_meta(meta) -> None:
+    if not isinstance(meta, dict):
+        raise TypeError("not an object")
+    for key in ("inputs", "outputs", "weights", "functions", "past"):
+        if not isinstance(meta[key], list):
+            raise TypeError(f"{key} is not a list")
+    if not isinstance(meta["kind"], str):
+        raise TypeError("kind is not a string")
+
+
+def _load_library(code: bytes):
+    """dlopen the verified bytes themselves, from a sealed memory file: no path can be swapped
+    between the check and the load (the library is code; see docs/design.md, trust)."""
+    fd = os.memfd_create("edgec-model.so", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
+    try:
+        view = memoryview(code)
+        while view:
+            view = view[os.write(fd, view):]
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+                    | fcntl.F_SEAL_SEAL)
+        # the loader picks its format by file name: a private link named model.so to the memfd
+        with tempfile.TemporaryDirectory(prefix="edgec-lib-") as tmp:
+            link = os.path.join(tmp, LIB_FILE)
+            os.symlink(f"/proc/{os.getpid()}/fd/{fd}", link)
+            return tvm_ffi.load_module(link)
+    finally:
+        os.close(fd)  # the loader's mapping keeps the code alive
+
+
 class TvmExecutor:
     """The Relax VM over model.so; `prefill` serves prompts, `decode` single tokens.
 
     `options` is the device profile's [tvm] table (none are defined yet).
     """
 
-    def __init__(self, model_dir: Path, *, threads: int | None = None, options: dict | None = None):
-        model_dir = Path(model_dir)
-        self.meta = json.loads((model_dir / META_FILE).read_text())
+    def __init__(self, model_dir, *, threads: int | None = None, options: dict | None = None):
+        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles)."""
+        files = as_files(model_dir)
+        try:
+            self.meta = json.loads(files.read_bytes(META_FILE))
+            _check_meta(self.meta)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ArtifactError(f"{META_FILE} is not a valid TVM manifest ({e}); rebuild the artifact") from None
         if self.meta.get("cross_compiled"):
             raise EdgecError(f"this TVM artifact was built for {self.meta['triple']} and cannot run on "
                              "this machine; copy it to the device (with an aarch64 TVM runtime)")
@@ -47,14 +85,21 @@ class TvmExecutor:
         else:
             self.device = tvm.cpu(0)
         _set_threads(threads)
-        lib = tvm.runtime.load_module(str(model_dir / LIB_FILE))
+        lib = _load_library(files.read_bytes(LIB_FILE))
         self.vm = relax.VirtualMachine(lib, self.device)
-        store = WeightStore.open(model_dir / WEIGHTS_FILE)
+        store = WeightStore.open(files.path(WEIGHTS_FILE))
+        missing = [n for n in self.meta["weights"] if n not in store]
+        if missing:
+            raise ArtifactError(f"{WEIGHTS_FILE} lacks {len(missing)} weights the library needs "
+                                f"({', '.join(missing[:3])}); rebuild the artifact")
         # every decode step streams the weights: on the CPU, keep them in 2 MiB pages (edgec/memory.py)
         with HugePages(enabled=self.meta["kind"] != "cuda") as self.huge_pages:
             self.params = [tvm.runtime.tensor(_contiguous(store[n]), self.device) for n in self.meta["weights"]]
         self.input_names = list(self.meta["inputs"])
         self.output_names = list(self.meta["outputs"])
+        self.graph_inputs = self.input_names
+        self.context_length = self.meta.get("context_length")
+        self.vocab_size = self.meta.get("vocab_size")
         self._decode = "decode" in self.meta["functions"]
 
     def call(self, args: list, seq: int) -> list:
