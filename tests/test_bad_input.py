@@ -6,7 +6,7 @@ import transformers
 from click.testing import CliRunner
 
 from edgec.cli import main
-from tiny import tiny_tokenizer
+from tiny import VOCAB, tiny_tokenizer
 
 
 def fails(args, *needles):
@@ -45,7 +45,7 @@ def test_corrupt_safetensors(tiny_llama, tmp_path):
 
 
 def test_unsupported_architecture(tmp_path):
-    cfg = transformers.FalconConfig(vocab_size=73, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
+    cfg = transformers.FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
     path = tmp_path / "falcon"
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
@@ -144,3 +144,78 @@ def test_python_api_errors(tiny_artifact):
         model.generate([], max_new_tokens=3)
     with pytest.raises(edgec.EdgecError, match="unknown device"):
         edgec.build(None, "x", device="nope")
+
+
+# -- token ids, the manifest against the compiled model, unlisted files, trust (issue: trusted artifacts) --
+@pytest.mark.parametrize("bad", [-1, "vocab", 10**12])
+def test_token_ids_out_of_range_are_refused_everywhere(tiny_artifact, bad):
+    import edgec
+
+    model = edgec.load(tiny_artifact)
+    bad = model.vocab_size if bad == "vocab" else bad
+    for call in (lambda: model.logits([1, bad]), lambda: model.generate([bad], 2),
+                 lambda: model.sequence(8).run([bad]), lambda: model.forward([bad], 0, model.empty_cache())):
+        with pytest.raises(edgec.EdgecError, match=f"token id {bad} is out of range"):
+            call()
+    with pytest.raises(edgec.EdgecError, match="must be integers"):
+        model.logits([1.5])
+
+
+def _unsigned_copy(tiny_artifact, tmp_path):
+    dst = tmp_path / "art"
+    shutil.copytree(tiny_artifact, dst)
+    (dst / "signature.json").unlink()
+    return dst
+
+
+def test_edited_context_length_is_caught_against_the_compiled_model(tiny_artifact, tmp_path):
+    import json
+
+    art = _unsigned_copy(tiny_artifact, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    m["graph"]["context_length"] = 100000
+    (art / "manifest.json").write_text(json.dumps(m))
+    fails(["run", str(art), "-p", "hi"], "context length 100000 in the manifest, 128 compiled")
+
+
+def test_edited_signed_manifest_is_caught(artifact_copy):
+    text = (artifact_copy / "manifest.json").read_text()
+    (artifact_copy / "manifest.json").write_text(text.replace('"context_length": 128', '"context_length": 64'))
+    fails(["run", str(artifact_copy), "-p", "hi"], "signature does not match the manifest")
+
+
+def test_unlisted_chat_template_is_refused(artifact_copy):
+    extra = artifact_copy / "tokenizer" / "additional_chat_templates"
+    extra.mkdir()
+    (extra / "default.jinja").write_text("{{ 'evil' }}")
+    fails(["run", str(artifact_copy), "-p", "hi", "--chat"], "additional_chat_templates/default.jinja is not listed")
+    fails(["inspect", str(artifact_copy)], "is not listed")
+
+
+def test_inspect_shows_signer_and_digest(tiny_artifact):
+    from edgec import signing
+
+    r = CliRunner().invoke(main, ["inspect", str(tiny_artifact)])
+    assert r.exit_code == 0, r.output
+    mine = signing.key_id(signing.default_key(create=False).public_key())
+    assert f"signer       {mine} (yours)" in r.output
+    assert "manifest     sha256:" in r.output
+
+
+def test_threads_are_checked_and_capped(tiny_artifact):
+    import os
+
+    fails(["run", str(tiny_artifact), "-p", "hi", "--threads", "0"], "--threads")
+    r = CliRunner().invoke(main, ["run", str(tiny_artifact), "-p", "hi", "-n", "2", "--threads", "3000"])
+    assert r.exit_code == 0, r.output
+    from edgec.limits import useful_threads
+    assert useful_threads(3000) == len(os.sched_getaffinity(0))
+
+
+def test_build_checks_output_before_loading_the_model(tiny_llama, tmp_path):
+    import time
+
+    (tmp_path / "file").write_text("x")
+    t0 = time.perf_counter()
+    fails(["build", str(tiny_llama), "-o", str(tmp_path / "file" / "out")], "is not a folder")
+    assert time.perf_counter() - t0 < 5  # before tracing (which takes several seconds)

@@ -113,6 +113,40 @@ def test_greedy_generation_matches_onnx_artifact(fp32, tiny_artifact):
 
 
 @needs_tvm
+def test_out_of_range_token_ids_are_refused_not_a_crash(fp32):
+    model = edgec.load(fp32[1])
+    for bad in (model.vocab_size, -1):  # an id >= vocab used to segfault the TVM runtime
+        with pytest.raises(edgec.EdgecError, match="out of range"):
+            model.logits([1, bad])
+        with pytest.raises(edgec.EdgecError, match="out of range"):
+            model.sequence(8).run([bad])
+
+
+@needs_tvm
+def test_native_artifact_is_refused_unsigned_or_untrusted(fp32, tmp_path):
+    import shutil
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from edgec import signing
+
+    unsigned = tmp_path / "unsigned"
+    shutil.copytree(fp32[1], unsigned)
+    (unsigned / "signature.json").unlink()
+    with pytest.raises(edgec.EdgecError, match="contains native code and is not signed"):
+        edgec.load(unsigned)
+    assert edgec.load(unsigned, allow_unsigned=True).logits(IDS[:3]).shape[0] == 3
+    stranger = Ed25519PrivateKey.generate()
+    (unsigned / "signature.json").write_bytes(signing.signature_bytes(
+        signing.sign_manifest((unsigned / "manifest.json").read_bytes(), stranger)))
+    with pytest.raises(edgec.EdgecError, match="a key you do not trust"):
+        edgec.load(unsigned)
+    pub = tmp_path / "stranger.pub"
+    pub.write_text(signing.public_line(stranger.public_key()))
+    assert edgec.load(unsigned, trusted_keys=[pub]).trust == "trusted"
+
+
+@needs_tvm
 @pytest.mark.parametrize("recipe", ["int4-rtn", "int8-kv"])
 def test_compressed_recipes_match_interpreter(recipe, tiny_llama, tmp_path):
     check_prefill_and_decode(*build_tvm(tiny_llama, tmp_path / recipe, recipe))
