@@ -87,6 +87,12 @@ class DirectoryFiles:
     def exists(self, rel: str) -> bool:
         return (self.root / rel).is_file()
 
+    def folder(self) -> Path:
+        return self.root
+
+    def is_current(self, rel: str) -> bool:
+        return True
+
     def sub(self, prefix: str) -> "DirectoryFiles":
         return DirectoryFiles(self.root / prefix)
 
@@ -127,6 +133,21 @@ class VerifiedFiles:
 
     def exists(self, rel: str) -> bool:
         return (f"{self.prefix}/{rel}" if self.prefix else rel) in self.art.fds
+
+    def folder(self) -> Path:
+        """This view's folder on disk, for a loader that must open a file by name (see is_current)."""
+        return self.art.path / self.prefix
+
+    def is_current(self, rel: str) -> bool:
+        """True while folder()/rel is still the very file that was verified (same inode, which the
+        pinned descriptor keeps from being reused): a loader that opened it by name between two
+        such checks read the verified file, not a rebuild's."""
+        try:
+            st = os.stat(self.folder() / rel)
+        except OSError:
+            return False
+        pinned = os.fstat(self.art.fds[self._key(rel)])
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (pinned.st_dev, pinned.st_ino)
 
     def sub(self, prefix: str) -> "VerifiedFiles":
         return VerifiedFiles(self.art, f"{self.prefix}/{prefix}" if self.prefix else prefix)
@@ -245,10 +266,16 @@ def open_artifact(path: str | Path, *, verify: bool = True, allow_extra: bool = 
     for attempt in range(_OPEN_TRIES):
         try:
             return _open_once(path, verify, allow_extra)
+        except _Swapped:
+            continue  # a rebuild replaced the folder while it was being read: read the new one
         except FileNotFoundError:
             if attempt + 1 == _OPEN_TRIES or not path.exists():
                 break
     raise ArtifactError(f"no artifact at {path} (or it was removed while loading); build one with `edgec build`")
+
+
+class _Swapped(Exception):
+    """The folder at the artifact's path is no longer the one being read."""
 
 
 def _open_once(path: Path, verify: bool, allow_extra: bool) -> VerifiedArtifact:
@@ -310,12 +337,22 @@ def _open_once(path: Path, verify: bool, allow_extra: bool) -> VerifiedArtifact:
         if sig is not None:
             art.signature = signing.parse_signature(sig)
             art.signer = signing.verify_manifest_signature(art.manifest_bytes, art.signature)
-    except BaseException:
+    except BaseException as e:
         art.close()
+        if isinstance(e, (ArtifactError, OSError)) and _moved(root, path):
+            raise _Swapped() from None
         raise
     finally:
         os.close(root)
     return art
+
+
+def _moved(root_fd: int, path: Path) -> bool:
+    try:
+        now, was = os.stat(path), os.fstat(root_fd)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (was.st_dev, was.st_ino)
 
 
 def _read_top(root: int, path: Path, name: str, required: bool) -> bytes | None:

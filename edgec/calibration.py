@@ -19,10 +19,18 @@ import numpy as np
 from .errors import EdgecError
 from .ir import Graph, Node, Value
 from .ir.ops import get_op
+from .limits import check_int, check_memory
 
 DEFAULT_SAMPLES = 128
 DEFAULT_SEQLEN = 512
+MAX_SAMPLES = 100_000
+MAX_SEQLEN = 1_000_000
 TEXT_SUFFIXES = (".txt", ".raw", ".text", ".md")
+# run_calibration keeps every window's activations at once; before the model is known, count
+# at least two fp32 activations of 128 features per token (any real model holds far more).
+MIN_BYTES_PER_TOKEN = 16 + 2 * 4 * 128
+LIVE_ACTIVATIONS = 2  # measured: ~1.8 of the widest activation per token and window stay alive
+MEMORY_HINT = "pass a smaller --calib-samples or --calib-seqlen"
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,38 @@ class CalibConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.samples <= 0:
-            raise EdgecError(f"--calib-samples must be > 0, got {self.samples}")
-        if self.seqlen <= 1:
-            raise EdgecError(f"--calib-seqlen must be > 1, got {self.seqlen}")
+        """Types and ranges, then a memory floor: all before the model is loaded."""
+        if self.source is not None and not isinstance(self.source, str):
+            raise EdgecError(f"--calib must be a path or hf:DATASET[:CONFIG]:SPLIT, got {self.source!r}")
+        check_int(self.samples, "--calib-samples", 1, MAX_SAMPLES)
+        check_int(self.seqlen, "--calib-seqlen", 2, MAX_SEQLEN)
+        check_int(self.seed, "calibration seed", 0)
+        check_memory(self.samples * self.seqlen * MIN_BYTES_PER_TOKEN,
+                     f"calibrating on {self.samples:,} windows of {self.seqlen:,} tokens", MEMORY_HINT)
+
+    @classmethod
+    def from_settings(cls, table: dict, source=None, samples=None, seqlen=None) -> "CalibConfig":
+        """Command-line values win over a recipe's [calibration] table; each is checked under its own name.
+
+        A recipe's TOML can hold any type (samples = "x", 3.5, true): those get
+        a one-line error naming the recipe key instead of int()'s traceback.
+        """
+        def pick(cli, key, default, flag, lo, hi):
+            if cli is not None:
+                return check_int(cli, flag, lo, hi)
+            if key in table:
+                return check_int(table[key], f"the recipe's [calibration] {key}", lo, hi)
+            return default
+
+        src = source if source is not None else table.get("source")
+        if src is not None and not isinstance(src, (str, Path)):
+            raise EdgecError(f"the recipe's [calibration] source must be a path string, got {src!r}")
+        cfg = cls(source=None if src is None else str(src),
+                  samples=pick(samples, "samples", DEFAULT_SAMPLES, "--calib-samples", 1, MAX_SAMPLES),
+                  seqlen=pick(seqlen, "seqlen", DEFAULT_SEQLEN, "--calib-seqlen", 2, MAX_SEQLEN),
+                  seed=pick(None, "seed", 0, "seed", 0, None))
+        cfg.check()
+        return cfg
 
 
 def read_text(source: str | Path) -> str:
@@ -120,6 +156,7 @@ def run_calibration(graph: Graph, windows: list[np.ndarray], wants: Callable[[No
         if n not in needed:
             needed.add(n)
             stack.extend(v.producer for v in n.inputs if v.producer is not None)
+    _check_calibration_memory(needed, windows)
     last_use: dict[Value, int] = {}
     for i, n in enumerate(nodes):
         if n in needed or n in wanted:
@@ -158,6 +195,33 @@ def run_calibration(graph: Graph, windows: list[np.ndarray], wants: Callable[[No
                 for env in envs:
                     env.pop(v, None)
     return visited
+
+
+def calibration_bytes(nodes, windows: list[np.ndarray]) -> int:
+    """About the bytes run_calibration holds for `windows` through `nodes`.
+
+    Every window's live activations are kept at once (LIVE_ACTIVATIONS of the
+    widest [.., seq, width] value per token), and one window at a time builds
+    its attention scores (2 x heads x seq^2 fp32: scores and softmax).
+    """
+    width, heads = 0, 0
+    for n in nodes:
+        for v in n.outputs:
+            if "seq" in v.shape and isinstance(v.shape[-1], int):
+                width = max(width, v.shape[-1])
+        if n.op == "attention" and n.inputs and len(n.inputs[0].shape) == 4 \
+                and isinstance(n.inputs[0].shape[1], int):
+            heads = max(heads, n.inputs[0].shape[1])
+    tokens = sum(len(w) for w in windows)
+    longest = max((len(w) for w in windows), default=0)
+    return tokens * (16 + LIVE_ACTIVATIONS * 4 * width) + 2 * 4 * heads * longest * longest
+
+
+def _check_calibration_memory(nodes, windows: list[np.ndarray]) -> None:
+    """Fail before the first node runs rather than after minutes of calibration."""
+    longest = max((len(w) for w in windows), default=0)
+    check_memory(calibration_bytes(nodes, windows),
+                 f"calibrating on {len(windows):,} windows of {longest:,} tokens", MEMORY_HINT)
 
 
 def linear_weight_name(node: Node) -> str | None:

@@ -53,15 +53,9 @@ def _generation_info(tokenizer, model) -> dict:
 
 def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
     """Calibration settings: command-line values win over the recipe's [calibration] table."""
-    from .calibration import DEFAULT_SAMPLES, DEFAULT_SEQLEN, CalibConfig
+    from .calibration import CalibConfig
 
-    rc = recipe.calibration
-    cfg = CalibConfig(
-        source=str(calib) if calib is not None else rc.get("source"),
-        samples=int(calib_samples if calib_samples is not None else rc.get("samples", DEFAULT_SAMPLES)),
-        seqlen=int(calib_seqlen if calib_seqlen is not None else rc.get("seqlen", DEFAULT_SEQLEN)),
-        seed=int(rc.get("seed", 0)))
-    cfg.check()
+    cfg = CalibConfig.from_settings(recipe.calibration, calib, calib_samples, calib_seqlen)
     if recipe.needs_calibration:
         from .calibration import read_text
 

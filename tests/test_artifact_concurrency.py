@@ -66,3 +66,13 @@ def test_load_while_rebuilding(two_builds, tmp_path):
     assert errors == [] and mixed == 0, (errors[:3], mixed)
     assert seen == {"a", "b"}, seen  # loads really did overlap the swaps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # no temp folders left behind
+
+
+def test_weights_from_memory_when_the_folder_was_swapped(two_builds, tmp_path, monkeypatch):
+    """If the weight file on disk is no longer the verified inode, the verified one is used."""
+    from edgec.artifact import VerifiedFiles
+
+    (pack_a, ref_a), _ = two_builds
+    target = edgec.artifact.unpack(pack_a, tmp_path / "a")
+    monkeypatch.setattr(VerifiedFiles, "is_current", lambda self, rel: False)
+    np.testing.assert_allclose(edgec.load(target).logits(IDS), ref_a, atol=1e-5)

@@ -9,7 +9,6 @@ decode step copies no cache and allocates nothing on the Python side.
 """
 from __future__ import annotations
 
-import contextlib
 import mmap
 from pathlib import Path
 
@@ -83,6 +82,30 @@ def _check_external_data(model_bytes: bytes, data_size: int) -> None:
                                 f"({ext.get('location')!r} at {offset}+{length}); rebuild the artifact")
 
 
+def _session(files, model_bytes: bytes, data_size: int, make_opts, providers) -> ort.InferenceSession:
+    """A session over the verified graph bytes and the verified weight file.
+
+    onnxruntime reads the weights by name from the artifact's folder (it maps them, and refuses a
+    link to a descriptor); that is the verified file if it is still the same inode before and
+    after (files.is_current). If a rebuild swapped the folder meanwhile, the verified file is
+    handed over from memory instead, at the cost of one more copy of the weights at load.
+    """
+    if not data_size:
+        return ort.InferenceSession(model_bytes, sess_options=make_opts(), providers=providers)
+    if files.is_current(DATA_FILE):
+        by_name = make_opts()
+        by_name.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(files.folder()))
+        session = ort.InferenceSession(model_bytes, sess_options=by_name, providers=providers)
+        if files.is_current(DATA_FILE):
+            return session
+        del session
+    opts = make_opts()
+    with open(files.path(DATA_FILE), "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        opts.add_external_initializers_from_files_in_memory([DATA_FILE], [data], [data_size])
+        return ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
+
+
 class OnnxExecutor:
     """An onnxruntime session over `model_dir/model.onnx` (weights load from model.onnx.data).
 
@@ -96,28 +119,25 @@ class OnnxExecutor:
         """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles)."""
         files = as_files(model_dir)
         self.path = Path(files.path(MODEL_FILE))
-        opts = session_options(options, threads)
-        if profile_prefix:  # onnxruntime's per-node trace (edgec profile); session.end_profiling() writes it
-            opts.enable_profiling = True
-            opts.profile_file_prefix = str(profile_prefix)
-        # The model is parsed from the verified bytes and its weights handed over from the verified
-        # file, so onnxruntime opens no path of its own (nothing outside the manifest is read).
+
+        def make_opts() -> ort.SessionOptions:
+            opts = session_options(options, threads)
+            if profile_prefix:  # onnxruntime's per-node trace (edgec profile); session.end_profiling() writes it
+                opts.enable_profiling = True
+                opts.profile_file_prefix = str(profile_prefix)
+            return opts
+
+        make_opts()  # bad options fail here, before any file is read
+        # The graph is parsed from the verified bytes; the weights are the verified file (see _session),
+        # and every external tensor must point into it: onnxruntime reads nothing outside the manifest.
         model_bytes = files.read_bytes(MODEL_FILE)
         data_size = files.size(DATA_FILE) if files.exists(DATA_FILE) else 0
         _check_external_data(model_bytes, data_size)
         providers = providers or ["CPUExecutionProvider"]
-        with open(files.path(DATA_FILE), "rb") if data_size else contextlib.nullcontext() as f:
-            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if data_size else None
-            try:
-                if data is not None:
-                    opts.add_external_initializers_from_files_in_memory([DATA_FILE], [data], [data_size])
-                # the weights onnxruntime loads and prepacks here are what every decode step streams
-                with HugePages(enabled=(options or {}).get("huge_pages", True)
-                               and providers[0] == "CPUExecutionProvider") as self.huge_pages:
-                    self.session = ort.InferenceSession(model_bytes, sess_options=opts, providers=providers)
-            finally:
-                if data is not None:
-                    data.close()
+        # the weights onnxruntime loads and prepacks here are what every decode step streams
+        with HugePages(enabled=(options or {}).get("huge_pages", True)
+                       and providers[0] == "CPUExecutionProvider") as self.huge_pages:
+            self.session = _session(files, model_bytes, data_size, make_opts, providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = self.session.get_modelmeta().custom_metadata_map
