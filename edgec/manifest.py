@@ -14,9 +14,9 @@ import re
 from pathlib import PurePosixPath
 
 from .errors import ArtifactError
+from .limits import MAX_CONTEXT  # noqa: F401 - one bound for configs, builds and manifests
 
 FORMAT_VERSION = 2
-MAX_CONTEXT = 1 << 24  # tokens; far above any model's, far below an allocation that cannot work
 MAX_FILES = 100_000
 MAX_FILE_SIZE = 1 << 44  # 16 TiB
 MAX_VOCAB = 1 << 24

@@ -151,7 +151,13 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     for stale in clean_stale(out):
         say(f"removed {stale.name}, left by a build that was killed")
     check_output(out, force=force)
+    from . import signing
+
+    first_key = sign is None and not signing.default_key_path().exists()
     key = signing_key(sign)
+    if first_key:
+        say(f"created your signing key {signing.default_key_path()} (share the .pub beside it "
+            "with those who run your artifacts)")
 
     imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
     if "accuracy_level" not in rec.onnx and "accuracy_level" in dev.onnx:  # the recipe's choice wins

@@ -156,7 +156,10 @@ def _mutate(art, kind, rel, n, value):
         os.rename(art / "model" / "extra", art.parent / f"extra-{n}")
         (art / "model" / "extra").symlink_to(art.parent / f"extra-{n}")
     elif kind == "manifest_field":
-        m = json.loads((art / MANIFEST).read_text())
+        try:
+            m = json.loads((art / MANIFEST).read_bytes())
+        except ValueError:  # an earlier mutation already broke the JSON
+            return
         paths = list(_paths(m))
         m = _replace(m, paths[n % len(paths)], value)
         (art / MANIFEST).write_text(json.dumps(m))
