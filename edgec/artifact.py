@@ -292,8 +292,7 @@ def _open_once(path: Path, verify: bool, allow_extra: bool) -> VerifiedArtifact:
         listed = art.manifest["files"]
         found: dict[str, str] = {}
         _walk(root, "", found)
-        parents = {str(PurePosixPath(rel).parent) for rel in listed} | {
-            p.as_posix() for rel in listed for p in PurePosixPath(rel).parents}
+        parents = {p.as_posix() for rel in listed for p in PurePosixPath(rel).parents}
         for rel, kind in sorted(found.items(), key=lambda kv: (kv[1] == "dir", kv[0])):  # files first
             if rel in TOP_LEVEL and kind == "file":
                 continue

@@ -87,12 +87,6 @@ def trust_options(fn):
                         "repeatable). Your own key and those in the config folder's trusted/ always are.")(fn)
 
 
-def _threads(threads):
-    from .limits import useful_threads
-
-    return useful_threads(threads)
-
-
 def _on_sigterm() -> None:
     """SIGTERM (a killed job, a CI timeout) unwinds like Ctrl-C, so a build removes its temp folder."""
     import signal
@@ -191,7 +185,7 @@ def run(artifact, prompt, max_new_tokens, temperature, top_k, top_p, seed, chat,
     if max_new_tokens <= 0:
         raise EdgecError(f"--max-new-tokens must be > 0, got {max_new_tokens}")
     check_options(temperature, top_k, top_p)
-    model = load(artifact, threads=_threads(threads), trusted_keys=trust, allow_unsigned=allow_unsigned)
+    model = load(artifact, threads=threads, trusted_keys=trust, allow_unsigned=allow_unsigned)
     ids = model.encode(prompt, chat=chat)
     detok = Detokenizer(model.tokenizer)  # per-token work independent of the text so far
     out: list[int] = []
@@ -279,7 +273,7 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
     if reference is not None and no_reference:
         raise EdgecError("pass either --reference or --no-reference, not both")
     r = evaluate(target, reference=False if no_reference else reference, text=text, max_tokens=max_tokens,
-                 window=window, progress=_progress(quiet or as_json), threads=_threads(threads),
+                 window=window, progress=_progress(quiet or as_json), threads=threads,
                  trusted_keys=trust, allow_unsigned=allow_unsigned)
     if as_json:
         click.echo(json.dumps(r.to_dict()))
@@ -317,7 +311,7 @@ def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json, trust, a
     from .profile import format_profile
     from .profile import profile as run_profile
 
-    p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=_threads(threads),
+    p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads,
                     trusted_keys=trust, allow_unsigned=allow_unsigned)
     click.echo(json.dumps(p.to_dict()) if as_json else format_profile(p, top))
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import EdgecError
+from .limits import useful_threads
 
 DEFAULT_WINDOW = 512
 WIKITEXT_TEST = Path("wikitext-2-raw") / "wiki.test.raw"
@@ -277,6 +278,7 @@ def evaluate_many(targets: list, reference=None, text: str | Path | None = None,
     if reference is not None and reference is not False:
         reference = _resolve(reference)  # a one-line error for a bad path before loading anything
     text_path, body = read_eval_text(text)
+    threads = useful_threads(threads)
     if threads:
         import torch
 

@@ -93,9 +93,9 @@ def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = 
     return imported, pm
 
 
-def signing_key(sign=None):
-    """The key an artifact is signed with: None/True -> the user's own (created on first use),
-    a path -> that private key, False -> unsigned."""
+def signing_key(sign=None, progress: Progress | None = None):
+    """The key an artifact is signed with: None/True -> the user's own (created on first use,
+    which progress is told), a path -> that private key, a key -> itself, False -> unsigned."""
     from . import signing
 
     if sign is False:
@@ -103,7 +103,13 @@ def signing_key(sign=None):
     if hasattr(sign, "sign") and hasattr(sign, "public_key"):  # already a private key
         return sign
     if sign is None or sign is True:
-        return signing.default_key(create=True)
+        path = signing.default_key_path()
+        first = not path.exists()
+        key = signing.default_key(create=True)
+        if first and progress:
+            progress(f"created your signing key {path} (share the .pub beside it "
+                     "with those who run your artifacts)")
+        return key
     return signing.load_private_key(sign)
 
 
@@ -151,19 +157,13 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     for stale in clean_stale(out):
         say(f"removed {stale.name}, left by a build that was killed")
     check_output(out, force=force)
-    from . import signing
-
-    first_key = sign is None and not signing.default_key_path().exists()
-    key = signing_key(sign)
-    if first_key:
-        say(f"created your signing key {signing.default_key_path()} (share the .pub beside it "
-            "with those who run your artifacts)")
+    key = signing_key(sign, say)
 
     imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
     if "accuracy_level" not in rec.onnx and "accuracy_level" in dev.onnx:  # the recipe's choice wins
         imported.graph.meta["matmul_nbits_accuracy_level"] = int(dev.onnx["accuracy_level"])
     write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
-                   force=force, sign=key if key is not None else False, started=t_start, backend_options=backend_options)
+                   force=force, sign=False if key is None else key, started=t_start, backend_options=backend_options)
     say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
     return out
 

@@ -96,12 +96,16 @@ class CompiledModel:
 
         The backend's in-place cache where it has one, else one built on forward().
         """
+        return _CheckedSequence(self._sequence(capacity), self)
+
+    def _sequence(self, capacity: int | None):
+        """The backend's sequence without the id check (for callers whose ids are already in range)."""
         capacity = min(int(capacity or self.context_length), self.context_length)
         if capacity < 1:
             raise EdgecError(f"KV capacity must be > 0, got {capacity}")
         make = getattr(self.executor, "sequence", None)
         seq = make(capacity) if make else None
-        return _CheckedSequence(seq if seq is not None else _ForwardSequence(self, capacity), self)
+        return seq if seq is not None else _ForwardSequence(self, capacity)
 
     def check_token_ids(self, ids) -> list[int]:
         """ids as ints, each in 0..vocab-1 (an out-of-range id would read outside the embedding)."""
@@ -142,7 +146,8 @@ class CompiledModel:
         ids = self._check_ids(prompt_ids)
         rng = np.random.default_rng(seed)
         # the last token yielded is never fed back: len(ids) + max_new_tokens - 1 rows suffice
-        seq = self.sequence(len(ids) + max_new_tokens - 1)
+        # ids were checked above and sampled tokens are < vocab: no per-step id check needed
+        seq = self._sequence(len(ids) + max_new_tokens - 1)
         logits = seq.run(ids, last_only=True)
         for i in range(max_new_tokens):
             tok = sample(logits[-1], rng, temperature, top_k, top_p)

@@ -259,8 +259,8 @@ def test_decode_steps_keep_no_python_allocations(built):
 def test_stream_uses_one_sequence_sized_for_the_request(built, monkeypatch):
     model = edgec.load(built.artifact)
     made = []
-    original = model.sequence
-    monkeypatch.setattr(model, "sequence", lambda cap=None: made.append(cap) or original(cap))
+    original = model._sequence
+    monkeypatch.setattr(model, "_sequence", lambda cap=None: made.append(cap) or original(cap))
     assert len(model.generate(IDS[:5], max_new_tokens=7, stop_at_eos=False)) == 7
     assert made == [5 + 7 - 1]
 
