@@ -3,7 +3,7 @@ import importlib
 import pkgutil
 
 from .manager import PassContext, PassManager, PassRecord
-from .registry import Pass, get_pass, list_passes, register_pass
+from .registry import Pass, PassResult, get_pass, list_passes, register_pass
 
 # Every module of this package registers its passes on import (one module per pass family).
 for _m in pkgutil.iter_modules(__path__):
@@ -17,5 +17,5 @@ RAISE = [("raise_rms_norm", {}), ("raise_rotary", {}), ("raise_glu", {}), ("dce"
 FUSE = [("fuse_linears", {}), ("fuse_add_rms_norm", {}), ("fuse_rotary", {}), ("dce", {})]
 LOWER = [("kv_cache", {})]
 
-__all__ = ["CANONICALIZE", "FUSE", "LOWER", "Pass", "PassContext", "PassManager", "PassRecord", "RAISE", "get_pass",
+__all__ = ["CANONICALIZE", "FUSE", "LOWER", "Pass", "PassContext", "PassManager", "PassRecord", "PassResult", "RAISE", "get_pass",
            "list_passes", "register_pass"]

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph, verify
 
-from .registry import get_pass
+from .registry import PassResult, get_pass
 
 
 @dataclass
@@ -19,9 +19,10 @@ class PassRecord:
     summary: str
     seconds: float
     nodes: int
+    counts: dict[str, int | float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"pass": self.name, "options": self.options, "summary": self.summary,
+        return {"pass": self.name, "options": self.options, "summary": self.summary, "counts": self.counts,
                 "seconds": round(self.seconds, 4), "nodes_after": self.nodes}
 
 
@@ -64,11 +65,11 @@ class PassManager:
             options = p.check_options(opts)
             t0 = time.perf_counter()
             extra = {"ctx": self.context} if p.needs_calibration else {}
-            summary = p.fn(graph, **extra, **options) or ""
+            result = PassResult.of(p.fn(graph, **extra, **options))
             dt = time.perf_counter() - t0
             verify(graph)
-            self.records.append(PassRecord(name, options, summary, dt, len(graph.nodes)))
-            self.progress(f"{phase + ': ' if phase else ''}{name}: {summary} ({dt:.2f}s)")
+            self.records.append(PassRecord(name, options, result.summary, dt, len(graph.nodes), dict(result.counts)))
+            self.progress(f"{phase + ': ' if phase else ''}{name}: {result.summary} ({dt:.2f}s)")
             if self.dump_dir:
                 self.dump_dir.mkdir(parents=True, exist_ok=True)
                 idx = len(self.records)

@@ -1,8 +1,9 @@
-"""Pass registry: every pass is a named function `graph, **options -> summary`.
+"""Pass registry: every pass is a named function `graph, **options -> PassResult`.
 
-A pass rewrites the graph in place and returns one line saying what it did
-(e.g. "raised 61 rms_norm"); options are declared with their defaults so
-recipes can be checked before anything runs.
+A pass rewrites the graph in place and returns what it did: a PassResult with
+counts (e.g. {"rms_norm": 61}) and the one line people read ("raised 61
+rms_norm"). Tests and reports use the counts, never the wording. Options are
+declared with their defaults so recipes can be checked before anything runs.
 """
 from __future__ import annotations
 
@@ -13,9 +14,27 @@ from edgec.errors import EdgecError
 
 
 @dataclass
+class PassResult:
+    """What a pass did: `counts` for programs (tests, reports), `summary` for people."""
+
+    summary: str = ""
+    counts: dict[str, int | float] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> int | float:
+        return self.counts[key]
+
+    @classmethod
+    def of(cls, returned) -> "PassResult":
+        """A pass's return value as a PassResult (a plain string or None is a summary alone)."""
+        if isinstance(returned, PassResult):
+            return returned
+        return cls("" if returned is None else str(returned))
+
+
+@dataclass
 class Pass:
     name: str
-    fn: Callable[..., str | None]
+    fn: Callable[..., "PassResult | str | None"]
     options: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
     needs_calibration: bool = False  # fn also gets ctx=PassContext (calibration windows)

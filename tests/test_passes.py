@@ -476,7 +476,7 @@ def test_pass_manager_records_and_dumps(tmp_path):
     for r in pm.records:
         assert isinstance(r.seconds, float) and 0 <= r.seconds < 5
         assert r.options == {}
-        assert set(r.to_dict()) == {"pass", "options", "summary", "seconds", "nodes_after"}
+        assert set(r.to_dict()) == {"pass", "options", "summary", "counts", "seconds", "nodes_after"}
     files = sorted(p.name for p in (tmp_path / "dump").iterdir())
     assert files == ["01-dce.txt", "02-fold_constants.txt", "03-dce.txt"]
     assert [(tmp_path / "dump" / f).read_text() for f in files] == texts
