@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -271,15 +272,33 @@ def test_stale_temp_dirs_are_cleaned_but_live_ones_kept(tmp_path):
     assert live.exists() and foreign.exists() and other.exists()
 
 
+# The build is paused where its temp folder already holds the backend's files (just before the
+# manifest is written), so the signal lands mid-build however fast the machine is.
+_PAUSED_BUILD = """
+import sys, time
+from pathlib import Path
+from edgec import artifact
+ready = Path(sys.argv.pop(1))
+def paused(self):
+    ready.write_text(str(self.dir))
+    time.sleep(120)
+artifact.ArtifactWriter._write_manifest = paused
+from edgec.cli import main
+sys.argv[0] = "edgec"
+main()
+"""
+
+
 def test_sigterm_during_build_leaves_nothing(tiny_llama, tmp_path):
-    out = tmp_path / "art"
-    proc = subprocess.Popen([sys.executable, "-m", "edgec.cli", "build", str(tiny_llama), "-o", str(out), "-q"],
-                            stderr=subprocess.PIPE, text=True)
     import time
-    deadline = time.time() + 120
-    while not leftovers(tmp_path, "art") and proc.poll() is None and time.time() < deadline:
+    out, ready = tmp_path / "art", tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_BUILD, str(ready), "build", str(tiny_llama),
+                             "-o", str(out), "-q"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while not ready.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the build ended before its temp folder was seen"
+    assert proc.poll() is None and ready.exists(), "the build never reached its pause"
+    assert leftovers(tmp_path, "art") == [Path(ready.read_text()).name]
     proc.terminate()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "interrupted" in err
