@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: machine description, medians, RESULTS.md sections."""
+"""Shared benchmark helpers: machine description, library versions, progress and notes, medians, RESULTS.md sections."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,8 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -37,6 +39,36 @@ def git_rev() -> str:
                               cwd=Path(__file__).parent).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def version(dist: str) -> str | None:
+    """An installed distribution's version (None if it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v(dist)
+    except PackageNotFoundError:
+        return None
+
+
+class Log:
+    """Progress lines on stderr, stamped with the seconds since start, and the notes a section lists."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.notes: list[str] = []
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def say(self, msg: str) -> None:
+        print(f"[{self.elapsed():6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    def note(self, msg: str) -> None:
+        """A note for the section, also said now."""
+        self.notes.append(msg)
+        self.say(msg)
 
 
 def median(xs):

@@ -91,7 +91,7 @@ def build_all(recipes: list[str], work: Path, calib: Path, samples: int, say) ->
             continue
         out = work / f"smollm2-135m-{r.replace(':', '_').replace('+', '_')}"
         key = {"recipe": r, "passes": json.loads(json.dumps([rec.passes, rec.kv_cache], default=str)),
-               "onnx": rec.onnx or None,
+               "backend": rec.backend_options or None,
                "calib": str(calib) if rec.needs_calibration else None,
                "calib_samples": samples if rec.needs_calibration else None}
         entry = cache.get(r)

@@ -6,7 +6,10 @@ windows through the IR node by node, in topological order, calling a visitor
 with the inputs every sample produced for each node it asks for. A visitor
 may rewrite the node's weights in place before the node runs, so methods that
 quantize or prune layer by layer (GPTQ, SparseGPT) see the already-compressed
-earlier layers, exactly as in their papers.
+earlier layers, exactly as in their papers. That keeps every window's live
+activations at once; passes take bounded statistics of them through
+passes/lib/activations.py, which runs one window at a time where the method
+does not need the layer-by-layer order.
 """
 from __future__ import annotations
 

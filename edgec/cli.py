@@ -124,12 +124,11 @@ def _recipe_help() -> str:
               "rotary tables), e.g. to measure what they gain.")
 @click.option("--max-context", type=int, default=None,
               help="Cap the context length in tokens (default: the model's); bounds the KV cache.")
-@click.option("--tune-minutes", type=float, default=0.0, show_default=True,
-              help="TVM only: tune the kernels with MetaSchedule for up to this many minutes on this "
-              "machine; the log is stored in the artifact (model/tune/).")
-@click.option("--tune-log", type=click.Path(path_type=Path), default=None,
-              help="TVM only: reuse the tuning log of an earlier artifact (or its model/tune/ folder); "
-              "with --tune-minutes, tuning continues from it.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE",
+              help="A backend option, over the device profile's and the recipe's [backend.<name>] "
+              "tables (repeatable). onnx: accuracy_level, opset, providers, intra_op_threads, ...; "
+              "tvm: tune_minutes=M (MetaSchedule on this machine, log kept in model/tune/), "
+              "tune_log=ARTIFACT (reuse its tuning log). Unknown keys are refused with the valid ones listed.")
 @click.option("--force", is_flag=True, help="Replace an existing edgec artifact at OUTPUT even if it holds "
               "files edgec did not put there (they are deleted). Never replaces anything that is not a "
               "verified edgec artifact.")
@@ -140,7 +139,7 @@ def _recipe_help() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
 def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse,
-          max_context, tune_minutes, tune_log, force, sign, quiet, as_json):
+          max_context, backend_opts, force, sign, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries(quiet or as_json)
@@ -151,8 +150,7 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
                    progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
                    calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse,
-                   max_context=max_context, tune_minutes=tune_minutes, tune_log=tune_log,
-                   force=force, sign=sign)
+                   max_context=max_context, backend_options=list(backend_opts), force=force, sign=sign)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],

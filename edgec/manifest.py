@@ -14,6 +14,7 @@ import re
 from pathlib import PurePosixPath
 
 from .errors import ArtifactError
+from .interface import ModelInterface
 from .limits import MAX_CONTEXT  # noqa: F401 - one bound for configs, builds and manifests
 
 FORMAT_VERSION = 2
@@ -110,6 +111,9 @@ def _validate(m) -> None:
     for f in _type(backend.get("files", []), list, "backend.files"):
         if f"model/{_str(f, 'backend.files[]')}" not in files:
             raise _Bad(f"the backend's file model/{f} is not in the file table")
+    _type(backend.get("options", {}), dict, "backend.options")
+    if "weights" in m:
+        _weights(_type(m["weights"], dict, "weights"), files)
     for key in ("source", "recipe", "device"):
         _type(m[key], dict, key)
     _str(m["recipe"].get("name"), "recipe.name", 256)
@@ -120,6 +124,18 @@ def _validate(m) -> None:
         _type(m["build"], dict, "build")
     vocab = _graph(_type(m["graph"], dict, "graph"))
     _generation(_type(m["generation"], dict, "generation"), vocab)
+
+
+def _weights(weights: dict, files: dict) -> None:
+    """The weight planner's blobs per memory tier: each a listed file, holding at most its size."""
+    for tier, entry in _type(weights.get("tiers", {}), dict, "weights.tiers").items():
+        _type(entry, dict, f"weights.tiers[{tier!r}]")
+        rel = _str(entry.get("file"), f"weights.tiers[{tier!r}].file", 1024)
+        if rel not in files:
+            raise _Bad(f"the weight blob {rel} of tier {tier!r} is not in the file table")
+        if _int(entry.get("bytes"), f"weights.tiers[{tier!r}].bytes", 0, MAX_FILE_SIZE) > files[rel]["size"]:
+            raise _Bad(f"tier {tier!r} claims more bytes than {rel} holds")
+        _int(entry.get("tensors"), f"weights.tiers[{tier!r}].tensors", 0, 1 << 32)
 
 
 def _files(files) -> dict:
@@ -164,22 +180,20 @@ def _values(vs, name: str) -> dict[str, dict]:
 
 def _graph(g: dict) -> int:
     inputs, outputs = _values(g.get("inputs"), "graph.inputs"), _values(g.get("outputs"), "graph.outputs")
-    for name in ("input_ids", "position_ids"):
-        if name not in inputs or inputs[name]["dtype"] != "int64":
-            raise _Bad(f"graph.inputs must have {name} (int64)")
-    logits = outputs.get("logits")
-    if logits is None or not logits["dtype"].startswith("float") or not logits["shape"]:
-        raise _Bad("graph.outputs must have logits (float)")
-    vocab = _int(logits["shape"][-1], "the logits' vocabulary size", 1, MAX_VOCAB)
-    for name in inputs:
-        if name.startswith("past_") and name.replace("past_", "present_", 1) not in outputs:
-            raise _Bad(f"graph input {name} has no matching present_ output")
-        if name not in ("input_ids", "position_ids") and not name.startswith("past_"):
-            raise _Bad(f"graph input {name!r} is not one the runtime feeds")
+    if "interface" in g:
+        _type(g["interface"], dict, "graph.interface")
+    try:  # the interface's own rules (edgec.interface): roles, cache pairs
+        iface = ModelInterface.from_manifest({"graph": g})
+    except ArtifactError as e:
+        raise _Bad(str(e).split("; rebuild")[0]) from None
+    problem = iface.problem()
+    if problem:
+        raise _Bad(problem)
+    vocab = _int(outputs[iface.logits]["shape"][-1], "the logits' vocabulary size", 1, MAX_VOCAB)
     _int(g.get("context_length"), "graph.context_length", 1, MAX_CONTEXT)
     _int(g.get("kv_layers"), "graph.kv_layers", 0, 100_000)
-    if sum(1 for n in inputs if n.startswith("past_key.")) not in (0, g["kv_layers"]):
-        raise _Bad("graph.kv_layers does not match the past_key inputs")
+    if iface.kv_layers not in (0, g["kv_layers"]):
+        raise _Bad("graph.kv_layers does not match the cache inputs")
     for key in ("parameters", "weight_bytes"):
         _int(g.get(key), f"graph.{key}", 0, MAX_FILE_SIZE)
     for k, v in _type(g.get("op_counts", {}), dict, "graph.op_counts").items():

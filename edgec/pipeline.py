@@ -1,14 +1,16 @@
 """`edgec build`: frontend -> IR -> passes -> target -> artifact, one readable list.
 
-Phases (each a list of passes, see edgec.passes):
-  1. import      model folder / GGUF / default -> torch.export -> IR
+Phases (each a list of passes, see `phases` and edgec.passes):
+  1. import       model folder / GGUF / default -> torch.export -> IR
   2. canonicalize dead code, constant folding
   3. raise        rms_norm, rotary, gated MLPs
   4. compress     the recipe's passes (fp16 weights, quantization, pruning, ...)
   5. fuse         merged QKV / gate-up linears, add+rms_norm, rotary tables (skipped by fuse=False)
   6. lower        KV cache, so one graph serves prefill and decode
-  7. compile      the backend writes its files into the artifact
-  8. write        tokenizer, IR text, build report, manifest (atomic)
+  7. prelower     the backend's own rewrites (edgec.backends.Backend.prelower)
+  8. compile      the backend writes its files into the artifact
+  9. write        tokenizer, IR text, build report, manifest (atomic)
+A recipe's pass may join raise, fuse or lower instead of compress (its `phase` key).
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from typing import Callable
 
 from . import __version__
 from .artifact import ArtifactWriter
-from .backends import get_backend, load_module
+from .backends import Backend, get_backend
 from .devices import get_device
 from .errors import EdgecError
+from .interface import ModelInterface
 from .recipes import load_recipe
 
 Progress = Callable[[str], None]
@@ -34,10 +37,7 @@ def default_output(model_name: str, recipe: str) -> Path:
 
 
 def _signature(graph) -> dict:
-    def spec(v):
-        return {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}
-
-    return {"inputs": [spec(v) for v in graph.inputs], "outputs": [spec(v) for v in graph.outputs]}
+    return ModelInterface.of_graph(graph).to_signature()
 
 
 def _generation_info(tokenizer, model) -> dict:
@@ -66,30 +66,50 @@ def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
     return cfg
 
 
-def compile_ir(model: str | Path | None, recipe, *, progress: Progress | None = None,
-               dump_ir: str | Path | None = None, calib=None, fuse: bool = True):
+def phases(recipe, fuse: bool = True) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """Phases 2-6 as (name, passes): the fixed passes of each phase, then the recipe's for it."""
+    from .passes import CANONICALIZE, FUSE, LOWER, RAISE
+
+    lower = [(name, {**opts, **recipe.kv_cache}) for name, opts in LOWER]
+    out = [("canonicalize", CANONICALIZE), ("raise", RAISE + recipe.passes_for("raise")),
+           ("compress", recipe.passes_for("compress"))]
+    if fuse:
+        out.append(("fuse", FUSE + recipe.passes_for("fuse")))
+    out.append(("lower", lower + recipe.passes_for("lower")))
+    return out
+
+
+def backend_options_for(backend: Backend, device, recipe, given=None) -> dict:
+    """The backend's options for this build: the device profile's table, then the recipe's, then
+    `given` (a dict, or `key=value` strings from --backend-opt), each checked against the schema."""
+    given = backend.parse_options(given) if isinstance(given, (list, tuple)) else \
+        backend.check_options(given, "backend options")
+    return {**backend.check_options(device.options_for(backend.name), f"device {device.name} [backend.{backend.name}]"),
+            **backend.check_options(recipe.options_for(backend.name), f"recipe {recipe.name} [backend.{backend.name}]"),
+            **given}
+
+
+def compile_ir(model: str | Path | None, recipe, *, device=None, backend: str | None = None,
+               progress: Progress | None = None, dump_ir: str | Path | None = None, calib=None,
+               fuse: bool = True):
     """Phases 1-6: import MODEL and run every pass; returns (ImportedModel, PassManager).
 
-    `imported.graph` is the final IR that a backend compiles; tests run it in
-    the reference interpreter.
+    `imported.graph` is the final backend-neutral IR (the backend's prelower phase runs in
+    write_artifact); tests run it in the reference interpreter. device/backend (default: host
+    and its default backend) reach every pass through its PassContext.
     """
     from .frontend import import_model
-    from .passes import CANONICALIZE, FUSE, LOWER, RAISE, PassContext, PassManager
+    from .passes import PassContext, PassManager
 
+    dev = get_device(device or "host") if device is None or isinstance(device, str) else device
     rec = recipe if hasattr(recipe, "passes") else load_recipe(recipe)
     calib = calib if calib is not None else calib_config(rec)
     imported = import_model(None if model is None else str(model), progress=progress)
-    ctx = PassContext(imported.tokenizer, calib, progress)
+    ctx = PassContext(imported.tokenizer, calib, progress, device=dev, backend=backend or dev.default_backend)
     pm = PassManager(progress=progress, dump_dir=Path(dump_ir) if dump_ir else None, context=ctx)
-    pm.run(imported.graph, CANONICALIZE, "canonicalize")
-    pm.run(imported.graph, RAISE, "raise")
-    pm.run(imported.graph, rec.passes, "compress")
-    if "accuracy_level" in rec.onnx:  # the recipe picks MatMulNBits' compute type (else the target's default)
-        imported.graph.meta["matmul_nbits_accuracy_level"] = rec.onnx["accuracy_level"]
-    if fuse:
-        pm.run(imported.graph, FUSE, "fuse")
-    imported.graph.meta["fused"] = bool(fuse)
-    pm.run(imported.graph, [(name, {**opts, **rec.kv_cache}) for name, opts in LOWER], "lower")
+    for name, passes in phases(rec, fuse):
+        pm.run(imported.graph, passes, name)
+    imported.graph.facts.fused = bool(fuse)
     return imported, pm
 
 
@@ -118,14 +138,14 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
           progress: Progress | None = None, dump_ir: str | Path | None = None,
           force: bool = False, sign=None, calib: str | Path | None = None, calib_samples: int | None = None,
           calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None,
-          tune_minutes: float = 0.0, tune_log: str | Path | None = None) -> Path:
+          backend_options: dict | list[str] | None = None) -> Path:
     """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase).
 
     max_context caps the context length (default: the model's) and with it the KV cache.
-    tune_minutes > 0 tunes the TVM kernels with MetaSchedule for that long; tune_log reuses
-    an earlier artifact's tuning log (TVM backend only). An existing OUTPUT is replaced only if
-    it is a verified edgec artifact with nothing else in it (force: extra files allowed).
-    sign: see signing_key (default: the user's own key).
+    backend_options: the backend's options (a dict, or `key=value` strings), over the device
+    profile's and the recipe's [backend.<name>] tables; e.g. TVM's {"tune_minutes": 5}. An
+    existing OUTPUT is replaced only if it is a verified edgec artifact with nothing else in it
+    (force: extra files allowed). sign: see signing_key (default: the user's own key).
     """
     from .artifact import check_output, clean_stale
     from .frontend import resolve_source
@@ -135,18 +155,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     # Validate every option, the model path and the output path before any slow work.
     dev = get_device(device)
     be = get_backend(backend or dev.default_backend)
-    check_device = getattr(load_module(be), "check_device", None)  # e.g. TVM: triple, cross compiler
-    if check_device is not None:
-        check_device(dev)
-    backend_options = {}
-    if tune_minutes or tune_log is not None:
-        if be.name != "tvm":
-            raise EdgecError(f"--tune-minutes/--tune-log: tuning is TVM-only, but the backend is {be.name!r} "
-                             "(pass --backend tvm)")
-        from edgec.targets.tvm.compile import check_tuning
-
-        backend_options = check_tuning(dev, tune_minutes, tune_log)
     rec = load_recipe(recipe or dev.default_recipe)
+    options = be.check(dev, rec, backend_options_for(be, dev, rec, backend_options))
     if max_context is not None:
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
             raise EdgecError(f"max-context must be a whole number >= 1, got {max_context!r}")
@@ -159,21 +169,20 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     check_output(out, force=force)
     key = signing_key(sign, say)
 
-    imported, pm = compile_ir(model, rec, progress=say, dump_ir=dump_ir, calib=cfg, fuse=fuse)
-    if "accuracy_level" not in rec.onnx and "accuracy_level" in dev.onnx:  # the recipe's choice wins
-        imported.graph.meta["matmul_nbits_accuracy_level"] = int(dev.onnx["accuracy_level"])
-    write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say,
-                   force=force, sign=False if key is None else key, started=t_start, backend_options=backend_options)
+    imported, pm = compile_ir(model, rec, device=dev, backend=be.name, progress=say, dump_ir=dump_ir,
+                              calib=cfg, fuse=fuse)
+    write_artifact(imported, pm, out, device=dev, backend=be, recipe=rec, progress=say, force=force,
+                   sign=False if key is None else key, started=t_start, options=options)
     say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
     return out
 
 
 def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,
                    force: bool = False, sign=None, started: float | None = None,
-                   backend_options: dict | None = None) -> Path:
-    """Phases 7-8: compile the final IR with the backend and write the artifact atomically.
+                   options: dict | None = None) -> Path:
+    """Phases 7-9: the backend's prelower passes, its compile, and the artifact written atomically.
 
-    backend_options: extra keyword arguments for the backend's compile_graph (TVM tuning).
+    options: the backend's checked options (default: the device's and the recipe's tables, checked).
     sign: see signing_key (default: the user's own key).
     """
     import torch
@@ -184,20 +193,22 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
 
     say = progress or (lambda msg: None)
     dev, be, rec = device, backend, recipe
+    if options is None:
+        options = be.check(dev, rec, backend_options_for(be, dev, rec))
     graph = imported.graph
     t_start = started if started is not None else time.perf_counter()
     t_import = time.perf_counter() - t_start - sum(r.seconds for r in pm.records)
+    pm.run(graph, list(be.prelower), "prelower")
     with ArtifactWriter(out, force=force, sign_key=signing_key(sign)) as w:
         say(f"compiling for {dev.name} with the {be.name} backend")
         t0 = time.perf_counter()
-        extra = {**backend_options, "progress": say} if backend_options else {}
-        backend_meta = load_module(be).compile_graph(graph, w.dir / "model", device=dev, **extra)
+        backend_meta = be.compile(graph, w.dir / "model", dev, options, progress=say)
         t_compile = time.perf_counter() - t0
         say("writing tokenizer and build report")
         imported.tokenizer.save_pretrained(w.dir / "tokenizer")
         (w.dir / "graph.txt").write_text(format_graph(graph) + "\n")
         report = {
-            "fuse": graph.meta.get("fused", False),
+            "fuse": graph.facts.fused,
             "passes": [r.to_dict() for r in pm.records],
             "seconds": {"import": round(t_import, 2), "passes": round(sum(r.seconds for r in pm.records), 2),
                         "compile": round(t_compile, 2)},
@@ -210,9 +221,12 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
                        "architecture": imported.architecture, "sha256": model_hash(src)},
             "recipe": rec.to_dict(),
             "device": dev.to_dict(),
-            "backend": {"name": be.name, **backend_meta},
-            "graph": {**_signature(graph), "kv_layers": graph.meta.get("kv_layers", 0),
-                      "context_length": graph.meta.get("context_length"),
+            "backend": {"name": be.name, "options": _json_options(options),
+                        **{k: v for k, v in backend_meta.items() if k != "weights"}},
+            "weights": backend_meta.get("weights", {"tiers": {}}),  # the planner's blobs per memory tier
+            "graph": {**_signature(graph), "interface": ModelInterface.of_graph(graph).to_dict(),
+                      "kv_layers": graph.facts.kv_layers,
+                      "context_length": graph.facts.context_length,
                       "parameters": graph.num_parameters(),
                       "weight_bytes": graph.weights.total_bytes(),
                       "op_counts": graph.op_counts()},
@@ -220,9 +234,20 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
             "build": {"seconds": round(time.perf_counter() - t_start, 2), "python": sys.version.split()[0],
                       "torch": torch.__version__, "transformers": transformers.__version__,
                       "edgec": __version__, "platform": platform.platform(),
-                      "fuse": graph.meta.get("fused", False)},
+                      "fuse": graph.facts.fused},
         })
     return out
 
 
-__all__ = ["EdgecError", "build", "compile_ir", "default_output", "write_artifact"]
+def _json_options(options: dict) -> dict:
+    """The options as the manifest keeps them: plain JSON values (a loaded tuning log by its path)."""
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, dict) and "path" in v:
+            v = str(v["path"])
+        if isinstance(v, (bool, int, float, str, list)):
+            out[k] = v
+    return out
+
+
+__all__ = ["EdgecError", "build", "compile_ir", "default_output", "phases", "write_artifact"]

@@ -2,16 +2,15 @@
 
 Runs the artifact's own generation path (the in-place KV sequence `edgec run`
 uses) twice: once plain, for wall-clock prefill and decode speed, and once
-with onnxruntime's profiler on, whose per-node trace is split into the
-prefill run and the decode runs and summed per op type. The gap between a
-run's wall time and the sum of its kernels is onnxruntime's own overhead
+with the backend's op trace on (Backend.traces_ops; onnxruntime's profiler), split
+into the prefill run and the decode runs and summed per op type. The gap between a
+run's wall time and the sum of its kernels is the runtime's own overhead
 (scheduling, allocation, thread hand-offs), the part that many small ops cost.
 Token ids are synthetic (fixed, seeded): the cost of a step does not depend
 on which tokens they are.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -70,22 +69,6 @@ def _generate(model: CompiledModel, prompt: list[int], new_tokens: int) -> tuple
     return t1 - t0, (t2 - t1) / max(1, new_tokens - 1)
 
 
-def _per_op(events: list[dict], runs: list[tuple[int, int]]) -> list[dict[str, list[float]]]:
-    """For each run (ts, end): op type -> [calls, microseconds] of its kernels."""
-    out = [defaultdict(lambda: [0, 0.0]) for _ in runs]
-    starts = np.array([r[0] for r in runs])
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
-        if i < 0 or e["ts"] > runs[i][1]:
-            continue
-        acc = out[i][e.get("args", {}).get("op_name", "?")]
-        acc[0] += 1
-        acc[1] += float(e["dur"])
-    return out
-
-
 def _table(acc: list[dict[str, list[float]]]) -> list[OpTime]:
     total: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for run in acc:
@@ -104,10 +87,9 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
     if prompt_tokens < 1 or new_tokens < 2:
         raise EdgecError("profile needs --prompt-tokens >= 1 and --new-tokens >= 2")
     model = load(path, threads=threads, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
-    backend = model.manifest["backend"]["name"]
-    if backend != "onnx":
-        raise EdgecError(f"per-op profiling uses onnxruntime's profiler; this artifact's backend is {backend!r} "
-                         "(build it with --backend onnx)")
+    if not model.backend.traces_ops:
+        raise EdgecError(f"per-op profiling is not available for the {model.backend.name} backend "
+                         "(build the artifact with --backend onnx)")
     if prompt_tokens + new_tokens > model.context_length:
         raise EdgecError(f"--prompt-tokens + --new-tokens must fit the context ({model.context_length})")
     prompt = _ids(model, prompt_tokens)
@@ -117,18 +99,16 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
 
     with tempfile.TemporaryDirectory() as tmp:
         traced = CompiledModel(path, threads=threads, verify=False, trust=trusted_keys,  # profiled
-                               allow_unsigned=allow_unsigned,
-                               executor_kwargs={"profile_prefix": str(Path(tmp) / "ort")})
+                               allow_unsigned=allow_unsigned, executor_kwargs={"trace_dir": tmp})
         _generate(traced, prompt, new_tokens)
-        events = json.loads(Path(traced.executor.session.end_profiling()).read_text())
-    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+        runs = traced.executor.op_trace()
     if len(runs) < new_tokens:
-        raise EdgecError(f"onnxruntime's trace has {len(runs)} runs, expected {new_tokens}")
+        raise EdgecError(f"the backend's trace has {len(runs)} runs, expected {new_tokens}")
     runs = runs[-new_tokens:]  # session start-up runs (if any) come first
-    acc = _per_op(events, runs)
+    acc = [ops for _, ops in runs]
     decode_acc = acc[1:]
     kernel_ms = sum(us for run in decode_acc for _, us in run.values()) / len(decode_acc) / 1000
-    run_ms = sum(b - a for a, b in runs[1:]) / len(decode_acc) / 1000
+    run_ms = sum(wall for wall, _ in runs[1:]) / len(decode_acc) / 1000
     return Profile(str(path), threads, prompt_tokens, new_tokens,
                    prefill_ms=prefill_s * 1000, prefill_tok_s=prompt_tokens / prefill_s,
                    decode_ms_per_token=step_s * 1000, decode_tok_s=1 / step_s,

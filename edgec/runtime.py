@@ -1,11 +1,11 @@
 """Load an artifact and generate: the Python side of `edgec run`.
 
-The backend executes one graph for prefill and decode. Generation runs on a
-`sequence`: where the backend can (ONNX with GroupQueryAttention), the KV
-cache is allocated once per generation and updated in place, so a decode
-step's Python-side work does not grow with the context (no concatenation,
-no copies, no allocation, no re-tokenizing: see Detokenizer). Otherwise the
-loop feeds back the cache the backend returned last step (`forward`).
+The backend executes one graph for prefill and decode through the executor
+protocol (edgec.executor). Generation runs on a `sequence`: where the backend
+can (ONNX with GroupQueryAttention, TVM device tensors), the KV cache stays in
+place between steps, so a decode step's Python-side work does not grow with
+the context (no concatenation, no copies, no allocation, no re-tokenizing:
+see Detokenizer).
 """
 from __future__ import annotations
 
@@ -16,11 +16,25 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .artifact import check_trust, open_artifact
-from .backends import get_backend, load_module
+from .backends import get_backend
 from .errors import ArtifactError, EdgecError
+from .executor import empty_cache, forward_feeds
+from .interface import ModelInterface
 from .limits import useful_threads
 from .manifest import vocab_size
 from .sampling import check_options, sample
+
+
+def built_options(manifest: dict) -> dict:
+    """The options the artifact was built with (manifest backend.options; older artifacts kept the
+    device profile's table for the backend under device.<name>)."""
+    backend = manifest["backend"]
+    options = backend.get("options")
+    if options is None:
+        options = (manifest.get("device") or {}).get(backend["name"]) or {}
+    if not isinstance(options, dict):
+        raise ArtifactError("manifest backend.options is not a table; rebuild the artifact")
+    return options
 
 
 class CompiledModel:
@@ -33,34 +47,33 @@ class CompiledModel:
     """
 
     def __init__(self, path: str | Path, *, threads: int | None = None, verify: bool = True,
-                 executor_kwargs: dict | None = None, trust=(), allow_unsigned: bool = False):
-        """executor_kwargs: extra arguments for the backend's executor (e.g. ONNX's profile_prefix)."""
+                 executor_kwargs: dict | None = None, trust=(), allow_unsigned: bool = False,
+                 backend_options: dict | None = None):
+        """backend_options: run options over the artifact's own (e.g. {"intra_op_threads": 2});
+        executor_kwargs: extra arguments of the backend's open() (e.g. trace_dir, see edgec.backends)."""
         self.path = Path(path)
         threads = useful_threads(threads)
         self.artifact = open_artifact(self.path, verify=verify)
         self.trust = check_trust(self.artifact, trust, allow_unsigned)
         self.manifest = self.artifact.manifest
-        backend = get_backend(self.manifest["backend"]["name"])
-        executor_cls = getattr(load_module(backend), backend.executor)
-        # session options from the device profile's table for this backend (e.g. [onnx])
-        options = (self.manifest.get("device") or {}).get(backend.name) or {}
-        if not isinstance(options, dict):
-            raise ArtifactError(f"{self.path}: manifest device.{backend.name} is not a table; rebuild the artifact")
-        kwargs = ({"options": options} if options else {}) | dict(executor_kwargs or {})
-        self.executor = executor_cls(self.artifact.files("model"), threads=threads, **kwargs)
+        self.backend = get_backend(self.manifest["backend"]["name"])
+        built = self.backend.check_options(built_options(self.manifest),
+                                           f"{self.path}: manifest backend.options")
+        options = {**built, **self.backend.check_options(backend_options, "backend options")}
+        self.interface = ModelInterface.from_manifest(self.manifest)
+        self.executor = self.backend.open(self.artifact.files("model"), interface=self.interface,
+                                          options=options, threads=threads, **dict(executor_kwargs or {}))
         graph = self.manifest["graph"]
         self.context_length = int(graph["context_length"])
         self.vocab_size = vocab_size(self.manifest)
         self._check_backend(graph)
-        self._past = [(v["name"], v["dtype"], v["shape"]) for v in graph["inputs"]
-                      if v["name"].startswith("past_")]
         self.eos_token_ids = set(self.manifest["generation"].get("eos_token_ids") or [])
         self._tokenizer = None
 
     def _check_backend(self, graph: dict) -> None:
         """The manifest's interface, context and vocabulary must be what the backend compiled."""
         ex, where = self.executor, f"{self.path}: the manifest does not match the compiled model"
-        if sorted(ex.graph_inputs) != sorted(v["name"] for v in graph["inputs"]):
+        if sorted(ex.input_names) != sorted(v["name"] for v in graph["inputs"]):
             raise ArtifactError(f"{where} (inputs); rebuild the artifact")
         if sorted(ex.output_names) != sorted(v["name"] for v in graph["outputs"]):
             raise ArtifactError(f"{where} (outputs); rebuild the artifact")
@@ -78,24 +91,16 @@ class CompiledModel:
 
     # -- one forward step ------------------------------------------------------
     def empty_cache(self) -> dict[str, np.ndarray]:
-        return {name: np.zeros([0 if isinstance(d, str) else d for d in shape], dtype)
-                for name, dtype, shape in self._past}
+        return empty_cache(self.interface)
 
     def forward(self, ids: list[int], start: int, cache: dict[str, np.ndarray]):
         """Run ids at positions start.. with the given cache; returns (logits[n, V], new cache)."""
-        ids = self.check_token_ids(ids)
-        n = len(ids)
-        feeds = {"input_ids": np.asarray([ids], np.int64),
-                 "position_ids": np.arange(start, start + n, dtype=np.int64)[None], **cache}
-        out = self.executor.run(feeds)
-        new_cache = {name: out[name.replace("past_", "present_", 1)] for name in cache}
-        return out["logits"][0], new_cache
+        out = self.executor.run(forward_feeds(self.interface, self.check_token_ids(ids), start, cache))
+        new_cache = {past: out[present] for past, present in self.interface.present_of().items()}
+        return out[self.interface.logits][0], new_cache
 
     def sequence(self, capacity: int | None = None):
-        """A KV cache for one sequence of up to `capacity` tokens: `.run(ids) -> logits[n, V]`, `.length`.
-
-        The backend's in-place cache where it has one, else one built on forward().
-        """
+        """A KV cache for one sequence of up to `capacity` tokens (edgec.executor.Sequence), ids checked."""
         return _CheckedSequence(self._sequence(capacity), self)
 
     def _sequence(self, capacity: int | None):
@@ -103,9 +108,7 @@ class CompiledModel:
         capacity = min(int(capacity or self.context_length), self.context_length)
         if capacity < 1:
             raise EdgecError(f"KV capacity must be > 0, got {capacity}")
-        make = getattr(self.executor, "sequence", None)
-        seq = make(capacity) if make else None
-        return seq if seq is not None else _ForwardSequence(self, capacity)
+        return self.executor.sequence(capacity)
 
     def check_token_ids(self, ids) -> list[int]:
         """ids as ints, each in 0..vocab-1 (an out-of-range id would read outside the embedding)."""
@@ -195,6 +198,9 @@ class _CheckedSequence:
     def capacity(self) -> int:
         return self.inner.capacity
 
+    def reset(self) -> None:
+        self.inner.reset()
+
     def run(self, ids, last_only: bool = False) -> np.ndarray:
         return self.inner.run(self._model.check_token_ids(ids), last_only=last_only)
 
@@ -230,22 +236,6 @@ def _load_tokenizer(files, vocab: int, where: Path):
         raise ArtifactError(f"{where}: the tokenizer has {len(tok)} tokens but the model only {vocab}; "
                             "rebuild the artifact")
     return tok
-
-
-class _ForwardSequence:
-    """The sequence interface over forward() for backends without an in-place cache."""
-
-    def __init__(self, model: CompiledModel, capacity: int):
-        self.model, self.capacity, self.length = model, capacity, 0
-        self.cache = model.empty_cache()
-
-    def run(self, ids, last_only: bool = False) -> np.ndarray:
-        if not ids or self.length + len(ids) > self.capacity:
-            raise EdgecError(f"{len(ids)} more tokens do not fit the KV cache "
-                             f"({self.length} of {self.capacity} used)")
-        logits, self.cache = self.model.forward(list(ids), self.length, self.cache)
-        self.length += len(ids)
-        return logits[-1:] if last_only else logits
 
 
 class Detokenizer:

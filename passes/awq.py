@@ -24,14 +24,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
 from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with
 
-from .gptq import hessian
+from .gptq import gptq_hessian
+from .lib.activations import collect_sequential
 from .quantize import Target, find_targets, make_spec, replace_weight, summary
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 def rtn(w: np.ndarray, spec: QuantSpec):
@@ -111,7 +111,7 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
 
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
                skip=[])
-def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> str:
+def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> PassResult:
     """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023)."""
     spec = make_spec(bits, group_size, symmetric)
     if int(grid) < 1:
@@ -125,18 +125,14 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> 
     groups: list[tuple[Value, list[Node], np.ndarray]] = []
     gains: list[float] = []
 
-    def visit(node, inputs):
+    def visit(node, stats):
         t = by_node[node]
         if t.name in results:
             return
         x = node.inputs[0]
         group = [u for u in single if u.linears[0].inputs[0] is x and u.name not in results]
-        xs = [s[0] for s in inputs]
-        k = xs[0].shape[-1]
-        x_mean = np.mean([np.abs(a.reshape(-1, k)).mean(0) for a in xs], axis=0)
-        h = hessian(xs)
         ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
-        s, err, base = search_scales(np.concatenate(ws), h, x_mean, spec, grid)
+        s, err, base = search_scales(np.concatenate(ws), gptq_hessian(stats), stats.mean_abs, spec, grid)
         gains.append(err / base if base > 0 else 1.0)
         for u, w in zip(group, ws):
             codes, scales, zeros, w_hat = rtn(w * s, spec)
@@ -146,7 +142,7 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> 
         ctx.progress(f"awq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
                      f"output error {gains[-1]:.2f}x of RTN")
 
-    run_calibration(graph, ctx.windows(), lambda n: n in by_node, visit)
+    collect_sequential(graph, ctx.windows(), by_node, visit, abs_sum=True, hessian=True)
     users = graph.users()
     plans = [(x, group, s, _fold_target(graph, x, group, users, results)) for x, group, s in groups
              if not np.all(s == 1)]
@@ -165,5 +161,9 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> 
     graph.prune_weights()
     extra = (f", output error {np.mean(gains):.2f}x of RTN, scales folded into "
              f"{folds['norm']} norms + {folds['glu']} up projections, {folds['mul']} mul" if gains else "")
-    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph,
-                   lm_head, extra)
+    count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
+    counts = {"linears": count, "bytes_before": before, "bytes_after": after, "folded_norms": folds["norm"],
+              "folded_up": folds["glu"], "muls": folds["mul"]}
+    if gains:
+        counts["error_vs_rtn"] = float(np.mean(gains))
+    return PassResult(summary(count, spec, before, after, graph, lm_head, extra), counts)

@@ -1,11 +1,11 @@
 """Dead code elimination: drop nodes whose outputs nothing reads, then unused weights."""
 from edgec.ir import Graph
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 @register_pass("dce")
-def dce(graph: Graph) -> str:
+def dce(graph: Graph) -> PassResult:
     """Remove nodes and weights the outputs do not depend on."""
     live = set(graph.outputs)
     kept = []
@@ -17,4 +17,6 @@ def dce(graph: Graph) -> str:
     graph.nodes = list(reversed(kept))
     before = len(graph.weight_values)
     graph.prune_weights()
-    return f"removed {removed} nodes, {before - len(graph.weight_values)} weights"
+    weights = before - len(graph.weight_values)
+    return PassResult(f"removed {removed} nodes, {weights} weights",
+                      {"removed_nodes": removed, "removed_weights": weights})

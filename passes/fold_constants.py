@@ -10,11 +10,11 @@ from edgec.ir import Graph
 from edgec.ir.ops import get_op
 
 from .match import is_const
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 @register_pass("fold_constants")
-def fold_constants(graph: Graph) -> str:
+def fold_constants(graph: Graph) -> PassResult:
     """Evaluate all-constant subgraphs into weights."""
     folded = 0
     for node in list(graph.nodes):
@@ -32,4 +32,4 @@ def fold_constants(graph: Graph) -> str:
         graph.replace_all_uses(node.output, w)
         graph.remove(node)
         folded += 1
-    return f"folded {folded} nodes"
+    return PassResult(f"folded {folded} nodes", {"folded_nodes": folded})

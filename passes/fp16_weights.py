@@ -12,11 +12,11 @@ import numpy as np
 
 from edgec.ir import Graph
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 @register_pass("fp16_weights")
-def fp16_weights(graph: Graph) -> str:
+def fp16_weights(graph: Graph) -> PassResult:
     """Convert fp32 weights to fp16 storage."""
     users = graph.users()
     count, before = 0, graph.weights.total_bytes()
@@ -32,4 +32,5 @@ def fp16_weights(graph: Graph) -> str:
     graph.nodes = casts + graph.nodes
     graph.prune_weights()
     after = graph.weights.total_bytes()
-    return f"stored {count} weights as fp16, {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB"
+    return PassResult(f"stored {count} weights as fp16, {before / 1e6:.1f} MB -> {after / 1e6:.1f} MB",
+                      {"fp16_weights": count, "bytes_before": before, "bytes_after": after})

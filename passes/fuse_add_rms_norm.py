@@ -8,11 +8,11 @@ SkipSimplifiedLayerNormalization).
 from edgec.ir import Graph
 
 from .match import producer
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 @register_pass("fuse_add_rms_norm")
-def fuse_add_rms_norm(graph: Graph) -> str:
+def fuse_add_rms_norm(graph: Graph) -> PassResult:
     """Replace rms_norm(add(x, skip)) by add_rms_norm, which also returns the sum."""
     count = 0
     for node in list(graph.nodes):
@@ -32,4 +32,4 @@ def fuse_add_rms_norm(graph: Graph) -> str:
         graph.remove(node)
         graph.remove(add)
         count += 1
-    return f"fused {count} add+rms_norm"
+    return PassResult(f"fused {count} add+rms_norm", {"add_rms_norm": count})

@@ -20,11 +20,12 @@ import os
 import numpy as np
 
 from edgec.ir import Graph, Node, Value
+from edgec.ir.weight_source import weight_source
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
-def _weight_form(graph: Graph, node: Node, users) -> tuple | None:
+def _weight_form(node: Node, users) -> tuple | None:
     """A key that equal-form siblings share, or None if node's weight cannot be merged."""
     if node.op == "linear_w8a8":
         wq, ws = node.inputs[1:3]
@@ -34,17 +35,17 @@ def _weight_form(graph: Graph, node: Node, users) -> tuple | None:
     w = node.inputs[1]
     if not isinstance(w.shape[0], int) or len(users.get(w, [])) != 1:
         return None
-    if w.kind == "weight":
-        return ("plain", w.dtype)
-    src = w.producer
-    if src is None or any(v.kind != "weight" for v in src.inputs):
-        return None
-    if src.op == "cast":
-        return ("cast", src.inputs[0].dtype, src.attrs["dtype"])
-    if src.op == "dequantize":
-        a = src.attrs
-        return ("dequantize", a["bits"], a["group_size"], a["k"])
-    return None
+    src = weight_source(w)
+    return None if src is None else src.key
+
+
+def _placement(node: Node) -> tuple:
+    """Where the linear runs and which memory tiers hold its weights: only equals are merged
+    (one linear cannot run on two devices or read from two memories)."""
+    stored = [v for v in node.inputs[1:] if v.kind == "weight"]
+    src = weight_source(node.inputs[1]) if node.op == "linear" else None
+    stored += list(src.stored) if src is not None else []
+    return node.meta.placement, tuple(sorted({v.meta.tier or "" for v in stored}))
 
 
 def _bias_form(node: Node, first: int) -> str | None:
@@ -68,24 +69,28 @@ def _merged_name(names: list[str]) -> str:
 def _cat(graph: Graph, values: list[Value]) -> Value:
     """A new weight: the members' weights concatenated along rows."""
     arrays = [np.asarray(graph.weight(v)) for v in values]
-    return graph.add_weight(_merged_name([v.name for v in values]), np.concatenate(arrays, axis=0))
+    merged = graph.add_weight(_merged_name([v.name for v in values]), np.concatenate(arrays, axis=0))
+    merged.meta = values[0].meta.copy()  # the members share their tier (see _placement)
+    return merged
 
 
 def _merge(graph: Graph, group: list[Node]) -> None:
     first = group[0]
-    x, w = first.inputs[:2]
+    x = first.inputs[0]
     sizes = [int(n.output.shape[-1]) for n in group]
     new_nodes, dead = [], []
     if first.op == "linear_w8a8":
         ins = [x, _cat(graph, [n.inputs[1] for n in group]), _cat(graph, [n.inputs[2] for n in group])]
-    elif w.kind == "weight":
-        ins = [x, _cat(graph, [n.inputs[1] for n in group])]
-    else:  # cast(weight) or dequantize(packed, scales, zeros): merge the stored tensors
-        dead = [n.inputs[1].producer for n in group]
-        parts = [_cat(graph, [d.inputs[i] for d in dead]) for i in range(len(dead[0].inputs))]
-        wnode = graph.make_node(dead[0].op, parts, dead[0].attrs)
-        new_nodes.append(wnode)
-        ins = [x, wnode.output]
+    else:
+        sources = [weight_source(n.inputs[1]) for n in group]
+        parts = [_cat(graph, [s.stored[i] for s in sources]) for i in range(len(sources[0].stored))]
+        if sources[0].node is None:  # plain weights
+            ins = [x, parts[0]]
+        else:  # cast(weight) or dequantize(packed, scales, zeros): the stored tensors merge
+            dead = [s.node for s in sources]
+            wnode = graph.make_node(dead[0].op, parts, dead[0].attrs)
+            new_nodes.append(wnode)
+            ins = [x, wnode.output]
     bias_at = len(ins)
     biases = [n.inputs[bias_at] if len(n.inputs) > bias_at else None for n in group]
     if any(b is not None for b in biases):
@@ -95,6 +100,7 @@ def _merge(graph: Graph, group: list[Node]) -> None:
         name = _merged_name([b.name for b in biases]) if all(biases) else ins[1].name + ".bias"
         ins.append(graph.add_weight(name, np.concatenate(parts).astype(dtype)))
     lin = graph.make_node(first.op, ins)
+    lin.meta = first.meta.copy()
     split = graph.make_node("split", [lin.output], {"sizes": sizes, "axis": -1})
     for nd in new_nodes + [lin, split]:
         graph.insert_before(first, nd)
@@ -106,21 +112,21 @@ def _merge(graph: Graph, group: list[Node]) -> None:
 
 
 @register_pass("fuse_linears", min_group=2)
-def fuse_linears(graph: Graph, min_group: int = 2) -> str:
+def fuse_linears(graph: Graph, min_group: int = 2) -> PassResult:
     """Merge linears reading the same input (QKV, gate/up) into one linear + split."""
     users = graph.users()
     groups: dict[tuple, list[Node]] = {}
     for node in graph.nodes:
         if node.op not in ("linear", "linear_w8a8") or not isinstance(node.output.shape[-1], int):
             continue
-        form = _weight_form(graph, node, users)
+        form = _weight_form(node, users)
         bias = _bias_form(node, 3 if node.op == "linear_w8a8" else 2)
         if form is None or bias is None:
             continue
         x = node.inputs[0]
         if x in node.inputs[1:]:
             continue
-        groups.setdefault((node.op, id(x), form), []).append(node)
+        groups.setdefault((node.op, id(x), form, _placement(node)), []).append(node)
     merged = linears = 0
     for group in groups.values():
         if len(group) < max(2, min_group):
@@ -132,4 +138,4 @@ def fuse_linears(graph: Graph, min_group: int = 2) -> str:
         merged += 1
         linears += len(group)
     graph.prune_weights()
-    return f"merged {linears} linears into {merged}"
+    return PassResult(f"merged {linears} linears into {merged}", {"linears": linears, "merged": merged})

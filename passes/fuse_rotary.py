@@ -21,7 +21,7 @@ import numpy as np
 
 from edgec.ir import Graph, Value, get_op
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 def _evaluator(graph: Graph, positions: Value, pos: np.ndarray):
@@ -64,12 +64,13 @@ def _table(arr, r: int) -> np.ndarray | None:
 
 
 @register_pass("fuse_rotary")
-def fuse_rotary(graph: Graph) -> str:
+def fuse_rotary(graph: Graph) -> PassResult:
     """Precompute RoPE cos/sin tables over the context; rotary becomes a table lookup."""
     positions = next((v for v in graph.inputs if v.name == "position_ids"), None)
-    ctx = graph.meta.get("context_length")
+    ctx = graph.facts.context_length
     if positions is None or not ctx or list(positions.shape) != [1, "seq"]:
-        return "skipped (no position_ids input or context length)"
+        return PassResult("skipped (no position_ids input or context length)",
+                          {"rotary_cached": 0, "table_pairs": 0, "positions": 0})
     full = _evaluator(graph, positions, np.arange(int(ctx), dtype=positions.dtype)[None])
     probe_pos = np.array([[int(ctx) - 1, 0, int(ctx) // 2, 1]], positions.dtype)
     probe = _evaluator(graph, positions, probe_pos)
@@ -107,5 +108,5 @@ def fuse_rotary(graph: Graph) -> str:
         graph.remove(node)
         count += 1
     pairs = len(tables) // 2
-    return f"fused {count} rotary into table lookups ({pairs} table pair{'s' if pairs != 1 else ''}, " \
-           f"{ctx} positions)"
+    return PassResult(f"fused {count} rotary into table lookups ({pairs} table pair{'s' if pairs != 1 else ''}, "
+                      f"{ctx} positions)", {"rotary_cached": count, "table_pairs": pairs, "positions": int(ctx)})

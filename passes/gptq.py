@@ -5,9 +5,10 @@ quantizes W one input column at a time and spreads each column's rounding
 error over the columns not yet quantized, weighted by the inverse Hessian,
 so ||X W^T - X Q^T|| stays much lower than with round-to-nearest.
 
-Layers are processed in graph order by `run_calibration`, and each layer's
-dequantized weights are written back before it runs, so every layer is
-calibrated on the outputs of the already-quantized layers before it.
+Layers are processed in graph order (passes/lib/activations.py's
+collect_sequential), and each layer's dequantized weights are written back
+before it runs, so every layer is calibrated on the outputs of the
+already-quantized layers before it.
 Linears that read the same input (q/k/v, gate/up) share one Hessian and are
 quantized together as one row-stacked matrix (GPTQ is row-independent).
 """
@@ -18,13 +19,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph
 from edgec.ir.quant import QuantSpec, dequantize_codes, pack, pad_columns, padded_k, params_from_range, quantize_rtn
 
+from .lib.activations import Stats, collect_sequential
 from .quantize import find_targets, make_spec, replace_weight, summary
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 @contextmanager
@@ -39,20 +40,14 @@ def single_thread():
         torch.set_num_threads(n)
 
 
-def hessian(xs: list[np.ndarray]) -> torch.Tensor:
-    """H = 2/n sum_t x_t x_t^T over every token of every sample (float64 [K, K]).
+def gptq_hessian(stats: Stats) -> torch.Tensor:
+    """H = 2/n sum_t x_t x_t^T over the n calibration tokens (float64 [K, K]), from X^T X."""
+    return torch.from_numpy(stats.hessian * (2.0 / max(stats.count, 1)))
 
-    One matmul per chunk of samples, accumulated in float32 (as the GPTQ
-    reference does); float64 only for the result, where it is inverted.
-    """
-    k = xs[0].shape[-1]
-    h = torch.zeros(k, k)
-    n = 0
-    for i in range(0, len(xs), 16):
-        x = torch.from_numpy(np.concatenate([np.asarray(a, np.float32).reshape(-1, k) for a in xs[i:i + 16]]))
-        h.addmm_(x.T, x)
-        n += x.shape[0]
-    return h.double() * (2.0 / max(n, 1))
+
+def hessian(xs: list[np.ndarray]) -> torch.Tensor:
+    """gptq_hessian of activations given as arrays [..., K]."""
+    return gptq_hessian(Stats.of(xs, hessian=True))
 
 
 def _params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,7 +138,8 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
 
 @register_pass("gptq", needs_calibration=True, bits=4, group_size=128, symmetric=True, act_order=False,
                damp=0.01, block_size=128, lm_head=False, skip=[])
-def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head, skip) -> str:
+def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head,
+         skip) -> PassResult:
     """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
     spec = make_spec(bits, group_size, symmetric)
     if not 0 < float(damp) < 1 or int(block_size) < 1:
@@ -156,13 +152,13 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
     results: dict[str, tuple] = {}
     errors: list[float] = []
 
-    def visit(node, inputs):
+    def visit(node, stats):
         t = by_node[node]
         if t.name in results:
             return  # quantized together with an earlier linear that reads the same input
         x = node.inputs[0]
         group = [u for u in single if u.linears[0].inputs[0] is x and u.name not in results]
-        h = hessian([s[0] for s in inputs])
+        h = gptq_hessian(stats)
         ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
         with single_thread():
             codes, scales, zeros = gptq_quantize(np.concatenate(ws), h, spec, act_order=act_order,
@@ -178,7 +174,7 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
         ctx.progress(f"gptq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
                      f"relative output error {errors[-1]:.2e}")
 
-    run_calibration(graph, ctx.windows(), lambda n: n in by_node, visit)
+    collect_sequential(graph, ctx.windows(), by_node, visit, hessian=True)
     for t in targets:
         if t.name not in results:  # weights read by several linears
             results[t.name] = quantize_rtn(np.asarray(graph.weight(t.value), np.float32), spec)
@@ -186,5 +182,8 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
     graph.prune_weights()
     extra = (" (act_order)" if act_order else "") + (
         f", mean relative output error {np.mean(errors):.2e}" if errors else "")
-    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph,
-                   lm_head, extra)
+    count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
+    counts = {"linears": count, "bytes_before": before, "bytes_after": after}
+    if errors:
+        counts["output_error"] = float(np.mean(errors))
+    return PassResult(summary(count, spec, before, after, graph, lm_head, extra), counts)

@@ -2,7 +2,8 @@
 
 Each attention gains inputs past_key.N / past_value.N ([1, kv_heads, past,
 head_dim]) and outputs present_key.N / present_value.N ([1, kv_heads,
-past+seq, head_dim]). position_ids stay a graph input, so callers pass
+past+seq, head_dim]), named by edgec.interface.kv_name (the one owner of the
+model's I/O interface, which the manifest, runtime and backends read). position_ids stay a graph input, so callers pass
 absolute positions at every step.
 
 bits=8 stores the cache as int8 with one f32 scale per token and head
@@ -18,27 +19,28 @@ attention keeps its cached form for later fusions.
 
 max_context caps the context length the artifact accepts (the model's
 max_position_embeddings otherwise; 0 = no cap), recorded as
-graph.meta["context_length"] for the manifest. Backends with a preallocated
+graph.facts.context_length for the manifest. Backends with a preallocated
 cache (ONNX GroupQueryAttention) size it per generation up to this length.
 """
 from edgec.errors import EdgecError
+from edgec.interface import kv_name
 from edgec.ir import Graph
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 CACHE_BITS = (8, 32)
 
 
 @register_pass("kv_cache", bits=32, max_context=0)
-def kv_cache(graph: Graph, bits: int = 32, max_context: int = 0) -> str:
+def kv_cache(graph: Graph, bits: int = 32, max_context: int = 0) -> PassResult:
     """Add past/present KV tensors to every attention op (bits=8: int8 cache); cap the context."""
     if bits not in CACHE_BITS:
         raise EdgecError(f"kv_cache bits={bits!r} is not supported; use 32 (model dtype) or 8 (int8)")
     if not isinstance(max_context, int) or isinstance(max_context, bool) or max_context < 0:
         raise EdgecError(f"kv_cache max_context must be a whole number >= 0 (0 = the model's), got {max_context!r}")
     if max_context:
-        model_ctx = graph.meta.get("context_length")
-        graph.meta["context_length"] = min(model_ctx, max_context) if model_ctx else max_context
+        model_ctx = graph.facts.context_length
+        graph.facts.context_length = min(model_ctx, max_context) if model_ctx else max_context
     layers = 0
     for node in list(graph.nodes):
         if node.op != "attention" or len(node.inputs) != 3:
@@ -48,23 +50,24 @@ def kv_cache(graph: Graph, bits: int = 32, max_context: int = 0) -> str:
         else:
             _float_cache(graph, node, layers)
         layers += 1
-    graph.meta["kv_layers"] = layers
+    graph.facts.kv_layers = layers
+    counts = {"cached_layers": layers, "bits": bits}
     if bits == 32:
-        return f"cached {layers} attention layers"
-    graph.meta["kv_bits"] = bits
-    return f"cached {layers} attention layers (int8 cache, per-token-per-head scales)"
+        return PassResult(f"cached {layers} attention layers", counts)
+    graph.facts.kv_bits = bits
+    return PassResult(f"cached {layers} attention layers (int8 cache, per-token-per-head scales)", counts)
 
 
 def _float_cache(graph: Graph, node, layer: int) -> None:
     q, k, v = node.inputs
-    pk = graph.add_input(f"past_key.{layer}", k.dtype, k.shape[:2] + ("past",) + k.shape[3:])
-    pv = graph.add_input(f"past_value.{layer}", v.dtype, v.shape[:2] + ("past",) + v.shape[3:])
+    pk = graph.add_input(kv_name("past", "key", layer), k.dtype, k.shape[:2] + ("past",) + k.shape[3:])
+    pv = graph.add_input(kv_name("past", "value", layer), v.dtype, v.shape[:2] + ("past",) + v.shape[3:])
     new = graph.make_node("attention", [q, k, v, pk, pv], node.attrs)
     graph.insert_before(node, new)
     graph.replace_all_uses(node.output, new.outputs[0])
     graph.remove(node)
-    new.outputs[1].name = graph.fresh_name(f"present_key.{layer}")
-    new.outputs[2].name = graph.fresh_name(f"present_value.{layer}")
+    new.outputs[1].name = graph.fresh_name(kv_name("present", "key", layer))
+    new.outputs[2].name = graph.fresh_name(kv_name("present", "value", layer))
     graph.outputs += [new.outputs[1], new.outputs[2]]
 
 
@@ -81,13 +84,13 @@ def _int8_cache(graph: Graph, node, layer: int) -> None:
 
     deq, presents = {}, []
     for kind, t in (("key", k), ("value", v)):
-        past_q = graph.add_input(f"past_{kind}.{layer}", "int8", t.shape[:2] + ("past",) + t.shape[3:])
-        past_s = graph.add_input(f"past_{kind}_scale.{layer}", "float32", t.shape[:2] + ("past", 1))
+        past_q = graph.add_input(kv_name("past", kind, layer), "int8", t.shape[:2] + ("past",) + t.shape[3:])
+        past_s = graph.add_input(kv_name("past", f"{kind}_scale", layer), "float32", t.shape[:2] + ("past", 1))
         new_q, new_s = add("quantize_rows", [t])
         (present_q,) = add("concat", [past_q, new_q], axis=2)
         (present_s,) = add("concat", [past_s, new_s], axis=2)
-        present_q.name = graph.fresh_name(f"present_{kind}.{layer}")
-        present_s.name = graph.fresh_name(f"present_{kind}_scale.{layer}")
+        present_q.name = graph.fresh_name(kv_name("present", kind, layer))
+        present_s.name = graph.fresh_name(kv_name("present", f"{kind}_scale", layer))
         presents += [present_q, present_s]
         (past,) = add("dequantize_rows", [past_q, past_s])
         (cur,) = add("dequantize_rows", [new_q, new_s])

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node
 
-from .prune import hessian, own_weight, rows, weight_linears
-from .registry import register_pass
+from .lib.activations import Stats, collect_sequential
+from .lib.linears import own_weight
+from .prune import weight_linears
+from .registry import PassResult, register_pass
 
 SCALINGS = ("mean_abs", "rms", "whiten")
 
@@ -95,21 +96,24 @@ def _rewrite(graph: Graph, node: Node, a: np.ndarray, b: np.ndarray) -> None:
     node.inputs = [first.output, graph.add_weight(w.name + ".lowrank_a", a)] + node.inputs[2:]
 
 
-def _apply(graph: Graph, nodes: list[Node], factors: dict) -> str:
+def _apply(graph: Graph, nodes: list[Node], factors: dict) -> PassResult:
     before = sum(int(np.prod(n.inputs[1].shape)) for n in factors)
     for node, (a, b) in factors.items():
         _rewrite(graph, node, a, b)
     graph.prune_weights()
+    counts = {"factored": len(factors), "linears": len(nodes)}
     if not factors:
-        return f"factored 0 of {len(nodes)} linears (no rank saves parameters)"
+        return PassResult(f"factored 0 of {len(nodes)} linears (no rank saves parameters)", counts)
     after = sum(a.size + b.size for a, b in factors.values())
     ranks = [a.shape[1] for a, _ in factors.values()]
-    return (f"factored {len(factors)} of {len(nodes)} linears (rank {min(ranks)}-{max(ranks)}), "
-            f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters")
+    return PassResult(f"factored {len(factors)} of {len(nodes)} linears (rank {min(ranks)}-{max(ranks)}), "
+                      f"{before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters",
+                      {**counts, "rank_min": min(ranks), "rank_max": max(ranks), "params_before": before,
+                       "params_after": after})
 
 
 @register_pass("svd", rank=0, energy=0.0, targets=[], min_saving=0.0)
-def svd(graph: Graph, rank, energy, targets, min_saving) -> str:
+def svd(graph: Graph, rank, energy, targets, min_saving) -> PassResult:
     """Factor linear weights into two thin ones by truncated SVD (rank or kept energy)."""
     _check(rank, energy, targets, min_saving, "svd")
     nodes = _targets(graph, targets, "svd")
@@ -122,24 +126,22 @@ def svd(graph: Graph, rank, energy, targets, min_saving) -> str:
     return _apply(graph, nodes, factors)
 
 
-def activation_scale(inputs, scaling: str, alpha: float, damp: float) -> np.ndarray:
+STATS = {"whiten": "hessian", "mean_abs": "abs_sum", "rms": "sum_sq"}  # what each scaling reads
+
+
+def activation_scale(stats: Stats, scaling: str, alpha: float, damp: float) -> np.ndarray:
     """S for asvd: per-channel |x| statistics ([K]) or the Cholesky factor of X^T X ([K, K])."""
     if scaling == "whiten":
-        h = hessian(inputs)
+        h = stats.hessian.copy()
         h[np.diag_indices_from(h)] += damp * np.mean(np.diag(h))
         return np.linalg.cholesky(h)
-    tokens = sum(rows(s[0]).shape[0] for s in inputs)
-    if scaling == "mean_abs":
-        stat = sum(np.abs(rows(s[0])).sum(0, dtype=np.float64) for s in inputs) / tokens
-    else:
-        stat = np.sqrt(sum(np.square(rows(s[0]), dtype=np.float64).sum(0) for s in inputs) / tokens)
-    stat = np.asarray(stat, np.float64) ** alpha
+    stat = (stats.mean_abs if scaling == "mean_abs" else stats.rms) ** alpha
     return np.maximum(stat, max(float(stat.max()) * 1e-6, 1e-12))
 
 
 @register_pass("asvd", needs_calibration=True, rank=0, energy=0.0, targets=[], min_saving=0.0,
                scaling="mean_abs", alpha=0.5, damp=0.01)
-def asvd(graph: Graph, ctx, rank, energy, targets, min_saving, scaling, alpha, damp) -> str:
+def asvd(graph: Graph, ctx, rank, energy, targets, min_saving, scaling, alpha, damp) -> PassResult:
     """Activation-aware SVD: factor W S (S from calibration activations) and fold S^-1 into B."""
     _check(rank, energy, targets, min_saving, "asvd")
     if scaling not in SCALINGS:
@@ -151,24 +153,17 @@ def asvd(graph: Graph, ctx, rank, energy, targets, min_saving, scaling, alpha, d
     nodes = _targets(graph, targets, "asvd")
     for node in nodes:
         own_weight(graph, node)  # its weight is overwritten below; a tied embedding must not see that
-    wanted, factors = set(nodes), {}
-    readers: dict = {}  # linears reading one activation (q/k/v, gate/up) share its statistics
-    for node in nodes:
-        readers[node.inputs[0]] = readers.get(node.inputs[0], 0) + 1
-    cache: dict = {}
+    factors, scales = {}, {}
 
-    def visit(node, inputs):
-        x = node.inputs[0]
-        if x not in cache:
-            cache[x] = activation_scale(inputs, scaling, alpha, damp)
+    def visit(node, stats):  # linears reading one activation (q/k/v, gate/up) share its statistics
+        if stats not in scales:
+            scales.clear()
+            scales[stats] = activation_scale(stats, scaling, alpha, damp)
         w = np.asarray(graph.weight(node.inputs[1]))
-        a, b = factor(w, rank, energy, cache[x])
+        a, b = factor(w, rank, energy, scales[stats])
         if worth_it(*w.shape, a.shape[1], min_saving):
             factors[node] = (a, b)
             graph.weights[node.inputs[1].name] = (a @ b).astype(w.dtype)  # later layers see it
-        readers[x] -= 1
-        if not readers[x]:
-            del cache[x]
 
-    run_calibration(graph, ctx.windows(), lambda n: n in wanted, visit, ctx.progress, "asvd")
+    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "asvd", **{STATS[scaling]: True})
     return _apply(graph, nodes, factors)

@@ -27,14 +27,19 @@ class PassRecord:
 
 
 class PassContext:
-    """What data-aware passes get besides the graph: calibration windows (loaded once, lazily)."""
+    """What a pass may know besides the graph: the device and backend it builds for, progress, and
+    calibration windows (loaded once, lazily; only passes registered with needs_calibration may
+    ask, which is what makes a recipe demand --calib). A pass gets it as `ctx` if it takes one."""
 
-    def __init__(self, tokenizer=None, calib=None, progress: Callable[[str], None] | None = None):
+    def __init__(self, tokenizer=None, calib=None, progress: Callable[[str], None] | None = None, *,
+                 device=None, backend: str | None = None):
         from edgec.calibration import CalibConfig
 
         self.tokenizer = tokenizer
         self.calib = calib or CalibConfig()
         self.progress = progress or (lambda msg: None)
+        self.device = device      # edgec.devices.Device (None: not known, e.g. a unit test)
+        self.backend = backend    # backend name
         self._windows = None
 
     def windows(self):
@@ -64,7 +69,7 @@ class PassManager:
             p = get_pass(name)
             options = p.check_options(opts)
             t0 = time.perf_counter()
-            extra = {"ctx": self.context} if p.needs_calibration else {}
+            extra = {"ctx": self.context} if p.takes_context else {}
             result = PassResult.of(p.fn(graph, **extra, **options))
             dt = time.perf_counter() - t0
             verify(graph)

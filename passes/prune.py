@@ -13,8 +13,9 @@ along the input dimension K of W[N, K] (2:4 is what sparse tensor cores run).
   layer Hessian H = X^T X: choose the mask block by block (w^2 / [H^-1]_jj^2)
   and update the remaining weights to compensate for the removed ones.
 
-The calibrated methods run sequentially through `run_calibration`: each linear
-sees the outputs of the already-pruned earlier linears, as in the papers.
+The calibrated methods run sequentially (passes/lib/activations.py's
+collect_sequential): each linear sees the outputs of the already-pruned
+earlier linears, as in the papers.
 The lm_head (the projection that produces the logits) is kept dense unless
 `lm_head=true`: it is the most sensitive layer and, often tied to the token
 embedding, a bad trade.
@@ -23,58 +24,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node
 
-from .registry import register_pass
+from .lib.activations import collect_sequential
+from .lib.linears import lm_head_nodes, own_weight, set_weight
+from .registry import PassResult, register_pass
 
 LINEAR_DTYPES = ("float32", "float16")
 
 
 # ---------------------------------------------------------------- shared helpers
-def lm_head_nodes(graph: Graph) -> set[Node]:
-    """The linears the graph outputs read without passing another linear (the logits projection)."""
-    found, seen, stack = set(), set(), list(graph.outputs)
-    while stack:
-        v = stack.pop()
-        p = v.producer
-        if p is None or p in seen:
-            continue
-        seen.add(p)
-        if p.op == "linear":
-            found.add(p)
-        else:
-            stack.extend(p.inputs)
-    return found
-
-
 def weight_linears(graph: Graph, lm_head: bool = False) -> list[Node]:
     """Linears that read a 2-D float weight directly (not already quantized or factored away)."""
     heads = set() if lm_head else lm_head_nodes(graph)
     return [n for n in graph.nodes
             if n.op == "linear" and n not in heads and n.inputs[1].kind == "weight"
             and n.inputs[1].rank == 2 and n.inputs[1].dtype in LINEAR_DTYPES]
-
-
-def own_weight(graph: Graph, node: Node, index: int = 1) -> None:
-    """Give `node` a private copy of its weight input if another node reads it too (tied lm_head)."""
-    v = node.inputs[index]
-    readers = sum(1 for n in graph.nodes for x in n.inputs if x is v) + graph.outputs.count(v)
-    if readers > 1:
-        node.inputs[index] = graph.add_weight(v.name, np.array(graph.weight(v)))
-
-
-def set_weight(graph: Graph, node: Node, array: np.ndarray, index: int = 1) -> None:
-    """Replace a node's weight array (never in place: arrays may be shared with the source model)."""
-    v = node.inputs[index]
-    graph.weights[v.name] = array
-    v.shape, v.dtype = tuple(array.shape), array.dtype.name
-
-
-def rows(x: np.ndarray) -> np.ndarray:
-    """A node input as a [tokens, features] matrix."""
-    return np.asarray(x).reshape(-1, x.shape[-1])
 
 
 # ---------------------------------------------------------------- options
@@ -121,11 +87,12 @@ def apply_mask(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.zeros((), w.dtype), w)
 
 
-def _summary(graph: Graph, nodes: list[Node], n: int, m: int) -> str:
+def _result(graph: Graph, nodes: list[Node], n: int, m: int) -> PassResult:
     zeros = sum(int(np.count_nonzero(graph.weight(x.inputs[1]) == 0)) for x in nodes)
     total = sum(int(np.prod(x.inputs[1].shape)) for x in nodes)
     what = f"{n}:{m}" if m else "unstructured"
-    return f"pruned {len(nodes)} linears to {100 * zeros / max(total, 1):.1f}% ({what})"
+    return PassResult(f"pruned {len(nodes)} linears to {100 * zeros / max(total, 1):.1f}% ({what})",
+                      {"linears": len(nodes), "zeros": zeros, "weights": total, "n": n, "m": m})
 
 
 def _prepare(graph: Graph, sparsity, n, m, lm_head):
@@ -142,13 +109,13 @@ def _prepare(graph: Graph, sparsity, n, m, lm_head):
 
 # ---------------------------------------------------------------- magnitude
 @register_pass("magnitude", sparsity=0.5, n=0, m=0, lm_head=False)
-def magnitude(graph: Graph, sparsity, n, m, lm_head) -> str:
+def magnitude(graph: Graph, sparsity, n, m, lm_head) -> PassResult:
     """Zero the smallest-magnitude weights of every linear (per output row, or N:M)."""
     sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
     for node in nodes:
         w = np.asarray(graph.weight(node.inputs[1]))
         set_weight(graph, node, apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m)))
-    return _summary(graph, nodes, n, m)
+    return _result(graph, nodes, n, m)
 
 
 # ---------------------------------------------------------------- wanda
@@ -158,37 +125,20 @@ def wanda_prune(w: np.ndarray, x_norm: np.ndarray, sparsity: float, n: int = 0, 
     return apply_mask(w, prune_mask(score, sparsity, n, m))
 
 
-def input_norms(inputs: list[list[np.ndarray]]) -> np.ndarray:
-    """||X_j||_2 per input feature over every calibration token."""
-    sq = sum(np.einsum("tk,tk->k", rows(s[0]), rows(s[0]), dtype=np.float64) for s in inputs)
-    return np.sqrt(sq)
-
-
 @register_pass("wanda", needs_calibration=True, sparsity=0.5, n=0, m=0, lm_head=False)
-def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> str:
+def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> PassResult:
     """Wanda pruning: |W| times input-activation norm, per output row (or N:M), sequentially."""
     sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
-    targets = set(nodes)
 
-    def visit(node, inputs):
+    def visit(node, stats):
         w = np.asarray(graph.weight(node.inputs[1]))
-        set_weight(graph, node, wanda_prune(w, input_norms(inputs), sparsity, n, m))
+        set_weight(graph, node, wanda_prune(w, stats.norms, sparsity, n, m))
 
-    run_calibration(graph, ctx.windows(), lambda x: x in targets, visit, ctx.progress, "wanda")
-    return _summary(graph, nodes, n, m)
+    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "wanda", sum_sq=True)
+    return _result(graph, nodes, n, m)
 
 
 # ---------------------------------------------------------------- sparsegpt
-def hessian(inputs: list[list[np.ndarray]]) -> np.ndarray:
-    """H = sum over calibration tokens of x x^T (float64; only its shape matters, not its scale)."""
-    k = inputs[0][0].shape[-1]
-    h = np.zeros((k, k), np.float64)
-    for s in inputs:
-        x = rows(s[0]).astype(np.float32, copy=False)
-        h += x.T @ x
-    return h
-
-
 def inverse_hessian_factor(h: np.ndarray, damp: float) -> np.ndarray:
     """Upper Cholesky factor U of (H + damp * mean(diag H) * I)^-1 = U^T U (SparseGPT's and GPTQ's form)."""
     h = h.copy()
@@ -242,29 +192,17 @@ def sparsegpt_prune(w: np.ndarray, h: np.ndarray, sparsity: float, n: int = 0, m
 
 @register_pass("sparsegpt", needs_calibration=True, sparsity=0.5, n=0, m=0, damp=0.01, block_size=128,
                lm_head=False)
-def sparsegpt(graph: Graph, ctx, sparsity, n, m, damp, block_size, lm_head) -> str:
+def sparsegpt(graph: Graph, ctx, sparsity, n, m, damp, block_size, lm_head) -> PassResult:
     """SparseGPT: OBS pruning with Hessian-based error compensation, layer by layer."""
     sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
     if not isinstance(block_size, int) or block_size <= 0 or (m and block_size % m):
         raise EdgecError(f"sparsegpt: block_size must be a positive multiple of m, got {block_size!r}")
     if not isinstance(damp, (int, float)) or not 0 < damp < 1:
         raise EdgecError(f"sparsegpt: damp must be in (0, 1), got {damp!r}")
-    targets = set(nodes)
-    # Linears reading the same activation (q/k/v, gate/up) share one Hessian.
-    readers: dict = {}
-    for node in nodes:
-        readers[node.inputs[0]] = readers.get(node.inputs[0], 0) + 1
-    cache: dict = {}
 
-    def visit(node, inputs):
-        x = node.inputs[0]
-        if x not in cache:
-            cache[x] = hessian(inputs)
+    def visit(node, stats):  # linears reading the same activation (q/k/v, gate/up) share one Hessian
         w = np.asarray(graph.weight(node.inputs[1]))
-        set_weight(graph, node, sparsegpt_prune(w, cache[x], sparsity, n, m, block_size, damp))
-        readers[x] -= 1
-        if not readers[x]:
-            del cache[x]
+        set_weight(graph, node, sparsegpt_prune(w, stats.hessian, sparsity, n, m, block_size, damp))
 
-    run_calibration(graph, ctx.windows(), lambda x: x in targets, visit, ctx.progress, "sparsegpt")
-    return _summary(graph, nodes, n, m)
+    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "sparsegpt", hessian=True)
+    return _result(graph, nodes, n, m)

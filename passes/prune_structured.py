@@ -5,10 +5,10 @@ channels or whole attention heads makes every backend faster and the
 artifact smaller with no sparse kernels.
 
 - prune_ffn / wanda_ffn: for each MLP (gate/up linears -> glu -> down, or
-  linear -> activation -> linear, also fused gate_up as in Phi-3) drop the
-  least important intermediate channels: rows of the producing linears (and
-  their biases), columns of the down projection, and the static sizes of any
-  reshape/slice in between.
+  linear -> activation -> linear, also fused gate_up as in Phi-3; found and
+  cut by passes/lib/ffn.py) drop the least important intermediate channels:
+  rows of the producing linears (and their biases), columns of the down
+  projection, and the static sizes of any reshape/slice in between.
 - prune_heads / wanda_heads: for each attention drop whole KV groups (a KV
   head with the query heads that share it, so GQA stays uniform): rows of
   q/k/v, columns of the output projection, and the head counts of the
@@ -26,51 +26,22 @@ refused with a message naming it (e.g. fused qkv projections for heads).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
-from edgec.ir.ops import get_op
 
-from .prune import input_norms, lm_head_nodes, own_weight, set_weight
-from .registry import register_pass
-
-ACTIVATIONS = {"relu", "gelu", "silu", "tanh", "sigmoid", "exp", "glu"}
-UNARY = {"relu", "gelu", "silu", "tanh", "sigmoid", "exp", "neg", "sqrt", "rsqrt", "cast", "sin", "cos"}
-BINARY = {"add", "sub", "mul", "div", "pow", "maximum"}
+from .lib.activations import Stats, collect
+from .lib.ffn import BINARY, UNARY, channel_magnitude, find_ffns, take_channels
+from .lib.linears import dense_weight, reinfer, take_cols, take_rows
+from .registry import PassResult, register_pass
 
 
 # ---------------------------------------------------------------- helpers
-def _reinfer(graph: Graph, nodes) -> None:
-    """Recompute output types of `nodes` (in graph order) after their inputs shrank."""
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    for n in sorted(set(nodes), key=order.__getitem__):
-        for out, (dtype, shape) in zip(n.outputs, get_op(n.op).infer(n.inputs, n.attrs)):
-            out.dtype, out.shape = dtype, tuple(shape)
-
-
 def _is_scalar(v: Value) -> bool:
     return all(d == 1 for d in v.shape)
-
-
-def _weight(graph: Graph, node: Node, i: int) -> np.ndarray | None:
-    return np.asarray(graph.weight(node.inputs[i])) if len(node.inputs) > i else None
-
-
-def _take_rows(graph: Graph, node: Node, keep: np.ndarray) -> None:
-    """Keep output features `keep` of a linear (weight rows and bias)."""
-    for i in (1, 2):
-        if len(node.inputs) > i:
-            own_weight(graph, node, i)
-            set_weight(graph, node, np.ascontiguousarray(_weight(graph, node, i)[keep]), i)
-
-
-def _take_cols(graph: Graph, node: Node, keep: np.ndarray) -> None:
-    own_weight(graph, node, 1)
-    set_weight(graph, node, np.ascontiguousarray(_weight(graph, node, 1)[:, keep]), 1)
 
 
 def _check_ratio(ratio, what: str) -> float:
@@ -93,93 +64,13 @@ def _plain_weight_linear(n: Node) -> bool:
     return n.op == "linear" and all(v.kind == "weight" for v in n.inputs[1:]) and n.inputs[1].rank == 2
 
 
+def _wanda_scores(graph: Graph, ctx, nodes: list[Node], label: str) -> dict[Node, np.ndarray]:
+    """Per input channel of each node: sum_i |W_ij| * ||X_j|| over calibration data."""
+    stats = collect(graph, ctx.windows(), {n.inputs[0]: Stats(sum_sq=True) for n in nodes}, ctx.progress, label)
+    return {n: np.abs(dense_weight(graph, n)).sum(0) * stats[n.inputs[0]].norms for n in nodes}
+
+
 # ---------------------------------------------------------------- FFN
-@dataclass
-class FFN:
-    """One MLP: producers write the intermediate channels, `down` reads them."""
-
-    down: Node
-    size: int
-    producers: list[Node] = field(default_factory=list)  # linears whose rows are channels
-    slices: dict = field(default_factory=dict)  # fused producer -> its slice nodes (Phi-3 gate_up)
-    between: list[Node] = field(default_factory=list)  # elementwise/glu/reshape nodes in the middle
-
-
-def _match_ffn(down: Node, users) -> FFN | None:
-    """Walk back from a linear's input through channel-wise ops to the linears that produce it."""
-    x = down.inputs[0]
-    if not isinstance(x.shape[-1], int) or not _plain_weight_linear(down):
-        return None
-    ffn = FFN(down, x.shape[-1])
-    seen, stack = set(), [x]
-    while stack:
-        v = stack.pop()
-        if v in seen:
-            continue
-        seen.add(v)
-        p = v.producer
-        if p is None or v.shape[-1] != ffn.size:
-            return None
-        if p.op == "linear":
-            if not _plain_weight_linear(p):
-                return None
-            ffn.producers.append(p)
-        elif p.op == "slice" and p.inputs[0].producer is not None and p.inputs[0].producer.op == "linear":
-            src = p.inputs[0].producer
-            if p.attrs["axis"] % p.inputs[0].rank != p.inputs[0].rank - 1 or p.attrs["step"] != 1 \
-                    or not _plain_weight_linear(src):
-                return None
-            ffn.slices.setdefault(src, []).append(p)
-        elif p.op in UNARY or p.op == "glu" or p.op in BINARY:
-            ffn.between.append(p)
-            for i in p.inputs:
-                if not (p.op in BINARY and _is_scalar(i)):
-                    stack.append(i)
-        elif p.op == "reshape":
-            if p.inputs[0].shape[-1] != ffn.size or p.attrs["shape"][-1] != ffn.size:
-                return None
-            ffn.between.append(p)
-            stack.append(p.inputs[0])
-        else:
-            return None
-    if not any(n.op in ACTIVATIONS for n in ffn.between):
-        return None  # two linears in a row (e.g. a low-rank pair) are not an MLP
-    # Every value in the middle must feed only the middle and the down projection.
-    inside = set(ffn.between) | {down} | {s for ss in ffn.slices.values() for s in ss}
-    for n in ffn.producers + ffn.between + [s for ss in ffn.slices.values() for s in ss]:
-        if any(u not in inside for u in users.get(n.output, [])):
-            return None
-    for src, sl in ffn.slices.items():  # the fused output must split exactly into equal parts
-        starts = sorted(s.attrs["start"] for s in sl)
-        width = src.output.shape[-1]
-        if starts != list(range(0, width, ffn.size)) or len(users.get(src.output, [])) != len(sl):
-            return None
-    return ffn
-
-
-def find_ffns(graph: Graph) -> list[FFN]:
-    users, heads = graph.users(), lm_head_nodes(graph)
-    out = []
-    for n in graph.nodes:
-        if n.op == "linear" and n not in heads:
-            ffn = _match_ffn(n, users)
-            if ffn is not None:
-                out.append(ffn)
-    return out
-
-
-def _ffn_magnitude(graph: Graph, ffn: FFN) -> np.ndarray:
-    """||down[:, j]|| times the norms of every producer row j: a bound on the channel's output."""
-    score = np.linalg.norm(_weight(graph, ffn.down, 1).astype(np.float32), axis=0)
-    for p in ffn.producers:
-        score = score * np.linalg.norm(_weight(graph, p, 1).astype(np.float32), axis=1)
-    for src, sl in ffn.slices.items():
-        w = _weight(graph, src, 1).astype(np.float32)
-        for s in sl:
-            score = score * np.linalg.norm(w[s.attrs["start"]:s.attrs["start"] + ffn.size], axis=1)
-    return score
-
-
 def _keep(score: np.ndarray, ratio: float, multiple_of: int) -> np.ndarray:
     size = len(score)
     keep = max(1, size - int(round(ratio * size)))
@@ -187,24 +78,7 @@ def _keep(score: np.ndarray, ratio: float, multiple_of: int) -> np.ndarray:
     return np.sort(np.argsort(-score, kind="stable")[:keep])
 
 
-def _shrink_ffn(graph: Graph, ffn: FFN, keep: np.ndarray) -> None:
-    new = len(keep)
-    for p in ffn.producers:
-        _take_rows(graph, p, keep)
-    for src, sl in ffn.slices.items():
-        sl = sorted(sl, key=lambda s: s.attrs["start"])
-        _take_rows(graph, src, np.concatenate([s.attrs["start"] + keep for s in sl]))
-        for i, s in enumerate(sl):
-            s.attrs["start"], s.attrs["end"] = i * new, (i + 1) * new
-    for n in ffn.between:
-        if n.op == "reshape":
-            n.attrs["shape"] = list(n.attrs["shape"][:-1]) + [new]
-    _take_cols(graph, ffn.down, keep)
-    _reinfer(graph, ffn.producers + list(ffn.slices) + [s for ss in ffn.slices.values() for s in ss]
-             + ffn.between + [ffn.down])
-
-
-def _prune_ffn(graph: Graph, ratio, multiple_of, scores=None, name="prune_ffn") -> str:
+def _prune_ffn(graph: Graph, ratio, multiple_of, scores=None, name="prune_ffn") -> PassResult:
     ratio = _check_ratio(ratio, name)
     if not isinstance(multiple_of, int) or multiple_of < 1:
         raise EdgecError(f"{name}: multiple_of must be an integer >= 1, got {multiple_of!r}")
@@ -213,35 +87,25 @@ def _prune_ffn(graph: Graph, ratio, multiple_of, scores=None, name="prune_ffn") 
         raise EdgecError(f"{name}: found no MLP (linear -> activation -> linear, or gate/up -> glu -> down)")
     before = after = 0
     for ffn in ffns:
-        score = scores[ffn.down] if scores else _ffn_magnitude(graph, ffn)
+        score = scores[ffn.down] if scores else channel_magnitude(graph, ffn)
         keep = _keep(score, ratio, multiple_of)
         before, after = before + ffn.size, after + len(keep)
         if len(keep) < ffn.size:
-            _shrink_ffn(graph, ffn, keep)
+            take_channels(graph, ffn, keep)
     graph.prune_weights()
-    return f"pruned {len(ffns)} MLPs: {before} -> {after} intermediate channels ({100 * (1 - after / before):.1f}%)"
-
-
-def _wanda_scores(graph: Graph, ctx, nodes: list[Node], label: str) -> dict[Node, np.ndarray]:
-    """Per input channel of each node: sum_i |W_ij| * ||X_j|| over calibration data."""
-    scores, targets = {}, set(nodes)
-
-    def visit(node, inputs):
-        w = np.abs(_weight(graph, node, 1).astype(np.float32))
-        scores[node] = w.sum(0) * input_norms(inputs)
-
-    run_calibration(graph, ctx.windows(), lambda n: n in targets, visit, ctx.progress, label)
-    return scores
+    return PassResult(f"pruned {len(ffns)} MLPs: {before} -> {after} intermediate channels "
+                      f"({100 * (1 - after / before):.1f}%)",
+                      {"mlps": len(ffns), "channels_before": before, "channels_after": after})
 
 
 @register_pass("prune_ffn", ratio=0.25, multiple_of=8)
-def prune_ffn(graph: Graph, ratio, multiple_of) -> str:
+def prune_ffn(graph: Graph, ratio, multiple_of) -> PassResult:
     """Remove the lowest-magnitude intermediate channels of every MLP (shapes shrink)."""
     return _prune_ffn(graph, ratio, multiple_of)
 
 
 @register_pass("wanda_ffn", needs_calibration=True, ratio=0.25, multiple_of=8)
-def wanda_ffn(graph: Graph, ctx, ratio, multiple_of) -> str:
+def wanda_ffn(graph: Graph, ctx, ratio, multiple_of) -> PassResult:
     """Remove the MLP channels with the lowest Wanda score of the down projection (calibrated)."""
     _check_ratio(ratio, "wanda_ffn")
     ffns = find_ffns(graph)
@@ -383,7 +247,7 @@ def _rows(path: Path, heads) -> np.ndarray:
 
 def _heads_magnitude(graph: Graph, h: Heads) -> np.ndarray:
     """Per KV group: ||W_v rows|| * ||W_o cols||, the size of its value->output path (softmax rows sum to 1)."""
-    wv, wo = _weight(graph, h.v.linear, 1).astype(np.float32), _weight(graph, h.out, 1).astype(np.float32)
+    wv, wo = dense_weight(graph, h.v.linear), dense_weight(graph, h.out)
     return np.array([np.linalg.norm(wv[_rows(h.v, [g])]) * np.linalg.norm(wo[:, _group_cols(h, [g])])
                      for g in range(h.kv_heads)])
 
@@ -392,7 +256,7 @@ def _shrink_heads(graph: Graph, h: Heads, keep: np.ndarray) -> None:
     rep = h.heads // h.kv_heads
     q_heads = np.concatenate([np.arange(g * rep, (g + 1) * rep) for g in keep])
     for path, kept in ((h.q, q_heads), (h.k, keep), (h.v, keep)):
-        _take_rows(graph, path.linear, _rows(path, kept))
+        take_rows(graph, path.linear, _rows(path, kept))
         for r in path.head_reshapes:
             r.attrs["shape"] = list(r.attrs["shape"][:-2]) + [len(kept), r.attrs["shape"][-1]]
         for r in path.feature_reshapes:
@@ -400,12 +264,12 @@ def _shrink_heads(graph: Graph, h: Heads, keep: np.ndarray) -> None:
     for n in h.out_nodes:  # the head merge and any reshape after it end in heads * vdim
         if n.op == "reshape":
             n.attrs["shape"] = list(n.attrs["shape"][:-1]) + [len(q_heads) * h.vdim]
-    _take_cols(graph, h.out, _group_cols(h, keep))
-    _reinfer(graph, [p.linear for p in (h.q, h.k, h.v)] + h.q.nodes + h.k.nodes + h.v.nodes
+    take_cols(graph, h.out, _group_cols(h, keep))
+    reinfer(graph, [p.linear for p in (h.q, h.k, h.v)] + h.q.nodes + h.k.nodes + h.v.nodes
              + [h.attention] + h.out_nodes + [h.out])
 
 
-def _prune_heads(graph: Graph, groups, ratio, scores=None, name="prune_heads") -> str:
+def _prune_heads(graph: Graph, groups, ratio, scores=None, name="prune_heads") -> PassResult:
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 0:
         raise EdgecError(f"{name}: groups must be an integer >= 0, got {groups!r}")
     ratio = _check_ratio(ratio, name)
@@ -427,17 +291,18 @@ def _prune_heads(graph: Graph, groups, ratio, scores=None, name="prune_heads") -
         if drop:
             _shrink_heads(graph, h, keep)
     graph.prune_weights()
-    return f"pruned attention in {len(layers)} layers: {before} -> {after} query heads"
+    return PassResult(f"pruned attention in {len(layers)} layers: {before} -> {after} query heads",
+                      {"layers": len(layers), "heads_before": before, "heads_after": after})
 
 
 @register_pass("prune_heads", groups=0, ratio=0.0)
-def prune_heads(graph: Graph, groups, ratio) -> str:
+def prune_heads(graph: Graph, groups, ratio) -> PassResult:
     """Remove whole KV groups (a KV head and its query heads) with the smallest value/output weights."""
     return _prune_heads(graph, groups, ratio)
 
 
 @register_pass("wanda_heads", needs_calibration=True, groups=0, ratio=0.0)
-def wanda_heads(graph: Graph, ctx, groups, ratio) -> str:
+def wanda_heads(graph: Graph, ctx, groups, ratio) -> PassResult:
     """Remove whole KV groups with the lowest Wanda score of the output projection (calibrated)."""
     layers = find_heads(graph)
     scores = _wanda_scores(graph, ctx, [h.out for h in layers], "wanda_heads") if layers else {}

@@ -20,7 +20,7 @@ from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
 from edgec.ir.quant import SUPPORTED_BITS, QuantSpec, quantize_rtn
 
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 def make_spec(bits, group_size, symmetric) -> QuantSpec:
@@ -119,7 +119,8 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
                lm_head_group_size=None, skip=[])
-def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None, lm_head_group_size=None) -> str:
+def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
+             lm_head_group_size=None) -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
@@ -146,5 +147,6 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
         w = np.asarray(graph.weight(t.value), np.float32)
         replace_weight(graph, t, *quantize_rtn(w, sp), sp, share_embedding=True)
     graph.prune_weights()
-    return summary(sum(len(t.linears) for t in targets), spec, before, graph.weights.total_bytes(), graph, lm_head,
-                   extra)
+    count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
+    return PassResult(summary(count, spec, before, after, graph, lm_head, extra),
+                      {"quantized_linears": count, "bytes_before": before, "bytes_after": after})

@@ -2,13 +2,13 @@
 from edgec.ir import Graph
 
 from .match import producer, replace
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 _ACTS = {"silu": "silu", ("gelu", "none"): "gelu", ("gelu", "tanh"): "gelu_tanh"}
 
 
 @register_pass("raise_glu")
-def raise_glu(graph: Graph) -> str:
+def raise_glu(graph: Graph) -> PassResult:
     """Fuse act(gate) * up into one glu op."""
     users = graph.users()
     count = 0
@@ -23,4 +23,4 @@ def raise_glu(graph: Graph) -> str:
             replace(graph, node, graph.make_node("glu", [act.inputs[0], u], {"act": _ACTS[key]}))
             count += 1
             break
-    return f"raised {count} glu"
+    return PassResult(f"raised {count} glu", {"glu": count})

@@ -8,7 +8,7 @@ weight by fold_constants by the time this runs.
 from edgec.ir import Graph
 
 from .match import last_axis, producer, replace, scalar
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 def _match(graph: Graph, node):
@@ -42,7 +42,7 @@ def _match(graph: Graph, node):
 
 
 @register_pass("raise_rms_norm")
-def raise_rms_norm(graph: Graph) -> str:
+def raise_rms_norm(graph: Graph) -> PassResult:
     """Replace the traced RMSNorm arithmetic with one rms_norm op."""
     count = 0
     for node in list(graph.nodes):
@@ -57,4 +57,4 @@ def raise_rms_norm(graph: Graph) -> str:
             continue
         replace(graph, node, new)
         count += 1
-    return f"raised {count} rms_norm"
+    return PassResult(f"raised {count} rms_norm", {"rms_norm": count})

@@ -10,7 +10,7 @@ from edgec.ir import Graph
 from edgec.ir.ops import INT_MAX
 
 from .match import last_axis, producer, replace
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 
 def _slice_of(v, x, start, end):
@@ -74,7 +74,7 @@ def _match_partial(node):
 
 
 @register_pass("raise_rotary")
-def raise_rotary(graph: Graph) -> str:
+def raise_rotary(graph: Graph) -> PassResult:
     """Replace traced rotate-half RoPE (full or partial) with rotary ops."""
     count = partial = 0
     for node in list(graph.nodes):
@@ -87,4 +87,4 @@ def raise_rotary(graph: Graph) -> str:
         if m is not None:
             replace(graph, node, graph.make_node("rotary", list(m)))
             partial += 1
-    return f"raised {count} rotary ({partial} partial)"
+    return PassResult(f"raised {count} rotary ({partial} partial)", {"rotary": count, "partial": partial})

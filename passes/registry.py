@@ -7,6 +7,7 @@ declared with their defaults so recipes can be checked before anything runs.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,7 +38,12 @@ class Pass:
     fn: Callable[..., "PassResult | str | None"]
     options: dict[str, Any] = field(default_factory=dict)
     doc: str = ""
-    needs_calibration: bool = False  # fn also gets ctx=PassContext (calibration windows)
+    needs_calibration: bool = False  # reads calibration windows (ctx.windows()): the build needs --calib
+
+    @property
+    def takes_context(self) -> bool:
+        """fn(graph, ctx=PassContext, ...): device, backend, progress, calibration."""
+        return "ctx" in inspect.signature(self.fn).parameters
 
     def check_options(self, opts: dict[str, Any]) -> dict[str, Any]:
         unknown = set(opts) - set(self.options)
@@ -51,7 +57,7 @@ _PASSES: dict[str, Pass] = {}
 
 
 def register_pass(name: str, *, needs_calibration: bool = False, **options):
-    """Register fn(graph, **options) -> summary; with needs_calibration also ctx=PassContext."""
+    """Register fn(graph, [ctx,] **options) -> PassResult; needs_calibration: it reads ctx.windows()."""
     def deco(fn):
         doc = next(iter((fn.__doc__ or "").strip().splitlines()), "")
         _PASSES[name] = Pass(name, fn, options, doc, needs_calibration)

@@ -23,21 +23,21 @@ lm_head stays fp32 unless lm_head=True (logits are the most sensitive, and it
 is often tied to the embedding). quantize=False stops after smoothing (an
 exact transform up to float rounding; used by the tests).
 
-Activation maxima come from one calibration run over the original graph; the
-paper's statistics are per tensor over all tokens, so no sequential pass is
-needed.
+Activation maxima come from one streaming calibration run over the original
+graph (passes/lib/activations.py: one window at a time); the paper's
+statistics are per tensor over all tokens, so no sequential pass is needed.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
 from edgec.ir.ops import quantize_rows_int8
 
+from .lib.activations import Stats, collect
 from .match import is_const
-from .registry import register_pass
+from .registry import PassResult, register_pass
 
 MIN_SCALE = 1e-5
 
@@ -88,23 +88,6 @@ def _eligible(graph: Graph, heads: set[Node], lm_head: bool):
             yield n
 
 
-def _collect_act_max(graph: Graph, groups: dict[Value, list[Node]], ctx) -> dict[Value, np.ndarray]:
-    """max |x_j| per input channel over all calibration tokens, one entry per shared input."""
-    act_max: dict[Value, np.ndarray] = {}
-    wanted = {id(n) for g in groups.values() for n in g}
-
-    def visit(node: Node, inputs_per_sample):
-        x = node.inputs[0]
-        if x in act_max:  # q/k/v (gate/up) share their input: measure it once
-            return
-        k = x.shape[-1]
-        act_max[x] = np.max([np.abs(ins[0]).reshape(-1, k).max(0) for ins in inputs_per_sample], axis=0)
-
-    run_calibration(graph, ctx.windows(), lambda n: id(n) in wanted, visit, progress=ctx.progress,
-                    label="smoothquant: calibrating")
-    return act_max
-
-
 def _only_feeds(x: Value, group: list[Node], users, graph: Graph) -> bool:
     return x not in graph.outputs and {id(u) for u in users.get(x, [])} <= {id(n) for n in group}
 
@@ -144,7 +127,7 @@ def _up_producer(graph: Graph, x: Value, group, users, eligible: set[Node]) -> N
 
 @register_pass("smoothquant", needs_calibration=True, alpha=0.5, lm_head=False, quantize=True)
 def smoothquant(graph: Graph, ctx=None, alpha: float = 0.5, lm_head: bool = False,
-                quantize: bool = True) -> str:
+                quantize: bool = True) -> PassResult:
     """SmoothQuant: smooth activation outliers into weights, then W8A8 (per-token int8 activations)."""
     if not 0.0 <= float(alpha) <= 1.0:
         raise EdgecError(f"smoothquant alpha must be in [0, 1], got {alpha}")
@@ -153,11 +136,13 @@ def smoothquant(graph: Graph, ctx=None, alpha: float = 0.5, lm_head: bool = Fals
     before = graph.weights.total_bytes()
     eligible = list(_eligible(graph, lm_heads(graph), lm_head))
     if not eligible:
-        return "no fp32 linears to quantize"
+        return PassResult("no fp32 linears to quantize", {"linears": 0})
     groups: dict[Value, list[Node]] = {}
     for n in eligible:
         groups.setdefault(n.inputs[0], []).append(n)
-    act_max = _collect_act_max(graph, groups, ctx)
+    # max |x_j| per input channel over all calibration tokens, once per shared input (q/k/v, gate/up)
+    stats = collect(graph, ctx.windows(), {x: Stats(abs_max=True) for x in groups}, ctx.progress,
+                    "smoothquant: calibrating")
 
     users = graph.users()
     elig = set(eligible)
@@ -170,7 +155,7 @@ def smoothquant(graph: Graph, ctx=None, alpha: float = 0.5, lm_head: bool = Fals
     # change the statistics of down_proj's input.
     for x, group in groups.items():
         w_max = np.max([np.abs(np.asarray(graph.weight(n.inputs[1]), np.float32)).max(0) for n in group], 0)
-        s = smoothing_scales(act_max[x], w_max, alpha)
+        s = smoothing_scales(stats[x].abs_max, w_max, alpha)
         inv = (1.0 / s).astype(np.float32)
         for n in group:
             col_scale[n] = s
@@ -213,6 +198,8 @@ def smoothquant(graph: Graph, ctx=None, alpha: float = 0.5, lm_head: bool = Fals
     graph.prune_weights()
     after = graph.weights.total_bytes()
     what = f"W8A8 {len(eligible)} linears" if quantize else f"smoothed {len(eligible)} linears (fp32)"
-    return (f"{what}, alpha={alpha}: {len(groups)} inputs smoothed ({folds['norm']} folded into norms, "
-            f"{folds['up']} into up projections, {folds['mul']} explicit muls), "
-            f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB")
+    return PassResult(f"{what}, alpha={alpha}: {len(groups)} inputs smoothed ({folds['norm']} folded into norms, "
+                      f"{folds['up']} into up projections, {folds['mul']} explicit muls), "
+                      f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB",
+                      {"linears": len(eligible), "inputs": len(groups), "folded_norms": folds["norm"],
+                       "folded_up": folds["up"], "muls": folds["mul"], "bytes_before": before, "bytes_after": after})

@@ -1,10 +1,12 @@
 """Every supported architecture, end to end, on a tiny random model.
 
-For each: save a model + tokenizer with save_pretrained, compile it, and check
-the IR interpreter and the ONNX artifact against transformers' eager model
-(fp32, max abs diff <= 1e-4), and greedy generation with the KV cache against
-transformers' greedy `generate`.
+For each: save a model + tokenizer with save_pretrained, compile it to the IR, and
+check the IR interpreter and an artifact of every backend (helpers.BACKENDS; all but
+ONNX are `slow`) against transformers' eager model (fp32, max abs diff <= 1e-4), and
+greedy generation with the KV cache against transformers' greedy `generate`.
 """
+import copy
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,26 +18,46 @@ import edgec
 from edgec.backends import get_backend
 from edgec.devices import get_device
 from edgec.ir import interpret
+from edgec.passes import PassManager
 from edgec.pipeline import compile_ir, write_artifact
 from edgec.recipes import load_recipe
+from helpers import BACKENDS, IDS, model_feeds
 from tiny import ARCHS, save_tiny
 
 TOL = 1e-4
-IDS = [5, 17, 33, 8, 41, 2, 60, 12, 9, 27, 70, 3, 44]
+# ONNX (every device's default backend) and the reference backend (no compile) in the fast run. TVM
+# compiles each model for 10-25 s (all 11 pass, +2.5 min on 2 cores), so it is `slow`: `pytest` runs it,
+# `-m "not slow"` does not.
+FAST = ("onnx", "reference")
+ARTIFACT_BACKENDS = [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS]
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def built(request, tmp_path_factory):
+    """The tiny model of one architecture in the IR (fp32, all phases), with its eager twin."""
     arch = request.param
     d = tmp_path_factory.mktemp(arch)
     save_tiny(arch, d / "hf")
     recipe = load_recipe("fp32")
     imported, pm = compile_ir(str(d / "hf"), recipe)
-    art = write_artifact(imported, pm, d / "artifact", device=get_device("host"),
-                         backend=get_backend("onnx"), recipe=recipe)
     eager = AutoModelForCausalLM.from_pretrained(d / "hf", attn_implementation="eager",
                                                  dtype=torch.float32).eval()
-    return SimpleNamespace(arch=arch, graph=imported.graph, artifact=art, eager=eager, records=pm.records)
+    return SimpleNamespace(arch=arch, dir=d, recipe=recipe, imported=imported, pm=pm, graph=imported.graph,
+                           eager=eager, artifacts={})
+
+
+@pytest.fixture(params=ARTIFACT_BACKENDS)
+def artifact(built, request):
+    """`built` written as an artifact by one backend, once per module (from copies: a backend may
+    rewrite the graph and add pass records)."""
+    backend = request.param
+    if backend not in built.artifacts:
+        imported = dataclasses.replace(built.imported, graph=copy.deepcopy(built.graph))
+        pm = PassManager()
+        pm.records = list(built.pm.records)
+        built.artifacts[backend] = write_artifact(imported, pm, built.dir / backend, device=get_device("host"),
+                                                  backend=get_backend(backend), recipe=built.recipe)
+    return built.artifacts[backend]
 
 
 def eager_logits(model, ids):
@@ -43,29 +65,23 @@ def eager_logits(model, ids):
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
-def empty_past(graph):
-    return {v.name: np.zeros([0 if isinstance(d, str) else d for d in v.shape], v.dtype)
-            for v in graph.inputs if v.name.startswith("past_")}
-
-
 def test_interpreter_matches_transformers(built):
     ref = eager_logits(built.eager, IDS)
-    feeds = {"input_ids": np.array([IDS]), "position_ids": np.arange(len(IDS))[None], **empty_past(built.graph)}
-    out = interpret(built.graph, feeds)["logits"][0]
+    out = interpret(built.graph, model_feeds(built.graph, IDS))["logits"][0]
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= TOL
 
 
-def test_onnx_artifact_matches_transformers(built):
-    model = edgec.load(built.artifact)
+def test_artifact_matches_transformers(built, artifact):
+    model = edgec.load(artifact)
     ref = eager_logits(built.eager, IDS)
     out = model.logits(IDS)
     assert out.shape == (len(IDS), ref.shape[-1])
     assert np.abs(out - ref).max() <= TOL
 
 
-def test_greedy_generation_with_kv_cache_matches_transformers(built):
-    model = edgec.load(built.artifact)
+def test_greedy_generation_with_kv_cache_matches_transformers(built, artifact):
+    model = edgec.load(artifact)
     prompt = IDS[:5]
     ours = model.generate(prompt, max_new_tokens=16, stop_at_eos=False)
     hf = built.eager

@@ -4,7 +4,8 @@ import pytest
 
 from edgec.calibration import CalibConfig, read_text, run_calibration, token_windows
 from edgec.errors import EdgecError
-from edgec.ir import Graph, interpret
+from edgec.ir import interpret
+from helpers import two_linears
 from tiny import tiny_tokenizer
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40
@@ -51,21 +52,8 @@ def test_config_bounds():
         CalibConfig(seqlen=1).check()
 
 
-def _two_linears():
-    rng = np.random.default_rng(0)
-    g = Graph()
-    ids = g.add_input("input_ids", "int64", (1, "seq"))
-    g.add_input("position_ids", "int64", (1, "seq"))
-    emb = g.op("embedding", g.add_weight("emb", rng.standard_normal((10, 8)).astype("float32")), ids)
-    h = g.op("linear", emb, g.add_weight("w1", rng.standard_normal((8, 8)).astype("float32")))
-    h = g.op("relu", h)
-    out = g.op("linear", h, g.add_weight("w2", rng.standard_normal((4, 8)).astype("float32")))
-    g.outputs = [out]
-    return g
-
-
 def test_run_calibration_visits_in_order_and_sees_updated_weights():
-    g = _two_linears()
+    g = two_linears()
     windows = [np.array([1, 2, 3]), np.array([4, 5, 6, 7])]
     seen = []
 
@@ -82,12 +70,12 @@ def test_run_calibration_visits_in_order_and_sees_updated_weights():
 
 
 def test_run_calibration_inputs_equal_interpreter_values():
-    g = _two_linears()
+    g = two_linears()
     window = np.array([3, 1, 4, 1, 5])
     got = {}
     run_calibration(g, [window], lambda n: n.op == "relu", lambda n, ins: got.update(x=ins[0][0]))
     relu = next(n for n in g.nodes if n.op == "relu")
-    g2 = _two_linears()
+    g2 = two_linears()
     g2.outputs = [next(n for n in g2.nodes if n.op == "relu").inputs[0]]
     ref = interpret(g2, {"input_ids": window[None], "position_ids": np.arange(5)[None]})
     np.testing.assert_allclose(got["x"], next(iter(ref.values())))

@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from edgec.backends import get_backend
+
 from edgec.devices import Device, get_device, list_devices
 from edgec.errors import EdgecError
 
@@ -30,15 +32,18 @@ def test_device_fields_typed(name):
     for attr in ("memory_gb", "memory_bandwidth_gbs", "peak_int8_tops", "peak_fp16_tflops"):
         value = getattr(d, attr)
         assert isinstance(value, float) and value > 0, attr
-    for attr in ("cpu_features", "onnx_providers", "estimated"):
+    for attr in ("cpu_features", "estimated"):
         value = getattr(d, attr)
         assert isinstance(value, tuple) and all(isinstance(x, str) for x in value), attr
-    assert d.onnx_providers and d.onnx_providers[-1] == "CPUExecutionProvider"
+    providers = d.options_for("onnx")["providers"]
+    assert providers and providers[-1] == "CPUExecutionProvider"
+    for backend, table in d.backend_options.items():  # every table is valid for its backend's schema
+        get_backend(backend).check_options(table, f"device {d.name}")
     assert set(d.estimated) <= {f.name for f in dataclasses.fields(Device)}
     assert d.default_backend == "onnx"
     # GPU devices name their arch; CPU devices have none.
     assert (d.kind == "gpu") == d.gpu_arch.startswith("sm_")
-    assert (d.kind == "gpu") == ("CUDAExecutionProvider" in d.onnx_providers)
+    assert (d.kind == "gpu") == ("CUDAExecutionProvider" in providers)
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED))

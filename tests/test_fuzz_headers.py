@@ -32,8 +32,8 @@ from safetensors.numpy import save_file
 from edgec.errors import EdgecError
 from edgec.frontend.headers import (GGML_TYPES, SAFETENSORS_BITS, read_gguf_header,
                                     read_safetensors_header)
-from test_headers import (ALIGN, gguf_bytes, gguf_reference, gstr, kv, safetensors_reference, same_gguf,
-                          sample_gguf, tinfo, u32, write_gguf)
+from header_files import (ALIGN, gguf_bytes, gguf_reference, gstr, kv, safetensors_reference, same_gguf,
+                           sample_gguf, tinfo, u32, write_gguf)
 
 EXAMPLES = int(os.environ.get("EDGEC_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False, database=None,

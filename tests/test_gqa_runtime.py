@@ -29,9 +29,11 @@ from edgec.ir import Graph, interpret
 from edgec.passes import get_pass
 from edgec.pipeline import compile_ir, write_artifact
 from edgec.recipes import load_recipe
-from edgec.runtime import Detokenizer, _ForwardSequence
-from edgec.targets.onnx import OnnxExecutor, compile_graph
-from edgec.targets.onnx.runtime import SESSION_OPTIONS, OnnxSequence, session_options
+from edgec.executor import ForwardSequence
+from edgec.runtime import Detokenizer
+from edgec.targets.onnx import OnnxExecutor, compile_graph, prelower
+from edgec.backends import get_backend
+from edgec.targets.onnx.runtime import OnnxSequence, session_options
 from tiny import save_tiny, tiny_config, tiny_tokenizer
 
 TOL = 1e-4
@@ -80,7 +82,7 @@ def test_gqa_op_matches_interpreter(tmp_path, name):
     kw = OP_CASES[name]
     g = attention_graph(**kw)
     heads, kv, dtype = kw["heads"], kw["kv"], kw.get("dtype", "float32")
-    assert compile_graph(g, tmp_path)["kv_cache"] == "shared_buffer"
+    assert compile_graph(prelower(g), tmp_path)["kv_cache"] == "shared_buffer"
     assert gqa_nodes(tmp_path) == 1
     ex = OnnxExecutor(tmp_path, threads=1)
     assert ex.shared_kv
@@ -123,7 +125,7 @@ def test_gqa_op_matches_interpreter(tmp_path, name):
                          ids=["v_head_dim", "no_position_ids"])
 def test_gqa_falls_back_when_not_expressible(tmp_path, kw):
     g = attention_graph(**kw)
-    assert compile_graph(g, tmp_path)["kv_cache"] == "concat"
+    assert compile_graph(prelower(g), tmp_path)["kv_cache"] == "concat"
     assert gqa_nodes(tmp_path) == 0
     assert not OnnxExecutor(tmp_path, threads=1).shared_kv
 
@@ -162,14 +164,15 @@ def built(request, tmp_path_factory):
 def reference_logits(graph, ids):
     past = {v.name: np.zeros([0 if isinstance(x, str) else x for x in v.shape], v.dtype)
             for v in graph.inputs if v.name.startswith("past_")}
+    rows = {v.name: np.array([len(ids)]) for v in graph.inputs if v.name == "logits_rows"}  # ONNX prelower's
     return interpret(graph, {"input_ids": np.array([ids]), "position_ids": np.arange(len(ids))[None],
-                             **past})["logits"][0]
+                             **past, **rows})["logits"][0]
 
 
 def test_model_uses_gqa_and_matches_interpreter(built):
     model = edgec.load(built.artifact)
     assert model.manifest["backend"]["kv_cache"] == "shared_buffer"
-    assert gqa_nodes(built.artifact / "model") == built.graph.meta["kv_layers"] == 2
+    assert gqa_nodes(built.artifact / "model") == built.graph.facts.kv_layers == 2
     nodes = onnx.load(str(built.artifact / "model" / "model.onnx"), load_external_data=False).graph.node
     gqa_out = {n.output[0] for n in nodes if n.op_type == "GroupQueryAttention"}
     assert not [n for n in nodes if n.op_type == "Reshape" and n.input[0] in gqa_out]  # heads merged by GQA itself
@@ -274,7 +277,7 @@ def test_int8_kv_cache_falls_back_to_concat(tiny_llama, tmp_path):
     model = edgec.load(art)
     assert model.manifest["backend"]["kv_cache"] == "concat" and gqa_nodes(art / "model") == 0
     seq = model.sequence(32)
-    assert isinstance(seq.inner, _ForwardSequence)
+    assert isinstance(seq.inner, ForwardSequence)
     tokens = model.generate(IDS[:5], max_new_tokens=8, stop_at_eos=False)
     full = model.logits(IDS[:5] + tokens)
     assert (full[4:-1].argmax(-1) == np.array(tokens)).mean() >= 0.85
@@ -283,10 +286,8 @@ def test_int8_kv_cache_falls_back_to_concat(tiny_llama, tmp_path):
 # ----------------------------------------------------------------------------- options
 @pytest.mark.parametrize("name", list_devices())
 def test_device_onnx_options_are_valid(name):
-    table = get_device(name).onnx
-    assert table and set(table) <= set(SESSION_OPTIONS)
-    for key, value in table.items():
-        assert isinstance(value, SESSION_OPTIONS[key]), (key, value)
+    table = get_device(name).options_for("onnx")
+    assert table and get_backend("onnx").check_options(table, name) == table
     session_options(table)
 
 
@@ -296,7 +297,7 @@ def test_session_options_and_threads_override():
     assert opts.intra_op_num_threads == 2 and not opts.enable_cpu_mem_arena
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options({"intra_op_threads": 3}).intra_op_num_threads == 3
-    with pytest.raises(EdgecError, match="unknown"):
+    with pytest.raises(EdgecError, match=r"no option\(s\) \['threads'\]; valid: accuracy_level, allow_spinning"):
         session_options({"threads": 2})
     with pytest.raises(EdgecError, match="graph_optimization"):
         session_options({"graph_optimization": "max"})

@@ -21,6 +21,7 @@ from edgec import limits
 from edgec.calibration import MAX_SAMPLES, CalibConfig, calibration_bytes, run_calibration
 from edgec.errors import EdgecError
 from edgec.frontend.source import load_hf, resolve_source
+from helpers import two_linears
 from tiny import ARCHS, VOCAB, save_tiny, tiny_tokenizer
 
 MEMORY_CAP = 6 << 30  # RLIMIT_DATA: a child that regresses into allocating the context dies, not the machine
@@ -235,10 +236,9 @@ def test_command_line_wins_over_recipe():
 
 
 def test_run_calibration_checks_memory_first(monkeypatch):
-    from test_calibration import _two_linears
     import numpy as np
 
-    g = _two_linears()
+    g = two_linears()
     windows = [np.arange(5) % 10] * 3
     nodes = [n for n in g.nodes if n.op != "linear" or n.inputs[1].name == "w1"]
     assert calibration_bytes(nodes, windows) == 15 * (16 + 2 * 4 * 8)

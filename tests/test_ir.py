@@ -194,6 +194,12 @@ OP_CASES: dict[str, list] = {
         ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 2, "seq", 8)), T(F32, (1, 2, "seq", 8)),
           T(F32, (1, 2, "past", 8)), T(F32, (1, 2, "past", 8))], {"scale": 0.3, "window": 2}),
     ],
+    # pre-lowering forms (passes/gqa.py, passes/logits_rows.py)
+    "gqa": [([T(F32, (1, "seq", 32)), T(F32, (1, "seq", 16)), T(F32, (1, "seq", 16)), T(F32, (1, 2, "past", 8)),
+              T(F32, (1, 2, "past", 8)), T("int64", (1, "seq"), "int", 8)], {"scale": 0.3, "window": 2})],
+    "gqa_packed": [([T(F32, (1, "seq", 64)), T(F32, (1, 2, "past", 8)), T(F32, (1, 2, "past", 8)),
+                     T("int64", (1, "seq"), "int", 16), T(F32, (16, 4)), T(F32, (16, 4))], {"scale": 0.3})],
+    "last_rows": [([X3, T("int64", (1,), "int", 1)], {"dim": "seq"})],  # n = 0: every row, so the dim is seq
 }
 
 

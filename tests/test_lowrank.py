@@ -1,30 +1,20 @@
 """Low-rank (SVD / activation-aware SVD) factorization of linears on a tiny Llama."""
-import copy
-
 import numpy as np
 import pytest
 
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
-from edgec.ir import verify
 from edgec.passes import get_pass
+from edgec.passes.lib.activations import Stats
 from edgec.passes.lowrank import activation_scale, choose_rank, factor
 from edgec.passes.prune import weight_linears
-from test_prune import Calib, logits, raised_graph
+from helpers import Calib, logits, raised_graph
+from helpers import run_pass_on_copy as run_pass  # (the copy, its PassResult); calibrated passes get Calib()
 
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama):
     return raised_graph(tiny_llama)
-
-
-def run_pass(graph, name, **opts):
-    g = copy.deepcopy(graph)
-    p = get_pass(name)
-    extra = {"ctx": Calib()} if p.needs_calibration else {}
-    summary = p.fn(g, **extra, **p.check_options(opts))
-    verify(g)
-    return g, summary
 
 
 def factored(graph):
@@ -40,9 +30,10 @@ def factored(graph):
 
 
 def test_rank_option_gives_factors_of_that_rank(llama):
-    g, summary = run_pass(llama, "svd", rank=8)
+    g, result = run_pass(llama, "svd", rank=8)
     shapes = factored(g)
-    assert len(shapes) == 14 and summary.startswith("factored 14 of 14 linears (rank 8-8)")
+    assert len(shapes) == 14 and (result["factored"], result["linears"], result["rank_min"], result["rank_max"]) \
+        == (14, 14, 8, 8)
     originals = {n.inputs[1].name: n.inputs[1].shape for n in weight_linears(llama)}
     for name, (a, b) in shapes.items():
         n, k = originals[name]
@@ -58,10 +49,11 @@ def test_full_rank_reproduces_the_model(llama):
 
 
 def test_min_saving_skips_linears_that_would_grow(llama):
-    g, summary = run_pass(llama, "svd", rank=40)  # 40*(64+64) >= 64*64 (q, o), 40*(128+64) < 128*64 (MLP)
+    g, result = run_pass(llama, "svd", rank=40)  # 40*(64+64) >= 64*64 (q, o), 40*(128+64) < 128*64 (MLP)
     shapes = factored(g)
     assert sorted(shapes) == sorted(n.inputs[1].name for n in weight_linears(llama) if ".mlp." in n.inputs[1].name)
-    assert summary.startswith("factored 6 of 14 linears (rank 40-40)")
+    assert (result["factored"], result["linears"], result["rank_min"], result["rank_max"]) == (6, 14, 40, 40)
+    assert result["params_after"] == 6 * 40 * (128 + 64) < result["params_before"] == 6 * 128 * 64
 
 
 def test_energy_picks_the_smallest_rank_that_keeps_it():
@@ -97,7 +89,8 @@ def test_activation_aware_lowers_the_output_error(llama, acts, scaling):
         x = np.concatenate([s[0].reshape(-1, w.shape[1]) for s in acts[node]])
         a, b = factor(w, rank=12)
         plain += np.linalg.norm(x @ w.T - x @ (a @ b).T)
-        a, b = factor(w, rank=12, scale=activation_scale(acts[node], scaling, 0.5, 0.01))
+        stats = Stats.of([s[0] for s in acts[node]], sum_sq=True, abs_sum=True, hessian=True)
+        a, b = factor(w, rank=12, scale=activation_scale(stats, scaling, 0.5, 0.01))
         assert a.shape[1] == 12
         aware += np.linalg.norm(x @ w.T - x @ (a @ b).T)
     assert aware < plain
@@ -106,8 +99,8 @@ def test_activation_aware_lowers_the_output_error(llama, acts, scaling):
 def test_asvd_pass_rewrites_and_beats_plain_svd_end_to_end(llama):
     ref = logits(llama)
     g_plain, _ = run_pass(llama, "svd", rank=12)
-    g_aware, summary = run_pass(llama, "asvd", rank=12, scaling="whiten")
-    assert summary.startswith("factored 14 of 14 linears (rank 12-12)")
+    g_aware, result = run_pass(llama, "asvd", rank=12, scaling="whiten")
+    assert (result["factored"], result["linears"], result["rank_min"], result["rank_max"]) == (14, 14, 12, 12)
     assert factored(g_aware) == factored(g_plain)
     assert np.abs(logits(g_aware) - ref).mean() < np.abs(logits(g_plain) - ref).mean()
 

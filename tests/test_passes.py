@@ -13,16 +13,10 @@ from edgec.ir import Graph, VerifyError, interpret, verify
 from edgec.ir.ops import INT_MAX
 from edgec.passes import CANONICALIZE, LOWER, RAISE, PassManager, PassRecord, get_pass, list_passes, register_pass
 from edgec.passes import registry as pass_registry
+from helpers import run_pass
 
 F32 = "float32"
 RNG = np.random.default_rng(0)
-
-
-def run_pass(graph: Graph, name: str, **opts) -> str:
-    p = get_pass(name)
-    summary = p.fn(graph, **p.check_options(opts))
-    verify(graph)
-    return summary
 
 
 def randn(*shape):
@@ -60,13 +54,12 @@ def test_dce_removes_dead_nodes_and_weights_only():
     n = g.add_node("attention", [g.op("reshape", live, shape=[1, 1, 2, 4])] * 3, {"scale": 0.5})
     g.outputs = [n.outputs[0], w3]
     before = copy.deepcopy(g)
-    summary = run_pass(g, "dce")
-    assert summary == "removed 3 nodes, 2 weights"
+    assert run_pass(g, "dce").counts == {"removed_nodes": 3, "removed_weights": 2}
     assert [nd.op for nd in g.nodes] == ["add", "reshape", "attention"]
     assert set(g.weight_values) == {"w1", "w3"} and set(g.weights) == {"w1", "w3"}
     assert [v.name for v in g.inputs] == ["x", "unused"] and unused_in in g.inputs
     assert_same_outputs(before, g, feeds_for(g))
-    assert run_pass(g, "dce") == "removed 0 nodes, 0 weights"
+    assert run_pass(g, "dce").counts == {"removed_nodes": 0, "removed_weights": 0}
 
 
 # ============================================================== fold_constants
@@ -81,7 +74,7 @@ def test_fold_constants_folds_constant_subgraphs():
     y = g.op("mul", g.op("mul", x, wp1), g.op("add", chain, two))
     g.outputs = [y]
     before = copy.deepcopy(g)
-    assert run_pass(g, "fold_constants") == "folded 5 nodes"
+    assert run_pass(g, "fold_constants").counts == {"folded_nodes": 5}
     run_pass(g, "dce")
     assert g.op_counts() == {"mul": 2}
     folded = g.weight(g.weight_values["norm.weight.add"])
@@ -97,7 +90,7 @@ def test_fold_constants_leaves_growing_expand_alone():
     e = g.op("expand", w, shape=[8, 4])
     g.outputs = [g.op("add", x, e)]
     before = copy.deepcopy(g)
-    assert run_pass(g, "fold_constants") == "folded 0 nodes"
+    assert run_pass(g, "fold_constants").counts == {"folded_nodes": 0}
     assert g.op_counts() == {"add": 1, "expand": 1}
     assert g.weights.total_bytes() == 16
     assert_same_outputs(before, g, feeds_for(g))
@@ -108,7 +101,7 @@ def test_fold_constants_ignores_nodes_with_runtime_inputs():
     x = g.add_input("x", F32, (4,))
     w = g.add_weight("w", randn(4))
     g.outputs = [g.op("add", x, w)]
-    assert run_pass(g, "fold_constants") == "folded 0 nodes"
+    assert run_pass(g, "fold_constants").counts == {"folded_nodes": 0}
 
 
 # ============================================================== raise_rms_norm
@@ -129,7 +122,7 @@ def rms_graph(*, axis=-1, exponent=2.0, keepdim=True, other_x=False, w_is_input=
 def test_raise_rms_norm_exact_pattern(w_first):
     g = rms_graph(w_first=w_first)
     before = copy.deepcopy(g)
-    assert run_pass(g, "raise_rms_norm") == "raised 1 rms_norm"
+    assert run_pass(g, "raise_rms_norm").counts == {"rms_norm": 1}
     run_pass(g, "dce")
     assert g.op_counts() == {"rms_norm": 1}
     assert g.nodes[0].inputs == [g.inputs[0], g.weight_values["w"]]
@@ -142,7 +135,7 @@ def test_raise_rms_norm_exact_pattern(w_first):
 def test_raise_rms_norm_near_misses(kw):
     g = rms_graph(**kw)
     counts = g.op_counts()
-    assert run_pass(g, "raise_rms_norm") == "raised 0 rms_norm"
+    assert run_pass(g, "raise_rms_norm").counts == {"rms_norm": 0}
     assert g.op_counts() == counts
 
 
@@ -173,7 +166,7 @@ def rotary_graph(rot_dim=8, **kw):
 def test_raise_rotary_full():
     g = rotary_graph()
     before = copy.deepcopy(g)
-    assert run_pass(g, "raise_rotary") == "raised 1 rotary (0 partial)"
+    assert run_pass(g, "raise_rotary").counts == {"rotary": 1, "partial": 0}
     run_pass(g, "dce")
     assert g.op_counts() == {"rotary": 1}
     assert g.nodes[0].inputs == g.inputs
@@ -183,7 +176,7 @@ def test_raise_rotary_full():
 def test_raise_rotary_partial():
     g = rotary_graph(rot_dim=4)
     before = copy.deepcopy(g)
-    assert run_pass(g, "raise_rotary") == "raised 1 rotary (1 partial)"
+    assert run_pass(g, "raise_rotary").counts == {"rotary": 1, "partial": 1}
     run_pass(g, "dce")
     assert g.op_counts() == {"rotary": 1}
     assert g.nodes[0].inputs == g.inputs
@@ -195,7 +188,7 @@ def test_raise_rotary_partial():
 def test_raise_rotary_near_misses(kw):
     g = rotary_graph(**kw)
     counts = g.op_counts()
-    assert run_pass(g, "raise_rotary") == "raised 0 rotary (0 partial)"
+    assert run_pass(g, "raise_rotary").counts == {"rotary": 0, "partial": 0}
     assert g.op_counts() == counts
 
 
@@ -216,7 +209,7 @@ def glu_graph(act="silu", approximate="none", swap=False, second_user=False, u_s
 def test_raise_glu_exact_pattern(act, approximate, expect, swap):
     g = glu_graph(act, approximate, swap)
     before = copy.deepcopy(g)
-    assert run_pass(g, "raise_glu") == "raised 1 glu"
+    assert run_pass(g, "raise_glu").counts == {"glu": 1}
     run_pass(g, "dce")
     assert g.op_counts() == {"glu": 1}
     assert g.nodes[0].attrs == {"act": expect}
@@ -229,7 +222,7 @@ def test_raise_glu_exact_pattern(act, approximate, expect, swap):
 def test_raise_glu_near_misses(kw):
     g = glu_graph(**kw)
     counts = g.op_counts()
-    assert run_pass(g, "raise_glu") == "raised 0 glu"
+    assert run_pass(g, "raise_glu").counts == {"glu": 0}
     assert g.op_counts() == counts
 
 
@@ -266,8 +259,8 @@ def run_chunked(graph: Graph, full_feeds: dict, chunks: list[int], seq_inputs: t
 def test_kv_cache_hand_built_chunks_equal_full_run(window):
     g = attention_graph(window=window)
     before = copy.deepcopy(g)
-    assert run_pass(g, "kv_cache") == "cached 2 attention layers"
-    assert g.meta["kv_layers"] == 2
+    assert run_pass(g, "kv_cache").counts == {"cached_layers": 2, "bits": 32}
+    assert g.facts.kv_layers == 2
     assert [v.name for v in g.inputs] == ["x", "past_key.0", "past_value.0", "past_key.1", "past_value.1"]
     assert [v.name for v in g.outputs][1:] == ["present_key.0", "present_value.0", "present_key.1",
                                                "present_value.1"]
@@ -352,8 +345,7 @@ def test_raising_consumes_the_whole_pattern(raised, arch):
 
 def test_fold_constants_on_gemma_folds_one_plus_weight(imported):
     g = copy.deepcopy(imported["gemma"])
-    summary = run_pass(g, "fold_constants")
-    assert int(summary.split()[1]) >= 5  # five (1 + norm.weight)
+    assert run_pass(g, "fold_constants")["folded_nodes"] >= 5  # five (1 + norm.weight)
     run_pass(g, "dce")
     assert sum(1 for n in g.nodes if n.op == "add" and any(v.kind == "weight" for v in n.inputs)) == 0
     assert any(name.endswith("layernorm.weight.add") for name in g.weight_values)
@@ -363,7 +355,7 @@ def test_fold_constants_on_gemma_folds_one_plus_weight(imported):
 def test_kv_cache_chunks_equal_full_run(raised, arch):
     g = copy.deepcopy(raised[arch])
     before_outputs = [v.name for v in g.outputs]
-    assert run_pass(g, "kv_cache") == "cached 2 attention layers"
+    assert run_pass(g, "kv_cache").counts == {"cached_layers": 2, "bits": 32}
     names_in = [v.name for v in g.inputs]
     names_out = [v.name for v in g.outputs]
     for i in range(2):
@@ -390,8 +382,8 @@ def test_fp16_weights(raised, arch):
     before = g.weights.total_bytes()
     expect = sum(g.weights.info(n).nbytes // (2 if v.rank >= 2 and v.dtype == F32 else 1)
                  for n, v in g.weight_values.items())
-    summary = run_pass(g, "fp16_weights")
-    assert summary.startswith("stored ")
+    matrices = sum(1 for v in g.weight_values.values() if v.rank >= 2 and v.dtype == F32)
+    result = run_pass(g, "fp16_weights")
     for name, v in g.weight_values.items():
         # matrices are stored fp16; vectors/scalars (norms, biases, inv_freq) stay fp32
         assert v.dtype == ("float16" if v.rank >= 2 else "float32"), (name, v)
@@ -400,6 +392,7 @@ def test_fp16_weights(raised, arch):
     assert any("inv_freq" in name for name in g.weight_values)
     after = g.weights.total_bytes()
     assert after == expect
+    assert result.counts == {"fp16_weights": matrices, "bytes_before": before, "bytes_after": after}
     assert abs(after / before - 0.5) < 0.02, (before, after)  # vectors are ~1% of a tiny model
     verify(g)
     ref = interpret(raised[arch], model_feeds(raised[arch]))["logits"]
@@ -428,7 +421,7 @@ def test_fp16_weights_hand_built_keeps_non_float_and_unused():
     y = g.op("add", g.op("linear", x, w, bias), emb)
     g.outputs = [y]
     before = copy.deepcopy(g)
-    assert run_pass(g, "fp16_weights").startswith("stored 2 weights as fp16")
+    assert run_pass(g, "fp16_weights")["fp16_weights"] == 2
     assert {n: v.dtype for n, v in g.weight_values.items()} == {"ids": "int64", "w.fp16": "float16",
                                                                 "table.fp16": "float16", "bias": "float32"}
     assert [n.op for n in g.nodes[:2]] == ["cast", "cast"]
@@ -470,8 +463,8 @@ def test_pass_manager_records_and_dumps(tmp_path):
         texts.append(str(g))
     assert [r.name for r in pm.records] == ["dce", "fold_constants", "dce"]
     assert all(isinstance(r, PassRecord) for r in pm.records)
-    assert [r.summary for r in pm.records] == ["removed 1 nodes, 1 weights", "folded 1 nodes",
-                                               "removed 1 nodes, 1 weights"]
+    assert [r.counts for r in pm.records] == [{"removed_nodes": 1, "removed_weights": 1}, {"folded_nodes": 1},
+                                              {"removed_nodes": 1, "removed_weights": 1}]
     assert [r.nodes for r in pm.records] == [3, 2, 1]
     for r in pm.records:
         assert isinstance(r.seconds, float) and 0 <= r.seconds < 5
@@ -481,7 +474,7 @@ def test_pass_manager_records_and_dumps(tmp_path):
     assert files == ["01-dce.txt", "02-fold_constants.txt", "03-dce.txt"]
     assert [(tmp_path / "dump" / f).read_text() for f in files] == texts
     assert len(messages) == 3 and all(m.startswith("canon: ") for m in messages)
-    assert "fold_constants: folded 1 nodes" in messages[1]
+    assert all(r.summary for r in pm.records) and f"fold_constants: {pm.records[1].summary} (" in messages[1]
 
 
 def test_pass_manager_verifies_after_each_pass(temp_passes):

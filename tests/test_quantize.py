@@ -60,13 +60,14 @@ def tiny(tiny_llama):
 
 
 def compress(tiny, calib_file, passes, samples=4, seqlen=64) -> Graph:
-    """A copy of the raised tiny graph after `passes` (and the KV cache pass)."""
+    """A copy of the raised tiny graph after `passes` (and the KV cache pass); the first pass's
+    PassRecord is kept as `graph.record` (a test-only attribute)."""
     graph = copy.deepcopy(tiny.graph)
     ctx = PassContext(tiny.tokenizer, CalibConfig(str(calib_file), samples, seqlen))
     pm = PassManager(context=ctx)
     pm.run(graph, passes)
     pm.run(graph, LOWER)
-    graph.meta["summary"] = pm.records[0].summary
+    graph.record = pm.records[0]
     return graph
 
 
@@ -95,9 +96,7 @@ def rel(a, b) -> float:
 
 
 def onnx_run(graph: Graph, out: Path, accuracy_level: int | None = None):
-    if accuracy_level is not None:
-        graph.meta["matmul_nbits_accuracy_level"] = accuracy_level
-    compile_graph(graph, out)
+    compile_graph(graph, out, accuracy_level=accuracy_level)
     model = onnx.load(out / "model.onnx", load_external_data=False)
     return OnnxExecutor(out).run(feeds(graph))["logits"], model
 
@@ -132,8 +131,7 @@ def test_rtn_error_within_half_a_step(bits, sym, group):
 def test_quantize_pass_int8_and_int4_keep_logits_close(tiny, calib_file, fp32_logits):
     g8 = compress(tiny, calib_file, [("quantize", {"bits": 8, "group_size": 0})])
     g4 = compress(tiny, calib_file, [("quantize", {"bits": 4, "group_size": 32})])
-    assert "quantized 14 linears to int8 per-channel sym" in g8.meta["summary"]
-    assert "lm_head kept fp32" in g8.meta["summary"]
+    assert g8.record.counts["quantized_linears"] == g4.record.counts["quantized_linears"] == 14  # lm_head kept fp32
     e8, e4 = rel(logits(g8), fp32_logits), rel(logits(g4), fp32_logits)
     # The tiny model is random (weights ~ N(0, 0.2)) and far more fragile than a trained one.
     assert e8 < 0.05, e8
@@ -256,9 +254,8 @@ def test_onnx_runs_padded_groups_on_matmulnbits_and_standard_ops(tmp_path):
 
         get_pass("quantize").fn(g, bits=4, group_size=group, symmetric=False, lm_head=True, skip=["embed"])
         f = {"input_ids": np.array([[1, 5, 7, 39]]), "position_ids": np.arange(4)[None]}
-        g.meta["matmul_nbits_accuracy_level"] = 0
         out = tmp_path / f"g{group}"
-        compile_graph(g, out)
+        compile_graph(g, out, accuracy_level=0)
         model = onnx.load(out / "model.onnx", load_external_data=False)
         assert op_count(model, "MatMulNBits") == fused
         got = OnnxExecutor(out).run(f)["logits"]
@@ -399,7 +396,7 @@ def test_awq_scales_beat_rtn_on_outlier_channels():
 
 def test_awq_pass_folds_scales_and_keeps_logits(tiny, calib_file, fp32_logits):
     g = compress(tiny, calib_file, [("awq", {"bits": 4, "group_size": 32})])
-    s = g.meta["summary"]
+    s = g.record.summary
     assert "quantized 14 linears to int4 g32 asym" in s and "of RTN" in s
     # q/k/v and gate/up fold into their rms_norms, down into up_proj; o_proj (GQA) would get a mul
     folds = re.search(r"folded into (\d+) norms \+ (\d+) up projections, (\d+) mul", s)
@@ -448,8 +445,7 @@ def test_onnx_falls_back_to_standard_ops(tmp_path, tiny, calib_file):
     from edgec.passes import get_pass
 
     get_pass("quantize").fn(tied, bits=4, group_size=16, symmetric=False, lm_head=True, skip=[])
-    tied.meta["matmul_nbits_accuracy_level"] = 0
-    compile_graph(tied, tmp_path / "tied")
+    compile_graph(tied, tmp_path / "tied", accuracy_level=0)
     model = onnx.load(tmp_path / "tied" / "model.onnx", load_external_data=False)
     assert op_count(model, "MatMulNBits") == 2  # both linears fused
     # the embedding gathers packed rows (no fp32 copy of the table is folded at load)
@@ -466,8 +462,7 @@ def test_quantized_tied_embedding_gathers_packed_rows(tmp_path, bits, group, hid
     from edgec.passes import get_pass
 
     get_pass("quantize").fn(tied, bits=bits, group_size=group, symmetric=False, lm_head=True, skip=[])
-    tied.meta["matmul_nbits_accuracy_level"] = 0
-    compile_graph(tied, tmp_path / "tied")
+    compile_graph(tied, tmp_path / "tied", accuracy_level=0)
     model = onnx.load(tmp_path / "tied" / "model.onnx", load_external_data=False)
     got = OnnxExecutor(tmp_path / "tied").run(f)["logits"]
     assert op_count(model, "MatMulNBits") == (0 if bits == 8 else 2)  # 8-bit fp32 compute: folded at load
@@ -484,8 +479,8 @@ def test_int4_recipe_keeps_an_int8_head(tmp_path, tiny_llama):
 
     out = edgec.build(tiny_llama, tmp_path / "int4", recipe="int4")
     report = json.loads((out / "report.json").read_text())
-    summary = next(p["summary"] for p in report["passes"] if p["pass"] == "quantize")
-    assert "int4 g128 sym" in summary and "lm_head int8 per-channel sym" in summary
+    counts = next(p["counts"] for p in report["passes"] if p["pass"] == "quantize")
+    assert counts["quantized_linears"] == 15  # 14 int4, the lm_head int8 (the MatMulNBits bits below)
     model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
     kernels = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert sorted(a.i for n in kernels for a in n.attribute if a.name == "bits") == [4] * 8 + [8]

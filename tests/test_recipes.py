@@ -44,8 +44,8 @@ def test_onnx_accuracy_level_from_the_recipe(tiny_llama, tmp_path):
     (8-bit with fp32 compute is not a MatMulNBits: onnxruntime's kernel is slow there, see lower_quant.py.)"""
     import onnx
 
-    assert load_recipe("int8").onnx == {"accuracy_level": 1}
-    assert load_recipe("int4-rtn+int8").onnx == {"accuracy_level": 1}
+    assert load_recipe("int8").options_for("onnx") == {"accuracy_level": 1}
+    assert load_recipe("int4-rtn+int8").options_for("onnx") == {"accuracy_level": 1}
     for recipe, level in [("int8", set()), ("int4-rtn", {4}), ("int4-rtn+int8", {1})]:
         out = edgec.build(tiny_llama, tmp_path / recipe, recipe=recipe)
         model = onnx.load(out / "model" / "model.onnx", load_external_data=False)
@@ -53,8 +53,15 @@ def test_onnx_accuracy_level_from_the_recipe(tiny_llama, tmp_path):
                   for a in n.attribute if a.name == "accuracy_level"}
         assert levels == level
     bad = tmp_path / "bad.toml"
-    bad.write_text('name = "bad"\n[onnx]\naccuracy_level = 7\n')
-    with pytest.raises(EdgecError, match=r"\[onnx\] takes accuracy_level = 0-4"):
+    bad.write_text('name = "bad"\n[onnx]\naccuracy_level = 1\n')
+    with pytest.raises(EdgecError, match=r"the \[onnx\] table is now \[backend.onnx\]"):
+        load_recipe(str(bad))
+    bad.write_text('name = "bad"\n[backend.onnx]\naccuracy_level = 7\n')
+    with pytest.raises(EdgecError, match=r"accuracy_level must be between 0 and 4, got 7"):
+        edgec.build(tiny_llama, tmp_path / "never", recipe=str(bad))
+    assert not (tmp_path / "never").exists()
+    bad.write_text('name = "bad"\n[[passes]]\nname = "dce"\nphase = "later"\n')
+    with pytest.raises(EdgecError, match=r"phase 'later' is not one of raise, compress, fuse, lower"):
         load_recipe(str(bad))
 
 
@@ -68,12 +75,12 @@ def test_device_accuracy_level_applies_unless_the_recipe_sets_one(tiny_llama, tm
     from edgec.devices import get_device
 
     host = get_device("host")
-    assert host.onnx["accuracy_level"] == 4
-    slow = dataclasses.replace(host, onnx={**host.onnx, "accuracy_level": 0})
+    assert host.options_for("onnx")["accuracy_level"] == 4
+    slow = dataclasses.replace(host, backend_options={"onnx": {**host.options_for("onnx"), "accuracy_level": 0}})
     monkeypatch.setattr(pipeline, "get_device", lambda name: slow)
     own = tmp_path / "int4-l2.toml"
     own.write_text('name = "int4-l2"\n[[passes]]\nname = "quantize"\nbits = 4\ngroup_size = 32\n'
-                   '[onnx]\naccuracy_level = 2\n')
+                   '[backend.onnx]\naccuracy_level = 2\n')
     for recipe, level in [("int4-rtn", {0}), (str(own), {2})]:
         out = edgec.build(tiny_llama, tmp_path / Path(recipe).stem, recipe=recipe)
         model = onnx.load(out / "model" / "model.onnx", load_external_data=False)

@@ -8,6 +8,8 @@ import onnx
 import pytest
 
 import edgec
+from edgec.executor import empty_cache, forward_feeds
+from edgec.interface import ModelInterface
 from edgec.backends import get_backend
 from edgec.calibration import CalibConfig, run_calibration
 from edgec.devices import get_device
@@ -21,29 +23,9 @@ from edgec.pipeline import write_artifact
 from edgec.recipes import load_recipe
 from edgec.targets.onnx import OnnxExecutor, compile_graph
 from edgec.targets.onnx.lower import MIN_OPSET, DEFAULT_OPSET
+from helpers import write_calib
 
 IDS = [5, 17, 33, 8, 41, 2, 60, 12, 9, 27, 70, 3, 44, 19, 6, 50]
-WORDS = ("the of and to in a is was for on as with by at from his her city river army song "
-         "first new war later year which were after also during between time other game").split()
-
-
-def write_calib(path: Path) -> Path:
-    """Calibration text: the start of the shared WikiText-2 valid split, else seeded random words.
-
-    Only 20k characters: the tiny tokenizer is character-level and tokenizing the
-    whole split would take seconds per build.
-    """
-    from conftest import SHARED_DATA
-
-    wiki = SHARED_DATA / "wikitext-2" / "valid.txt"
-    if wiki.is_file():
-        text = wiki.read_text(encoding="utf-8", errors="replace")[:20000]
-    else:
-        text = " ".join(np.random.default_rng(0).choice(WORDS, 4000)).capitalize() + ".\n"
-    path.write_text(text)
-    return path
-
-
 @pytest.fixture(scope="session")
 def calib_file(tmp_path_factory) -> Path:
     return write_calib(tmp_path_factory.mktemp("calib") / "calib.txt")
@@ -75,11 +57,8 @@ def compress(base, recipe, calib=None):
 
 
 def run_ir(graph, ids=IDS):
-    feeds = {"input_ids": np.array([ids]), "position_ids": np.arange(len(ids))[None]}
-    for v in graph.inputs:
-        if v.name.startswith("past_"):
-            feeds[v.name] = np.zeros([0 if isinstance(d, str) else d for d in v.shape], v.dtype)
-    return interpret(graph, feeds)["logits"][0]
+    iface = ModelInterface.of_graph(graph)
+    return interpret(graph, forward_feeds(iface, ids, 0, empty_cache(iface)))["logits"][0]
 
 
 def recipe_file(tmp_path, **opts) -> str:
@@ -171,8 +150,9 @@ def test_smoothing_flattens_outlier_channels_and_cuts_w8a8_error():
 
 def test_smoothing_alone_is_exact(base, calib, fp32_logits, tmp_path):
     imported, pm = compress(base, recipe_file(tmp_path, quantize=False), calib)
-    summary = next(r.summary for r in pm.records if r.name == "smoothquant")
-    assert "4 folded into norms, 2 into up projections, 2 explicit muls" in summary, summary
+    counts = next(r.counts for r in pm.records if r.name == "smoothquant")
+    assert (counts["folded_norms"], counts["folded_up"], counts["muls"]) == (4, 2, 2), counts
+    assert (counts["linears"], counts["inputs"]) == (14, 8)
     assert "linear_w8a8" not in imported.graph.op_counts()
     np.testing.assert_allclose(run_ir(imported.graph), fp32_logits, atol=1e-4, rtol=0)
 
@@ -207,7 +187,8 @@ def test_w8a8_onnx_artifact_matches_interpreter(base, calib, tmp_path):
     ops = {n.op_type for n in onnx.load(art / "model" / "model.onnx", load_external_data=False).graph.node}
     assert "MatMulInteger" in ops
     # int8 weights: ~1/4 of the linears' bytes (the fp32 embedding and lm_head remain)
-    assert "MB ->" in next(r.summary for r in pm.records if r.name == "smoothquant")
+    counts = next(r.counts for r in pm.records if r.name == "smoothquant")
+    assert counts["bytes_after"] < counts["bytes_before"] / 2
     assert len(model.generate(IDS[:4], 8, stop_at_eos=False)) == 8
 
 

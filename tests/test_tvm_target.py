@@ -27,6 +27,7 @@ from edgec.errors import EdgecError
 from edgec.ir import Graph, interpret
 from edgec.pipeline import compile_ir, write_artifact
 from edgec.recipes import load_recipe
+from helpers import IDS, check_prefill_and_decode
 
 try:
     import tvm  # noqa: F401
@@ -41,17 +42,6 @@ CROSS_GCC = "aarch64-linux-gnu-gcc"
 needs_cross = pytest.mark.skipif(shutil.which(CROSS_GCC) is None,
                                  reason=f"{CROSS_GCC} not found (Debian package gcc-aarch64-linux-gnu)")
 TOL = 1e-4
-IDS = [5, 17, 33, 8, 41, 2, 60, 12, 9, 27, 70, 3, 44]
-
-
-def empty_past(graph):
-    return {v.name: np.zeros([0 if isinstance(d, str) else d for d in v.shape], v.dtype)
-            for v in graph.inputs if v.name.startswith("past_")}
-
-
-def feeds_for(graph, ids, start=0, past=None):
-    return {"input_ids": np.array([ids]), "position_ids": np.arange(start, start + len(ids))[None],
-            **(past if past is not None else empty_past(graph))}
 
 
 def build_tvm(model_dir, out, recipe="fp32", device="host"):
@@ -59,23 +49,6 @@ def build_tvm(model_dir, out, recipe="fp32", device="host"):
     imported, pm = compile_ir(str(model_dir), rec)
     write_artifact(imported, pm, out, device=get_device(device), backend=get_backend("tvm"), recipe=rec)
     return imported.graph, out
-
-
-def check_prefill_and_decode(graph, artifact, tol=TOL):
-    """Logits and KV cache of a prompt, then of one decode step on that cache, vs the interpreter."""
-    from edgec.targets.tvm import TvmExecutor
-
-    ex = TvmExecutor(artifact / "model")
-    assert ex.huge_pages.enabled == sys.platform.startswith("linux")  # host weights go to 2 MiB pages
-    f1 = feeds_for(graph, IDS)
-    ref, out = interpret(graph, f1), ex.run(f1)
-    assert set(out) == set(ref)
-    for k in ref:
-        assert out[k].shape == ref[k].shape and np.abs(out[k] - ref[k]).max() <= tol, k
-    past = {k: ref[k.replace("past_", "present_", 1)] for k in empty_past(graph)}
-    f2 = feeds_for(graph, [7], len(IDS), past)
-    ref, out = interpret(graph, f2), ex.run(f2)  # seq = 1 runs the `decode` function
-    assert max(np.abs(out[k] - ref[k]).max() for k in ref) <= tol
 
 
 # ----------------------------------------------------------------------------- host artifacts
@@ -101,7 +74,7 @@ def test_manifest_records_target_triple_and_version(fp32):
     assert be["triple"].startswith("x86_64") or be["triple"].startswith("aarch64")
     assert json.loads(be["target"])["kind"] == "llvm"
     assert set(be["functions"]) == {"prefill", "decode"}
-    assert "model/model.so" in m["files"] and "model/weights.safetensors" in m["files"]
+    assert "model/model.so" in m["files"] and "model/weights.bin" in m["files"]
 
 
 @needs_tvm

@@ -1,7 +1,7 @@
-"""MetaSchedule tuning of the TVM target (`--tune-minutes`, `--tune-log`) on a tiny model.
+"""MetaSchedule tuning of the TVM target (`--backend-opt tune_minutes=M`, `tune_log=PATH`) on a tiny model.
 
 A few seconds of tuning: the log lands in the artifact, the tuned library
-still matches the interpreter, a rebuild with --tune-log reuses the log
+still matches the interpreter, a rebuild with the tune_log option reuses the log
 without measuring anything, and bad options fail in one line.
 """
 from __future__ import annotations
@@ -19,13 +19,13 @@ from edgec.recipes import load_recipe
 
 tvm = pytest.importorskip("tvm", reason="apache-tvm is not installed (pip install apache-tvm==0.27.0.post1)")
 
-from test_tvm_target import check_prefill_and_decode  # noqa: E402
+from helpers import check_prefill_and_decode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tuned(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("tune") / "tuned"
-    edgec.build(tiny_llama, out, backend="tvm", tune_minutes=0.1)
+    edgec.build(tiny_llama, out, backend="tvm", backend_options={"tune_minutes": 0.1})
     return out
 
 
@@ -44,7 +44,7 @@ def test_tuning_writes_its_log_into_the_artifact_and_matches_the_interpreter(tun
 
 
 def test_tune_log_is_reused_without_measuring(tuned, tiny_llama, tmp_path):
-    out = edgec.build(tiny_llama, tmp_path / "again", backend="tvm", tune_log=tuned)
+    out = edgec.build(tiny_llama, tmp_path / "again", backend="tvm", backend_options={"tune_log": tuned})
     tuning = json.loads((out / "manifest.json").read_text())["backend"]["tuning"]
     first = json.loads((tuned / "manifest.json").read_text())["backend"]["tuning"]
     assert tuning["trials"] == 0 and tuning["reused_records"] == first["records"]
@@ -55,10 +55,13 @@ def test_tune_log_is_reused_without_measuring(tuned, tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--tune-minutes", "-1", "--backend", "tvm"], "tune-minutes must be between 0"),
-    (["--tune-minutes", "1", "--backend", "onnx"], "tuning is TVM-only"),
-    (["--tune-minutes", "1", "--backend", "tvm", "--device", "rpi5"], "on the target device"),
-    (["--backend", "tvm", "--tune-log", "/nonexistent/log"], "no tuning log"),
+    (["--backend-opt", "tune_minutes=-1", "--backend", "tvm"], "tune_minutes must be between 0"),
+    (["--backend-opt", "tune_minutes=x", "--backend", "tvm"], "tune_minutes must be a number, got 'x'"),
+    (["--backend-opt", "tune_minutes=1", "--backend", "onnx"],
+     "the onnx backend has no option(s) ['tune_minutes']; valid: accuracy_level, allow_spinning"),
+    (["--backend-opt", "tune_minutes", "--backend", "tvm"], "expected key=value, got 'tune_minutes'"),
+    (["--backend-opt", "tune_minutes=1", "--backend", "tvm", "--device", "rpi5"], "on the target device"),
+    (["--backend", "tvm", "--backend-opt", "tune_log=/nonexistent/log"], "no tuning log"),
 ])
 def test_bad_tuning_options_fail_in_one_line(tiny_llama, tmp_path, args, message):
     out = tmp_path / "bad"
@@ -71,5 +74,5 @@ def test_corrupt_tune_log_is_refused(tiny_llama, tmp_path):
     bad = tmp_path / "records.json"
     bad.write_text("{not json")
     with pytest.raises(EdgecError, match="tuning log"):
-        edgec.build(tiny_llama, tmp_path / "x", backend="tvm", tune_log=bad)
+        edgec.build(tiny_llama, tmp_path / "x", backend="tvm", backend_options={"tune_log": bad})
     assert not (tmp_path / "x").exists()

@@ -48,10 +48,13 @@ class Device:
     gpu_arch: str                   # e.g. "sm_87"; "" when none
     default_backend: str            # "onnx" for now
     default_recipe: str
-    onnx_providers: tuple[str, ...]
     estimated: tuple[str, ...] = ()  # names of fields whose values are estimates
-    # Backend session options, the [onnx] table (keys: edgec.targets.onnx.runtime.SESSION_OPTIONS).
-    onnx: dict = dataclasses.field(default_factory=dict, hash=False)
+    # Per-backend options, the [backend.<name>] tables (each backend's schema checks its own table).
+    backend_options: dict = dataclasses.field(default_factory=dict, hash=False)
+
+    def options_for(self, backend: str) -> dict:
+        """This device's [backend.<backend>] table (empty if none)."""
+        return dict(self.backend_options.get(backend) or {})
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (lists, not tuples) for manifests and `--json`."""
@@ -60,7 +63,7 @@ class Device:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Device)}
-_TUPLES = {"cpu_features", "onnx_providers", "estimated"}
+_TUPLES = {"cpu_features", "estimated"}
 _FLOATS = {"memory_gb", "memory_bandwidth_gbs", "peak_int8_tops", "peak_fp16_tflops"}
 
 
@@ -85,6 +88,8 @@ def _load(path: Path) -> Device:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise EdgecError(f"device file {path} is not valid TOML: {e}") from None
+    if isinstance(data.get("backend"), dict):  # the [backend.<name>] tables
+        data["backend_options"] = data.pop("backend")
     missing = [k for k, f in _FIELDS.items()
                if k not in data and f.default is dataclasses.MISSING]
     unknown = [k for k in data if k not in _FIELDS]
@@ -100,8 +105,8 @@ def _load(path: Path) -> Device:
             value = float(value) if ok else value
         elif key == "cores":
             ok = isinstance(value, int) and not isinstance(value, bool)
-        elif key == "onnx":  # option names are checked by the backend that reads them
-            ok = isinstance(value, dict) and all(isinstance(v, (bool, int, float, str)) for v in value.values())
+        elif key == "backend_options":  # option names and values are checked by the backend that reads them
+            ok = isinstance(value, dict) and all(isinstance(t, dict) for t in value.values())
         else:
             ok = isinstance(value, str)
         if not ok:

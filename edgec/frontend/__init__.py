@@ -34,7 +34,7 @@ def import_model(model: str | None = None, progress=None) -> ImportedModel:
     ep = export(hf_model)
     say("mapping ATen graph to edgec IR")
     graph = to_ir(ep, arch)
-    graph.meta.update(architecture=arch, context_length=context_length(hf_model.config))
+    graph.facts.architecture, graph.facts.context_length = arch, context_length(hf_model.config)
     return ImportedModel(graph, hf_model, tokenizer, src, hf_model.config)
 
 

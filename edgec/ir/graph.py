@@ -17,6 +17,38 @@ from .weights import WeightStore
 DTYPES = ("float32", "float16", "int64", "int32", "int8", "uint8", "bool")
 
 
+@dataclass
+class Meta:
+    """Typed facts a pass attaches to a value or a node, kept by later passes and shown by the
+    printer: what the weight planner, hot/cold placement and fusion decide on."""
+
+    tier: str | None = None        # memory tier of a weight (edgec.weight_plan): "default", "cold", ...
+    placement: str | None = None   # where a node runs: "cpu", "gpu"
+    layout: str | None = None      # a storage layout other than the op's default, e.g. "hot_first"
+    provenance: str | None = None  # where it came from, e.g. "gguf:Q4_1", "quantize"
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in vars(self).items() if v is not None]
+
+    def copy(self) -> "Meta":
+        return Meta(**vars(self))
+
+
+@dataclass
+class GraphFacts:
+    """Graph-wide facts that passes record and backends read (typed; one field per fact)."""
+
+    name: str = "edgec"
+    architecture: str | None = None   # the source model's type (frontend)
+    context_length: int | None = None  # tokens the model accepts: the model's, capped by kv_cache
+    kv_layers: int = 0                 # attention layers with a KV cache (kv_cache)
+    kv_bits: int = 32                  # 8: int8 cache (kv_cache bits=8)
+    fused: bool = False                # the fuse phase ran
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
 @dataclass(eq=False)
 class Value:
     """A tensor in the graph. `kind` is 'input', 'weight' or 'node'."""
@@ -26,6 +58,7 @@ class Value:
     shape: Shape
     kind: str = "node"
     producer: "Node | None" = field(default=None, repr=False)
+    meta: Meta = field(default_factory=Meta, repr=False)
 
     @property
     def rank(self) -> int:
@@ -41,6 +74,7 @@ class Node:
     inputs: list[Value]
     outputs: list[Value]
     attrs: dict[str, Any] = field(default_factory=dict)
+    meta: Meta = field(default_factory=Meta)
 
     @property
     def output(self) -> Value:
@@ -57,7 +91,7 @@ class Graph:
         self.nodes: list[Node] = []
         self.weights = weights if weights is not None else WeightStore()
         self.weight_values: dict[str, Value] = {}
-        self.meta: dict[str, Any] = {}
+        self.facts = GraphFacts()
         self._names: set[str] = set()
         self._counter = itertools.count()
 
@@ -186,4 +220,4 @@ class Graph:
         return format_graph(self)
 
 
-__all__ = ["DTYPES", "Dim", "Graph", "Node", "Shape", "Value"]
+__all__ = ["DTYPES", "Dim", "Graph", "GraphFacts", "Meta", "Node", "Shape", "Value"]

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import shapes as S
+from .quant import quantize_rows_int8  # noqa: F401 - re-exported for importers of edgec.ir.ops
 
 REQUIRED = object()
 
@@ -301,6 +302,28 @@ def _slice():
     return infer, ref
 
 
+@register("last_rows", arity=(2, 2), attrs={"dim": REQUIRED})
+def _last_rows():
+    """last_rows(x[B, S, D], n int64[1]) -> x[:, -n:, :]: the last n rows, n known at run time only.
+
+    The output's row count is the symbol `dim` (e.g. "logits_rows"); n = 0 or
+    n >= S gives every row (as numpy's and ONNX's slicing do).
+    """
+
+    def infer(ins, a):
+        x, n = ins
+        if x.rank != 3 or n.dtype != "int64" or tuple(n.shape) != (1,):
+            raise ValueError(f"last_rows: x {x.shape}, n {n.dtype}{list(n.shape)}")
+        if S.symbols_of(a["dim"]) != {a["dim"]}:
+            raise ValueError(f"last_rows: dim {a['dim']!r} is not a symbol")
+        return [(x.dtype, (x.shape[0], a["dim"], x.shape[2]))]
+
+    def ref(x, n, dim):
+        return x[:, -int(n[0]):]
+
+    return infer, ref
+
+
 @register("concat", arity=(1, 64), attrs={"axis": REQUIRED})
 def _concat():
     def infer(ins, a):
@@ -496,100 +519,5 @@ def _attention():
         p /= p.sum(-1, keepdims=True)
         out = np.matmul(p, vv).swapaxes(1, 2).astype(q.dtype)
         return out if past_k is None else (out, *present)
-
-    return infer, ref
-
-
-# ---------------------------------------------------------------- quantization
-@register("dequantize", arity=(3, 3), attrs={"bits": REQUIRED, "group_size": REQUIRED, "k": REQUIRED})
-def _dequantize():
-    """dequantize(packed u8[N, Kp*bits/8], scales f32[N, Kp/g], zeros u8[N, Kp/g]) -> f32[N, K].
-
-    The weight-only format of edgec.ir.quant: w = (q - zero) * scale per group
-    of `group_size` along K, rows padded to Kp = ceil(K/g)*g. A `linear`
-    reading this is a quantized linear; backends lower the pair to their
-    fused kernels (e.g. MatMulNBits).
-    """
-
-    def infer(ins, a):
-        from .quant import padded_k
-
-        packed, scales, zeros = ins
-        k, bits = a["k"], a["bits"]
-        g = k if a["group_size"] in (0, -1) else min(a["group_size"], k)
-        kp = padded_k(k, g)
-        if packed.dtype != "uint8" or zeros.dtype != "uint8":
-            raise ValueError("dequantize: packed data and zeros must be uint8")
-        if packed.shape[1] * 8 != kp * bits:
-            raise ValueError(f"dequantize: packed width {packed.shape[1]} != Kp*bits/8 = {kp * bits / 8}")
-        if tuple(scales.shape) != (packed.shape[0], kp // g) or tuple(zeros.shape) != tuple(scales.shape):
-            raise ValueError(f"dequantize: scales/zeros {scales.shape}/{zeros.shape} do not match "
-                             f"[{packed.shape[0]}, {kp}/{g}]")
-        return [("float32", (packed.shape[0], k))]
-
-    def ref(packed, scales, zeros, bits, group_size, k):
-        from .quant import dequantize
-
-        return dequantize(packed, scales, zeros, bits, group_size, k)
-
-    return infer, ref
-
-
-def quantize_rows_int8(x):
-    """Symmetric int8 per row (last axis): (q int8, scale f32 [..., 1]), scale = max|x| / 127."""
-    scale = np.abs(x).max(-1, keepdims=True).astype(np.float32) / np.float32(127)
-    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)
-    q = np.clip(np.round(x / scale), -127, 127).astype(np.int8)
-    return q, scale
-
-
-@register("quantize_rows", arity=(1, 1))
-def _quantize_rows():
-    """quantize_rows(x f32[..., D]) -> (q int8[..., D], scale f32[..., 1]): symmetric per-row int8."""
-
-    def infer(ins, a):
-        x = ins[0]
-        return [("int8", x.shape), ("float32", tuple(x.shape[:-1]) + (1,))]
-
-    def ref(x):
-        return quantize_rows_int8(np.asarray(x, np.float32))
-
-    return infer, ref
-
-
-@register("dequantize_rows", arity=(2, 2))
-def _dequantize_rows():
-    """dequantize_rows(q int8[..., D], scale f32[..., 1]) -> f32[..., D] (inverse of quantize_rows)."""
-
-    def infer(ins, a):
-        return [("float32", ins[0].shape)]
-
-    def ref(q, scale):
-        return q.astype(np.float32) * scale
-
-    return infer, ref
-
-
-@register("linear_w8a8", arity=(3, 4))
-def _linear_w8a8():
-    """linear_w8a8(x f32[..., K], wq int8[N, K], w_scale f32[N], bias?) -> f32[..., N].
-
-    W8A8: weights int8 per output channel, activations quantized per token
-    (dynamic, symmetric int8) right here; the product is an int32 matmul.
-    """
-
-    def infer(ins, a):
-        x, wq, ws = ins[:3]
-        if wq.dtype != "int8" or x.shape[-1] != wq.shape[1] or tuple(ws.shape) != (wq.shape[0],):
-            raise ValueError(f"linear_w8a8: x {x.shape}, wq {wq.dtype}{wq.shape}, w_scale {ws.shape}")
-        return [(x.dtype, tuple(x.shape[:-1]) + (wq.shape[0],))]
-
-    def ref(x, wq, w_scale, bias=None):
-        xq, xs = quantize_rows_int8(np.asarray(x, np.float32))
-        acc = np.matmul(xq.astype(np.int32), np.asarray(wq).T.astype(np.int32))
-        y = acc.astype(np.float32) * xs * np.asarray(w_scale, np.float32)
-        if bias is not None:
-            y = y + np.asarray(bias, np.float32)
-        return y.astype(x.dtype)
 
     return infer, ref

@@ -9,6 +9,11 @@
   do_rotary takes).
 - split(x, sizes, axis): one tensor into consecutive pieces (the outputs of a
   merged QKV or gate/up linear).
+- gqa(q, k, v, past_k, past_v, position_ids) and gqa_packed(qkv, past_k,
+  past_v, position_ids, cos_cache, sin_cache): cached attention in the
+  token-major layout of ONNX Runtime's GroupQueryAttention, made by the
+  `gqa` pre-lowering pass (passes/gqa.py); gqa_packed also splits the packed
+  QKV projection and rotates q and k itself.
 """
 from __future__ import annotations
 
@@ -91,5 +96,95 @@ def _split():
 
     def ref(x, sizes, axis):
         return tuple(np.split(x, np.cumsum(sizes)[:-1], axis=axis))
+
+    return infer, ref
+
+
+_ATTN = {"scale": REQUIRED, "softcap": 0.0, "window": 0}
+
+
+def _gqa_dims(width, past_k, what: str) -> tuple[int, int, int]:
+    """(heads, kv_heads, head_dim) of a token-major attention whose query part is `width` wide."""
+    kv, d = past_k.shape[1], past_k.shape[3]
+    if not all(isinstance(x, int) for x in (width, kv, d)) or width % d:
+        raise ValueError(f"{what}: width {width} vs past {past_k.shape}")
+    return width // d, kv, d
+
+
+def _gqa_outputs(q, s_len, heads, kv, d, past_k, past_v):
+    total = S.dim_add(past_k.shape[2], s_len)
+    return [(q.dtype, (1, s_len, heads * d)), (past_k.dtype, (1, kv, total, d)), (past_v.dtype, (1, kv, total, d))]
+
+
+def _check_gqa(ins, pos, what):
+    if len({v.dtype for v in ins}) != 1 or pos.rank != 2 or pos.dtype not in ("int64", "int32"):
+        raise ValueError(f"{what}: dtypes {[v.dtype for v in ins]}, position_ids {pos.dtype}{pos.shape}")
+    if any(v.shape[0] != 1 for v in ins):
+        raise ValueError(f"{what}: batch must be 1")
+
+
+def _heads(x, n: int, d: int):
+    """[1, S, n*D] -> [1, n, S, D]"""
+    return x.reshape(x.shape[0], x.shape[1], n, d).transpose(0, 2, 1, 3)
+
+
+def _attend(q, k, v, past_k, past_v, heads, kv, d, a):
+    out, pk, pv = get_op("attention").ref(q, k, v, past_k, past_v, **a)
+    return out.reshape(out.shape[0], out.shape[1], heads * d), pk, pv
+
+
+@register("gqa", arity=(6, 6), attrs=_ATTN)
+def _gqa():
+    """gqa(q[1,S,H*D], k, v[1,S,KV*D], past_k, past_v[1,KV,P,D], position_ids[1,S]) -> (out[1,S,H*D], present_k, present_v).
+
+    `attention` with q/k/v and its output token-major ([1, S, heads*D]), the
+    cache as in `attention`. position_ids are the absolute positions P..P+S-1
+    (the runtime's contract): GroupQueryAttention reads the cache length from
+    them, the reference from past_k.
+    """
+
+    def infer(ins, a):
+        q, k, v, pk, pv, pos = ins
+        _check_gqa(ins[:5], pos, "gqa")
+        heads, kv, d = _gqa_dims(q.shape[2], pk, "gqa")
+        if k.shape[2] != kv * d or v.shape[2] != kv * d or tuple(pk.shape) != tuple(pv.shape):
+            raise ValueError(f"gqa: k {k.shape}, v {v.shape}, past {pk.shape}/{pv.shape}")
+        return _gqa_outputs(q, q.shape[1], heads, kv, d, pk, pv)
+
+    def ref(q, k, v, past_k, past_v, position_ids, **a):
+        kv, d = past_k.shape[1], past_k.shape[3]
+        heads = q.shape[2] // d
+        return _attend(_heads(q, heads, d), _heads(k, kv, d), _heads(v, kv, d), past_k, past_v, heads, kv, d, a)
+
+    return infer, ref
+
+
+@register("gqa_packed", arity=(6, 6), attrs=_ATTN)
+def _gqa_packed():
+    """gqa_packed(qkv[1,S,(H+2KV)*D], past_k, past_v, position_ids, cos_cache, sin_cache[P,D/2]) -> as gqa.
+
+    gqa on the pieces q, k, v of one packed QKV projection, with q and k
+    rotated as rotary_cached(., position_ids, cos_cache, sin_cache) does
+    (full head width).
+    """
+
+    def infer(ins, a):
+        qkv, pk, pv, pos, cos, sin = ins
+        _check_gqa([qkv, pk, pv], pos, "gqa_packed")
+        width, kv, d = _gqa_dims(qkv.shape[2], pk, "gqa_packed")
+        heads = width - 2 * kv
+        if heads <= 0 or tuple(pk.shape) != tuple(pv.shape) or cos.rank != 2 \
+                or tuple(cos.shape) != tuple(sin.shape) or 2 * cos.shape[1] != d:
+            raise ValueError(f"gqa_packed: qkv {qkv.shape}, past {pk.shape}/{pv.shape}, tables {cos.shape}/{sin.shape}")
+        return _gqa_outputs(qkv, qkv.shape[1], heads, kv, d, pk, pv)
+
+    def ref(qkv, past_k, past_v, position_ids, cos_cache, sin_cache, **a):
+        kv, d = past_k.shape[1], past_k.shape[3]
+        heads = qkv.shape[2] // d - 2 * kv
+        q, k, v = np.split(qkv, [heads * d, (heads + kv) * d], axis=-1)
+        rot = get_op("rotary_cached").ref
+        q = rot(_heads(q, heads, d), position_ids, cos_cache, sin_cache)
+        k = rot(_heads(k, kv, d), position_ids, cos_cache, sin_cache)
+        return _attend(q, k, _heads(v, kv, d), past_k, past_v, heads, kv, d, a)
 
     return infer, ref

@@ -12,17 +12,27 @@ def _fmt_attr(v) -> str:
     return repr(v) if isinstance(v, str) else str(v)
 
 
+def _fmt_meta(meta) -> str:
+    """` {tier=cold, provenance=quantize}`, or nothing when no fact is set."""
+    items = meta.items()
+    return " {" + ", ".join(f"{k}={v}" for k, v in items) + "}" if items else ""
+
+
+def _fmt_value(v) -> str:
+    return f"%{v.name}: {v.dtype}{format_shape(v.shape)}{_fmt_meta(v.meta)}"
+
+
 def format_graph(graph) -> str:
     lines = []
-    sig = ", ".join(f"%{v.name}: {v.dtype}{format_shape(v.shape)}" for v in graph.inputs)
+    sig = ", ".join(_fmt_value(v) for v in graph.inputs)
     lines.append(f"graph({sig}) {{")
-    for name, v in graph.weight_values.items():
-        lines.append(f"  weight %{name}: {v.dtype}{format_shape(v.shape)}")
+    for v in graph.weight_values.values():
+        lines.append(f"  weight {_fmt_value(v)}")
     for n in graph.nodes:
-        outs = ", ".join(f"%{o.name}: {o.dtype}{format_shape(o.shape)}" for o in n.outputs)
+        outs = ", ".join(_fmt_value(o) for o in n.outputs)
         args = ", ".join(f"%{v.name}" for v in n.inputs)
         attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in n.attrs.items())
-        lines.append(f"  {outs} = {n.op}({args}{', ' if args and attrs else ''}{attrs})")
+        lines.append(f"  {outs} = {n.op}({args}{', ' if args and attrs else ''}{attrs}){_fmt_meta(n.meta)}")
     lines.append("  return " + ", ".join(f"%{v.name}" for v in graph.outputs))
     lines.append("}")
     return "\n".join(lines)

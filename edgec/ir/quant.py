@@ -19,9 +19,15 @@ width, so backends implement one thing:
   padding changes no scale; it costs (Kp - K) codes per row. This is how
   group size 128 runs on SmolLM2 (K = 576 = 4.5 x 128), as in llama.cpp's
   and ONNX Runtime's block formats, whose last block is partial too.
+
+This module is the one owner of the layout: the reference ops, the passes
+and every backend take its shapes (`PackedLayout`), group rule
+(`effective_group`) and bit order (`word`, `code_at`) from here, and the
+per-row int8 format of activations and KV caches (`quantize_rows_int8`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,12 +47,11 @@ class QuantSpec:
         """Validate against a row length K; returns the effective group size."""
         if self.bits not in SUPPORTED_BITS:
             raise EdgecError(f"{self.bits}-bit quantization is not supported; use one of {SUPPORTED_BITS}")
-        g = k if self.group_size in (0, -1) else self.group_size
-        if g <= 0:
+        if self.group_size not in (0, -1) and self.group_size <= 0:
             raise EdgecError(f"group size must be > 0 (or 0 for per-channel), got {self.group_size}")
-        g = min(g, k)  # a group longer than the row is the whole row
+        g = effective_group(self.group_size, k)
         if (padded_k(k, g) * self.bits) % 8:
-            raise EdgecError(f"{self.bits}-bit packing needs a multiple of {8 // np.gcd(self.bits, 8)} values "
+            raise EdgecError(f"{self.bits}-bit packing needs a multiple of {word(self.bits)[1]} values "
                              f"per row; {what} has K={k} with group size {g}: choose a group size that is "
                              f"a multiple of 8")
         return g
@@ -56,9 +61,64 @@ class QuantSpec:
         return (1 << self.bits) - 1
 
 
+def effective_group(group_size: int, k: int) -> int:
+    """The group length a `group_size` means for rows of K values: 0 or -1 (per output channel)
+    and a group longer than the row both mean the whole row."""
+    return k if group_size in (0, -1) else min(group_size, k)
+
+
 def padded_k(k: int, g: int) -> int:
     """Stored columns per row: K rounded up to whole groups of g."""
     return -(-k // g) * g
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """One quantized weight's layout: `bits` per code, groups of `group` along rows of `k` values.
+
+    What the `dequantize` op's attributes mean; every backend derives its
+    shapes from here (`kp` stored columns, `groups` scales per row,
+    `row_bytes` packed bytes per row).
+    """
+
+    bits: int
+    group: int  # effective group length, 1..k
+    k: int
+
+    @classmethod
+    def of(cls, bits: int, group_size: int, k: int) -> "PackedLayout":
+        return cls(int(bits), effective_group(group_size, k), int(k))
+
+    @property
+    def kp(self) -> int:
+        return padded_k(self.k, self.group)
+
+    @property
+    def groups(self) -> int:
+        return self.kp // self.group
+
+    @property
+    def row_bytes(self) -> int:
+        return self.kp * self.bits // 8
+
+
+# ----------------------------------------------------------------------------- bit order
+def word(bits: int) -> tuple[int, int]:
+    """(bytes, codes): the shortest run of whole bytes holding whole codes (4 bits: 1 byte, 2 codes;
+    3 bits: 3 bytes, 8 codes). Read as a little-endian integer, code j of a word is
+    (word >> bits*j) & (2**bits - 1): the row is one little-endian bit stream."""
+    c = bits // math.gcd(bits, 8)
+    return c, 8 * c // bits
+
+
+def code_at(k, bits: int):
+    """(byte, shift) of code k in its packed row: the code is (byte >> shift) & (2**bits - 1), plus
+    the next byte's low bits when 8 % bits != 0 and it straddles two bytes. k may be an int, an
+    array or a backend's symbolic index expression."""
+    if 8 % bits == 0:
+        per = 8 // bits
+        return k // per, (k % per) * bits
+    return (k * bits) // 8, (k * bits) % 8
 
 
 def pad_columns(a: np.ndarray, kp: int, fill=0) -> np.ndarray:
@@ -102,8 +162,7 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
 
 def dequantize(packed, scales, zeros, bits: int, group_size: int, k: int) -> np.ndarray:
     """The reference dequantization (float32 [N, K])."""
-    kp = np.asarray(scales).shape[1] * (k if group_size in (0, -1) else min(group_size, k))
-    return dequantize_codes(unpack(packed, bits, kp), scales, zeros, k)
+    return dequantize_codes(unpack(packed, bits, PackedLayout.of(bits, group_size, k).kp), scales, zeros, k)
 
 
 def dequantize_codes(codes: np.ndarray, scales, zeros, k: int) -> np.ndarray:
@@ -160,3 +219,12 @@ def fake_quantize(w: np.ndarray, spec: QuantSpec) -> np.ndarray:
     packed, s, z = quantize_rtn(w, spec)
     k = w.shape[1]
     return dequantize(packed, s, z, spec.bits, spec.check(k), k)
+
+
+# ----------------------------------------------------------------------------- int8 rows
+def quantize_rows_int8(x):
+    """Symmetric int8 per row (last axis): (q int8, scale f32 [..., 1]), scale = max|x| / 127."""
+    scale = np.abs(x).max(-1, keepdims=True).astype(np.float32) / np.float32(127)
+    scale = np.where(scale == 0, np.float32(1), scale).astype(np.float32)
+    q = np.clip(np.round(x / scale), -127, 127).astype(np.int8)
+    return q, scale

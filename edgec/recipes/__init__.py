@@ -8,9 +8,11 @@ A recipe file (TOML or YAML) looks like:
     samples = 128
     seqlen = 512
     [kv_cache]                 # optional: options of the kv_cache pass (e.g. bits = 8)
-    [onnx]                     # optional: accuracy_level = 0-4 for MatMulNBits (4: int8 compute)
+    [backend.onnx]             # optional: build options of a backend (its schema: targets/<name>/backend.py),
+    accuracy_level = 4         #   e.g. MatMulNBits' compute type; they win over the device profile's
     [[passes]]
     name = "gptq"              # any registered pass; the other keys are its options
+    phase = "compress"         # optional: the pipeline phase it joins (default compress; see PHASES)
     bits = 4
     group_size = 128
 
@@ -26,6 +28,9 @@ from pathlib import Path
 from edgec.errors import EdgecError
 
 _DIR = Path(__file__).resolve().parent
+# Phases a recipe's pass may join (edgec.pipeline runs them in this order); its passes run after
+# the phase's own. compress holds nothing else: it is the recipe's.
+PHASES = ("raise", "compress", "fuse", "lower")
 
 
 @dataclass
@@ -36,7 +41,15 @@ class Recipe:
     source: str = ""
     calibration: dict = field(default_factory=dict)
     kv_cache: dict = field(default_factory=dict)
-    onnx: dict = field(default_factory=dict)
+    backend_options: dict = field(default_factory=dict)  # backend name -> its [backend.<name>] table
+    phases: dict = field(default_factory=dict)  # phase other than compress -> [(pass, options)]
+
+    def passes_for(self, phase: str) -> list[tuple[str, dict]]:
+        """The recipe's passes that join `phase` (compress: `passes`)."""
+        return list(self.passes) if phase == "compress" else list(self.phases.get(phase, []))
+
+    def options_for(self, backend: str) -> dict:
+        return dict(self.backend_options.get(backend) or {})
 
     @property
     def needs_calibration(self) -> bool:
@@ -45,9 +58,10 @@ class Recipe:
         return any(get_pass(n).needs_calibration for n, _ in self.passes)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "source": self.source,
-                "passes": [{"name": n, **o} for n, o in self.passes],
-                "calibration": self.calibration, "kv_cache": self.kv_cache, "onnx": self.onnx}
+        passes = [{"name": n, **o} for n, o in self.passes]
+        passes += [{"name": n, "phase": ph, **o} for ph, entries in self.phases.items() for n, o in entries]
+        return {"name": self.name, "description": self.description, "source": self.source, "passes": passes,
+                "calibration": self.calibration, "kv_cache": self.kv_cache, "backend": self.backend_options}
 
 
 def _read(path: Path) -> dict:
@@ -76,28 +90,32 @@ def _parse(path: Path) -> Recipe:
     from edgec.passes import get_pass
 
     data = _read(path)
-    unknown = set(data) - {"name", "description", "passes", "calibration", "kv_cache", "onnx"}
+    if "onnx" in data:
+        raise EdgecError(f"recipe {path}: the [onnx] table is now [backend.onnx] (same keys)")
+    unknown = set(data) - {"name", "description", "passes", "calibration", "kv_cache", "backend"}
     if unknown:
         raise EdgecError(f"recipe {path}: unknown key(s) {sorted(unknown)}")
-    passes = []
+    passes, phases = [], {}
     for i, entry in enumerate(data.get("passes") or []):
         if not isinstance(entry, dict) or "name" not in entry:
             raise EdgecError(f"recipe {path}: passes[{i}] needs a 'name'")
-        opts = {k: v for k, v in entry.items() if k != "name"}
+        phase = entry.get("phase", "compress")
+        if phase not in PHASES:
+            raise EdgecError(f"recipe {path}: passes[{i}] phase {phase!r} is not one of {', '.join(PHASES)}")
+        opts = {k: v for k, v in entry.items() if k not in ("name", "phase")}
         get_pass(entry["name"]).check_options(opts)
-        passes.append((entry["name"], opts))
+        (passes if phase == "compress" else phases.setdefault(phase, [])).append((entry["name"], opts))
     calib = dict(data.get("calibration") or {})
     if set(calib) - _CALIB_KEYS:
         raise EdgecError(f"recipe {path}: [calibration] takes {sorted(_CALIB_KEYS)}")
     kv = dict(data.get("kv_cache") or {})
     get_pass("kv_cache").check_options(kv)
-    onnx = dict(data.get("onnx") or {})
-    level = onnx.get("accuracy_level", 0)
-    if set(onnx) - {"accuracy_level"} or isinstance(level, bool) or level not in range(5):
-        raise EdgecError(f"recipe {path}: [onnx] takes accuracy_level = 0-4 (MatMulNBits compute type: "
-                         f"0/1 fp32, 2 fp16, 3 bf16, 4 int8), got {onnx}")
+    backends = data.get("backend") or {}
+    if not isinstance(backends, dict) or not all(isinstance(t, dict) for t in backends.values()):
+        raise EdgecError(f"recipe {path}: [backend.<name>] must be tables of options")
+    # each table is checked by its backend at build time (edgec.pipeline), with the valid keys listed
     return Recipe(str(data.get("name", path.stem)), str(data.get("description", "")), passes, str(path),
-                  calib, kv, onnx)
+                  calib, kv, {k: dict(v) for k, v in backends.items()}, phases)
 
 
 def _named() -> dict[str, Path]:
@@ -138,5 +156,8 @@ def load_recipe(recipe: str | Path | None) -> Recipe:
         merged.passes += p.passes
         merged.calibration.update(p.calibration)
         merged.kv_cache.update(p.kv_cache)
-        merged.onnx.update(p.onnx)
+        for name, table in p.backend_options.items():
+            merged.backend_options.setdefault(name, {}).update(table)
+        for phase, entries in p.phases.items():
+            merged.phases.setdefault(phase, []).extend(entries)
     return merged

@@ -1,9 +1,9 @@
 """Compile an IR graph into `model.onnx` + one external weight file `model.onnx.data`.
 
 Weights are streamed from the WeightStore (often np.memmap) straight into the
-data file, so compiling a multi-GB model neither copies every weight into
-protobuf bytes nor hits protobuf's 2 GB limit. Offsets of large tensors are
-page-aligned so runtimes can memory-map them.
+data file by the weight planner (edgec.weight_plan: large tensors page-aligned so
+runtimes can memory-map them), so compiling a multi-GB model neither copies every
+weight into protobuf bytes nor hits protobuf's 2 GB limit.
 """
 from __future__ import annotations
 
@@ -15,39 +15,31 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from edgec.ir import Graph
+from edgec.weight_plan import DEFAULT_TIER, Placement, StoredTensor, summary, write_blobs
 
 from .lower import DEFAULT_OPSET, Initializer, lower_graph, onnx_dtype
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 CONTEXT_KEY = "edgec.context_length"  # metadata_props: the context the graph's tables were built for
-_PAGE = 4096
 
 
-def _pad_to(f, align: int) -> None:
-    pos = f.tell()
-    if pos % align:
-        f.write(b"\0" * (align - pos % align))
-
-
-def write_external(model: onnx.ModelProto, inits: list[Initializer], data_path: Path) -> None:
-    """Append `inits` to `model` as external tensors stored in `data_path` (relative location)."""
-    with open(data_path, "wb") as f:
-        for init in inits:
-            if init.nbytes == 0:  # nothing to point at: keep the empty tensor inline
-                model.graph.initializer.append(numpy_helper.from_array(init.to_numpy(), init.name))
-                continue
-            _pad_to(f, _PAGE if init.nbytes >= _PAGE else 64)
-            offset = f.tell()
-            for chunk in init.chunks():
-                f.write(memoryview(chunk).cast("B"))
-            t = TensorProto(name=init.name, data_type=onnx_dtype(init.dtype), dims=init.shape)
-            t.data_location = TensorProto.EXTERNAL
-            for key, value in (("location", data_path.name), ("offset", offset),
-                               ("length", f.tell() - offset)):
-                entry = t.external_data.add()
-                entry.key, entry.value = key, str(value)
-            model.graph.initializer.append(t)
+def write_external(model: onnx.ModelProto, inits: list[Initializer], data_path: Path) -> list[Placement]:
+    """Append `inits` to `model` as external tensors laid out by the weight planner in `data_path`
+    (one blob, referenced by its relative name); returns the placements."""
+    stored = [StoredTensor(i.name, i.dtype, i.shape, i.nbytes, i.chunks) for i in inits]
+    placed = write_blobs(data_path.parent, stored, {DEFAULT_TIER: data_path.name})
+    for init, p in zip(inits, placed):
+        if p.nbytes == 0:  # nothing to point at: keep the empty tensor inline
+            model.graph.initializer.append(numpy_helper.from_array(init.to_numpy(), init.name))
+            continue
+        t = TensorProto(name=init.name, data_type=onnx_dtype(init.dtype), dims=init.shape)
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", p.file), ("offset", p.offset), ("length", p.nbytes)):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, str(value)
+        model.graph.initializer.append(t)
+    return placed
 
 
 def _version(dist: str) -> str:
@@ -57,7 +49,8 @@ def _version(dist: str) -> str:
         return "unknown"
 
 
-def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
+def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFAULT_OPSET,
+                  accuracy_level: int | None = None) -> dict[str, Any]:
     """Lower, write model.onnx + model.onnx.data into out_dir, check, return manifest metadata.
 
     `device` is accepted for the common target interface; the ONNX output does
@@ -65,17 +58,18 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFA
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lowered = lower_graph(graph, opset)
+    lowered = lower_graph(graph, opset, accuracy_level)
     model = lowered.model
-    if graph.meta.get("context_length"):
+    if graph.facts.context_length:
         entry = model.metadata_props.add()
-        entry.key, entry.value = CONTEXT_KEY, str(int(graph.meta["context_length"]))
-    write_external(model, lowered.initializers, out_dir / DATA_FILE)
+        entry.key, entry.value = CONTEXT_KEY, str(int(graph.facts.context_length))
+    placed = write_external(model, lowered.initializers, out_dir / DATA_FILE)
     onnx.save_model(model, out_dir / MODEL_FILE)
     # Path-based check: reads external data lazily and runs strict shape inference.
     onnx.checker.check_model(str(out_dir / MODEL_FILE), full_check=True)
     return {
         "files": [MODEL_FILE, DATA_FILE],
+        "weights": summary(placed),
         "opset": opset,
         "onnx_version": onnx.__version__,
         "onnxruntime_version": _version("onnxruntime"),

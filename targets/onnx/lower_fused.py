@@ -10,7 +10,7 @@
   which the kernel only accepts together with num_heads.
 - split -> Split.
 
-Plain rms_norm keeps lower.py's primitive form: onnxruntime fuses it into
+Plain rms_norm keeps lower_llm.py's primitive form: onnxruntime fuses it into
 SimplifiedLayerNormalization at load, and emitting that op directly would
 put a non-standard op in the default domain (onnx.checker rejects it).
 Each lowering falls back to standard ops where the kernel's constraints do
@@ -22,13 +22,13 @@ from onnx import helper
 
 from edgec.ir import Node, Value
 
-from .lower import LOWERINGS, _Ctx, lowering
+from .lower_context import LOWERINGS, OnnxContext, lowering
 
 _F32 = "float32"
 
 
 @lowering("add_rms_norm")
-def _add_rms_norm(cx: _Ctx, n: Node) -> None:
+def _add_rms_norm(cx: OnnxContext, n: Node) -> None:
     x, skip, w = n.inputs
     normed, total = n.outputs
     if x.dtype == _F32 and x.rank in (2, 3):
@@ -38,11 +38,11 @@ def _add_rms_norm(cx: _Ctx, n: Node) -> None:
                                          domain="com.microsoft", epsilon=float(n.attrs["eps"])))
         return
     cx.op("Add", x.name, skip.name, out=total.name)
-    LOWERINGS["rms_norm"](cx, Node("rms_norm", [total, w], [normed], {"eps": n.attrs["eps"]}))
+    LOWERINGS.lower(cx, Node("rms_norm", [total, w], [normed], {"eps": n.attrs["eps"]}))
 
 
 @lowering("rotary_cached")
-def _rotary_cached(cx: _Ctx, n: Node) -> None:
+def _rotary_cached(cx: OnnxContext, n: Node) -> None:
     x, pos, cos, sin = n.inputs
     r = 2 * int(cos.shape[1])
     p = pos.name if pos.dtype == "int64" else cx.cast(pos.name, pos.dtype, "int64")
@@ -58,11 +58,11 @@ def _rotary_cached(cx: _Ctx, n: Node) -> None:
         full.append(cx.op("Unsqueeze", cx.op("Concat", rows, rows, axis=-1), cx.ints([1])))
     shape = (x.shape[0], 1, x.shape[2], r)
     c, s = (Value(name, x.dtype, shape) for name in full)
-    LOWERINGS["rotary"](cx, Node("rotary", [x, c, s], [n.output]))
+    LOWERINGS.lower(cx, Node("rotary", [x, c, s], [n.output]))
 
 
 @lowering("split")
-def _split(cx: _Ctx, n: Node) -> None:
+def _split(cx: OnnxContext, n: Node) -> None:
     sizes = cx.ints([int(s) for s in n.attrs["sizes"]])
     cx.nodes.append(helper.make_node("Split", [n.inputs[0].name, sizes], [o.name for o in n.outputs],
                                      name=cx.fresh("Split_node"), axis=int(n.attrs["axis"])))

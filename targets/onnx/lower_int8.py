@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from edgec.ir import Node
 
-from .lower import _Ctx, lowering, onnx_dtype
+from .lower_context import OnnxContext, lowering, onnx_dtype
 
 
-def _row_scale(cx: _Ctx, x: str, out: str | None = None) -> str:
+def _row_scale(cx: OnnxContext, x: str, out: str | None = None) -> str:
     """f32 [..., 1]: max|x| / 127 over the last axis, 1 for all-zero rows."""
     m = cx.op("ReduceMax", cx.op("Abs", x), cx.ints([-1]), keepdims=1) if cx.opset >= 18 \
         else cx.op("ReduceMax", cx.op("Abs", x), axes=[-1], keepdims=1)
@@ -43,18 +43,18 @@ def _row_scale(cx: _Ctx, x: str, out: str | None = None) -> str:
     return cx.op("Where", zero, cx.const(1.0, "float32"), s, out=out)
 
 
-def _codes(cx: _Ctx, x: str, scale: str, dtype: str, out: str | None = None) -> str:
+def _codes(cx: OnnxContext, x: str, scale: str, dtype: str, out: str | None = None) -> str:
     """round(x / scale) as int8, or + 128 as uint8 (saturating QuantizeLinear, scale 1)."""
     zp = cx.const(128 if dtype == "uint8" else 0, dtype)
     return cx.op("QuantizeLinear", cx.op("Div", x, scale), cx.const(1.0, "float32"), zp, out=out)
 
 
-def _as_f32(cx: _Ctx, name: str, dtype: str) -> str:
+def _as_f32(cx: OnnxContext, name: str, dtype: str) -> str:
     return cx.cast(name, dtype, "float32")
 
 
 @lowering("quantize_rows")
-def _quantize_rows(cx: _Ctx, n: Node) -> None:
+def _quantize_rows(cx: OnnxContext, n: Node) -> None:
     x = n.inputs[0]
     xf = _as_f32(cx, x.name, x.dtype)
     scale = _row_scale(cx, xf, out=n.outputs[1].name)
@@ -62,15 +62,15 @@ def _quantize_rows(cx: _Ctx, n: Node) -> None:
 
 
 @lowering("dequantize_rows")
-def _dequantize_rows(cx: _Ctx, n: Node) -> None:
+def _dequantize_rows(cx: OnnxContext, n: Node) -> None:
     q, scale = n.inputs
     cx.op("Mul", cx.cast(q.name, q.dtype, "float32"), _as_f32(cx, scale.name, scale.dtype),
           out=n.output.name)
 
 
-def _activation_u8(cx: _Ctx, x) -> tuple[str, str]:
+def _activation_u8(cx: OnnxContext, x) -> tuple[str, str]:
     """(uint8 codes + 128, f32 row scale) of x, emitted once per tensor."""
-    cache = cx.__dict__.setdefault("_w8a8_act", {})
+    cache = cx.state(_activation_u8)
     if x.name not in cache:
         xf = _as_f32(cx, x.name, x.dtype)
         scale = _row_scale(cx, xf)
@@ -78,7 +78,7 @@ def _activation_u8(cx: _Ctx, x) -> tuple[str, str]:
     return cache[x.name]
 
 
-def _weight_kn(cx: _Ctx, wq) -> str:
+def _weight_kn(cx: OnnxContext, wq) -> str:
     """The int8 weight as [K, N] for MatMulInteger.
 
     Stored [N, K] like every IR linear weight; the Transpose of an initializer
@@ -90,7 +90,7 @@ def _weight_kn(cx: _Ctx, wq) -> str:
     return cx.op("Transpose", wq.name, perm=[1, 0])
 
 
-def _weight_u8(cx: _Ctx, w: str) -> str:
+def _weight_u8(cx: OnnxContext, w: str) -> str:
     """int8 codes as uint8 with zero point 128 (constant-folded at session load): u8 x u8 runs
     MLAS's exact int16 kernels everywhere, where u8 x s8 saturates on AVX2 without VNNI."""
     wide = cx.op("Cast", w, to=onnx_dtype("int16"))
@@ -98,7 +98,7 @@ def _weight_u8(cx: _Ctx, w: str) -> str:
 
 
 @lowering("linear_w8a8")
-def _linear_w8a8(cx: _Ctx, n: Node) -> None:
+def _linear_w8a8(cx: OnnxContext, n: Node) -> None:
     x, wq, w_scale = n.inputs[:3]
     bias = n.inputs[3] if len(n.inputs) > 3 else None
     out = n.output

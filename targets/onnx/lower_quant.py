@@ -25,40 +25,41 @@ linear or an embedding) lowers `dequantize` itself to standard integer ops,
 folded to fp32 at load. An embedding reading a quantized (tied) table
 gathers the packed rows and dequantizes only those.
 
-accuracy_level comes from graph.meta["matmul_nbits_accuracy_level"] (default
+accuracy_level is the backend option of that name (lower_graph's argument; default
 4: int8 compute; 0 computes in fp32 and matches the interpreter to ~1e-5).
+Which stored form feeds a linear is edgec.ir.weight_source's answer, the
+layout (groups, padding, bit order) edgec.ir.quant's; where MatMulNBits or
+the row gather does not apply, `linear` and `embedding` fall back to
+lower_llm.py's standard-op lowerings (named as their fallbacks).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from edgec.ir import Node, Value
-from edgec.ir.quant import padded_k
+from edgec.ir import Node
+from edgec.ir.quant import PackedLayout, word
+from edgec.ir.weight_source import WeightSource, weight_source
 
-from .lower import LOWERINGS, _Ctx, lowering
+from .lower_context import OnnxContext, lowering
+from .lower_llm import _embedding as _embedding_gather
+from .lower_llm import _linear as _linear_matmul
 
 KERNEL_BITS = {2: 2, 3: 4, 4: 4, 8: 8}  # stored bits -> MatMulNBits bits
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 DEFAULT_ACCURACY_LEVEL = 4
-_base_linear = LOWERINGS["linear"]
-_base_embedding = LOWERINGS["embedding"]
 
 
-def _group(dq: Node) -> int:
-    g, k = dq.attrs["group_size"], dq.attrs["k"]
-    return k if g in (0, -1) else min(g, k)
+def _level(cx: OnnxContext) -> int:
+    return DEFAULT_ACCURACY_LEVEL if cx.accuracy_level is None else int(cx.accuracy_level)
 
 
-def _stored_k(dq: Node) -> int:
-    """Columns per stored row: K padded to whole groups (MatMulNBits pads its last block the same way)."""
-    return padded_k(dq.attrs["k"], _group(dq))
+def _packed(v) -> WeightSource | None:
+    """v's packed stored form (dequantize of stored codes, scales and zeros), if it has one."""
+    src = weight_source(v)
+    return src if src is not None and src.form == "packed" else None
 
 
-def _level(cx: _Ctx) -> int:
-    return int(cx.graph.meta.get("matmul_nbits_accuracy_level", DEFAULT_ACCURACY_LEVEL))
-
-
-def _plan(dq: Node, level: int) -> tuple[int, int] | None:
+def _plan(lay: PackedLayout, level: int) -> tuple[int, int] | None:
     """(kernel bits, block size) for MatMulNBits, or None when the kernel cannot express it (or runs it slowly).
 
     onnxruntime 1.31's 8-bit kernel has a fast path only for accuracy_level 4
@@ -67,70 +68,58 @@ def _plan(dq: Node, level: int) -> tuple[int, int] | None:
     batch 1), so 8-bit at levels 0-3 takes the standard-op path, whose
     dequantization onnxruntime folds into fp32 weights once, at load.
     """
-    if dq.op != "dequantize" or any(v.kind != "weight" for v in dq.inputs):
+    if lay.bits == 8 and level < 4:
         return None
-    if dq.attrs["bits"] == 8 and level < 4:
+    block = next((b for b in BLOCK_SIZES if lay.group % b == 0), None)
+    if block is None or lay.kp // block != -(-lay.k // block):  # padding wider than one partial block
         return None
-    g, k = _group(dq), dq.attrs["k"]
-    block = next((b for b in BLOCK_SIZES if g % b == 0), None)
-    if block is None or _stored_k(dq) // block != -(-k // block):  # padding wider than one partial block
-        return None
-    return KERNEL_BITS[dq.attrs["bits"]], block
+    return KERNEL_BITS[lay.bits], block
 
 
-def _fusable(n: Node, level: int) -> tuple[int, int] | None:
-    """The MatMulNBits plan if linear n reads a dequantized weight the kernel can take directly."""
+def _fusable(n: Node, level: int) -> tuple[WeightSource, tuple[int, int]] | None:
+    """(weight source, MatMulNBits plan) if linear n reads a packed weight the kernel can take directly."""
     if n.op != "linear":
         return None
     x, w = n.inputs[:2]
-    dq = w.producer
-    if dq is None or x.dtype != "float32" or x is w or not isinstance(w.shape[1], int):
+    src = _packed(w)
+    if src is None or x.dtype != "float32" or x is w or not isinstance(w.shape[1], int):
         return None
     if len(n.inputs) > 2 and n.inputs[2].dtype != "float32":
         return None
-    return _plan(dq, level)
+    plan = _plan(src.layout, level)
+    return None if plan is None else (src, plan)
 
 
 def _gatherable(n: Node) -> bool:
     """True if embedding n looks up rows of a stored quantized table (a tied, quantized lm_head)."""
-    if n.op != "embedding":
-        return False
-    dq = n.inputs[0].producer
-    return dq is not None and dq.op == "dequantize" and all(v.kind == "weight" for v in dq.inputs)
-
-
-def _users(cx: _Ctx) -> dict[Value, list[Node]]:
-    if getattr(cx, "_quant_users", None) is None:
-        cx._quant_users = cx.graph.users()
-    return cx._quant_users
+    return n.op == "embedding" and _packed(n.inputs[0]) is not None
 
 
 # ----------------------------------------------------------------------------- bit twiddling
-def _unpack_codes(cx: _Ctx, packed: str, bits: int, n: int, k: int) -> str:
+def _unpack_codes(cx: OnnxContext, packed: str, bits: int, n: int, k: int) -> str:
     """uint8 [N, K*bits/8] little-endian bit stream -> int64 codes [N, K].
 
-    Every run of c = bits/gcd(bits, 8) bytes holds v = 8c/bits whole codes: read
-    it as one integer, then code j = (word // 2**(bits*j)) % 2**bits.
+    Every run of c bytes holds v whole codes (edgec.ir.quant.word): read it as
+    one integer, then code j = (word // 2**(bits*j)) % 2**bits.
     """
-    c = bits // np.gcd(bits, 8)
-    v = 8 * c // bits
-    word = cx.op("Cast", cx.op("Reshape", packed, cx.ints([n, k // v, c])), to=7)  # int64
+    c, v = word(bits)
+    words = cx.op("Cast", cx.op("Reshape", packed, cx.ints([n, k // v, c])), to=7)  # int64
     if c > 1:
-        word = cx.op("ReduceSum", cx.op("Mul", word, cx.ints(256 ** np.arange(c))), cx.ints([-1]), keepdims=1)
-    codes = cx.op("Mod", cx.op("Div", word, cx.ints((1 << bits) ** np.arange(v))), cx.ints([1 << bits]))
+        words = cx.op("ReduceSum", cx.op("Mul", words, cx.ints(256 ** np.arange(c))), cx.ints([-1]), keepdims=1)
+    codes = cx.op("Mod", cx.op("Div", words, cx.ints((1 << bits) ** np.arange(v))), cx.ints([1 << bits]))
     return cx.op("Reshape", codes, cx.ints([n, k]))
 
 
-def _pack_codes(cx: _Ctx, codes: str, bits: int, n: int, m: int) -> str:
+def _pack_codes(cx: OnnxContext, codes: str, bits: int, n: int, m: int) -> str:
     """int64 codes [N, M] (M a multiple of 8/bits) -> uint8 [N, M*bits/8], low bits first (bits 2 or 4)."""
-    v = 8 // bits
+    _, v = word(bits)
     grouped = cx.op("Reshape", codes, cx.ints([n, m // v, v]))
     summed = cx.op("ReduceSum", cx.op("Mul", grouped, cx.ints((1 << bits) ** np.arange(v))), cx.ints([-1]),
                    keepdims=0)
     return cx.op("Cast", summed, to=2)  # uint8
 
 
-def _repeat_cols(cx: _Ctx, t: str, n: int, cols: int, r: int) -> str:
+def _repeat_cols(cx: OnnxContext, t: str, n: int, cols: int, r: int) -> str:
     """[N, cols] -> [N, cols*r], each column repeated r times (one group -> r kernel blocks)."""
     if r == 1:
         return t
@@ -139,19 +128,18 @@ def _repeat_cols(cx: _Ctx, t: str, n: int, cols: int, r: int) -> str:
 
 
 # ----------------------------------------------------------------------------- lowerings
-@lowering("linear")
-def _linear(cx: _Ctx, n: Node) -> None:
-    plan = _fusable(n, _level(cx))
-    if plan is None:
-        _base_linear(cx, n)
-        return
+@lowering("linear", fallback=_linear_matmul)
+def _linear(cx: OnnxContext, n: Node):
+    level = _level(cx)
+    fusable = _fusable(n, level)
+    if fusable is None:
+        return NotImplemented
+    src, (kbits, block) = fusable
     x, w = n.inputs[:2]
-    dq = w.producer
-    packed, scales, zeros = dq.inputs
-    bits, (kbits, block) = dq.attrs["bits"], plan
-    rows, k = int(w.shape[0]), int(w.shape[1])
-    g, kp = _group(dq), _stored_k(dq)
-    groups, r = kp // g, g // block
+    packed, scales, zeros = src.stored
+    lay, bits = src.layout, src.layout.bits
+    rows, k = int(w.shape[0]), lay.k
+    kp, groups, r = lay.kp, lay.groups, lay.group // block
     blocks = kp // block
 
     if kbits == bits:
@@ -165,7 +153,7 @@ def _linear(cx: _Ctx, n: Node) -> None:
     if not np.all(np.asarray(cx.graph.weights[zeros.name]) == 1 << (kbits - 1)):  # else the kernel's default
         zt = _repeat_cols(cx, zeros.name, rows, groups, r)
         if kbits < 8:
-            per = 8 // kbits
+            _, per = word(kbits)  # zero points per byte
             padded = blocks + (-blocks) % per
             zt = cx.op("Cast", zt, to=7)
             if padded != blocks:
@@ -178,25 +166,24 @@ def _linear(cx: _Ctx, n: Node) -> None:
         ins += ["", n.inputs[2].name]  # g_idx unused
     while ins[-1] == "":
         ins.pop()
-    level = _level(cx)
     cx.op("MatMulNBits", *ins, out=n.output.name, domain="com.microsoft", K=k, N=rows, bits=kbits,
           block_size=block, accuracy_level=level)
 
 
-@lowering("embedding")
-def _embedding(cx: _Ctx, n: Node) -> None:
+@lowering("embedding", fallback=_embedding_gather)
+def _embedding(cx: OnnxContext, n: Node):
     """Rows of a quantized table: gather the packed rows, scales and zeros, dequantize only those.
 
     Per token this touches one row instead of folding the whole table to fp32
     at load (which would cost V*K*4 bytes of RAM for a tied embedding).
     """
-    if not _gatherable(n):
-        _base_embedding(cx, n)
-        return
-    dq, ids = n.inputs[0].producer, n.inputs[1]
-    packed, scales, zeros = dq.inputs
-    bits, k = dq.attrs["bits"], dq.attrs["k"]
-    g, kp = _group(dq), _stored_k(dq)
+    src = _packed(n.inputs[0])
+    if src is None:
+        return NotImplemented
+    ids = n.inputs[1]
+    packed, scales, zeros = src.stored
+    lay = src.layout
+    bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
     idx = ids.name if ids.dtype in ("int32", "int64") else cx.cast(ids.name, ids.dtype, "int64")
     flat = cx.op("Reshape", idx, cx.ints([-1]))
     rows = cx.op("Gather", packed.name, flat, axis=0)
@@ -212,18 +199,18 @@ def _embedding(cx: _Ctx, n: Node) -> None:
 
 
 @lowering("dequantize")
-def _dequantize(cx: _Ctx, n: Node) -> None:
+def _dequantize(cx: OnnxContext, n: Node) -> None:
     """Nothing when every reader is a MatMulNBits linear or a row lookup; otherwise standard integer ops."""
     out = n.output
-    readers = _users(cx).get(out, [])
+    readers = cx.users(out)
     if readers and out not in cx.graph.outputs and all(
             (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u, _level(cx)))
             or (_gatherable(u) and u.inputs[1] is not out) for u in readers):
         return
     packed, scales, zeros = n.inputs
-    bits, k = n.attrs["bits"], n.attrs["k"]
+    lay = PackedLayout.of(n.attrs["bits"], n.attrs["group_size"], n.attrs["k"])
+    bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
     rows = int(out.shape[0])
-    g, kp = _group(n), _stored_k(n)
     if bits == 8:
         q = cx.op("Cast", packed.name, to=1)
     else:

@@ -9,7 +9,9 @@ decode step copies no cache and allocates nothing on the Python side.
 """
 from __future__ import annotations
 
+import json
 import mmap
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +19,12 @@ import onnx
 import onnxruntime as ort
 
 from edgec.artifact import as_files
-from edgec.errors import ArtifactError, EdgecError
+from edgec.errors import ArtifactError
+from edgec.executor import ForwardSequence, check_capacity, check_fits
+from edgec.interface import ModelInterface, TensorSpec
 from edgec.memory import HugePages
 
 from .compile import CONTEXT_KEY, DATA_FILE, MODEL_FILE
-from .lower import LOGITS_ROWS
 from .lower_gqa import KV_LAYOUT_KEY, SHARED_BUFFER
 
 _LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -31,38 +34,38 @@ _LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8,
        "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(double)": np.float64}
 
-# The [onnx] table of a device profile (edgec/devices/*.toml); every key is optional.
-SESSION_OPTIONS = {
-    "intra_op_threads": int,      # 0: onnxruntime's default (one per physical core)
-    "allow_spinning": bool,       # workers spin between ops: lower latency, more power
-    "cpu_mem_arena": bool,        # reuse freed activation memory instead of malloc per run
-    "graph_optimization": str,    # disable | basic | extended | all
-    "accuracy_level": int,        # build time, not a session option: MatMulNBits' compute type (0-4)
-    "huge_pages": bool,           # edgec, not onnxruntime: weights in 2 MiB pages (edgec/memory.py; default on)
-}
-
 
 def session_options(options: dict | None = None, threads: int | None = None) -> ort.SessionOptions:
-    """SessionOptions from a device profile's [onnx] table; `threads` (e.g. --threads) wins."""
-    options = dict(options or {})
-    unknown = set(options) - set(SESSION_OPTIONS)
-    if unknown:
-        raise EdgecError(f"unknown [onnx] session option(s) {sorted(unknown)}; known: {sorted(SESSION_OPTIONS)}")
-    if options.get("accuracy_level", 4) not in range(5):
-        raise EdgecError(f"[onnx] accuracy_level must be 0-4, not {options['accuracy_level']!r}")
-    level = options.get("graph_optimization", "all")
-    if level not in _LEVELS:
-        raise EdgecError(f"[onnx] graph_optimization must be one of {sorted(_LEVELS)}, not {level!r}")
+    """SessionOptions from the backend's options (the [backend.onnx] table); `threads` (e.g. --threads) wins."""
+    from .backend import BACKEND
+
+    options = BACKEND.resolve(BACKEND.check_options(options, "[backend.onnx]"))
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = _LEVELS[level]
-    n = threads or options.get("intra_op_threads") or 0
+    opts.graph_optimization_level = _LEVELS[options["graph_optimization"]]
+    n = threads or options["intra_op_threads"]
     if n:
         opts.intra_op_num_threads = int(n)
-    if "cpu_mem_arena" in options:
+    if options["cpu_mem_arena"] is not None:
         opts.enable_cpu_mem_arena = bool(options["cpu_mem_arena"])
-    if "allow_spinning" in options:
+    if options["allow_spinning"] is not None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
     return opts
+
+
+def _providers(wanted: list[str] | None) -> list[str]:
+    """The wanted execution providers this onnxruntime has, in order; the CPU one at least."""
+    have = ort.get_available_providers()
+    chosen = [p for p in wanted or [] if p in have]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def _interface(session: ort.InferenceSession) -> ModelInterface:
+    """The interface as compiled (for a model folder opened without a manifest)."""
+    def specs(values):
+        return [TensorSpec(v.name, np.dtype(_NP[v.type]).name,
+                           tuple(d if isinstance(d, int) else str(d) for d in v.shape)) for v in values]
+
+    return ModelInterface.from_signature(specs(session.get_inputs()), specs(session.get_outputs()))
 
 
 def _check_external_data(model_bytes: bytes, data_size: int) -> None:
@@ -111,13 +114,15 @@ class OnnxExecutor:
 
     CPU by default with every graph optimization on, which is what fuses the
     primitive decompositions (RMSNorm, Gelu, scaled MatMul) back into kernels.
-    `options` is the device profile's [onnx] table (see SESSION_OPTIONS).
+    `options` are the backend's run options (targets/onnx/backend.py).
     """
 
-    def __init__(self, model_dir, *, threads: int | None = None, providers=None,
-                 options: dict | None = None, profile_prefix: str | None = None):
-        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles)."""
+    def __init__(self, model_dir, *, threads: int | None = None, options: dict | None = None,
+                 interface: ModelInterface | None = None, profile_prefix: str | None = None):
+        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles);
+        interface: the manifest's (default: read from the compiled model)."""
         files = as_files(model_dir)
+        self.threads = threads
         self.path = Path(files.path(MODEL_FILE))
 
         def make_opts() -> ort.SessionOptions:
@@ -133,7 +138,7 @@ class OnnxExecutor:
         model_bytes = files.read_bytes(MODEL_FILE)
         data_size = files.size(DATA_FILE) if files.exists(DATA_FILE) else 0
         _check_external_data(model_bytes, data_size)
-        providers = providers or ["CPUExecutionProvider"]
+        providers = _providers((options or {}).get("providers"))
         # the weights onnxruntime loads and prepacks here are what every decode step streams
         with HugePages(enabled=(options or {}).get("huge_pages", True)
                        and providers[0] == "CPUExecutionProvider") as self.huge_pages:
@@ -147,20 +152,39 @@ class OnnxExecutor:
         self.context_length = int(ctx) if ctx and ctx.isdigit() else None
         logits = next((o for o in self.session.get_outputs() if o.name == "logits"), None)
         self.vocab_size = logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None
-        self.graph_inputs = [n for n in self.input_names if n != LOGITS_ROWS]  # the IR's own inputs
+        self.interface = interface or _interface(self.session)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if LOGITS_ROWS in self.input_names and LOGITS_ROWS not in feeds and "input_ids" in feeds:
-            feeds = {**feeds, LOGITS_ROWS: np.array([np.shape(feeds["input_ids"])[1]], np.int64)}  # every row
+        rows, tokens = self.interface.logits_rows, self.interface.tokens
+        if rows and rows not in feeds and tokens in feeds:  # default: logits of every row
+            feeds = {**feeds, rows: np.array([np.shape(feeds[tokens])[1]], np.int64)}
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise KeyError(f"missing model input(s) {missing}")
         outs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
         return dict(zip(self.output_names, outs))
 
-    def sequence(self, capacity: int) -> "OnnxSequence | None":
-        """A KV cache of `capacity` tokens bound in place, or None if this model cannot share buffers."""
-        return OnnxSequence(self, capacity) if self.shared_kv else None
+    def op_trace(self) -> list[tuple[float, dict[str, list[float]]]]:
+        """Ends onnxruntime's profiler (opened with profile_prefix); per run, in order:
+        (wall microseconds, op type -> [calls, kernel microseconds])."""
+        events = json.loads(Path(self.session.end_profiling()).read_text())
+        runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+        out = [(float(b - a), defaultdict(lambda: [0, 0.0])) for a, b in runs]
+        starts = np.array([r[0] for r in runs])
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
+            if i < 0 or e["ts"] > runs[i][1]:
+                continue
+            acc = out[i][1][e.get("args", {}).get("op_name", "?")]
+            acc[0] += 1
+            acc[1] += float(e["dur"])
+        return out
+
+    def sequence(self, capacity: int):
+        """A KV cache of `capacity` tokens, bound in place where the model can share buffers."""
+        return OnnxSequence(self, capacity) if self.shared_kv else ForwardSequence(self, capacity)
 
 
 class OnnxSequence:
@@ -173,60 +197,59 @@ class OnnxSequence:
     """
 
     def __init__(self, executor: OnnxExecutor, capacity: int):
-        if capacity <= 0:
-            raise EdgecError(f"KV capacity must be > 0, got {capacity}")
         self.session = executor.session
-        self.capacity = int(capacity)
+        self.capacity = check_capacity(capacity)
         self.length = 0
+        iface = self.iface = executor.interface
+        self._present = iface.present_of()
         self.buffers: dict[str, np.ndarray] = {}  # past name -> [1, kv_heads, capacity, head_dim]
         self._kv: dict[str, ort.OrtValue] = {}
-        self._extra_outputs = []
-        logits = None
-        for i in self.session.get_inputs():
-            if i.name.startswith("past_"):
-                shape = [self.capacity if isinstance(d, str) or d is None else d for d in i.shape]
-                # zeros: calloc'ed pages cost nothing until GQA writes them
-                buf = np.zeros(shape, _NP[i.type])
-                self.buffers[i.name] = buf
-                self._kv[i.name] = ort.OrtValue.ortvalue_from_numpy(buf)
-            elif i.name not in ("input_ids", "position_ids", LOGITS_ROWS):
-                raise EdgecError(f"ONNX model input {i.name!r} is not one the generation loop feeds")
-        for o in self.session.get_outputs():
-            if o.name == "logits":
-                logits = o
-            elif not o.name.startswith("present_"):
-                self._extra_outputs.append(o.name)
+        for name, (dtype, shape) in iface.cache_shapes(self.capacity).items():
+            # zeros: calloc'ed pages cost nothing until GQA writes them
+            self.buffers[name] = np.zeros(shape, dtype)
+            self._kv[name] = ort.OrtValue.ortvalue_from_numpy(self.buffers[name])
+        unfed = [n for n in executor.input_names if n not in self._kv
+                 and n not in (iface.tokens, iface.positions, iface.logits_rows)]
+        if unfed:
+            raise ArtifactError(f"ONNX model input {unfed[0]!r} is not one the generation loop feeds")
+        self._extra_outputs = [n for n in executor.output_names
+                               if n != iface.logits and n not in self._present.values()]
+        logits = next((o for o in self.session.get_outputs() if o.name == iface.logits), None)
         if logits is None:
-            raise EdgecError("the ONNX model has no 'logits' output")
+            raise ArtifactError(f"the ONNX model has no {iface.logits!r} output")
         self._vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
         self._logits_dtype = _NP[logits.type]
         # the decode step: one token, everything bound once
         self._ids = np.zeros((1, 1), np.int64)
         self._pos = np.zeros((1, 1), np.int64)
-        self._rows_input = LOGITS_ROWS in executor.input_names
+        self._rows_input = iface.logits_rows
         self._one = np.ones(1, np.int64)  # logits_rows = 1
         self._step = self._binding(self._ids, self._pos, self._one)
         self._step_logits = self._bind_logits(self._step, 1)
 
+    def reset(self) -> None:
+        """Start a new sequence in the same buffers (GroupQueryAttention reads only rows < length)."""
+        self.length = 0
+
     def _binding(self, ids: np.ndarray, pos: np.ndarray, rows: np.ndarray) -> ort.IOBinding:
         b = self.session.io_binding()
-        b.bind_cpu_input("input_ids", ids)
-        b.bind_cpu_input("position_ids", pos)
+        b.bind_cpu_input(self.iface.tokens, ids)
+        b.bind_cpu_input(self.iface.positions, pos)
         if self._rows_input:
-            b.bind_cpu_input(LOGITS_ROWS, rows)
+            b.bind_cpu_input(self._rows_input, rows)
         for name, ov in self._kv.items():
             b.bind_ortvalue_input(name, ov)
-            b.bind_ortvalue_output(name.replace("past_", "present_", 1), ov)
+            b.bind_ortvalue_output(self._present[name], ov)
         for name in self._extra_outputs:
             b.bind_output(name)
         return b
 
     def _bind_logits(self, b: ort.IOBinding, n: int) -> np.ndarray | None:
         if self._vocab is None:
-            b.bind_output("logits")
+            b.bind_output(self.iface.logits)
             return None
         out = np.empty((1, n, self._vocab), self._logits_dtype)
-        b.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(out))
+        b.bind_ortvalue_output(self.iface.logits, ort.OrtValue.ortvalue_from_numpy(out))
         return out
 
     def _run(self, b: ort.IOBinding, out: np.ndarray | None) -> np.ndarray:
@@ -243,8 +266,7 @@ class OnnxSequence:
         of a reused buffer, valid until the next call.
         """
         n = len(ids)
-        if n == 0 or self.length + n > self.capacity:
-            raise EdgecError(f"{n} more tokens do not fit the KV cache ({self.length} of {self.capacity} used)")
+        check_fits(self, n)
         if n == 1:
             self._ids[0, 0] = ids[0]
             self._pos[0, 0] = self.length

@@ -13,4 +13,7 @@ from .compile import check_device, compile_graph  # noqa: E402
 from .lower import LOWERINGS, lower_graph  # noqa: E402
 from .runtime import TvmExecutor  # noqa: E402
 
-__all__ = ["LOWERINGS", "TVM_PIN", "TvmExecutor", "check_device", "compile_graph", "lower_graph"]
+# The backend's pre-lowering phase (pipeline phase "prelower"): none of the ONNX rewrites apply here.
+PRELOWER: list[tuple[str, dict]] = []
+
+__all__ = ["LOWERINGS", "PRELOWER", "TVM_PIN", "TvmExecutor", "check_device", "compile_graph", "lower_graph"]

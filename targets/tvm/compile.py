@@ -1,8 +1,9 @@
-"""Compile an IR graph with TVM into `model.so` + `weights.safetensors` + `tvm.json`.
+"""Compile an IR graph with TVM into `model.so` + `weights.bin` + `tvm.json`.
 
 Weights are not baked into the library: both Relax functions take them as
-one tuple argument, so the library stays small, compiles fast, and the
-weights file is the same mmap-able safetensors layout the IR uses.
+one tuple argument, so the library stays small and compiles fast; the weight
+planner (edgec.weight_plan) lays them out in one mmap-able blob, and tvm.json
+lists each one's place in the order the functions take them.
 """
 from __future__ import annotations
 
@@ -13,15 +14,16 @@ from typing import Any
 
 import tvm
 
+from edgec.interface import ModelInterface
 from edgec.ir import Graph
-from edgec.ir.weights import WeightStore
+from edgec.weight_plan import DEFAULT_TIER, StoredTensor, summary, write_blobs
 
 from .lower import lower_graph
 from .schedule import build_pipeline, fusion_passes
 from .target import plan_for
 
 LIB_FILE = "model.so"
-WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_FILE = "weights.bin"
 META_FILE = "tvm.json"
 
 
@@ -94,10 +96,8 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, tune_minutes: flo
         if progress:
             progress(f"applied tuned schedules to {len(tuned.applied)} kernels")
 
-    store = WeightStore()
-    for name in lowered.weights:
-        store[name] = graph.weights[name]
-    store.save(out_dir / WEIGHTS_FILE)
+    placed = write_blobs(out_dir, [StoredTensor.of_array(n, graph.weights[n]) for n in lowered.weights],
+                         {DEFAULT_TIER: WEIGHTS_FILE})
     functions = [gv.name_hint for gv in lowered.mod.get_global_vars()
                  if isinstance(lowered.mod[gv], tvm.relax.Function)]
     meta = {
@@ -110,17 +110,16 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, tune_minutes: flo
         "functions": sorted(functions),
         "inputs": [v.name for v in graph.inputs],
         "outputs": [v.name for v in graph.outputs],
-        "past": [{"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}
-                 for v in graph.inputs if v.name.startswith("past_")],
-        "weights": lowered.weights,
+        "signature": ModelInterface.of_graph(graph).to_signature(),
+        "weights": [p.to_dict() for p in placed],
         "notes": plan.notes,
-        "context_length": graph.meta.get("context_length"),
+        "context_length": graph.facts.context_length,
         "vocab_size": next((int(v.shape[-1]) for v in graph.outputs
                             if v.name == "logits" and isinstance(v.shape[-1], int)), None),
     }
     if tuning is not None:
         meta["tuning"] = tuning
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    return {"files": files, "compile_seconds": seconds,
+    return {"files": files, "compile_seconds": seconds, "weights": summary(placed),
             **{k: meta[k] for k in ("kind", "target", "triple", "tvm_version", "linker", "cross_compiled",
                                     "functions", "inputs", "outputs", "notes", "tuning") if k in meta}}

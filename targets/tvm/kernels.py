@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from tvm import te, tirx
 
+from edgec.ir.quant import PackedLayout, code_at
+
 
 # ----------------------------------------------------------------------------- weights
 def plain_weight(w):
@@ -22,31 +24,28 @@ def plain_weight(w):
     return lambda n, k: w[n, k].astype("float32")
 
 
-def packed_weight(packed, scales, zeros, bits: int):
+def packed_weight(packed, scales, zeros, layout: PackedLayout):
     """Element (n, k) of edgec.ir.quant's format: (q - zero) * scale per group along K.
 
-    The group size is Kp / groups (Kp = padded K = packed bytes * 8 / bits), so
-    the layout with K padded up to a multiple of the group size is read as is.
+    Rows are stored padded to whole groups (layout.kp), so the layout is read as is;
+    where a code sits in its row is edgec.ir.quant.code_at.
     """
-    width = int(packed.shape[1])
-    kp = width * 8 // bits
-    g = kp // int(scales.shape[1])
+    bits, g, width = layout.bits, layout.group, layout.row_bytes
     mask = (1 << bits) - 1
 
     if 8 % bits == 0:  # 2, 4, 8 bits: a code never straddles a byte
-        per = 8 // bits
 
         def code(n, k):
-            byte = packed[n, k // per].astype("int32")
-            return (byte >> ((k % per) * bits).astype("int32")) & mask if per > 1 else byte
+            at, shift = code_at(k, bits)
+            byte = packed[n, at].astype("int32")
+            return (byte >> shift.astype("int32")) & mask if bits < 8 else byte
     else:  # 3 bits: read the two bytes the code may straddle (little-endian bit stream)
 
         def code(n, k):
-            pos = k * bits
-            lo = pos // 8
+            lo, shift = code_at(k, bits)
             hi = tirx.min(lo + 1, width - 1)
             pair = packed[n, lo].astype("int32") | (packed[n, hi].astype("int32") << 8)
-            return (pair >> (pos % 8).astype("int32")) & mask
+            return (pair >> shift.astype("int32")) & mask
 
     def elem(n, k):
         grp = k // g
@@ -69,10 +68,10 @@ def linear(x, weight_elem, n_out: int, k_in: int, bias=None, name="linear"):
     return te.compute(y.shape, lambda *i: y[i] + bias[i[-1]].astype("float32"), name=name + "_bias")
 
 
-def dequantize(packed, scales, zeros, bits: int, k: int):
+def dequantize(packed, scales, zeros, layout: PackedLayout):
     """Materialized dequantization (only where a dequantized weight feeds something other than linear)."""
-    elem = packed_weight(packed, scales, zeros, bits)
-    return te.compute((packed.shape[0], k), lambda n, j: elem(n, j), name="dequantize")
+    elem = packed_weight(packed, scales, zeros, layout)
+    return te.compute((packed.shape[0], layout.k), lambda n, j: elem(n, j), name="dequantize")
 
 
 # ----------------------------------------------------------------------------- rotary

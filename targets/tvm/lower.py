@@ -15,7 +15,6 @@ tuple of the graph outputs in order. `past` stays symbolic in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import tvm
@@ -25,6 +24,9 @@ from tvm.relax import op as R
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, Node, Value
 from edgec.ir import shapes as S
+from edgec.ir.quant import PackedLayout
+from edgec.ir.weight_source import read_as_weight_only, weight_source
+from edgec.targets.lowering import LoweringContext, LoweringTable, check_supported
 
 from . import kernels as K
 
@@ -37,16 +39,14 @@ class Lowered:
     weights: list[str]  # weight names, in the order of the params tuple
 
 
-class _Ctx:
+class _Ctx(LoweringContext):
     """Per-function state: symbols, the Relax expression of every IR value."""
 
     def __init__(self, bb: relax.BlockBuilder, graph: Graph, symbols: dict[str, object]):
+        super().__init__(graph)
         self.bb = bb
-        self.graph = graph
         self.symbols = symbols  # "seq" -> tirx.Var or 1
         self.env: dict[Value, relax.Expr] = {}
-        self.users: dict[Value, list[Node]] = graph.users()
-        self.fused: set[int] = set()  # id() of nodes folded into their consumer
 
     def dim(self, d):
         if isinstance(d, int):
@@ -70,16 +70,8 @@ class _Ctx:
         return self.bb.emit_te(fn, *args, primfunc_name_hint=name or fn.__name__, **kwargs)
 
 
-LOWERINGS: dict[str, Callable[[_Ctx, Node], list]] = {}
-
-
-def lowering(*names):
-    def deco(fn):
-        for n in names:
-            LOWERINGS[n] = fn
-        return fn
-
-    return deco
+LOWERINGS = LoweringTable("TVM")
+lowering = LOWERINGS.register
 
 
 # ----------------------------------------------------------------------------- generic ops
@@ -260,29 +252,65 @@ def _attention(c, n):
     return [o, *outs]
 
 
-def _weight_source(c: _Ctx, w: Value):
-    """(element function args, builder) for a linear's weight: plain, fp16 cast, or dequantize."""
-    node = w.producer
-    if w.kind == "weight":
-        return [c[w]], K.plain_weight
-    if node is not None and all(u.op == "linear" and u.inputs[1] is w for u in c.users.get(w, [])):
-        if node.op == "cast" and node.inputs[0].kind == "weight":
-            c.fused.add(id(node))
-            return [c[node.inputs[0]]], K.plain_weight
-        if node.op == "dequantize" and all(v.kind == "weight" for v in node.inputs):
-            c.fused.add(id(node))
-            bits = node.attrs["bits"]
-            return [c[v] for v in node.inputs], lambda p, s, z: K.packed_weight(p, s, z, bits)
-    return None
+@lowering("gqa", "gqa_packed")
+def _gqa(c, n):
+    """The token-major attention forms of the ONNX pre-lowering, as heads + `attention`.
+
+    TVM's PRELOWER does not make them; lowered so that any IR graph builds here.
+    """
+    out, present_k, present_v = n.outputs
+    pk, pv = n.inputs[3:5] if n.op == "gqa" else n.inputs[1:3]
+    kv, d = int(pk.shape[1]), int(pk.shape[3])
+    heads = int(out.shape[2]) // d
+    seq = n.inputs[0].shape[1]
+
+    def to_heads(expr, h, dtype):
+        v = Value(f"{out.name}_heads", dtype, (1, h, seq, d))
+        c.env[v] = c.emit(R.permute_dims(R.reshape(expr, [1, c.dim(seq), h, d]), [0, 2, 1, 3]))
+        return v
+
+    dt = n.inputs[0].dtype
+    if n.op == "gqa":
+        q, k, v = (to_heads(c[x], h, dt) for x, h in zip(n.inputs[:3], (heads, kv, kv)))
+    else:
+        qkv, _, _, pos, cos, sin = n.inputs
+        parts = c.emit(R.split(c[qkv], [heads * d, (heads + kv) * d], axis=-1))
+        q, k, v = (to_heads(relax.TupleGetItem(parts, i), h, dt) for i, h in enumerate((heads, kv, kv)))
+        for x in (q, k):
+            c.env[x] = c.te(K.rotary_cached, c[x], c[pos], c[cos], c[sin], name="rotary_cached")
+    o = Value(f"{out.name}_bshd", out.dtype, (1, seq, heads, d))
+    attn = Node("attention", [q, k, v, pk, pv], [o, present_k, present_v], dict(n.attrs))
+    y, pk_new, pv_new = LOWERINGS.lower(c, attn)
+    return [R.reshape(y, c.shape(out)), pk_new, pv_new]
+
+
+@lowering("last_rows")
+def _last_rows(c, n):
+    """A row count known at run time only would make a data-dependent shape, which this target's
+    functions (static but for seq and past) do not take; TVM's PRELOWER never makes last_rows."""
+    raise UnsupportedModelError("the TVM target does not lower last_rows (the ONNX backend's logits_rows "
+                                "input); build the graph without that pre-lowering pass")
+
+
+def _folded(c: _Ctx, w: Value):
+    """w's stored form where the linears reading it fold the cast / dequantize into their
+    reduction (it is read as their weight only); None: w is read as a computed [N, K] tensor."""
+    src = weight_source(w)
+    if src is None or (src.node is not None and not read_as_weight_only(w, c.users(w))):
+        return None
+    return src
 
 
 @lowering("linear")
 def _linear(c, n):
     x, w = n.inputs[:2]
-    src = _weight_source(c, w)
-    if src is None:  # a computed weight (e.g. low-rank product): plain [N, K] tensor
-        src = ([c[w]], K.plain_weight)
-    wargs, make_elem = src
+    src = _folded(c, w)
+    if src is None:  # e.g. a low-rank product
+        wargs, make_elem = [c[w]], K.plain_weight
+    elif src.form == "packed":
+        wargs, make_elem = [c[v] for v in src.stored], lambda p, s, z: K.packed_weight(p, s, z, src.layout)
+    else:  # plain, or fp16 storage (the cast is folded in)
+        wargs, make_elem = [c[src.stored[0]]], K.plain_weight
     bias = [c[n.inputs[2]]] if len(n.inputs) > 2 else []
     nw, n_out, k_in = len(wargs), int(w.shape[0]), int(w.shape[1])
 
@@ -298,7 +326,8 @@ def _linear(c, n):
 @lowering("dequantize")
 def _dequantize(c, n):
     p, s, z = (c[v] for v in n.inputs)
-    return [c.te(K.dequantize, p, s, z, bits=n.attrs["bits"], k=n.attrs["k"], name="dequantize")]
+    lay = PackedLayout.of(n.attrs["bits"], n.attrs["group_size"], n.attrs["k"])
+    return [c.te(K.dequantize, p, s, z, layout=lay, name="dequantize")]
 
 
 @lowering("quantize_rows")
@@ -321,12 +350,6 @@ def _linear_w8a8(c, n):
 
 
 # ----------------------------------------------------------------------------- driver
-def check_supported(graph: Graph) -> None:
-    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
-    if missing:
-        raise UnsupportedModelError(f"the TVM target has no lowering for IR op(s) {', '.join(missing)}")
-
-
 def _relax_name(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
@@ -345,14 +368,15 @@ def _emit_function(bb: relax.BlockBuilder, graph: Graph, fname: str, weight_name
         with bb.dataflow():
             for i, v in enumerate(wvals):
                 c.env[v] = bb.emit(relax.TupleGetItem(wtuple, i), name_hint=_relax_name(v.name))
-            # Decide fusions first: a fused producer is not emitted at all.
+            # Decide fusions first: an absorbed producer is not emitted at all.
             for node in graph.nodes:
-                if node.op == "linear":
-                    _weight_source(c, node.inputs[1])
+                src = _folded(c, node.inputs[1]) if node.op == "linear" else None
+                if src is not None and src.node is not None:
+                    c.absorbed.add(id(src.node))
             for node in graph.nodes:
-                if id(node) in c.fused:
+                if id(node) in c.absorbed:
                     continue
-                outs = LOWERINGS[node.op](c, node)
+                outs = LOWERINGS.lower(c, node)
                 for val, expr in zip(node.outputs, outs):
                     c.env[val] = expr if isinstance(expr, relax.Var) else \
                         bb.emit(expr, name_hint=_relax_name(val.name))
@@ -362,7 +386,7 @@ def _emit_function(bb: relax.BlockBuilder, graph: Graph, fname: str, weight_name
 
 def lower_graph(graph: Graph) -> Lowered:
     """IR -> IRModule with `prefill` (symbolic seq) and `decode` (seq = 1)."""
-    check_supported(graph)
+    check_supported(graph, LOWERINGS)
     weight_names = list(graph.weight_values)
     syms = sorted(graph.symbols())
     bb = relax.BlockBuilder()

@@ -1,4 +1,4 @@
-"""Run a TVM artifact: the exported library in the Relax VM, weights from safetensors."""
+"""Run a TVM artifact: the exported library in the Relax VM, weights from the planner's blob."""
 from __future__ import annotations
 
 import fcntl
@@ -13,8 +13,10 @@ from tvm import relax
 
 from edgec.artifact import as_files
 from edgec.errors import ArtifactError, EdgecError
-from edgec.ir.weights import WeightStore
+from edgec.executor import check_capacity, check_fits
+from edgec.interface import ModelInterface
 from edgec.memory import HugePages
+from edgec.weight_plan import open_placed
 
 from .compile import LIB_FILE, META_FILE, WEIGHTS_FILE
 
@@ -35,7 +37,7 @@ def _contiguous(a) -> np.ndarray:
 def _check_meta(meta) -> None:
     if not isinstance(meta, dict):
         raise TypeError("not an object")
-    for key in ("inputs", "outputs", "weights", "functions", "past"):
+    for key in ("inputs", "outputs", "weights", "functions"):
         if not isinstance(meta[key], list):
             raise TypeError(f"{key} is not a list")
     if not isinstance(meta["kind"], str):
@@ -64,12 +66,15 @@ def _load_library(code: bytes):
 class TvmExecutor:
     """The Relax VM over model.so; `prefill` serves prompts, `decode` single tokens.
 
-    `options` is the device profile's [tvm] table (none are defined yet).
+    `options` are the backend's run options (targets/tvm/backend.py; none yet).
     """
 
-    def __init__(self, model_dir, *, threads: int | None = None, options: dict | None = None):
-        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles)."""
+    def __init__(self, model_dir, *, threads: int | None = None, options: dict | None = None,
+                 interface: ModelInterface | None = None):
+        """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles);
+        interface: the manifest's (default: tvm.json's signature)."""
         files = as_files(model_dir)
+        self.threads = threads
         try:
             self.meta = json.loads(files.read_bytes(META_FILE))
             _check_meta(self.meta)
@@ -87,17 +92,16 @@ class TvmExecutor:
         _set_threads(threads)
         lib = _load_library(files.read_bytes(LIB_FILE))
         self.vm = relax.VirtualMachine(lib, self.device)
-        store = WeightStore.open(files.path(WEIGHTS_FILE))
-        missing = [n for n in self.meta["weights"] if n not in store]
-        if missing:
-            raise ArtifactError(f"{WEIGHTS_FILE} lacks {len(missing)} weights the library needs "
-                                f"({', '.join(missing[:3])}); rebuild the artifact")
+        if any(not isinstance(p, dict) or p.get("file") != WEIGHTS_FILE for p in self.meta["weights"]):
+            raise ArtifactError(f"{META_FILE}: every weight must lie in {WEIGHTS_FILE}; rebuild the artifact")
+        arrays = open_placed(files, self.meta["weights"])
         # every decode step streams the weights: on the CPU, keep them in 2 MiB pages (edgec/memory.py)
         with HugePages(enabled=self.meta["kind"] != "cuda") as self.huge_pages:
-            self.params = [tvm.runtime.tensor(_contiguous(store[n]), self.device) for n in self.meta["weights"]]
+            self.params = [tvm.runtime.tensor(_contiguous(arrays[p["name"]]), self.device)
+                           for p in self.meta["weights"]]
         self.input_names = list(self.meta["inputs"])
         self.output_names = list(self.meta["outputs"])
-        self.graph_inputs = self.input_names
+        self.interface = interface or _interface(self.meta)
         self.context_length = self.meta.get("context_length")
         self.vocab_size = self.meta.get("vocab_size")
         self._decode = "decode" in self.meta["functions"]
@@ -108,9 +112,10 @@ class TvmExecutor:
         return list(self.vm[fn](*args, self.params))
 
     def sequence(self, capacity: int):
-        """A KV cache that stays in TVM tensors between steps (see edgec.runtime.CompiledModel.sequence)."""
-        if not {"input_ids", "position_ids"} <= set(self.input_names) or "logits" not in self.output_names:
-            return None
+        """A KV cache that stays in TVM tensors between steps (see edgec.executor.Sequence)."""
+        iface = self.interface
+        if not {iface.tokens, iface.positions} <= set(self.input_names) or iface.logits not in self.output_names:
+            raise EdgecError("this TVM model has no token/position inputs or no logits: it cannot generate")
         return _TvmSequence(self, capacity)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,23 +132,30 @@ class _TvmSequence:
     """One generation: present_* tensors are fed back as past_* without leaving the device."""
 
     def __init__(self, ex: TvmExecutor, capacity: int):
-        self.ex, self.capacity, self.length = ex, capacity, 0
+        self.ex, self.capacity = ex, check_capacity(capacity)
         self.outputs = {n: i for i, n in enumerate(ex.output_names)}
-        self.cache = {}
-        for v in ex.meta.get("past", []):
-            shape = [0 if isinstance(d, str) else d for d in v["shape"]]
-            self.cache[v["name"]] = tvm.runtime.tensor(np.zeros(shape, v["dtype"]), ex.device)
+        self.present = ex.interface.present_of()
+        self.reset()
+
+    def reset(self) -> None:
+        self.length = 0
+        self.cache = {name: tvm.runtime.tensor(np.zeros(shape, dtype), self.ex.device)
+                      for name, (dtype, shape) in self.ex.interface.empty_cache_shapes().items()}
 
     def run(self, ids, last_only: bool = False) -> np.ndarray:
         n = len(ids)
-        if not n or self.length + n > self.capacity:
-            raise EdgecError(f"{n} more tokens do not fit the KV cache ({self.length} of {self.capacity} used)")
-        ex = self.ex
-        feeds = {"input_ids": tvm.runtime.tensor(np.asarray([ids], np.int64), ex.device),
-                 "position_ids": tvm.runtime.tensor(
+        check_fits(self, n)
+        ex, iface = self.ex, self.ex.interface
+        feeds = {iface.tokens: tvm.runtime.tensor(np.asarray([ids], np.int64), ex.device),
+                 iface.positions: tvm.runtime.tensor(
                      np.arange(self.length, self.length + n, dtype=np.int64)[None], ex.device)}
         outs = ex.call([feeds[name] if name in feeds else self.cache[name] for name in ex.input_names], n)
-        self.cache = {name: outs[self.outputs[name.replace("past_", "present_", 1)]] for name in self.cache}
+        self.cache = {name: outs[self.outputs[self.present[name]]] for name in self.cache}
         self.length += n
-        logits = outs[self.outputs["logits"]].numpy()[0]
+        logits = outs[self.outputs[iface.logits]].numpy()[0]
         return logits[-1:] if last_only else logits
+
+
+def _interface(meta: dict) -> ModelInterface:
+    """The interface as compiled (for a model folder opened without a manifest)."""
+    return ModelInterface.from_signature(meta["signature"]["inputs"], meta["signature"]["outputs"])

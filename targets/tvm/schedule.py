@@ -8,7 +8,7 @@
   single-threaded scalar loop nest. `CpuParallel` parallelizes the spatial
   loops of every block; the target enables floating-point reassociation so
   LLVM vectorizes the inner reduction (the dot products of linear layers).
-- Tuned kernels (tune.py, `--tune-minutes`/`--tune-log`) are scheduled from
+- Tuned kernels (tune.py, the `tune_minutes`/`tune_log` backend options) are scheduled from
   their MetaSchedule records first; the rules above skip them.
 """
 from __future__ import annotations

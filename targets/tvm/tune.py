@@ -1,13 +1,13 @@
 """Optional MetaSchedule tuning of the TIR kernels, within a time budget.
 
-`edgec build --backend tvm --tune-minutes M` tunes the kernels of the fused
+`edgec build --backend tvm --backend-opt tune_minutes=M` tunes the kernels of the fused
 Relax module (the point where `schedule.py` would schedule them) with TVM's
 MetaSchedule, for at most M minutes, and writes the best schedule of every
 tuned kernel into the artifact (`model/tune/records.json`, covered by the
 manifest's checksums). The compile then replays those schedules; every other
-kernel keeps the default schedule (CpuParallel). `--tune-log PATH` reuses
+kernel keeps the default schedule (CpuParallel). `--backend-opt tune_log=PATH` reuses
 such a log (an artifact, its `model/` or `model/tune/` folder, or the file):
-without `--tune-minutes` nothing is measured, with it tuning continues from
+without `tune_minutes` nothing is measured, with it tuning continues from
 the log's schedules, and the new log holds the best of both.
 
 What is tuned: kernels whose argument shapes are all static and that hold a
@@ -19,18 +19,12 @@ Measuring runs every candidate on this machine, so tuning serves only
 targets whose library loads here (llvm for the host, or a profile of this
 machine's architecture); cross (aarch64) and CUDA builds refuse it.
 
-Written around three defects of the apache-tvm 0.27.0.post1 wheel: any
-serialization of TIR to JSON segfaults (so MetaSchedule's pickling
-LocalBuilder and its JSON database cannot be used: candidates are built in
-this process, records live in a memory database, and the log keys each
-kernel by the SHA-256 of its TVMScript text and stores the schedule as a
-trace); two of the default CPU mutators (compute location, parallel) crash
-on initialization (the tile-size and unroll mutators are used); and
-importing `tvm.s_tir.tensor_intrin`, which TuneContext does though no CPU
-rule used here needs it, parses every vendor intrinsic (close to a minute
-on a busy 2-core machine), so a placeholder stands in while contexts are
-created. The RewriteLayout postprocessor is left out: it would change the
-layout of weights, which are function arguments here.
+Parts of MetaSchedule crash or stall in the apache-tvm 0.27.0.post1 wheel;
+their stand-ins are in wheel_fixes.py. Since TIR is never serialized here,
+records live in a memory database, and the log keys each kernel by the
+SHA-256 of its TVMScript text and stores the schedule as a trace. The
+RewriteLayout postprocessor is left out: it would change the layout of
+weights, which are function arguments here.
 """
 from __future__ import annotations
 
@@ -39,10 +33,8 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
-import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -51,6 +43,9 @@ import tvm
 from tvm import tirx
 
 from edgec.errors import EdgecError
+
+from .wheel_fixes import check_meta_schedule  # noqa: F401  (compile.py calls tune.check_meta_schedule)
+from .wheel_fixes import in_process_builder, no_tensor_intrin, plain, plain_args_runner, working_mutators
 
 TUNE_DIR = "tune"
 LOG_FILE = "records.json"
@@ -65,40 +60,21 @@ Say = Callable[[str], None]
 def check_minutes(minutes) -> float:
     """The budget as a float in [0, MAX_MINUTES] (one-line EdgecError otherwise)."""
     if isinstance(minutes, bool):
-        raise EdgecError(f"tune-minutes must be a number of minutes, got {minutes!r}")
+        raise EdgecError(f"tune_minutes must be a number of minutes, got {minutes!r}")
     try:
         m = float(minutes)
     except (TypeError, ValueError):
-        raise EdgecError(f"tune-minutes must be a number of minutes, got {minutes!r}") from None
+        raise EdgecError(f"tune_minutes must be a number of minutes, got {minutes!r}") from None
     if not math.isfinite(m) or m < 0 or m > MAX_MINUTES:
-        raise EdgecError(f"tune-minutes must be between 0 and {MAX_MINUTES:g} (24 hours), got {minutes!r}")
+        raise EdgecError(f"tune_minutes must be between 0 and {MAX_MINUTES:g} (24 hours), got {minutes!r}")
     return m
-
-
-def check_meta_schedule() -> None:
-    """MetaSchedule copies TIR through JSON; with apache-tvm-ffi 0.1.15 that segfaults in apache-tvm
-    0.27.0.post1 (0.1.14.post0 works). Probe it in a child process and fail with one line instead."""
-    import subprocess
-
-    code = ("import tvm; from tvm import tirx; "
-            "tvm.ir.save_json(tirx.Var('x', 'int32') + 1)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if r.returncode != 0:
-        try:
-            from importlib.metadata import version
-
-            ffi = version("apache-tvm-ffi")
-        except Exception:  # noqa: BLE001
-            ffi = "?"
-        raise EdgecError(f"MetaSchedule cannot run here: TVM {tvm.__version__} crashes serializing TIR with "
-                         f"apache-tvm-ffi {ffi}; install apache-tvm-ffi==0.1.14.post0 to tune")
 
 
 def check_tunable(plan) -> None:
     """Tuning and reusing a log need the library to run here: llvm, not cross-compiled."""
     if plan.kind != "llvm" or plan.cross:
         what = "CUDA" if plan.kind == "cuda" else f"cross-compiled {plan.triple}"
-        raise EdgecError(f"tuning needs to run kernels on the target device; --tune-minutes/--tune-log are "
+        raise EdgecError(f"tuning needs to run kernels on the target device; the tune_minutes/tune_log options are "
                          f"supported for devices this machine can run (host, or its own architecture), "
                          f"not for this {what} build")
 
@@ -109,7 +85,7 @@ def find_log(path) -> Path:
     for cand in (p, p / LOG_FILE, p / TUNE_DIR / LOG_FILE, p / "model" / TUNE_DIR / LOG_FILE):
         if cand.is_file():
             return cand
-    raise EdgecError(f"no tuning log at {path}: expected an artifact built with --tune-minutes, "
+    raise EdgecError(f"no tuning log at {path}: expected an artifact built with --backend-opt tune_minutes=M, "
                      f"its model/{TUNE_DIR}/ folder, or a {LOG_FILE} file")
 
 
@@ -119,14 +95,14 @@ def load_log(path) -> dict:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise EdgecError(f"tuning log {file} is not valid JSON ({e}); rebuild it with --tune-minutes") from None
+        raise EdgecError(f"tuning log {file} is not valid JSON ({e}); rebuild it with --backend-opt tune_minutes=M") from None
     ok = (isinstance(data, dict) and data.get("format") == LOG_FORMAT and isinstance(data.get("records"), list)
           and all(isinstance(r, dict) and isinstance(r.get("key"), str) and isinstance(r.get("trace"), list)
                   and isinstance(r.get("run_secs"), list) and r["run_secs"]
                   and all(isinstance(s, (int, float)) for s in r["run_secs"]) for r in data["records"]))
     if not ok:
         raise EdgecError(f"tuning log {file} is corrupt or not an edgec tuning log (format {LOG_FORMAT}); "
-                         "rebuild it with --tune-minutes")
+                         "rebuild it with --backend-opt tune_minutes=M")
     return {"path": str(file), "records": {r["key"]: r for r in data["records"]}}
 
 
@@ -206,20 +182,6 @@ def apply_records(records: dict):
 
 # ----------------------------------------------------------------------------- tuning
 @contextmanager
-def _no_tensor_intrin():
-    name = "tvm.s_tir.tensor_intrin"
-    stub = name not in sys.modules
-    if stub:
-        sys.modules[name] = types.ModuleType(name)
-    try:
-        yield
-    finally:
-        if stub and isinstance(sys.modules.get(name), types.ModuleType) and sys.modules[name].__dict__.get(
-                "__file__") is None:
-            del sys.modules[name]
-
-
-@contextmanager
 def _quiet_meta_schedule():
     import logging
 
@@ -235,78 +197,9 @@ def _quiet_meta_schedule():
 def _space():
     from tvm.s_tir import meta_schedule as ms
 
-    mutators = {m: p for m, p in ms.mutator.Mutator.create("llvm").items()
-                if type(m).__name__ in ("MutateTileSize", "MutateUnroll")}
     postprocs = [p for p in ms.postproc.Postproc.create("llvm") if type(p).__name__ != "RewriteLayout"]
-    return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs=postprocs, mutator_probs=mutators)
-
-
-def _builder(tmp: str):
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.support.tar import tar
-
-    @derived_object
-    class InProcessBuilder(ms.builder.PyBuilder):
-        """Builds candidates in this process (the pickling LocalBuilder crashes in this wheel)."""
-
-        def build(self, build_inputs):
-            from tvm.driver import build as tvm_build
-
-            out = []
-            for bi in build_inputs:
-                try:
-                    lib = tvm_build(bi.mod, target=bi.target)
-                    path = os.path.join(tempfile.mkdtemp(dir=tmp), "kernel." + tar.output_format)
-                    lib.export_library(path, fcompile=tar)
-                    out.append(ms.builder.BuilderResult(path, None))
-                except Exception as e:  # noqa: BLE001 - a failed candidate, not a failed build
-                    out.append(ms.builder.BuilderResult(None, f"{type(e).__name__}: {e}"))
-            return out
-
-    return InProcessBuilder()
-
-
-def _runner():
-    from tvm.ir.utils import derived_object
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.runner import local_runner as L
-
-    inner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-        number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=False))
-
-    @derived_object
-    class PlainArgsRunner(ms.runner.PyRunner):
-        """LocalRunner.run with the argument descriptions as plain lists (pickling TVM objects crashes)."""
-
-        def run(self, runner_inputs):
-            results = []
-            for ri in runner_inputs:
-                future = inner.pool.submit(
-                    L._worker_func, inner.f_alloc_argument, inner.f_run_evaluator, inner.f_cleanup,
-                    inner.evaluator_config, inner.alloc_repeat, str(ri.artifact_path), str(ri.device_type),
-                    tuple(_plain(a.as_json()) for a in ri.args_info))
-                try:
-                    res, err = future.result(), None
-                except Exception as e:  # noqa: BLE001 - timeouts and failed candidates
-                    res, err = None, f"run failed: {type(e).__name__}: {e}"
-                results.append(L.LocalRunnerFuture(res=res, error_message=err))
-            return results
-
-    return PlainArgsRunner()
-
-
-def _plain(x):
-    """TVM containers and numbers as plain Python (lists, dicts, str, int, float)."""
-    if isinstance(x, (str, bool, int, float)) or x is None:
-        return x
-    if isinstance(x, tirx.IntImm):
-        return int(x)
-    if isinstance(x, tirx.FloatImm):
-        return float(x)
-    if hasattr(x, "items"):
-        return {str(k): _plain(v) for k, v in x.items()}
-    return [_plain(v) for v in x]
+    return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs=postprocs,
+                                             mutator_probs=working_mutators())
 
 
 def _budget(minutes: float, n_tasks: int) -> dict:
@@ -361,7 +254,7 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
 
     per_iter = budget["num_trials_per_iter"]
     try:
-        with _quiet_meta_schedule(), _no_tensor_intrin():
+        with _quiet_meta_schedule(), no_tensor_intrin():
             db = ms.database.MemoryDatabase()
             # the IRModule each TuneContext wraps its PrimFunc in: the database keys workloads by it
             mods = {n: ms.TuneContext(mod=kernels[n], target=tune_target, task_name=n).mod for n in names}
@@ -378,7 +271,7 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
                 seeded += 1
             if seeded:
                 say(f"tuning continues from {seeded} reused schedules")
-            runner, builder = _runner(), _builder(tmp)
+            runner, builder = plain_args_runner(), in_process_builder(tmp)
             # The wall-clock guard: one batch of one kernel per call, the clock checked between calls
             # (ending tasks from inside a running tune trips a check in TVM's task scheduler). Each
             # call's evolutionary search starts from the database's best schedules so far.
@@ -411,7 +304,7 @@ def tune(mod, target, minutes: float, *, prior: dict | None = None, say: Say | N
         if old is not None and min(old["run_secs"]) <= min(run):
             continue
         records[keys[n]] = {"key": keys[n], "kernel": n, "run_secs": run,
-                            "trace": _plain(top[0].trace.as_json(remove_postproc=False))}
+                            "trace": plain(top[0].trace.as_json(remove_postproc=False))}
     stats.update(seconds=round(time.perf_counter() - t0, 2), trials=sum(counts.values()),
                  kernels_tuned=sum(c > 0 for c in counts.values()))
     say(f"tuned {stats['kernels_tuned']}/{len(names)} kernels with {stats['trials']} trials "

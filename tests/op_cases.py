@@ -1,0 +1,398 @@
+"""One small graph per IR op, run by every backend's tests against the reference interpreter.
+
+A case builds (graph, [feeds, ...]); every feed dict is run on the same compiled model,
+which is how symbolic dims are exercised at several sizes. Shapes stay tiny: each case is
+compiled once per backend (test_conformance.py) and by the ONNX target's opset tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgec.ir import Graph
+
+R = np.random.default_rng(0)
+CASES: dict[str, callable] = {}
+
+
+def rand(*shape, dtype="float32", lo=-1.0, hi=1.0):
+    return R.uniform(lo, hi, shape).astype(dtype)
+
+
+def assert_outputs_match(name: str, graph: Graph, want: dict, got: dict) -> None:
+    """A backend's outputs (`got`) equal the interpreter's (`want`): dtype, shape, and values
+    within 1e-5 (2e-3 for float16), relative and absolute."""
+    for out in graph.outputs:
+        w, r = want[out.name], got[out.name]
+        assert r.dtype == w.dtype, (name, out.name, r.dtype, w.dtype)
+        assert r.shape == w.shape, (name, out.name, r.shape, w.shape)
+        tol = 2e-3 if w.dtype == np.float16 else 1e-5
+        np.testing.assert_allclose(r, w, rtol=tol, atol=tol, err_msg=f"{name}: {out.name}")
+
+
+def case(name):
+    def deco(fn):
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def x_input(g, name="x", last=8):
+    return g.add_input(name, "float32", (1, "seq", last))
+
+
+def seq_feeds(name="x", last=8, lo=-1.0, hi=1.0, **extra):
+    return [{name: rand(1, s, last, lo=lo, hi=hi), **extra} for s in (1, 5)]
+
+
+for _op in ("add", "sub", "mul", "div", "pow", "maximum"):
+    @case(_op)
+    def _binary(op=_op):
+        g = Graph()
+        x = x_input(g)
+        y = g.add_input("y", "float32", (1, "seq", 8))
+        w = g.add_weight("w", rand(8, lo=0.5, hi=2.0))  # broadcast against a weight too
+        a = g.op(op, x, y)
+        g.outputs = [g.op(op, a, w)]
+        pos = op == "pow"  # pow of negative base to a fractional exponent is nan
+        return g, [{"x": rand(1, s, 8, lo=0.1 if pos else -1), "y": rand(1, s, 8, lo=0.5 if pos else -1)}
+                   for s in (1, 4)]
+
+
+for _op in ("neg", "sqrt", "rsqrt", "exp", "tanh", "sin", "cos", "relu", "sigmoid", "silu"):
+    @case(_op)
+    def _unary(op=_op):
+        g = Graph()
+        x = x_input(g)
+        g.outputs = [g.op(op, x)]
+        pos = op in ("sqrt", "rsqrt")
+        return g, seq_feeds(lo=0.1 if pos else -3.0, hi=3.0)
+
+
+@case("quantized_ops")
+def _quantized_ops():
+    """dequantize (4-bit g4 and 3-bit per-channel) feeding linears, W8A8 and int8 rows."""
+    from edgec.ir.quant import QuantSpec, quantize_rtn
+
+    g = Graph()
+    x = x_input(g)
+    outs = []
+    for spec in (QuantSpec(4, 4, False), QuantSpec(3, 0, True)):
+        p, sc, z = quantize_rtn(rand(6, 8), spec)
+        w = g.op("dequantize", g.add_weight("p", p), g.add_weight("s", sc), g.add_weight("z", z),
+                 bits=spec.bits, group_size=spec.group_size, k=8)
+        outs.append(g.op("linear", x, w))
+    wq = R.integers(-127, 128, (6, 8)).astype("int8")
+    outs.append(g.op("linear_w8a8", x, g.add_weight("wq", wq), g.add_weight("ws", rand(6, lo=0.01, hi=0.02))))
+    q = g.add_node("quantize_rows", [x]).outputs
+    outs.append(g.op("dequantize_rows", *q))
+    g.outputs = outs
+    return g, seq_feeds()
+
+
+@case("fused_ops")
+def _fused_ops():
+    """add_rms_norm, rotary_cached (full and partial) and split; contrib-op lowerings in lower_fused.py."""
+    g = Graph()
+    x = x_input(g, last=16)
+    skip = g.add_input("skip", "float32", (1, "seq", 16))
+    pos = g.add_input("pos", "int64", (1, "seq"))
+    normed, total = g.add_node("add_rms_norm", [x, skip, g.add_weight("w", rand(16, lo=0.5, hi=1.5))]).outputs
+    heads = g.op("permute", g.op("reshape", normed, shape=[1, -1, 2, 8]), perm=[0, 2, 1, 3])
+    outs = [normed, total, *g.add_node("split", [total], {"sizes": [4, 12]}).outputs]
+    for r in (8, 4):
+        tables = [g.add_weight(f"{f}{r}", rand(12, r // 2)) for f in ("cos", "sin")]
+        outs.append(g.op("rotary_cached", heads, pos, *tables))
+    g.outputs = outs
+    return g, [{"x": rand(1, s, 16), "skip": rand(1, s, 16), "pos": R.integers(0, 12, (1, s))} for s in (1, 5)]
+
+
+@case("const")
+def _const():
+    g = Graph()
+    x = x_input(g)
+    c = g.op("const", value=[0.5, -1.0, 2.0, 0.0, 1.0, 3.0, -2.0, 0.25], dtype="float32")
+    two = g.op("const", value=2, dtype="int64")
+    g.outputs = [g.op("mul", x, c), g.op("add", two, two)]
+    return g, seq_feeds()
+
+
+for _a in ("none", "tanh"):
+    @case(f"gelu_{_a}")
+    def _gelu(a=_a):
+        g = Graph()
+        g.outputs = [g.op("gelu", x_input(g), approximate=a)]
+        return g, seq_feeds(lo=-4, hi=4)
+
+
+@case("cast_fp16_weights")
+def _cast_fp16():
+    """fp16 weights kept fp16 on disk, cast to fp32 in the graph (weight-only compression)."""
+    g = Graph()
+    x = x_input(g)
+    w16 = g.add_weight("w16", rand(4, 8, dtype="float16"))
+    b16 = g.add_weight("b16", rand(4, dtype="float16"))
+    w = g.op("cast", w16, dtype="float32")
+    b = g.op("cast", b16, dtype="float32")
+    y = g.op("linear", x, w, b)
+    back = g.op("cast", g.op("cast", y, dtype="float16"), dtype="float32")
+    g.outputs = [y, back, g.op("cast", x, dtype="int64")]
+    return g, seq_feeds(lo=-3, hi=3)
+
+
+@case("mean")
+def _mean():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("mean", x, axes=[-1], keepdim=True), g.op("mean", x, axes=[0, 2])]
+    return g, seq_feeds()
+
+
+@case("softmax")
+def _softmax():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("softmax", x), g.op("softmax", x, axis=1)]
+    return g, seq_feeds(lo=-5, hi=5)
+
+
+@case("reshape_permute_unsqueeze")
+def _shapes():
+    g = Graph()
+    x = x_input(g)
+    h = g.op("reshape", x, shape=[0, -1, 2, 4])  # [1, seq, 2, 4]
+    p = g.op("permute", h, perm=[0, 2, 1, 3])  # [1, 2, seq, 4]
+    u = g.op("unsqueeze", p, axis=2)  # [1, 2, 1, seq, 4]
+    u2 = g.op("unsqueeze", p, axis=-1)
+    back = g.op("reshape", g.op("permute", p, perm=[0, 2, 1, 3]), shape=[1, -1, 8])
+    g.outputs = [u, u2, back]
+    return g, seq_feeds()
+
+
+@case("expand")
+def _expand():
+    g = Graph()
+    x = g.add_input("x", "float32", (1, 2, "seq", 4))
+    u = g.op("unsqueeze", x, axis=2)  # [1, 2, 1, seq, 4]
+    e = g.op("expand", u, shape=[-1, -1, 3, -1, -1])
+    w = g.add_weight("w", rand(4))
+    g.outputs = [e, g.op("expand", w, shape=[2, 3, 4])]
+    return g, [{"x": rand(1, 2, s, 4)} for s in (1, 3)]
+
+
+@case("slice")
+def _slice():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("slice", x, axis=-1, start=0, end=4),
+                 g.op("slice", x, axis=2, start=4),  # end defaults to 2**63-1
+                 g.op("slice", x, axis=1, start=0, end=1),
+                 g.op("slice", x, axis=2, start=1, end=8, step=2),
+                 g.op("slice", x, axis=-1, start=-3)]
+    return g, seq_feeds()
+
+
+@case("concat")
+def _concat():
+    g = Graph()
+    past = g.add_input("past", "float32", (1, 2, "past", 4))
+    new = g.add_input("new", "float32", (1, 2, "seq", 4))
+    g.outputs = [g.op("concat", past, new, axis=2), g.op("concat", new, axis=0)]
+    return g, [{"past": rand(1, 2, p, 4), "new": rand(1, 2, s, 4)} for p, s in ((0, 3), (4, 1))]
+
+
+@case("concat_weight")
+def _concat_weight():
+    """A weight between two copies of an input, along the symbolic axis."""
+    g = Graph()
+    new = g.add_input("new", "float32", (1, 2, "seq", 4))
+    w = g.add_weight("w", rand(1, 2, 3, 4))
+    g.outputs = [g.op("concat", new, w, new, axis=-2)]
+    return g, [{"new": rand(1, 2, s, 4)} for s in (3, 1)]
+
+
+@case("embedding")
+def _embedding():
+    g = Graph()
+    ids = g.add_input("ids", "int64", (1, "seq"))
+    ids32 = g.add_input("ids32", "int32", ("seq",))
+    table = g.add_weight("table", rand(11, 6))
+    g.outputs = [g.op("embedding", table, ids), g.op("embedding", table, ids32)]
+    return g, [{"ids": R.integers(0, 11, (1, s)), "ids32": R.integers(0, 11, (s,)).astype("int32")}
+               for s in (1, 6)]
+
+
+@case("matmul")
+def _matmul():
+    g = Graph()
+    a = g.add_input("a", "float32", (1, 2, "seq", 4))
+    b = g.add_input("b", "float32", (1, 2, 4, "seq"))
+    w = g.add_weight("w", rand(4, 3))
+    g.outputs = [g.op("matmul", a, b), g.op("matmul", a, w)]
+    return g, [{"a": rand(1, 2, s, 4), "b": rand(1, 2, 4, s)} for s in (1, 3)]
+
+
+@case("linear")
+def _linear():
+    g = Graph()
+    x = x_input(g)
+    w = g.add_weight("w", rand(4, 8))
+    b = g.add_weight("b", rand(4))
+    w2 = g.add_weight("w2", rand(3, 4))
+    h = g.op("linear", x, w, b)
+    g.outputs = [h, g.op("linear", h, w2), g.op("linear", x, w)]  # w reused by two linears
+    return g, seq_feeds()
+
+
+@case("linear_tied_embedding")
+def _tied():
+    """An lm_head sharing the embedding table: stored once, read by Gather and Gemm(transB)."""
+    g = Graph()
+    ids = g.add_input("ids", "int64", (1, "seq"))
+    table = g.add_weight("table", rand(10, 8))
+    h = g.op("embedding", table, ids)
+    g.outputs = [g.op("linear", h, table)]
+    return g, [{"ids": R.integers(0, 10, (1, s))} for s in (1, 4)]
+
+
+@case("linear_computed_weight")
+def _computed_weight():
+    g = Graph()
+    x = x_input(g)
+    w = g.op("mul", g.add_weight("w", rand(4, 8)), g.add_weight("s", rand(4, 1)))
+    g.outputs = [g.op("linear", x, w)]
+    return g, seq_feeds()
+
+
+@case("layer_norm")
+def _layer_norm():
+    g = Graph()
+    x = x_input(g)
+    w = g.add_weight("w", rand(8, lo=0.5, hi=1.5))
+    b = g.add_weight("b", rand(8))
+    g.outputs = [g.op("layer_norm", x), g.op("layer_norm", x, w),
+                 g.op("layer_norm", x, w, b, eps=1e-3)]
+    return g, seq_feeds(lo=-2, hi=2)
+
+
+@case("rms_norm")
+def _rms_norm():
+    g = Graph()
+    x = x_input(g)
+    w = g.add_weight("w", rand(8, lo=0.5, hi=1.5))
+    w16 = g.add_weight("w16", rand(8, lo=0.5, hi=1.5, dtype="float16"))
+    x16 = g.add_input("x16", "float16", (1, "seq", 8))
+    g.outputs = [g.op("rms_norm", x, w), g.op("rms_norm", x, w, eps=1e-2), g.op("rms_norm", x16, w16)]
+    return g, [{"x": rand(1, s, 8, lo=-2, hi=2), "x16": rand(1, s, 8, lo=-2, hi=2, dtype="float16")}
+               for s in (1, 5)]
+
+
+@case("rotary")
+def _rotary():
+    g = Graph()
+    x = g.add_input("x", "float32", (1, 2, "seq", 8))
+    cos = g.add_input("cos", "float32", (1, 1, "seq", 8))
+    sin = g.add_input("sin", "float32", (1, 1, "seq", 8))
+    cos4 = g.add_input("cos4", "float32", (1, 1, "seq", 4))  # partial rotary (R < D)
+    sin4 = g.add_input("sin4", "float32", (1, 1, "seq", 4))
+    g.outputs = [g.op("rotary", x, cos, sin), g.op("rotary", x, cos4, sin4)]
+    feeds = []
+    for s in (1, 3):
+        ang = rand(1, 1, s, 8, lo=0, hi=6)
+        ang4 = rand(1, 1, s, 4, lo=0, hi=6)
+        feeds.append({"x": rand(1, 2, s, 8), "cos": np.cos(ang), "sin": np.sin(ang),
+                      "cos4": np.cos(ang4), "sin4": np.sin(ang4)})
+    return g, feeds
+
+
+for _act in ("silu", "gelu", "gelu_tanh"):
+    @case(f"glu_{_act}")
+    def _glu(act=_act):
+        g = Graph()
+        x = x_input(g)
+        gate = g.op("linear", x, g.add_weight("wg", rand(6, 8)))
+        up = g.op("linear", x, g.add_weight("wu", rand(6, 8)))
+        g.outputs = [g.op("glu", gate, up, act=act)]
+        return g, seq_feeds(lo=-2, hi=2)
+
+
+def _attention_case(heads, kv, *, past, window=0, softcap=0.0, d=8, dv=8):
+    def build():
+        g = Graph()
+        q = g.add_input("q", "float32", (1, heads, "seq", d))
+        k = g.add_input("k", "float32", (1, kv, "seq", d))
+        v = g.add_input("v", "float32", (1, kv, "seq", dv))
+        attrs = {"scale": d ** -0.5, "window": window, "softcap": softcap}
+        ins = [q, k, v]
+        if past:
+            ins += [g.add_input("past_k", "float32", (1, kv, "past", d)),
+                    g.add_input("past_v", "float32", (1, kv, "past", dv))]
+        node = g.add_node("attention", ins, attrs)
+        g.outputs = list(node.outputs)
+        feeds = []
+        for p, s in ((0, 5), (6, 1), (4, 3)) if past else ((0, 1), (0, 7)):
+            f = {"q": rand(1, heads, s, d, lo=-2, hi=2), "k": rand(1, kv, s, d, lo=-2, hi=2),
+                 "v": rand(1, kv, s, dv)}
+            if past:
+                f |= {"past_k": rand(1, kv, p, d, lo=-2, hi=2), "past_v": rand(1, kv, p, dv)}
+            feeds.append(f)
+        return g, feeds
+
+    return build
+
+
+for _name, _kw in {
+    "attention": dict(heads=2, kv=2, past=False),
+    "attention_gqa": dict(heads=4, kv=2, past=False),
+    "attention_window": dict(heads=4, kv=2, past=False, window=3),
+    "attention_softcap": dict(heads=2, kv=1, past=False, softcap=2.0),
+    "attention_past": dict(heads=2, kv=2, past=True),
+    "attention_past_gqa": dict(heads=4, kv=2, past=True, dv=4),
+    "attention_past_gqa_window_softcap": dict(heads=4, kv=2, past=True, window=4, softcap=3.0),
+}.items():
+    case(_name)(_attention_case(**_kw))
+
+
+@case("attention_fp16")
+def _attention_fp16():
+    g = Graph()
+    names = ("q", "k", "v", "past_k", "past_v")
+    shapes = ((1, 4, "seq", 8), (1, 2, "seq", 8), (1, 2, "seq", 8), (1, 2, "past", 8), (1, 2, "past", 8))
+    ins = [g.add_input(n, "float16", s) for n, s in zip(names, shapes)]
+    g.outputs = list(g.add_node("attention", ins, {"scale": 0.35}).outputs)
+    return g, [{n: rand(*[3 if d == "past" else 2 if d == "seq" else d for d in s], dtype="float16")
+                for n, s in zip(names, shapes)}]
+
+
+# ----------------------------------------------------------------------------- pre-lowering forms
+# made by the ONNX backend's PRELOWER passes (passes/gqa.py, passes/logits_rows.py)
+def _gqa_case(packed: bool):
+    def build():
+        heads, kv, d = 4, 2, 16  # GroupQueryAttention rotates heads of a multiple of 16 only
+        g = Graph()
+        widths = {"qkv": (heads + 2 * kv) * d} if packed else {"q": heads * d, "k": kv * d, "v": kv * d}
+        ins = [x_input(g, n, w) for n, w in widths.items()]
+        past = [g.add_input(n, "float32", (1, kv, "past", d)) for n in ("past_k", "past_v")]
+        pos = g.add_input("position_ids", "int64", (1, "seq"))
+        if packed:
+            ins += [*past, pos, *(g.add_weight(n, rand(16, d // 2)) for n in ("cos", "sin"))]
+        else:
+            ins += [*past, pos]
+        g.outputs = list(g.add_node("gqa_packed" if packed else "gqa", ins, {"scale": d ** -0.5, "window": 3}).outputs)
+        feeds = [{**{n: rand(1, s, w) for n, w in widths.items()}, "past_k": rand(1, kv, p, d),
+                  "past_v": rand(1, kv, p, d), "position_ids": np.arange(p, p + s)[None]} for p, s in ((0, 4), (5, 1))]
+        return g, feeds
+
+    return build
+
+
+case("gqa")(_gqa_case(packed=False))
+case("gqa_packed")(_gqa_case(packed=True))
+
+
+@case("last_rows")
+def _last_rows():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("last_rows", x, g.add_input("rows", "int64", (1,)), dim="rows")]
+    return g, [{"x": rand(1, 5, 8), "rows": np.array([r])} for r in (1, 3, 5)]
