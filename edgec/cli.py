@@ -104,7 +104,7 @@ def _recipe_help() -> str:
     from .recipes import list_recipes
 
     return "Recipe name or .toml/.yaml file. Named: " + ", ".join(list_recipes()) + \
-        " (default: the device's)."
+        " (default: `source` for an already quantized GGUF, else the device's)."
 
 
 @main.command()
@@ -112,7 +112,7 @@ def _recipe_help() -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Artifact directory (default: build/<model>-<recipe>).")
 @click.option("--device", default="host", show_default=True, help="Device profile (see `edgec devices`).")
-@click.option("--backend", default=None, help="Backend (default: the device's): onnx, tvm.")
+@click.option("--backend", default=None, help="Backend (default: the device's): onnx, tvm, reference.")
 @click.option("--recipe", default=None, help=_recipe_help())
 @click.option("--calib", default=None, help="Calibration text: a file, a folder of .txt files, or "
               "hf:DATASET[:CONFIG]:SPLIT (needed by gptq, awq, smoothquant, wanda, sparsegpt, ...).")

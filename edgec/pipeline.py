@@ -105,7 +105,8 @@ def compile_ir(model: str | Path | None, recipe, *, device=None, backend: str | 
     rec = recipe if hasattr(recipe, "passes") else load_recipe(recipe)
     calib = calib if calib is not None else calib_config(rec)
     imported = import_model(None if model is None else str(model), progress=progress)
-    ctx = PassContext(imported.tokenizer, calib, progress, device=dev, backend=backend or dev.default_backend)
+    ctx = PassContext(imported.tokenizer, calib, progress, device=dev, backend=backend or dev.default_backend,
+                      source=imported.source)
     pm = PassManager(progress=progress, dump_dir=Path(dump_ir) if dump_ir else None, context=ctx)
     for name, passes in phases(rec, fuse):
         pm.run(imported.graph, passes, name)
@@ -133,6 +134,16 @@ def signing_key(sign=None, progress: Progress | None = None):
     return signing.load_private_key(sign)
 
 
+def default_recipe(source, device) -> str:
+    """The recipe when none is given: `source` for an already quantized GGUF (its blocks kept
+    exactly, no second rounding), else the device profile's."""
+    from .frontend.gguf_blocks import is_quantized_gguf
+
+    if source.kind in ("gguf", "default") and is_quantized_gguf(source.path):
+        return "source"
+    return device.default_recipe
+
+
 def build(model: str | Path | None = None, output: str | Path | None = None, device: str = "host",
           backend: str | None = None, recipe: str | Path | None = None, *,
           progress: Progress | None = None, dump_ir: str | Path | None = None,
@@ -155,14 +166,14 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     # Validate every option, the model path and the output path before any slow work.
     dev = get_device(device)
     be = get_backend(backend or dev.default_backend)
-    rec = load_recipe(recipe or dev.default_recipe)
+    source = resolve_source(None if model is None else str(model))
+    rec = load_recipe(recipe or default_recipe(source, dev))
     options = be.check(dev, rec, backend_options_for(be, dev, rec, backend_options))
     if max_context is not None:
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
             raise EdgecError(f"max-context must be a whole number >= 1, got {max_context!r}")
         rec.kv_cache["max_context"] = max_context
     cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
-    source = resolve_source(None if model is None else str(model))
     out = Path(output) if output else default_output(source.name, rec.name)
     for stale in clean_stale(out):
         say(f"removed {stale.name}, left by a build that was killed")

@@ -89,6 +89,7 @@ def _merge(graph: Graph, group: list[Node]) -> None:
         else:  # cast(weight) or dequantize(packed, scales, zeros): the stored tensors merge
             dead = [s.node for s in sources]
             wnode = graph.make_node(dead[0].op, parts, dead[0].attrs)
+            wnode.meta = dead[0].meta.copy()  # e.g. the provenance of imported blocks
             new_nodes.append(wnode)
             ins = [x, wnode.output]
     bias_at = len(ins)

@@ -32,7 +32,7 @@ class PassContext:
     ask, which is what makes a recipe demand --calib). A pass gets it as `ctx` if it takes one."""
 
     def __init__(self, tokenizer=None, calib=None, progress: Callable[[str], None] | None = None, *,
-                 device=None, backend: str | None = None):
+                 device=None, backend: str | None = None, source=None):
         from edgec.calibration import CalibConfig
 
         self.tokenizer = tokenizer
@@ -40,6 +40,7 @@ class PassContext:
         self.progress = progress or (lambda msg: None)
         self.device = device      # edgec.devices.Device (None: not known, e.g. a unit test)
         self.backend = backend    # backend name
+        self.source = source      # edgec.frontend.ModelSource the graph was imported from (None: not known)
         self._windows = None
 
     def windows(self):

@@ -90,6 +90,32 @@ def _quantized_ops():
     return g, seq_feeds()
 
 
+@case("quantized_source_forms")
+def _quantized_source_forms():
+    """dequantize in the forms only imported ggml blocks make: float minima, 5- and 6-bit codes;
+    read by linears, by an embedding (a tied table) and as a graph output."""
+    from edgec.ir.quant import pack
+
+    g = Graph()
+    x = x_input(g)
+    ids = g.add_input("ids", "int64", (1, "seq"))
+    outs = []
+    for bits, group, zero, mins in ((4, 4, 0, True), (5, 8, 16, False), (6, 4, 32, True), (5, 4, 0, True)):
+        q = R.integers(0, 1 << bits, (6, 8))
+        ins = [g.add_weight(f"p{bits}{group}", pack(q, bits)), g.add_weight(f"s{bits}{group}", rand(6, 8 // group)),
+               g.add_weight(f"z{bits}{group}", np.full((6, 8 // group), zero, np.uint8))]
+        if mins:
+            ins.append(g.add_weight(f"m{bits}{group}", rand(6, 8 // group)))
+        w = g.op("dequantize", *ins, bits=bits, group_size=group, k=8)
+        outs.append(g.op("linear", x, w))
+        if bits == 4:
+            outs.append(g.op("embedding", w, ids))
+        if bits == 6:
+            outs.append(w)
+    g.outputs = outs
+    return g, [{"x": rand(1, s, 8), "ids": R.integers(0, 6, (1, s))} for s in (1, 5)]
+
+
 @case("fused_ops")
 def _fused_ops():
     """add_rms_norm, rotary_cached (full and partial) and split; contrib-op lowerings in lower_fused.py."""

@@ -143,10 +143,24 @@ def test_missing_default_text_says_how_to_fix(tiny_artifact, tmp_path, monkeypat
 @pytest.mark.slow
 def test_default_model_on_wikitext(shared_data, tmp_path_factory):
     """fp32 SmolLM2-135M on the first 8,192 tokens of WikiText-2 test (16 windows of 512)."""
-    art = edgec.build(None, tmp_path_factory.mktemp("smollm2") / "smollm2-135m-fp32")
+    art = edgec.build(None, tmp_path_factory.mktemp("smollm2") / "smollm2-135m-fp32", recipe="fp32")
     r = evaluate(art, text=shared_data / "wikitext-2-raw" / "wiki.test.raw", max_tokens=8192)
     assert r.windows == 16 and r.tokens == 16 * 511
     assert 5 < r.perplexity < 60
     assert r.kl < 1e-6 and r.top1_agreement > 0.999
     assert 130e6 < r.parameters < 140e6
     assert 31.9 < r.bits_per_weight < 32.2
+
+
+@pytest.mark.slow
+def test_default_model_keeps_its_q4_1_blocks(shared_data, tmp_path_factory):
+    """With no recipe the shipped Q4_1 file is built with `source`: its own blocks, no second
+    rounding; only the kernels' int8 activations separate it from the source (KL ~0.015)."""
+    art = edgec.build(None, tmp_path_factory.mktemp("smollm2") / "smollm2-135m-source")
+    model = edgec.load(art)
+    assert model.manifest["recipe"]["name"] == "source"
+    ids = model.encode("The capital of France is")
+    assert "Paris" in model.tokenizer.decode(model.generate(ids, max_new_tokens=8))
+    r = evaluate(art, text=shared_data / "wikitext-2-raw" / "wiki.test.raw", max_tokens=8192)
+    assert r.kl < 0.03 and r.top1_agreement > 0.9
+    assert 6.5 < r.bits_per_weight < 7.5

@@ -19,7 +19,7 @@ PROMPT = "The capital of France is"
 @pytest.fixture(scope="module")
 def default_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2") / "smollm2-135m-fp32"
-    r = subprocess.run([sys.executable, "-m", "edgec.cli", "build", "-o", str(out), "-q"],
+    r = subprocess.run([sys.executable, "-m", "edgec.cli", "build", "-o", str(out), "--recipe", "fp32", "-q"],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     return out

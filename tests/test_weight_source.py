@@ -35,7 +35,7 @@ def test_forms_stored_tensors_and_keys():
     assert c.key == ("cast", "float16", "float32")
     q = weight_source(dq)
     assert q.form == "packed" and [v.name for v in q.stored] == ["p", "s", "z"] and q.node is dq.producer
-    assert q.layout == PackedLayout(4, 4, 8) and q.key == ("packed", PackedLayout(4, 4, 8))
+    assert q.layout == PackedLayout(4, 4, 8) and q.key == ("packed", PackedLayout(4, 4, 8), 3) and q.mins is None
     assert weight_source(computed) is None
     users = g.users()
     assert all(read_as_weight_only(v, users[v]) for v in (cast, dq))
@@ -50,7 +50,21 @@ def test_group_rule(group_size, k, want):
     assert lay.kp == -(-k // want) * want and lay.groups * want == lay.kp and lay.row_bytes == lay.kp // 2
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_float_minima_are_a_form_of_their_own():
+    """An imported block format with minima (ggml Q4_1) never merges with one without."""
+    g = Graph()
+    x = g.add_input("x", "float32", (1, "seq", 8))
+    p, s, z = g.add_weight("p", np.zeros((6, 4), np.uint8)), g.add_weight("s", np.ones((6, 2), np.float32)), \
+        g.add_weight("z", np.zeros((6, 2), np.uint8))
+    m = g.add_weight("m", np.ones((6, 2), np.float32))
+    with_min = g.op("dequantize", p, s, z, m, bits=4, group_size=4, k=8)
+    without = g.op("dequantize", p, s, z, bits=4, group_size=4, k=8)
+    g.outputs = [g.op("linear", x, with_min), g.op("linear", x, without)]
+    a, b = weight_source(with_min), weight_source(without)
+    assert a.mins is m and b.mins is None and a.key != b.key and a.layout == b.layout
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 8])
 def test_bit_order_matches_pack(bits):
     """code_at / word describe the layout pack() writes (what the backends' kernels read)."""
     k = 24

@@ -8,21 +8,24 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import REQUIRED, register
-from .quant import PackedLayout, dequantize, quantize_rows_int8
+from .quant import STORED_BITS, PackedLayout, dequantize, quantize_rows_int8
 
 
-@register("dequantize", arity=(3, 3), attrs={"bits": REQUIRED, "group_size": REQUIRED, "k": REQUIRED})
+@register("dequantize", arity=(3, 4), attrs={"bits": REQUIRED, "group_size": REQUIRED, "k": REQUIRED})
 def _dequantize():
-    """dequantize(packed u8[N, Kp*bits/8], scales f32[N, Kp/g], zeros u8[N, Kp/g]) -> f32[N, K].
+    """dequantize(packed u8[N, Kp*bits/8], scales f32[N, Kp/g], zeros u8[N, Kp/g], mins? f32[N, Kp/g]) -> f32[N, K].
 
-    The weight-only format of edgec.ir.quant: w = (q - zero) * scale per group
-    of `group_size` along K, rows padded to Kp = ceil(K/g)*g. A `linear`
+    The weight-only format of edgec.ir.quant: w = (q - zero) * scale (+ min) per
+    group of `group_size` along K, rows padded to Kp = ceil(K/g)*g. A `linear`
     reading this is a quantized linear; backends lower the pair to their
-    fused kernels (e.g. MatMulNBits).
+    fused kernels (e.g. MatMulNBits). `mins` only comes from an imported
+    quantized source (edgec/ir/ggml.py).
     """
 
     def infer(ins, a):
-        packed, scales, zeros = ins
+        packed, scales, zeros = ins[:3]
+        if a["bits"] not in STORED_BITS:
+            raise ValueError(f"dequantize: {a['bits']}-bit codes; the format holds {STORED_BITS}")
         lay = PackedLayout.of(a["bits"], a["group_size"], a["k"])
         if packed.dtype != "uint8" or zeros.dtype != "uint8":
             raise ValueError("dequantize: packed data and zeros must be uint8")
@@ -31,10 +34,12 @@ def _dequantize():
         if tuple(scales.shape) != (packed.shape[0], lay.groups) or tuple(zeros.shape) != tuple(scales.shape):
             raise ValueError(f"dequantize: scales/zeros {scales.shape}/{zeros.shape} do not match "
                              f"[{packed.shape[0]}, {lay.kp}/{lay.group}]")
+        if len(ins) > 3 and (ins[3].dtype != "float32" or tuple(ins[3].shape) != tuple(scales.shape)):
+            raise ValueError(f"dequantize: mins {ins[3].dtype}{ins[3].shape} must be float32 like scales")
         return [("float32", (packed.shape[0], lay.k))]
 
-    def ref(packed, scales, zeros, bits, group_size, k):
-        return dequantize(packed, scales, zeros, bits, group_size, k)
+    def ref(packed, scales, zeros, mins=None, *, bits, group_size, k):
+        return dequantize(packed, scales, zeros, bits, group_size, k, mins)
 
     return infer, ref
 

@@ -3,7 +3,7 @@
 One format serves every weight-only method (RTN, GPTQ, AWQ) and every bit
 width, so backends implement one thing:
 
-    w[n, k] = (q[n, k] - zero[n, k // g]) * scale[n, k // g]
+    w[n, k] = (q[n, k] - zero[n, k // g]) * scale[n, k // g]  [+ min[n, k // g]]
 
 - q are unsigned integers in [0, 2**bits - 1]; symmetric quantization uses
   the fixed zero point 2**(bits-1) (the convention of ONNX Runtime's
@@ -12,6 +12,10 @@ width, so backends implement one thing:
   the low nibble holds the even element, for 8 bits one value per byte,
   for 3 bits 8 values in 3 bytes. Packed shape: [N, Kp * bits / 8].
 - scale: float32 [N, Kp / g]; zero: uint8 [N, Kp / g] (one per byte, unpacked).
+- min: optional float32 [N, Kp / g], a per-group float offset added last. The
+  quantization passes never make it; it keeps a source's blocks exact where
+  the source has a float minimum (ggml's Q4_1, Q5_1, Q4_K, Q5_K; edgec/ir/ggml.py
+  converts every imported ggml block type to this format).
 - g = K means per output channel. When g does not divide K, the last group
   is padded: every row is stored as Kp = ceil(K / g) * g columns, the padding
   being zero weights (codes equal to the zero point), and dequantization
@@ -34,7 +38,8 @@ import numpy as np
 
 from ..errors import EdgecError
 
-SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_BITS = (2, 3, 4, 8)  # what the quantization passes make
+STORED_BITS = (2, 3, 4, 5, 6, 8)  # what the format holds (5 and 6: imported ggml blocks)
 
 
 @dataclass(frozen=True)
@@ -160,19 +165,26 @@ def unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
     return (stream * weights).sum(-1).astype(np.uint8)
 
 
-def dequantize(packed, scales, zeros, bits: int, group_size: int, k: int) -> np.ndarray:
+def dequantize(packed, scales, zeros, bits: int, group_size: int, k: int, mins=None) -> np.ndarray:
     """The reference dequantization (float32 [N, K])."""
-    return dequantize_codes(unpack(packed, bits, PackedLayout.of(bits, group_size, k).kp), scales, zeros, k)
+    codes = unpack(packed, bits, PackedLayout.of(bits, group_size, k).kp)
+    return dequantize_codes(codes, scales, zeros, k, mins)
 
 
-def dequantize_codes(codes: np.ndarray, scales, zeros, k: int) -> np.ndarray:
-    """Unpacked codes [N, Kp] -> float32 [N, K] (the first K columns of the padded row)."""
+def dequantize_codes(codes: np.ndarray, scales, zeros, k: int, mins=None) -> np.ndarray:
+    """Unpacked codes [N, Kp] -> float32 [N, K] (the first K columns of the padded row).
+
+    In float32, in this order: (q - zero) * scale, then + min (what ggml's reference
+    dequantizers compute, so imported blocks come out bit for bit)."""
     n, kp = codes.shape
     cols = np.asarray(scales).shape[1]
     q = codes.reshape(n, cols, kp // cols).astype(np.float32)
     z = np.asarray(zeros, np.float32)[..., None]
     s = np.asarray(scales, np.float32)[..., None]
-    return ((q - z) * s).reshape(n, kp)[:, :k]
+    w = (q - z) * s
+    if mins is not None:
+        w = w + np.asarray(mins, np.float32)[..., None]
+    return w.reshape(n, kp)[:, :k]
 
 
 def group_params(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 A linear's weight input is a stored tensor, or made from stored tensors by one
 node: `cast` (fp16 storage computed in fp32) or `dequantize` (packed codes,
-scales and zero points in edgec.ir.quant's layout). Merging sibling linears
+scales, zero points and maybe minima in edgec.ir.quant's layout). Merging sibling linears
 needs them in the same form; a backend's fused matmul reads the stored
 tensors directly instead of the weight the node would make.
 """
@@ -19,7 +19,7 @@ class WeightSource:
     """`form` is "plain" (stored as is), "cast" (stored in another dtype) or "packed" (dequantize)."""
 
     form: str
-    stored: tuple[Value, ...]  # (w,), (w_stored,) or (packed, scales, zeros)
+    stored: tuple[Value, ...]  # (w,), (w_stored,) or (packed, scales, zeros[, mins])
     node: Node | None = None  # the cast or dequantize making the weight; None for plain
     layout: PackedLayout | None = None  # packed only
 
@@ -30,7 +30,12 @@ class WeightSource:
             return ("plain", self.stored[0].dtype)
         if self.form == "cast":
             return ("cast", self.stored[0].dtype, self.node.output.dtype)
-        return ("packed", self.layout)
+        return ("packed", self.layout, len(self.stored))
+
+    @property
+    def mins(self) -> Value | None:
+        """The packed form's float minima (imported ggml blocks), if it has them."""
+        return self.stored[3] if self.form == "packed" and len(self.stored) > 3 else None
 
 
 def weight_source(value: Value) -> WeightSource | None:

@@ -94,7 +94,7 @@ def dense_weight(graph: Graph, node: Node) -> np.ndarray:
     src = weight_source(node.inputs[1])
     stored = [np.asarray(graph.weight(v)) for v in src.stored]
     if src.form == "packed":
-        return dequantize(*stored, src.layout.bits, src.layout.group, src.layout.k)
+        return dequantize(*stored[:3], src.layout.bits, src.layout.group, src.layout.k, *stored[3:])
     return stored[0].astype(np.float32)
 
 
@@ -148,7 +148,8 @@ def take_cols(graph: Graph, node: Node, cols: np.ndarray) -> None:
     if ws.form == "cast":
         new = {0: stored[0][:, cols]}
     else:
-        *arrays, attrs = packed_cols(*stored, ws.layout, cols, f"the quantized weight {ws.stored[0].name}")
+        *arrays, attrs = packed_cols(*stored[:3], ws.layout, cols, f"the quantized weight {ws.stored[0].name}",
+                                     mins=stored[3] if len(stored) > 3 else None)
         new = dict(enumerate(arrays))
     src = _private_source(graph, node)
     _set_stored(graph, src, new)
@@ -156,8 +157,8 @@ def take_cols(graph: Graph, node: Node, cols: np.ndarray) -> None:
     reinfer(graph, [src])
 
 
-def packed_cols(packed, scales, zeros, layout: PackedLayout, cols, what: str = "a quantized weight"):
-    """Columns `cols` of a packed weight: (packed, scales, zeros, dequantize attrs), exactly.
+def packed_cols(packed, scales, zeros, layout: PackedLayout, cols, what: str = "a quantized weight", mins=None):
+    """Columns `cols` of a packed weight: (packed, scales, zeros[, mins], dequantize attrs), exactly.
 
     Per output channel (one group per row) any columns can be taken; otherwise
     every new group of `layout.group` columns must come from one old group.
@@ -176,5 +177,11 @@ def packed_cols(packed, scales, zeros, layout: PackedLayout, cols, what: str = "
     if kp * layout.bits % 8:
         raise EdgecError(f"{what}: {k} columns of {layout.bits}-bit codes do not fill whole bytes")
     scales, zeros = np.asarray(scales)[:, firsts], np.asarray(zeros)[:, firsts]
+    attrs = {"bits": layout.bits, "group_size": g2, "k": k}
+    if mins is not None:  # a padding code would be the weight `min`, not zero
+        if kp != k:
+            raise EdgecError(f"{what}: {k} columns do not fill whole groups of {g2}, and its groups have "
+                             "float minima (an imported quantized source): keep whole groups")
+        return pack(codes, layout.bits), scales, zeros, np.asarray(mins)[:, firsts], attrs
     codes = pad_columns(codes, kp, zeros[:, -1:])  # padding codes are zero weights
-    return pack(codes, layout.bits), scales, zeros, {"bits": layout.bits, "group_size": g2, "k": k}
+    return pack(codes, layout.bits), scales, zeros, attrs

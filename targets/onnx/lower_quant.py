@@ -16,7 +16,13 @@ partial, like edgec's padded last group). We map onto it exactly:
   K = 576 runs as 64-blocks);
 - 3-bit codes are re-packed to 4-bit nibbles (the codes and zero points fit
   unchanged), so 3-bit runs on the 4-bit kernel with a 4-bit memory footprint
-  while the artifact stays 3-bit.
+  while the artifact stays 3-bit; 5- and 6-bit codes (imported ggml blocks)
+  likewise run on the 8-bit kernel;
+- a float minimum per group (ggml's Q4_1, Q5_1, Q4_K, Q5_K) is the kernel with
+  the integer zero points plus, per block of the input, its sum times the
+  minima: y += ReduceSum(x per group) @ mins^T, one [K/g x N] MatMul. The
+  kernel's float zero points would be exact too but run ~30x slower on
+  onnxruntime 1.32's CPU kernel.
 All re-shaping and re-packing is done with standard ONNX ops on the stored
 initializers; onnxruntime constant-folds them when the session loads, so
 they cost load time only. Anything else (g not a multiple of 16, 8-bit
@@ -44,7 +50,7 @@ from .lower_context import OnnxContext, lowering
 from .lower_llm import _embedding as _embedding_gather
 from .lower_llm import _linear as _linear_matmul
 
-KERNEL_BITS = {2: 2, 3: 4, 4: 4, 8: 8}  # stored bits -> MatMulNBits bits
+KERNEL_BITS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 8: 8}  # stored bits -> MatMulNBits bits
 BLOCK_SIZES = (256, 128, 64, 32, 16)
 DEFAULT_ACCURACY_LEVEL = 4
 
@@ -68,7 +74,7 @@ def _plan(lay: PackedLayout, level: int) -> tuple[int, int] | None:
     batch 1), so 8-bit at levels 0-3 takes the standard-op path, whose
     dequantization onnxruntime folds into fp32 weights once, at load.
     """
-    if lay.bits == 8 and level < 4:
+    if KERNEL_BITS[lay.bits] == 8 and level < 4:
         return None
     block = next((b for b in BLOCK_SIZES if lay.group % b == 0), None)
     if block is None or lay.kp // block != -(-lay.k // block):  # padding wider than one partial block
@@ -136,7 +142,7 @@ def _linear(cx: OnnxContext, n: Node):
         return NotImplemented
     src, (kbits, block) = fusable
     x, w = n.inputs[:2]
-    packed, scales, zeros = src.stored
+    packed, scales, zeros = src.stored[:3]
     lay, bits = src.layout, src.layout.bits
     rows, k = int(w.shape[0]), lay.k
     kp, groups, r = lay.kp, lay.groups, lay.group // block
@@ -144,13 +150,22 @@ def _linear(cx: OnnxContext, n: Node):
 
     if kbits == bits:
         b = packed.name
+    elif kbits == 8:  # 5- and 6-bit codes widened to bytes
+        b = cx.op("Cast", _unpack_codes(cx, packed.name, bits, rows, kp), to=2)
     else:  # 3-bit codes widened to 4-bit nibbles
         b = _pack_codes(cx, _unpack_codes(cx, packed.name, bits, rows, kp), kbits, rows, kp)
     b = cx.op("Reshape", b, cx.ints([rows, blocks, block * kbits // 8]))
     s = cx.op("Reshape", _repeat_cols(cx, scales.name, rows, groups, r), cx.ints([-1]))
 
-    z = ""
-    if not np.all(np.asarray(cx.graph.weights[zeros.name]) == 1 << (kbits - 1)):  # else the kernel's default
+    z, mins = "", None if src.mins is None else src.mins.name
+    zero_values = np.asarray(cx.graph.weights[zeros.name])
+    default_zero = 1 << (kbits - 1)
+    if mins is not None and (zero_values == zero_values.flat[0]).all() and zero_values.flat[0] != default_zero:
+        # (q - z0)*s + m == (q - default)*s + (m + (default - z0)*s): the kernel's default zero
+        # point (no zero-point tensor to read) with the difference moved into the minima
+        shift = cx.const(default_zero - int(zero_values.flat[0]), "float32")
+        mins = cx.op("Add", mins, cx.op("Mul", scales.name, shift))
+    elif not np.all(zero_values == default_zero):  # else the kernel's default
         zt = _repeat_cols(cx, zeros.name, rows, groups, r)
         if kbits < 8:
             _, per = word(kbits)  # zero points per byte
@@ -166,8 +181,22 @@ def _linear(cx: OnnxContext, n: Node):
         ins += ["", n.inputs[2].name]  # g_idx unused
     while ins[-1] == "":
         ins.pop()
-    cx.op("MatMulNBits", *ins, out=n.output.name, domain="com.microsoft", K=k, N=rows, bits=kbits,
+    y = n.output.name if mins is None else cx.fresh(f"{n.output.name}.nbits")
+    cx.op("MatMulNBits", *ins, out=y, domain="com.microsoft", K=k, N=rows, bits=kbits,
           block_size=block, accuracy_level=level)
+    if mins is not None:
+        cx.op("Add", y, _min_term(cx, x, mins, lay, rows), out=n.output.name)
+
+
+def _min_term(cx: OnnxContext, x, mins: str, lay: PackedLayout, rows: int) -> str:
+    """sum_k x[..., k] * min[n, k // g]: each group's input sum times the minima, [..., N]."""
+    xin = x.name
+    rank = len(x.shape)
+    if lay.kp != lay.k:  # zero input columns for the padding (so the sums are over real columns)
+        xin = cx.op("Pad", xin, cx.ints([0] * rank + [0] * (rank - 1) + [lay.kp - lay.k]))
+    grouped = cx.op("Reshape", xin, cx.ints([0] * (rank - 1) + [lay.groups, lay.group]))
+    sums = cx.op("ReduceSum", grouped, cx.ints([-1]), keepdims=0)  # [..., K/g]
+    return cx.op("MatMul", sums, cx.op("Transpose", mins, perm=[1, 0]))  # @ [K/g, N]
 
 
 @lowering("embedding", fallback=_embedding_gather)
@@ -181,7 +210,7 @@ def _embedding(cx: OnnxContext, n: Node):
     if src is None:
         return NotImplemented
     ids = n.inputs[1]
-    packed, scales, zeros = src.stored
+    packed, scales, zeros = src.stored[:3]
     lay = src.layout
     bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
     idx = ids.name if ids.dtype in ("int32", "int64") else cx.cast(ids.name, ids.dtype, "int64")
@@ -191,7 +220,10 @@ def _embedding(cx: OnnxContext, n: Node):
     q = cx.op("Reshape", q, cx.ints([-1, kp // g, g]))
     z = cx.op("Unsqueeze", cx.op("Cast", cx.op("Gather", zeros.name, flat, axis=0), to=1), cx.ints([2]))
     s = cx.op("Unsqueeze", cx.op("Gather", scales.name, flat, axis=0), cx.ints([2]))
-    w = cx.op("Reshape", cx.op("Mul", cx.op("Sub", q, z), s), cx.ints([-1, kp]))
+    w = cx.op("Mul", cx.op("Sub", q, z), s)
+    if src.mins is not None:
+        w = cx.op("Add", w, cx.op("Unsqueeze", cx.op("Gather", src.mins.name, flat, axis=0), cx.ints([2])))
+    w = cx.op("Reshape", w, cx.ints([-1, kp]))
     if kp != k:
         w = cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]))
     shape = cx.op("Concat", cx.op("Shape", idx), cx.ints([k]), axis=0)
@@ -207,7 +239,7 @@ def _dequantize(cx: OnnxContext, n: Node) -> None:
             (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u, _level(cx)))
             or (_gatherable(u) and u.inputs[1] is not out) for u in readers):
         return
-    packed, scales, zeros = n.inputs
+    packed, scales, zeros = n.inputs[:3]
     lay = PackedLayout.of(n.attrs["bits"], n.attrs["group_size"], n.attrs["k"])
     bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
     rows = int(out.shape[0])
@@ -218,6 +250,8 @@ def _dequantize(cx: OnnxContext, n: Node) -> None:
     q = cx.op("Reshape", q, cx.ints([rows, kp // g, g]))
     zf = cx.op("Unsqueeze", cx.op("Cast", zeros.name, to=1), cx.ints([2]))
     w = cx.op("Mul", cx.op("Sub", q, zf), cx.op("Unsqueeze", scales.name, cx.ints([2])))
+    if len(n.inputs) > 3:
+        w = cx.op("Add", w, cx.op("Unsqueeze", n.inputs[3].name, cx.ints([2])))
     if kp == k:
         cx.op("Reshape", w, cx.ints([rows, k]), out=out.name)
     else:  # drop the padding of the last group

@@ -24,8 +24,8 @@ def plain_weight(w):
     return lambda n, k: w[n, k].astype("float32")
 
 
-def packed_weight(packed, scales, zeros, layout: PackedLayout):
-    """Element (n, k) of edgec.ir.quant's format: (q - zero) * scale per group along K.
+def packed_weight(packed, scales, zeros, layout: PackedLayout, mins=None):
+    """Element (n, k) of edgec.ir.quant's format: (q - zero) * scale (+ min) per group along K.
 
     Rows are stored padded to whole groups (layout.kp), so the layout is read as is;
     where a code sits in its row is edgec.ir.quant.code_at.
@@ -39,7 +39,7 @@ def packed_weight(packed, scales, zeros, layout: PackedLayout):
             at, shift = code_at(k, bits)
             byte = packed[n, at].astype("int32")
             return (byte >> shift.astype("int32")) & mask if bits < 8 else byte
-    else:  # 3 bits: read the two bytes the code may straddle (little-endian bit stream)
+    else:  # 3, 5, 6 bits: read the two bytes the code may straddle (little-endian bit stream)
 
         def code(n, k):
             lo, shift = code_at(k, bits)
@@ -49,7 +49,8 @@ def packed_weight(packed, scales, zeros, layout: PackedLayout):
 
     def elem(n, k):
         grp = k // g
-        return (code(n, k) - zeros[n, grp].astype("int32")).astype("float32") * scales[n, grp]
+        w = (code(n, k) - zeros[n, grp].astype("int32")).astype("float32") * scales[n, grp]
+        return w if mins is None else w + mins[n, grp]
 
     return elem
 
@@ -68,9 +69,9 @@ def linear(x, weight_elem, n_out: int, k_in: int, bias=None, name="linear"):
     return te.compute(y.shape, lambda *i: y[i] + bias[i[-1]].astype("float32"), name=name + "_bias")
 
 
-def dequantize(packed, scales, zeros, layout: PackedLayout):
+def dequantize(packed, scales, zeros, mins=None, *, layout: PackedLayout):
     """Materialized dequantization (only where a dequantized weight feeds something other than linear)."""
-    elem = packed_weight(packed, scales, zeros, layout)
+    elem = packed_weight(packed, scales, zeros, layout, mins)
     return te.compute((packed.shape[0], layout.k), lambda n, j: elem(n, j), name="dequantize")
 
 

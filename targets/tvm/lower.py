@@ -296,7 +296,7 @@ def _folded(c: _Ctx, w: Value):
     """w's stored form where the linears reading it fold the cast / dequantize into their
     reduction (it is read as their weight only); None: w is read as a computed [N, K] tensor."""
     src = weight_source(w)
-    if src is None or (src.node is not None and not read_as_weight_only(w, c.users(w))):
+    if src is None or (src.node is not None and (not read_as_weight_only(w, c.users(w)) or w in c.graph.outputs)):
         return None
     return src
 
@@ -308,7 +308,7 @@ def _linear(c, n):
     if src is None:  # e.g. a low-rank product
         wargs, make_elem = [c[w]], K.plain_weight
     elif src.form == "packed":
-        wargs, make_elem = [c[v] for v in src.stored], lambda p, s, z: K.packed_weight(p, s, z, src.layout)
+        wargs, make_elem = [c[v] for v in src.stored], lambda *t: K.packed_weight(*t[:3], src.layout, *t[3:])
     else:  # plain, or fp16 storage (the cast is folded in)
         wargs, make_elem = [c[src.stored[0]]], K.plain_weight
     bias = [c[n.inputs[2]]] if len(n.inputs) > 2 else []
@@ -325,9 +325,12 @@ def _linear(c, n):
 
 @lowering("dequantize")
 def _dequantize(c, n):
-    p, s, z = (c[v] for v in n.inputs)
     lay = PackedLayout.of(n.attrs["bits"], n.attrs["group_size"], n.attrs["k"])
-    return [c.te(K.dequantize, p, s, z, layout=lay, name="dequantize")]
+
+    def dequantize(*stored):  # emit_te passes tensors only, so the layout is closed over
+        return K.dequantize(*stored, layout=lay)
+
+    return [c.te(dequantize, *(c[v] for v in n.inputs), name="dequantize")]
 
 
 @lowering("quantize_rows")
