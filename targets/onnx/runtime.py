@@ -90,8 +90,9 @@ def _session(files, model_bytes: bytes, data_size: int, make_opts, providers) ->
 
     onnxruntime reads the weights by name from the artifact's folder (it maps them, and refuses a
     link to a descriptor); that is the verified file if it is still the same inode before and
-    after (files.is_current). If a rebuild swapped the folder meanwhile, the verified file is
-    handed over from memory instead, at the cost of one more copy of the weights at load.
+    after (files.is_current). If a rebuild swapped the folder meanwhile (onnxruntime may then also
+    fail on the vanished file), the verified file is handed over from memory instead, at the cost
+    of one more copy of the weights at load.
     """
     if not data_size:
         return ort.InferenceSession(model_bytes, sess_options=make_opts(), providers=providers)
@@ -99,8 +100,13 @@ def _session(files, model_bytes: bytes, data_size: int, make_opts, providers) ->
         by_name = make_opts()
         by_name.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(files.folder()))
-        session = ort.InferenceSession(model_bytes, sess_options=by_name, providers=providers)
-        if files.is_current(DATA_FILE):
+        try:
+            session = ort.InferenceSession(model_bytes, sess_options=by_name, providers=providers)
+        except Exception:  # noqa: BLE001 - onnxruntime's errors share no base; re-raised unless swapped
+            if files.is_current(DATA_FILE):
+                raise
+            session = None  # the file was replaced while onnxruntime read it (e.g. "(deleted)")
+        if session is not None and files.is_current(DATA_FILE):
             return session
         del session
     opts = make_opts()
