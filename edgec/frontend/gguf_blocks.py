@@ -6,8 +6,8 @@ some rows, e.g. llama's q/k heads). Here each quantized GGUF tensor is
 converted losslessly to edgec's packed format (edgec/ir/ggml.py) and matched
 to the traced weight holding the same values: rows are matched by content, so
 no table of tensor names or row orders per architecture is needed, and a match
-is accepted only when the packed form dequantizes to the traced weight bit for
-bit. The weight's readers then read `dequantize(packed, scales, zeros[, mins])`.
+is accepted only when every traced row equals, byte for byte, a dequantized
+row. The weight's readers then read `dequantize(packed, scales, zeros[, mins])`.
 """
 from __future__ import annotations
 
@@ -88,9 +88,10 @@ def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None
     kept, unmatched, left_float, taken = {}, [], [], set()
     for i, (tname, (kind, shape, raw)) in enumerate(tensors.items()):
         say(f"source blocks: {i + 1}/{len(tensors)} {tname} ({kind})")
-        blocks = ggml.from_ggml(raw, kind, shape)
-        deq = ggml.dequantize_ggml(raw, kind, shape)
-        rows = _row_index(deq)
+        blocks = ggml.from_ggml(raw, kind, shape, name=tname)
+        k = int(shape[1])
+        rows = _row_index(dequantize(blocks.packed, blocks.scales, blocks.zeros, blocks.bits, blocks.group, k,
+                                     blocks.mins))
         match = None
         for v in by_shape.get(shape, []):
             if v.name in taken:
@@ -98,23 +99,20 @@ def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None
             w = np.asarray(graph.weights[v.name], np.float32)
             perm = [rows.get(r.tobytes()) for r in np.ascontiguousarray(w)]
             if None not in perm:
-                match = (v, np.asarray(perm, np.int64), w)
+                match = (v, np.asarray(perm, np.int64))
                 break
         if match is None:
             unmatched.append(tname)
             continue
-        v, perm, w = match
+        v, perm = match
         taken.add(v.name)
         if not _readers_take_packed(graph, v):
             left_float.append(v.name)
             continue
+        # every row of w is, byte for byte, the dequantization of the row perm picks: exact by construction
         parts = [blocks.packed[perm], blocks.scales[perm], blocks.zeros[perm]]
         if blocks.mins is not None:
             parts.append(blocks.mins[perm])
-        k = int(shape[1])
-        if not np.array_equal(dequantize(*parts[:3], blocks.bits, blocks.group, k, *parts[3:]), w):
-            raise EdgecError(f"GGUF tensor {tname} ({kind}) does not reproduce the traced weight {v.name}; "
-                             "report this model (its blocks cannot be kept exactly)")
         _replace(graph, v, parts, blocks.bits, blocks.group, k, kind)
         kept[v.name] = kind
     graph.prune_weights()
