@@ -23,6 +23,11 @@ every system alike. Medians are reported.
 - peak RSS: the worker's high-water RSS (VmHWM: interpreter, libraries,
   loading peak and generation included).
 - size: the artifact / model files on disk.
+- perplexity (--quality-tokens, default 16384; decode_quality.py): after the
+  timing, every system on the first tokens of WikiText-2's test split with
+  the `edgec eval` protocol, peers included on the same token ids; KL to the
+  source in the notes. Unless --no-write, a chart of perplexity against decode
+  tok/s with the Pareto front goes to benchmarks/decode_pareto.png.
 - physical limit: weight bytes read per generated token (every weight tensor
   but tables that are only gathered from, i.e. an untied embedding) / measured
   memory bandwidth (numpy streaming reads of a 1 GiB array, best of 5, with 1
@@ -48,6 +53,7 @@ Code: this file is the command line and the order of the steps; decode_systems.p
 (the systems), decode_prepare.py (building the models), decode_runners.py (one
 runner per kind of system), decode_measure.py (workers, timing, RSS,
 bandwidth, medians), decode_kernels.py (the MatMulNBits kernels timed apart),
+decode_quality.py and peer_scorers.py (the perplexity column),
 decode_report.py (the table and the RESULTS.md section).
 """
 from __future__ import annotations
@@ -66,7 +72,8 @@ from decode_kernels import kernel_floors, matmulnbits_summary, onnx_graph  # noq
 from decode_measure import (bandwidth, interleaved, make_prompts, make_rows, reference, serve,  # noqa: E402
                             start_workers)
 from decode_prepare import prepare, prepare_all  # noqa: E402
-from decode_report import dirty_note, publish, row_notes, section, table  # noqa: E402
+from decode_quality import perplexities  # noqa: E402
+from decode_report import dirty_note, pareto_png, publish, row_notes, section, table  # noqa: E402
 from decode_systems import BASELINE, SYSTEMS, installed, label  # noqa: E402
 
 
@@ -83,6 +90,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--build-jobs", type=int, default=2, help="Models built at the same time (default 2).")
     ap.add_argument("--json", action="store_true", help="Print the rows as JSON on stdout (the table on stderr).")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/RESULTS.md.")
+    ap.add_argument("--quality-tokens", type=int, default=16384,
+                    help="Perplexity of every system on this many WikiText-2 test tokens, the `edgec eval` "
+                    "protocol (default 16384; 0 = no quality column). Cached in --work.")
     # internal modes
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     ap.add_argument("--ctx", type=int, default=1024, help=argparse.SUPPRESS)
@@ -94,6 +104,8 @@ def chosen_systems(args) -> list[str]:
     """The --systems names, after the checks of the numeric options."""
     if args.runs < 1 or args.new_tokens < 2 or args.prompt_tokens < 1 or args.threads < 1:
         sys.exit("decode.py: error: --runs, --threads and --prompt-tokens must be >= 1 and --new-tokens >= 2")
+    if args.quality_tokens and args.quality_tokens < 512:
+        sys.exit("decode.py: error: --quality-tokens must be 0 (off) or at least one 512-token window")
     names = list(SYSTEMS) if args.systems == "all" else [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in names if s not in SYSTEMS]
     if unknown:
@@ -166,8 +178,17 @@ def main() -> None:
     floors = kernel_floors([n for n in runs.order if n in runs.rss], prepared.onnx_files, prepared.paths,
                            args.threads, log.say)
 
-    # report
+    # quality, after the timing (the workers are gone): every row on the same windows
     rows = make_rows(runs, prepared.labels, prepared.paths, build_s, floors, max(bw.values()))
+    if args.quality_tokens:
+        quality, qnotes = perplexities([r["system"] for r in rows], prepared.paths, gguf, args.work,
+                                       args.quality_tokens, args.threads, log.say)
+        log.notes += qnotes
+        for r in rows:
+            q = quality.get(r["system"]) or {}
+            r["perplexity"], r["kl"], r["top1_agreement"] = q.get("perplexity"), q.get("kl"), q.get("top1_agreement")
+
+    # report
     ref_name = reference(runs)[0]
     lines = table(rows, ref_name, args.new_tokens)
     notes = log.notes + row_notes(rows)
@@ -176,6 +197,10 @@ def main() -> None:
         notes.insert(0, dirty)
     body = section(args, gguf, prompts, bw, ref_name, lines, notes, log.elapsed())
     publish(args, body, rows, bw, prompts, lines, notes)
+    if args.quality_tokens and not args.no_write:
+        png = pareto_png(rows, HERE / "decode_pareto.png", args.quality_tokens)
+        if png:
+            log.say(f"wrote {png}")
     log.say("done")
 
 

@@ -17,12 +17,15 @@ def fmt(v, spec, dash="—"):
 
 
 def table(rows: list[dict], ref_name: str | None, new_tokens: int) -> list[str]:
-    lines = [f"| system | size MB | weights read/token MB | peak RSS MB | decode tok/s (min–max) | × llama.cpp "
-             f"| % of BW limit | prefill tok/s | × llama.cpp | greedy = {ref_name or 'ref'} |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    quality = any("perplexity" in r for r in rows)
+    lines = [f"| system |{' perplexity |' if quality else ''} size MB | weights read/token MB | peak RSS MB "
+             f"| decode tok/s (min–max) | × llama.cpp | % of BW limit | prefill tok/s | × llama.cpp "
+             f"| greedy = {ref_name or 'ref'} |",
+             "|---|" + ("---|" if quality else "") + "---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        ppl = f" {fmt(r.get('perplexity'), '.2f')} |" if quality else ""
         lines.append(
-            f"| {r['label']} | {r['size_bytes'] / MB:.1f} | {fmt(r['weight_bytes_per_token'] and r['weight_bytes_per_token'] / MB, '.1f')} "
+            f"| {r['label']} |{ppl} {r['size_bytes'] / MB:.1f} | {fmt(r['weight_bytes_per_token'] and r['weight_bytes_per_token'] / MB, '.1f')} "
             f"| {r['peak_rss_bytes'] / MB:.0f} | {r['decode_tok_s']:.1f} ({min(r['decode_runs']):.0f}–"
             f"{max(r['decode_runs']):.0f}) | {fmt(r['decode_vs_llama_cpp'], '.2f')} | {fmt(r['pct_of_limit'], '.0f')} "
             f"| {r['prefill_tok_s']:.0f} | {fmt(r['prefill_vs_llama_cpp'], '.2f')} "
@@ -31,8 +34,11 @@ def table(rows: list[dict], ref_name: str | None, new_tokens: int) -> list[str]:
 
 
 def row_notes(rows: list[dict]) -> list[str]:
-    """Notes from the rows: huge pages at load and after the runs, the MatMulNBits kernels alone."""
+    """Notes from the rows: KL to the source, huge pages at load and after the runs, the MatMulNBits kernels alone."""
     notes = []
+    kl = [f"{r['system']} {r['kl']:.4f} / {r['top1_agreement']:.3f}" for r in rows if r.get("kl") is not None]
+    if kl:
+        notes.append("KL to the source (nats/token) / top-1 agreement, same windows as the perplexity: " + ", ".join(kl))
     for r in rows:
         if r["huge_page_bytes"]:
             notes.append(f"`{r['system']}`: {r['huge_page_bytes'] / MB:.0f} MB of the session's memory "
@@ -88,7 +94,12 @@ def section(args, gguf, prompts, bw: dict, ref_name: str | None, lines: list[str
         f"bandwidth = numpy streaming read of a 1 GiB array, best of 5 ({bw_text}; the best, {bw_best:.1f} GB/s, "
         f"is used); a model whose weights fit the last-level cache can exceed it. \"greedy =\" counts the leading "
         f"new tokens identical to {ref_name or '(no reference)'}'s. × llama.cpp: ratio to the llama.cpp row on "
-        f"the original GGUF (higher is faster). Context: {prompts.ctx} for the systems that preallocate it.\n\n"
+        f"the original GGUF (higher is faster). Context: {prompts.ctx} for the systems that preallocate it."
+        + (f" Perplexity: after the timing, each system's model on the first {args.quality_tokens:,} tokens of "
+           f"WikiText-2's test split (the `edgec eval` protocol: 512-token windows from an empty context, no BOS, "
+           f"the same token ids for every system, peers through their own runtimes: benchmarks/peer_scorers.py); "
+           f"the chart of perplexity against decode tok/s is benchmarks/decode_pareto.png."
+           if getattr(args, "quality_tokens", 0) else "") + "\n\n"
         + "\n".join(lines)
         + ("\n\nNotes:\n" + "\n".join(f"- {x}" for x in notes) if notes else ""))
 
@@ -106,3 +117,50 @@ def publish(args, body: str, rows: list[dict], bw: dict, prompts, lines: list[st
     print("\n".join(lines), file=out)
     for x in notes:
         print("note:", x, file=out)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (faster and lower perplexity), fastest first."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def pareto_png(rows: list[dict], path, quality_tokens: int):
+    """Perplexity against decode tok/s, one point per system, the Pareto front drawn; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [r for r in rows if r.get("perplexity") is not None]
+    if not rows:
+        return None
+    pts = [(r["decode_tok_s"], r["perplexity"]) for r in rows]
+    front = pareto_front(pts)
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    for i, r in enumerate(rows):
+        edgec = r["system"].startswith("edgec")
+        ax.scatter(*pts[i], s=40, marker="o" if edgec else "s", color="tab:blue" if edgec else "tab:orange",
+                   zorder=3)
+        ax.annotate(r["system"], pts[i], textcoords="offset points", xytext=(5, 4), fontsize=8)
+    fx, fy = zip(*[pts[i] for i in sorted(front, key=lambda i: pts[i][0])])
+    ax.step(fx, fy, where="post", color="tab:green", linewidth=1.2, label="Pareto front", zorder=2)
+    ax.set_xlabel("decode tokens/s (median, interleaved run)")
+    ax.set_ylabel(f"perplexity, first {quality_tokens:,} WikiText-2 test tokens (lower is better)")
+    ax.set_yscale("log")
+    ax.grid(True, alpha=0.3)
+    ax.scatter([], [], marker="o", color="tab:blue", label="edgec")
+    ax.scatter([], [], marker="s", color="tab:orange", label="peers")
+    ax.legend()
+    ax.set_title("SmolLM2-135M: quality against decode speed (benchmarks/decode.py)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -27,10 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
 from common import git_rev, machine, write_section  # noqa: E402
+from decode_systems import label as peer_label  # noqa: E402
 
 # issue 3's table, then the two int4 speed recipes of benchmarks/decode.py (int8 lm_head)
 RECIPES = ("fp32,int8,int4-rtn,int4-gptq,int4-awq,int3-gptq,w8a8-smoothquant,wanda-50,wanda-2:4,"
@@ -43,35 +42,33 @@ def data_dir() -> Path:
     return Path(os.environ.get("EDGEC_DATA_DIR", REPO.parent / "shared" / "data"))
 
 
-class LlamaCpp:
-    """llama.cpp scoring a GGUF on given token ids: the `.logits(ids)` interface of edgec.eval."""
+PEERS = ("llama.cpp", "llama.cpp-q4_0", "llama.cpp-q4_k_m", "ortgenai-int4")  # systems of decode_systems.py
 
-    def __init__(self, gguf: Path, tokenizer, window: int, threads: int):
-        from gguf import GGUFReader
-        from llama_cpp import Llama
 
-        self.llm = Llama(model_path=str(gguf), n_ctx=window, n_batch=window, n_ubatch=window,
-                         logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
-        self.tokenizer = tokenizer  # edgec's, so llama.cpp sees the very same ids
-        self.name = f"llama.cpp {gguf.name}"
-        tensors = GGUFReader(str(gguf)).tensors
-        self.size_bytes = gguf.stat().st_size
-        self.weight_bytes = sum(int(t.n_bytes) for t in tensors)
-        self.parameters = sum(int(t.n_elements) for t in tensors)
+def prepare_peers(peers: list[str], gguf: Path, work: Path, threads: int, say) -> tuple[dict, list[str]]:
+    """peer -> its model file/folder, built (or reused) in --work/peers the way benchmarks/decode.py builds it."""
+    from decode_prepare import Prep
+    from decode_systems import SYSTEMS, installed
 
-    def logits(self, ids):
-        self.llm.reset()  # empty KV cache: every window starts from nothing, like edgec's
-        self.llm.eval(list(ids))
-        return np.array(self.llm.scores[:len(ids)], dtype=np.float32)
+    class Notes:
+        notes: list[str] = []
 
-    def same_tokens(self, text: str, ids: list[int]) -> str:
-        """Whether llama.cpp's own tokenizer gives our ids (a note for the results)."""
-        theirs = self.llm.tokenize(text.encode(), add_bos=False, special=False)
-        if theirs == ids:
-            return "llama.cpp's own tokenizer gives the same ids for the whole text"
-        first = next((i for i, (a, b) in enumerate(zip(ids, theirs)) if a != b), min(len(ids), len(theirs)))
-        return (f"llama.cpp's own tokenizer gives the same ids for the first {first:,} tokens "
-                f"(of {len(ids):,}); it is fed edgec's ids in any case")
+        def note(self, msg):
+            self.notes.append(msg)
+
+    log = Notes()
+    prep = Prep(work / "peers", threads, say)
+    paths = {}
+    for n in installed(peers, log):
+        spec = SYSTEMS[n]
+        try:
+            if spec["kind"] == "llama":
+                paths[n] = gguf if spec["ftype"] is None else prep.llama_quant(n, gguf, spec["ftype"])[0]
+            elif spec["kind"] == "ortgenai":
+                paths[n] = prep.ortgenai(n, prep.hf(gguf))[0]
+        except Exception as e:  # noqa: BLE001
+            log.note(f"`{n}` skipped: could not be prepared: {str(e)[:300]}")
+    return paths, log.notes
 
 
 def build_all(recipes: list[str], work: Path, calib: Path, samples: int, say) -> tuple[dict, list[str]]:
@@ -131,7 +128,11 @@ def main() -> None:
                     "well conditioned, and a calibrated build takes minutes, not an hour, on 2 cores).")
     ap.add_argument("--threads", type=int, default=2, help="Threads for every system (ONNX Runtime, torch, "
                     "llama.cpp).")
-    ap.add_argument("--no-llama", action="store_true", help="Skip the llama.cpp row.")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help="Peer rows, scored on the same token ids (default: " + ",".join(PEERS) + "; '' = none). "
+                    "Built as benchmarks/decode.py builds them (llama.cpp requantizations, the GenAI model builder), "
+                    "in --work/peers; a peer whose library is not installed is skipped with a note.")
+    ap.add_argument("--no-llama", action="store_true", help="Skip the llama.cpp rows.")
     ap.add_argument("--build-only", action="store_true", help="Only fill the --work cache with artifacts.")
     ap.add_argument("--json", action="store_true", help="Print the rows as JSON.")
     ap.add_argument("--no-write", action="store_true", help="Do not write benchmarks/RESULTS.md.")
@@ -195,20 +196,32 @@ def main() -> None:
         targets.append(b["path"])
         names.append(r)
         keys.append(k)
-    if not args.no_llama:
+    from decode_quality import fingerprint, scorer_for
+
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        sys.exit(f"quality.py: error: unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    if args.no_llama:
+        peers = [p for p in peers if not p.startswith("llama.cpp")]
+    peer_paths, peer_notes = prepare_peers(peers, source.path, args.work, args.threads, say)
+    notes += peer_notes
+    tok = edgec.load(next(iter(built.values()))["path"]).tokenizer  # every peer is fed edgec's ids
+    for n, path in peer_paths.items():
+        k = key(f"{n}:{fingerprint(path)}")
+        if cache.get(n, {}).get("key") == k:
+            results[n] = EvalResult(**cache[n]["result"])
+            continue
         try:
-            tok = edgec.load(next(iter(built.values()))["path"]).tokenizer
-            llama = LlamaCpp(source.path, tok, 512, args.threads)
-            notes.append(llama.same_tokens(body, tokenize(tok, body)))
-            k = key(f"{source.path.name}:{source.path.stat().st_size}")
-            if cache.get("llama.cpp", {}).get("key") == k:
-                results["llama.cpp"] = EvalResult(**cache["llama.cpp"]["result"])
-            else:
-                targets.append(llama)
-                names.append("llama.cpp")
-                keys.append(k)
-        except ImportError:
-            notes.append("llama.cpp row skipped: llama-cpp-python is not installed (pip install -e \".[bench]\")")
+            scorer = scorer_for(n, path, source.path, args.threads, tok)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"`{n}` does not run: {str(e).splitlines()[0][:200]}")
+            continue
+        if n == "llama.cpp":
+            notes.append(scorer.same_tokens(body, tokenize(tok, body)))
+        targets.append(scorer)
+        names.append(n)
+        keys.append(k)
 
     if targets:
         fresh = evaluate_many(targets, reference=source, text=text_path, max_tokens=max_tokens,
@@ -217,7 +230,7 @@ def main() -> None:
             results[n] = res
             cache[n] = {"key": k, "result": res.to_dict()}
         cache_file.write_text(json.dumps(cache, indent=2) + "\n")
-    order = [r for r in built if r in results] + (["llama.cpp"] if "llama.cpp" in results else [])
+    order = [r for r in built if r in results] + [p for p in peer_paths if p in results]
     names, results = order, [results[n] for n in order]
 
     base = next((res.perplexity for n, res in zip(names, results) if n == "fp32"), None)
@@ -240,7 +253,8 @@ def main() -> None:
     table = ["| recipe | perplexity | Δ vs fp32 % | KL (nats/token) | top-1 agreement | size MB | bits/weight | "
              "build s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        label = f"llama.cpp, original GGUF ({source.path.name})" if row["recipe"] == "llama.cpp" else row["recipe"]
+        label = (peer_label(row["recipe"], peer_paths[row["recipe"]], source.path) if row["recipe"] in peer_paths
+                 else row["recipe"])
         table.append(f"| {label} | {row['perplexity']:.3f} | {fmt(row['delta_vs_fp32_pct'], '+.2f')} | "
                      f"{fmt(row['kl'], '.5f')} | {fmt(row['top1_agreement'], '.4f')} | {fmt(row['size_mb'], '.1f')} "
                      f"| {fmt(row['bits_per_weight'], '.2f')} | {fmt(row['build_s'], '.1f')} |")
@@ -262,10 +276,14 @@ def main() -> None:
         f"`wikitext-2/valid.txt`. Size = the whole artifact (ONNX graph + weights + tokenizer + manifest); "
         f"bits/weight = 8 × weight-file bytes / the source model's {r0.parameters or 0:,} parameters "
         f"(tied embedding once; scales, zeros and fp32 norms included). Build s = a fresh `edgec build` "
-        f"process, as measured when the artifact was built (cached in --work). The llama.cpp row runs "
-        f"llama-cpp-python on the original GGUF with the same token ids (`Llama.eval`, n_ctx=512, all "
-        f"logits); its bits/weight counts the GGUF's tensor bytes. Not llama.cpp's `perplexity` tool, which "
-        f"adds a BOS and scores only the second half of each window.\n\n"
+        f"process, as measured when the artifact was built (cached in --work). The llama.cpp rows run "
+        f"llama-cpp-python on the original GGUF and on its requantizations (llama_model_quantize with "
+        f"allow_requantize, as benchmarks/decode.py makes them) with the same token ids (`Llama.eval`, "
+        f"n_ctx=512, all logits); their bits/weight count the GGUF's tensor bytes. Not llama.cpp's `perplexity` "
+        f"tool, which adds a BOS and scores only the second half of each window. The GenAI row runs the "
+        f"onnxruntime-genai model builder's int4 model (`-p int4 -e cpu`, from the fp32 folder transformers "
+        f"dequantizes the GGUF to) with onnxruntime on the same ids, each window from empty past KV "
+        f"(benchmarks/peer_scorers.py); bits/weight = its initializer bytes over the source's parameters.\n\n"
         + "\n".join(table)
         + ("\n\nNotes:\n" + "\n".join(f"- {n}" for n in notes) if notes else ""))
     if not args.no_write:

@@ -26,7 +26,7 @@ import torch
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
-from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with
+from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with, search_params
 
 from .gptq import gptq_hessian
 from .lib.activations import collect_sequential
@@ -34,9 +34,10 @@ from .quantize import Target, find_targets, make_spec, replace_weight, summary
 from .registry import PassResult, register_pass
 
 
-def rtn(w: np.ndarray, spec: QuantSpec):
-    """Round-to-nearest of w [N, K]: (codes, scales, zeros, dequantized w)."""
-    scales, zeros = group_params(w, spec)
+def rtn(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None):
+    """Round-to-nearest of w [N, K]: (codes, scales, zeros, dequantized w). With importance [K]
+    (the inputs' mean squares), each group's range is searched for the least weighted error."""
+    scales, zeros = group_params(w, spec) if importance is None else search_params(w, spec, importance)
     codes = quantize_with(w, scales, zeros, spec)
     return codes, scales, zeros, dequantize_codes(codes, scales, zeros, w.shape[1])
 
@@ -110,9 +111,12 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
 
 
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
-               skip=[])
-def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> PassResult:
-    """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023)."""
+               skip=[], clip_search=False)
+def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False) -> PassResult:
+    """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023).
+
+    clip_search: after the scaling, each group's range is searched for the least error weighted by the
+    scaled inputs' mean squares (AWQ's own clipping step, edgec.ir.quant.search_range)."""
     spec = make_spec(bits, group_size, symmetric)
     if int(grid) < 1:
         raise EdgecError(f"awq: grid must be >= 1, got {grid}")
@@ -132,10 +136,12 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip) -> 
         x = node.inputs[0]
         group = [u for u in single if u.linears[0].inputs[0] is x and u.name not in results]
         ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
-        s, err, base = search_scales(np.concatenate(ws), gptq_hessian(stats), stats.mean_abs, spec, grid)
+        h = gptq_hessian(stats)
+        s, err, base = search_scales(np.concatenate(ws), h, stats.mean_abs, spec, grid)
         gains.append(err / base if base > 0 else 1.0)
+        imp = (torch.diag(h).double().numpy() / s.astype(np.float64) ** 2) if clip_search else None
         for u, w in zip(group, ws):
-            codes, scales, zeros, w_hat = rtn(w * s, spec)
+            codes, scales, zeros, w_hat = rtn(w * s, spec, imp)
             results[u.name] = (pack(codes, spec.bits), scales, zeros, s)
             graph.weights[u.name] = w_hat / s  # what the layer computes on the unscaled x
         groups.append((x, [u.linears[0] for u in group], s))

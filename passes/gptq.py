@@ -21,7 +21,8 @@ import torch
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph
-from edgec.ir.quant import QuantSpec, dequantize_codes, pack, pad_columns, padded_k, params_from_range, quantize_rtn
+from edgec.ir.quant import (QuantSpec, dequantize_codes, pack, pad_columns, padded_k, params_from_range, quantize_rtn,
+                            search_range)
 
 from .lib.activations import Stats, collect_sequential
 from .quantize import find_targets, make_spec, replace_weight, summary
@@ -50,11 +51,20 @@ def hessian(xs: list[np.ndarray]) -> torch.Tensor:
     return gptq_hessian(Stats.of(xs, hessian=True))
 
 
-def _params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scales and zero points (float32 [N]) covering the columns of w [N, g], as edgec.ir.quant computes them."""
-    lo, hi = w.min(1).values.numpy(), w.max(1).values.numpy()
-    s, z = params_from_range(lo, hi, spec)
+def _params(w: torch.Tensor, spec: QuantSpec, importance: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scales and zero points (float32 [N]) for the columns of w [N, g], as edgec.ir.quant computes them:
+    covering their range, or (importance = the columns' diag(H)) searched for the least weighted error."""
+    if importance is not None:
+        s, z = search_range(w.numpy(), spec, importance.numpy())
+    else:
+        s, z = params_from_range(w.min(1).values.numpy(), w.max(1).values.numpy(), spec)
     return torch.from_numpy(s), torch.from_numpy(z.astype(np.float32))
+
+
+def _cols(imp: torch.Tensor | None, start: int, width: int) -> torch.Tensor | None:
+    """The importance of columns start..start+width, or None."""
+    return None if imp is None else imp[start:start + width]
 
 
 def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
@@ -72,19 +82,22 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
-                  damp: float = 0.01, block_size: int = 128):
+                  damp: float = 0.01, block_size: int = 128, clip_search: bool = False):
     """GPTQ on w [N, K] with Hessian h [K, K]: (codes u8 [N, Kp], scales f32 [N, Kp/g], zeros u8 [N, Kp/g]).
 
     Group parameters are computed when the first column of a group is
     reached, from the group's error-updated weights. With act_order, columns
     are processed by decreasing diag(H), and the group parameters come from
     the original column order before permuting ("static groups"), so the
-    result stays plain group-wise (the format has no g_idx).
+    result stays plain group-wise (the format has no g_idx). clip_search:
+    each group's range is searched for the least rounding error weighted by
+    diag(H) (edgec.ir.quant.search_range) instead of covering min..max.
     """
     n, k = w.shape
     g = spec.check(k)
     W = torch.tensor(np.asarray(w, np.float32))
     H = h.clone()
+    imp = torch.diag(H).float().clamp_min(0) if clip_search else None
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -95,7 +108,8 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
     perm = None
     if act_order:
         for j in range(groups):
-            scales[:, j], zeros[:, j] = _params(W[:, j * g:(j + 1) * g], spec)
+            cols = W[:, j * g:(j + 1) * g]
+            scales[:, j], zeros[:, j] = _params(cols, spec, _cols(imp, j * g, cols.shape[1]))
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
 
@@ -113,7 +127,7 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
             if perm is None and col % g == 0:
                 # The group's current weights: the rest of this block (updated in W1) and later columns.
                 cur = torch.cat([W1[:, i:], W[:, i2:col + g]], 1)[:, :g]
-                scales[:, grp], zeros[:, grp] = _params(cur, spec)
+                scales[:, grp], zeros[:, grp] = _params(cur, spec, _cols(imp, col, cur.shape[1]))
             s, z = scales[:, grp], zeros[:, grp]
             wc = W1[:, i]
             q = torch.clamp(torch.round(wc / s) + z, 0, qmax)
@@ -137,9 +151,9 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
 
 
 @register_pass("gptq", needs_calibration=True, bits=4, group_size=128, symmetric=True, act_order=False,
-               damp=0.01, block_size=128, lm_head=False, skip=[])
+               damp=0.01, block_size=128, lm_head=False, skip=[], clip_search=False)
 def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head,
-         skip) -> PassResult:
+         skip, clip_search=False) -> PassResult:
     """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
     spec = make_spec(bits, group_size, symmetric)
     if not 0 < float(damp) < 1 or int(block_size) < 1:
@@ -162,7 +176,8 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
         ws = [np.asarray(graph.weight(u.value), np.float32) for u in group]
         with single_thread():
             codes, scales, zeros = gptq_quantize(np.concatenate(ws), h, spec, act_order=act_order,
-                                                 damp=float(damp), block_size=int(block_size))
+                                                 damp=float(damp), block_size=int(block_size),
+                                                 clip_search=bool(clip_search))
         w_hat = dequantize_codes(codes, scales, zeros, ws[0].shape[1])
         errors.append(output_error(np.concatenate(ws), w_hat, h))
         row = 0

@@ -118,10 +118,14 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
-               lm_head_group_size=None, skip=[])
+               lm_head_group_size=None, skip=[], clip_search=False)
 def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
-             lm_head_group_size=None) -> PassResult:
+             lm_head_group_size=None, clip_search=False) -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
+
+    clip_search: each group's range is searched for the least rounding error
+    (edgec.ir.quant.search_range: outliers clipped, and a symmetric grid
+    uses all 2^bits codes) instead of covering its min..max; no calibration.
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
     projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
@@ -138,14 +142,15 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
     heads = lm_head_linears(graph) if lm_head else set()
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
     before = graph.weights.total_bytes()
-    extra = ""
+    extra = ", clipping searched" if clip_search else ""
     for t in targets:
         sp = head_spec if any(n in heads for n in t.linears) else spec
         if sp is not spec:
             sp.check(int(t.shape[1]), what=f"linear {t.name!r}")
-            extra = f", lm_head {describe(sp)}"
+            extra += f", lm_head {describe(sp)}"
         w = np.asarray(graph.weight(t.value), np.float32)
-        replace_weight(graph, t, *quantize_rtn(w, sp), sp, share_embedding=True)
+        replace_weight(graph, t, *quantize_rtn(w, sp, search=bool(clip_search) and sp.bits < 8), sp,
+                       share_embedding=True)
     graph.prune_weights()
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     return PassResult(summary(count, spec, before, after, graph, lm_head, extra),

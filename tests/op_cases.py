@@ -71,14 +71,16 @@ for _op in ("neg", "sqrt", "rsqrt", "exp", "tanh", "sin", "cos", "relu", "sigmoi
 
 @case("quantized_ops")
 def _quantized_ops():
-    """dequantize (4-bit g4 and 3-bit per-channel) feeding linears, W8A8 and int8 rows."""
+    """dequantize (4-bit g4, 3-bit per-channel, and 4-bit g4 with searched ranges: negative scales)
+    feeding linears, W8A8 and int8 rows."""
     from edgec.ir.quant import QuantSpec, quantize_rtn
 
     g = Graph()
     x = x_input(g)
     outs = []
-    for spec in (QuantSpec(4, 4, False), QuantSpec(3, 0, True)):
-        p, sc, z = quantize_rtn(rand(6, 8), spec)
+    for spec, search in ((QuantSpec(4, 4, False), False), (QuantSpec(3, 0, True), False), (QuantSpec(4, 4, True), True)):
+        p, sc, z = quantize_rtn(rand(6, 8), spec, search=search)
+        assert not search or (sc < 0).any()  # the case covers the sign-carrying scales it is for
         w = g.op("dequantize", g.add_weight("p", p), g.add_weight("s", sc), g.add_weight("z", z),
                  bits=spec.bits, group_size=spec.group_size, k=8)
         outs.append(g.op("linear", x, w))

@@ -128,6 +128,31 @@ def test_rtn_error_within_half_a_step(bits, sym, group):
 
 
 # ----------------------------------------------------------------------------- the quantize (RTN) pass
+@pytest.mark.parametrize("bits,sym", [(2, False), (3, True), (4, True), (4, False), (8, True)])
+def test_clip_search_never_increases_the_weighted_error(bits, sym):
+    from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, quantize_with, search_params
+
+    rng = np.random.default_rng(bits)
+    w = rng.standard_t(3, size=(64, 96)).astype(np.float32)  # heavy tails: outliers worth clipping
+    imp = rng.uniform(0.1, 4.0, 96).astype(np.float32)
+    spec = QuantSpec(bits, 32, sym)
+
+    def err(params, weights):
+        s, z = params
+        w_hat = dequantize_codes(quantize_with(w, s, z, spec), s, z, 96)
+        return (((w_hat - w) ** 2) * weights).sum(1)
+
+    plain = err(group_params(w, spec), imp)
+    searched = err(search_params(w, spec, imp), imp)
+    assert np.all(searched <= plain * (1 + 1e-6))
+    if bits <= 4:  # real gains on heavy-tailed weights (at 8 bits rounding is already fine)
+        assert searched.sum() < (0.9 if sym else 0.95) * plain.sum()
+    s, z = search_params(w, spec)
+    if sym:  # symmetric stays zero-point-free: the scale's sign carries the largest magnitude to -2^(b-1)
+        assert np.all(z == 1 << (bits - 1)) and (s < 0).any() and (s > 0).any()
+        assert (quantize_with(w, s, z, spec) == 0).any()
+
+
 def test_quantize_pass_int8_and_int4_keep_logits_close(tiny, calib_file, fp32_logits):
     g8 = compress(tiny, calib_file, [("quantize", {"bits": 8, "group_size": 0})])
     g4 = compress(tiny, calib_file, [("quantize", {"bits": 4, "group_size": 32})])
@@ -414,6 +439,9 @@ def test_awq_pass_folds_scales_and_keeps_logits(tiny, calib_file, fp32_logits):
     ([("gptq", {"bits": 3, "group_size": 64, "symmetric": False})], 4),  # 3-bit runs as 4-bit nibbles
     ([("quantize", {"bits": 2, "group_size": 16, "symmetric": False})], 2),
     ([("awq", {"bits": 4, "group_size": 64})], 4),
+    ([("quantize", {"bits": 4, "group_size": 32, "clip_search": True})], 4),  # sym: negative scales
+    ([("gptq", {"bits": 4, "group_size": 32, "act_order": True, "clip_search": True})], 4),
+    ([("awq", {"bits": 4, "group_size": 32, "clip_search": True})], 4),
 ])
 def test_onnx_uses_matmulnbits_and_matches_the_interpreter(tmp_path, tiny, calib_file, passes, bits_attr):
     g = compress(tiny, calib_file, passes)

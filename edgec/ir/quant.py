@@ -210,6 +210,62 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[
     return scale, zero
 
 
+def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None,
+                 steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Scales and zero points for groups wg [..., g] that minimize each group's squared rounding error.
+
+    Round-to-nearest over a group's full range lets one outlier coarsen the
+    grid for the other g-1 weights. This tries `steps` narrower ranges (the
+    outliers clipped) and keeps, per group, the one with the least error,
+    each column weighted by `importance` [g] (e.g. the mean squared input
+    from calibration; None = uniform), as llama.cpp's quantizers do. A
+    symmetric grid may also give the largest-magnitude weight the extra
+    negative code -2^(bits-1) (ggml's Q4_0 rule; the scale takes the sign
+    that puts it there), so 16 levels are used where the plain rule uses 15.
+    Full-range RTN is one of the candidates, so the error never grows.
+    """
+    wg = np.asarray(wg, np.float32)
+    imp = np.ones(wg.shape[-1], np.float32) if importance is None else np.asarray(importance, np.float32)
+    lo, hi = wg.min(-1), wg.max(-1)
+    base_s, base_z = params_from_range(lo, hi, spec)
+    if spec.symmetric:
+        half = 1 << (spec.bits - 1)
+        extreme = np.where(np.abs(lo) > np.abs(hi), lo, hi)
+        cands = [(-extreme * c / half, base_z) for c in np.linspace(0.6, 1.0, steps)]
+    else:
+        cands = [params_from_range(lo * c, hi * c, spec) for c in np.linspace(0.6, 1.0, steps)]
+    best_s, best_z = base_s, base_z
+
+    def error(s, z):
+        s = np.where(s == 0, 1e-8, s).astype(np.float32)
+        zf = z.astype(np.float32)[..., None]
+        q = np.clip(np.round(wg / s[..., None]) + zf, 0, spec.qmax)
+        return (((q - zf) * s[..., None] - wg) ** 2 * imp).sum(-1)
+
+    best_e = error(base_s, base_z)
+    for s, z in cands:
+        s = np.where(s == 0, 1e-8, s).astype(np.float32)
+        e = error(s, z)
+        better = e < best_e
+        best_e = np.where(better, e, best_e)
+        best_s, best_z = np.where(better, s, best_s), np.where(better, z, best_z)
+    return best_s.astype(np.float32), best_z.astype(np.uint8)
+
+
+def search_params(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """group_params with the error-minimizing range search of search_range; importance: [K] or None."""
+    n, k = w.shape
+    g = spec.check(k)
+    kp = padded_k(k, g)
+    wg = pad_columns(np.asarray(w, np.float32), kp).reshape(n, -1, g)
+    imp = None if importance is None else pad_columns(np.asarray(importance, np.float32)[None], kp).reshape(-1, g)
+    if imp is None:
+        return search_range(wg, spec)
+    out = [search_range(wg[:, j], spec, imp[j]) for j in range(kp // g)]
+    return np.stack([o[0] for o in out], 1), np.stack([o[1] for o in out], 1)
+
+
 def quantize_with(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: QuantSpec) -> np.ndarray:
     """Integer codes (uint8 [N, Kp], padding included) of w [N, K] for given group scales/zeros."""
     n, k = w.shape
@@ -219,9 +275,9 @@ def quantize_with(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: Qu
     return np.clip(q, 0, spec.qmax).astype(np.uint8).reshape(n, -1)
 
 
-def quantize_rtn(w: np.ndarray, spec: QuantSpec):
-    """Round-to-nearest: (packed, scales, zeros)."""
-    scales, zeros = group_params(w, spec)
+def quantize_rtn(w: np.ndarray, spec: QuantSpec, search: bool = False):
+    """Round-to-nearest: (packed, scales, zeros); search: the ranges of search_params."""
+    scales, zeros = search_params(w, spec) if search else group_params(w, spec)
     q = quantize_with(w, scales, zeros, spec)
     return pack(q, spec.bits), scales, zeros
 
