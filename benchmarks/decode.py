@@ -155,6 +155,7 @@ def main() -> None:
         return prepare(*args.prepare)
     names = chosen_systems(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF progress bars (the quality column)
     log = Log()
     gguf = default_gguf()
     selected = installed(names, log)

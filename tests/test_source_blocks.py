@@ -136,3 +136,24 @@ def test_tvm_artifact_matches_the_interpreter(source_build, tmp_path):
     art = write_artifact(imported, pm, tmp_path / "art", device=get_device("host"), backend=get_backend("tvm"),
                          recipe=load_recipe("source"))
     check_prefill_and_decode(imported.graph, art, tol=2e-4)
+
+
+def test_mixed_recipe_keeps_some_blocks_and_requantizes_the_rest(tiny_gguf, tmp_path):
+    """source_blocks skip / lm_head=false leave those weights float, and a later pass quantizes them."""
+    path, kind = tiny_gguf
+    recipe = tmp_path / "mixed.toml"
+    recipe.write_text('name = "mixed"\n[[passes]]\nname = "source_blocks"\nskip = ["mlp.down_proj"]\nlm_head = false\n'
+                      '[[passes]]\nname = "quantize"\nbits = 8\ngroup_size = 0\nlm_head = true\n')
+    imported, pm = compile_ir(path, load_recipe(str(recipe)))
+    counts = pm.records[[r.name for r in pm.records].index("source_blocks")].counts
+    assert counts["skipped"] == 2 + 1  # the two layers' down_proj and the head
+    g = imported.graph
+    dq = [n for n in g.nodes if n.op == "dequantize"]
+    requantized = [n for n in dq if n.meta.provenance != f"gguf:{kind}"]
+    assert len(requantized) == 3 and all(n.attrs["bits"] == 8 for n in requantized)
+    assert all("down_proj" in n.inputs[0].name or "lm_head" in n.inputs[0].name or "embed" in n.inputs[0].name
+               for n in requantized), [n.inputs[0].name for n in requantized]
+    exact = logits(compile_ir(path, load_recipe("source"))[0].graph)
+    mixed = logits(g)
+    rel = np.abs(mixed - exact).max() / np.abs(exact).max()
+    assert 0 < rel < 0.05  # int8 for three tensors: close to the source, not equal to it

@@ -11,7 +11,7 @@ row. The weight's readers then read `dequantize(packed, scales, zeros[, mins])`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +28,7 @@ class KeptBlocks:
     kept: dict[str, str]      # graph weight name -> ggml type
     unmatched: list[str]      # quantized GGUF tensors no graph weight holds (e.g. an unused one)
     left_float: list[str]     # graph weights that stay float (their readers cannot take a packed form)
+    skipped: list[str] = field(default_factory=list)  # matched, but left float as asked (for a later pass)
 
 
 def quantized_tensors(path: Path) -> dict[str, tuple[str, tuple[int, int], np.ndarray]]:
@@ -73,8 +74,10 @@ def _readers_take_packed(graph: Graph, v: Value) -> bool:
         or (u.op == "embedding" and u.inputs[0] is v and u.inputs[1] is not v) for u in users)
 
 
-def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None = None) -> KeptBlocks:
-    """Replace each traced weight that a quantized GGUF tensor holds by that tensor's packed blocks."""
+def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None = None,
+                keep: Callable[[str], bool] | None = None) -> KeptBlocks:
+    """Replace each traced weight that a quantized GGUF tensor holds by that tensor's packed blocks
+    (only the weights whose name `keep` accepts; the others stay float, listed in .skipped)."""
     say = progress or (lambda msg: None)
     tensors = quantized_tensors(path)
     if not tensors:
@@ -85,7 +88,7 @@ def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None
         v = graph.weight_values[name]
         if v.dtype == "float32" and v.rank == 2:
             by_shape.setdefault(tuple(int(d) for d in v.shape), []).append(v)
-    kept, unmatched, left_float, taken = {}, [], [], set()
+    kept, unmatched, left_float, skipped, taken = {}, [], [], [], set()
     for i, (tname, (kind, shape, raw)) in enumerate(tensors.items()):
         say(f"source blocks: {i + 1}/{len(tensors)} {tname} ({kind})")
         blocks = ggml.from_ggml(raw, kind, shape, name=tname)
@@ -106,6 +109,9 @@ def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None
             continue
         v, perm = match
         taken.add(v.name)
+        if keep is not None and not keep(v.name):
+            skipped.append(v.name)
+            continue
         if not _readers_take_packed(graph, v):
             left_float.append(v.name)
             continue
@@ -116,7 +122,7 @@ def keep_blocks(graph: Graph, path: Path, progress: Callable[[str], None] | None
         _replace(graph, v, parts, blocks.bits, blocks.group, k, kind)
         kept[v.name] = kind
     graph.prune_weights()
-    return KeptBlocks(kept, unmatched, left_float)
+    return KeptBlocks(kept, unmatched, left_float, skipped)
 
 
 def _replace(graph: Graph, v: Value, parts: list[np.ndarray], bits: int, group: int, k: int, kind: str) -> None:
