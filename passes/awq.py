@@ -30,14 +30,14 @@ from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quan
 
 from .gptq import gptq_hessian
 from .lib.activations import collect_sequential
-from .quantize import Target, find_targets, make_spec, replace_weight, summary
+from .quantize import Target, check_clip_min, find_targets, make_spec, replace_weight, summary
 from .registry import PassResult, register_pass
 
 
-def rtn(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None):
+def rtn(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None, clip_min: float = 0.6):
     """Round-to-nearest of w [N, K]: (codes, scales, zeros, dequantized w). With importance [K]
     (the inputs' mean squares), each group's range is searched for the least weighted error."""
-    scales, zeros = group_params(w, spec) if importance is None else search_params(w, spec, importance)
+    scales, zeros = group_params(w, spec) if importance is None else search_params(w, spec, importance, clip_min)
     codes = quantize_with(w, scales, zeros, spec)
     return codes, scales, zeros, dequantize_codes(codes, scales, zeros, w.shape[1])
 
@@ -111,13 +111,15 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
 
 
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
-               skip=[], clip_search=False)
-def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False) -> PassResult:
+               skip=[], clip_search=False, clip_min=0.6)
+def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False,
+        clip_min=0.6) -> PassResult:
     """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023).
 
     clip_search: after the scaling, each group's range is searched for the least error weighted by the
     scaled inputs' mean squares (AWQ's own clipping step, edgec.ir.quant.search_range)."""
     spec = make_spec(bits, group_size, symmetric)
+    check_clip_min(clip_min)
     if int(grid) < 1:
         raise EdgecError(f"awq: grid must be >= 1, got {grid}")
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
@@ -141,7 +143,7 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
         gains.append(err / base if base > 0 else 1.0)
         imp = (torch.diag(h).double().numpy() / s.astype(np.float64) ** 2) if clip_search else None
         for u, w in zip(group, ws):
-            codes, scales, zeros, w_hat = rtn(w * s, spec, imp)
+            codes, scales, zeros, w_hat = rtn(w * s, spec, imp, float(clip_min))
             results[u.name] = (pack(codes, spec.bits), scales, zeros, s)
             graph.weights[u.name] = w_hat / s  # what the layer computes on the unscaled x
         groups.append((x, [u.linears[0] for u in group], s))

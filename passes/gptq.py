@@ -25,7 +25,7 @@ from edgec.ir.quant import (QuantSpec, dequantize_codes, pack, pad_columns, padd
                             search_range)
 
 from .lib.activations import Stats, collect_sequential
-from .quantize import find_targets, make_spec, replace_weight, summary
+from .quantize import check_clip_min, find_targets, make_spec, replace_weight, summary
 from .registry import PassResult, register_pass
 
 
@@ -51,12 +51,12 @@ def hessian(xs: list[np.ndarray]) -> torch.Tensor:
     return gptq_hessian(Stats.of(xs, hessian=True))
 
 
-def _params(w: torch.Tensor, spec: QuantSpec, importance: torch.Tensor | None = None
+def _params(w: torch.Tensor, spec: QuantSpec, importance: torch.Tensor | None = None, clip_min: float = 0.6
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scales and zero points (float32 [N]) for the columns of w [N, g], as edgec.ir.quant computes them:
     covering their range, or (importance = the columns' diag(H)) searched for the least weighted error."""
     if importance is not None:
-        s, z = search_range(w.numpy(), spec, importance.numpy())
+        s, z = search_range(w.numpy(), spec, importance.numpy(), clip_min=clip_min)
     else:
         s, z = params_from_range(w.min(1).values.numpy(), w.max(1).values.numpy(), spec)
     return torch.from_numpy(s), torch.from_numpy(z.astype(np.float32))
@@ -82,7 +82,7 @@ def inverse_hessian_factor(h: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
-                  damp: float = 0.01, block_size: int = 128, clip_search: bool = False):
+                  damp: float = 0.01, block_size: int = 128, clip_search: bool = False, clip_min: float = 0.6):
     """GPTQ on w [N, K] with Hessian h [K, K]: (codes u8 [N, Kp], scales f32 [N, Kp/g], zeros u8 [N, Kp/g]).
 
     Group parameters are computed when the first column of a group is
@@ -109,7 +109,7 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
     if act_order:
         for j in range(groups):
             cols = W[:, j * g:(j + 1) * g]
-            scales[:, j], zeros[:, j] = _params(cols, spec, _cols(imp, j * g, cols.shape[1]))
+            scales[:, j], zeros[:, j] = _params(cols, spec, _cols(imp, j * g, cols.shape[1]), clip_min)
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
 
@@ -127,7 +127,7 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
             if perm is None and col % g == 0:
                 # The group's current weights: the rest of this block (updated in W1) and later columns.
                 cur = torch.cat([W1[:, i:], W[:, i2:col + g]], 1)[:, :g]
-                scales[:, grp], zeros[:, grp] = _params(cur, spec, _cols(imp, col, cur.shape[1]))
+                scales[:, grp], zeros[:, grp] = _params(cur, spec, _cols(imp, col, cur.shape[1]), clip_min)
             s, z = scales[:, grp], zeros[:, grp]
             wc = W1[:, i]
             q = torch.clamp(torch.round(wc / s) + z, 0, qmax)
@@ -151,11 +151,12 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
 
 
 @register_pass("gptq", needs_calibration=True, bits=4, group_size=128, symmetric=True, act_order=False,
-               damp=0.01, block_size=128, lm_head=False, skip=[], clip_search=False)
+               damp=0.01, block_size=128, lm_head=False, skip=[], clip_search=False, clip_min=0.6)
 def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head,
-         skip, clip_search=False) -> PassResult:
+         skip, clip_search=False, clip_min=0.6) -> PassResult:
     """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
     spec = make_spec(bits, group_size, symmetric)
+    check_clip_min(clip_min)
     if not 0 < float(damp) < 1 or int(block_size) < 1:
         raise EdgecError(f"gptq: damp must be in (0, 1) and block_size >= 1; got damp={damp}, block_size={block_size}")
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
@@ -177,7 +178,7 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
         with single_thread():
             codes, scales, zeros = gptq_quantize(np.concatenate(ws), h, spec, act_order=act_order,
                                                  damp=float(damp), block_size=int(block_size),
-                                                 clip_search=bool(clip_search))
+                                                 clip_search=bool(clip_search), clip_min=float(clip_min))
         w_hat = dequantize_codes(codes, scales, zeros, ws[0].shape[1])
         errors.append(output_error(np.concatenate(ws), w_hat, h))
         row = 0

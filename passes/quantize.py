@@ -32,6 +32,12 @@ def make_spec(bits, group_size, symmetric) -> QuantSpec:
     return QuantSpec(int(bits), int(group_size), bool(symmetric))
 
 
+def check_clip_min(clip_min) -> None:
+    if not isinstance(clip_min, (int, float)) or not 0 < float(clip_min) <= 1:
+        raise EdgecError(f"clip_min must be in (0, 1] (the narrowest range tried, as a fraction of the full one); "
+                         f"got {clip_min!r}")
+
+
 def describe(spec: QuantSpec) -> str:
     g = "per-channel" if spec.group_size in (0, -1) else f"g{spec.group_size}"
     return f"int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
@@ -118,14 +124,16 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
-               lm_head_group_size=None, skip=[], clip_search=False)
+               lm_head_group_size=None, skip=[], clip_search=False, clip_min=0.6)
 def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
-             lm_head_group_size=None, clip_search=False) -> PassResult:
+             lm_head_group_size=None, clip_search=False, clip_min=0.6) -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
 
     clip_search: each group's range is searched for the least rounding error
     (edgec.ir.quant.search_range: outliers clipped, and a symmetric grid
     uses all 2^bits codes) instead of covering its min..max; no calibration.
+    clip_min: the narrowest range tried, as a fraction of the full one (1: no
+    clipping, only the symmetric grid's extra code).
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
     projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
@@ -133,6 +141,7 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
     sensitive linear and, at batch 1, a large share of the bytes read per token.
     """
     spec = make_spec(bits, group_size, symmetric)
+    check_clip_min(clip_min)
     head_spec = spec
     if lm_head_bits is not None or lm_head_group_size is not None:
         if not lm_head:
@@ -149,8 +158,8 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
             sp.check(int(t.shape[1]), what=f"linear {t.name!r}")
             extra += f", lm_head {describe(sp)}"
         w = np.asarray(graph.weight(t.value), np.float32)
-        replace_weight(graph, t, *quantize_rtn(w, sp, search=bool(clip_search) and sp.bits < 8), sp,
-                       share_embedding=True)
+        replace_weight(graph, t, *quantize_rtn(w, sp, search=bool(clip_search) and sp.bits < 8,
+                                               clip_min=float(clip_min)), sp, share_embedding=True)
     graph.prune_weights()
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     return PassResult(summary(count, spec, before, after, graph, lm_head, extra),

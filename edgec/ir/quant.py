@@ -211,12 +211,13 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[
 
 
 def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None,
-                 steps: int = 24) -> tuple[np.ndarray, np.ndarray]:
+                 steps: int = 24, clip_min: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
     """Scales and zero points for groups wg [..., g] that minimize each group's squared rounding error.
 
     Round-to-nearest over a group's full range lets one outlier coarsen the
-    grid for the other g-1 weights. This tries `steps` narrower ranges (the
-    outliers clipped) and keeps, per group, the one with the least error,
+    grid for the other g-1 weights. This tries `steps` narrower ranges, down
+    to clip_min x the full one (the outliers clipped; clip_min = 1: none),
+    and keeps, per group, the one with the least error,
     each column weighted by `importance` [g] (e.g. the mean squared input
     from calibration; None = uniform), as llama.cpp's quantizers do. A
     symmetric grid may also give the largest-magnitude weight the extra
@@ -231,9 +232,10 @@ def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None 
     if spec.symmetric:
         half = 1 << (spec.bits - 1)
         extreme = np.where(np.abs(lo) > np.abs(hi), lo, hi)
-        cands = [(-extreme * c / half, base_z) for c in np.linspace(0.6, 1.0, steps)]
+        cands = [(-extreme * c / half, base_z) for c in np.linspace(clip_min, 1.0, steps if clip_min < 1 else 1)]
     else:
-        cands = [params_from_range(lo * c, hi * c, spec) for c in np.linspace(0.6, 1.0, steps)]
+        cands = [params_from_range(lo * c, hi * c, spec) for c in np.linspace(clip_min, 1.0, steps)
+                 if c < 1]
     best_s, best_z = base_s, base_z
 
     def error(s, z):
@@ -252,7 +254,7 @@ def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None 
     return best_s.astype(np.float32), best_z.astype(np.uint8)
 
 
-def search_params(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None
+def search_params(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None, clip_min: float = 0.6
                   ) -> tuple[np.ndarray, np.ndarray]:
     """group_params with the error-minimizing range search of search_range; importance: [K] or None."""
     n, k = w.shape
@@ -261,8 +263,8 @@ def search_params(w: np.ndarray, spec: QuantSpec, importance: np.ndarray | None 
     wg = pad_columns(np.asarray(w, np.float32), kp).reshape(n, -1, g)
     imp = None if importance is None else pad_columns(np.asarray(importance, np.float32)[None], kp).reshape(-1, g)
     if imp is None:
-        return search_range(wg, spec)
-    out = [search_range(wg[:, j], spec, imp[j]) for j in range(kp // g)]
+        return search_range(wg, spec, clip_min=clip_min)
+    out = [search_range(wg[:, j], spec, imp[j], clip_min=clip_min) for j in range(kp // g)]
     return np.stack([o[0] for o in out], 1), np.stack([o[1] for o in out], 1)
 
 
@@ -275,9 +277,9 @@ def quantize_with(w: np.ndarray, scales: np.ndarray, zeros: np.ndarray, spec: Qu
     return np.clip(q, 0, spec.qmax).astype(np.uint8).reshape(n, -1)
 
 
-def quantize_rtn(w: np.ndarray, spec: QuantSpec, search: bool = False):
+def quantize_rtn(w: np.ndarray, spec: QuantSpec, search: bool = False, clip_min: float = 0.6):
     """Round-to-nearest: (packed, scales, zeros); search: the ranges of search_params."""
-    scales, zeros = search_params(w, spec) if search else group_params(w, spec)
+    scales, zeros = search_params(w, spec, clip_min=clip_min) if search else group_params(w, spec)
     q = quantize_with(w, scales, zeros, spec)
     return pack(q, spec.bits), scales, zeros
 
