@@ -32,7 +32,7 @@ def fingerprint(path: Path) -> str:
 
 def scorer_for(name: str, path: Path, gguf: Path, threads: int, tokenizer):
     """What edgec.eval scores for a system: a path it opens itself, or a peer scorer."""
-    from peer_scorers import LlamaCppScorer, OnnxDecoderScorer
+    from peer_scorers import LlamaCppScorer, OnnxDecoderScorer, genai_dims
 
     kind = SYSTEMS[name]["kind"]
     if kind in ("edgec", "torch"):
@@ -43,7 +43,8 @@ def scorer_for(name: str, path: Path, gguf: Path, threads: int, tokenizer):
         from gguf import GGUFReader
 
         params = sum(int(t.n_elements) for t in GGUFReader(str(gguf)).tensors)  # the source's, for bits/weight
-        return OnnxDecoderScorer(path / "model.onnx", tokenizer, threads, name, parameters=params)
+        return OnnxDecoderScorer(path / "model.onnx", tokenizer, threads, name, parameters=params,
+                                 dims=genai_dims(path) if kind == "ortgenai" else None)
     raise ValueError(f"no scorer for {name} ({kind})")
 
 
@@ -82,9 +83,23 @@ def perplexities(names: list[str], paths: dict[str, Path], gguf: Path, work: Pat
             notes.append(f"`{n}`: no perplexity ({str(e).splitlines()[0][:200]})")
     if targets:
         say(f"perplexity of {len(targets)} models on the first {max_tokens:,} tokens of {text_path.name}")
-        results = evaluate_many(targets, reference=gguf, text=text_path, max_tokens=max_tokens, window=WINDOW,
-                                progress=say, threads=threads)
+        def run(ts):
+            return evaluate_many(ts, reference=gguf, text=text_path, max_tokens=max_tokens, window=WINDOW,
+                                 progress=say, threads=threads)
+
+        try:
+            results = run(targets)
+        except Exception:  # noqa: BLE001  one at a time, so one model that fails costs only its own row
+            results = []
+            for t, group in zip(targets, groups):
+                try:
+                    results.append(run([t])[0])
+                except Exception as e:  # noqa: BLE001
+                    results.append(None)
+                    notes.append(f"`{group[0][0]}`: no perplexity ({str(e).splitlines()[0][:200]})")
         for group, res in zip(groups, results):
+            if res is None:
+                continue
             for n, key in group:
                 out[n] = res.to_dict()
                 cache[n] = {"key": key, "result": out[n]}

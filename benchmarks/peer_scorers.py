@@ -63,12 +63,14 @@ class OnnxDecoderScorer:
 
     Inputs are filled by name: input_ids, attention_mask (ones), position_ids
     (0..n-1), and every past_* / past_key_values.* input as a zero-length
-    sequence; the first output is the logits. That covers the GenAI model
-    builder's graph (GroupQueryAttention, positions from the mask) and a plain
-    torch.onnx.export alike.
+    sequence ([batch, heads, past, head dim]; symbolic head dims from `dims`);
+    the first output is the logits. That covers the GenAI model builder's
+    graph (GroupQueryAttention, positions from the mask, `kv_cache_dim` = the
+    head size of its genai_config.json) and a plain torch.onnx.export alike.
     """
 
-    def __init__(self, model_onnx: Path, tokenizer, threads: int, name: str, parameters: int | None = None):
+    def __init__(self, model_onnx: Path, tokenizer, threads: int, name: str, parameters: int | None = None,
+                 dims: dict[str, int] | None = None):
         import onnxruntime as ort
 
         from decode_runners import onnx_weight_bytes
@@ -79,6 +81,7 @@ class OnnxDecoderScorer:
         self.inputs = self.sess.get_inputs()
         self.output = self.sess.get_outputs()[0].name
         self.tokenizer, self.name, self.parameters = tokenizer, name, parameters
+        self.dims = dict(dims or {})  # symbolic dims of the past inputs other than batch and past length
         self.size_bytes = _folder_bytes(model_onnx.parent)
         self.weight_bytes = onnx_weight_bytes(model_onnx)
 
@@ -91,7 +94,10 @@ class OnnxDecoderScorer:
         if i.name == "position_ids":
             return np.arange(n, dtype=np.int64)[None]
         if i.name.startswith("past"):
-            shape = [1 if k == 0 else (d if isinstance(d, int) and k != 2 else 0) for k, d in enumerate(i.shape)]
+            shape = [1 if k == 0 else 0 if k == 2 else d if isinstance(d, int) else self.dims.get(d)
+                     for k, d in enumerate(i.shape)]  # [batch, heads, past length, head dim]
+            if None in shape:
+                raise RuntimeError(f"{self.name}: the size of {i.name!r}'s dims {i.shape} is unknown; pass dims")
             dtype = np.float16 if "float16" in i.type else np.float32
             return np.zeros(shape, dtype)
         raise RuntimeError(f"{self.name}: do not know how to fill the input {i.name!r} ({i.type}, {i.shape})")
@@ -100,3 +106,11 @@ class OnnxDecoderScorer:
         x = np.asarray([list(ids)], np.int64)
         feeds = {i.name: self._feed(i, x) for i in self.inputs}
         return np.asarray(self.sess.run([self.output], feeds)[0][0], np.float32)
+
+
+def genai_dims(folder: Path) -> dict[str, int]:
+    """The symbolic past-KV dims of an onnxruntime-genai model folder, from its genai_config.json."""
+    import json
+
+    dec = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    return {"kv_cache_dim": int(dec["head_size"])}

@@ -51,8 +51,9 @@ def _generation_info(tokenizer, model) -> dict:
             "has_chat_template": bool(getattr(tokenizer, "chat_template", None))}
 
 
-def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
-    """Calibration settings: command-line values win over the recipe's [calibration] table."""
+def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None, device_default: str | None = None):
+    """Calibration settings: command-line values win over the recipe's [calibration] table.
+    device_default: the device profile whose default recipe this is (named in the error)."""
     from .calibration import CalibConfig
 
     cfg = CalibConfig.from_settings(recipe.calibration, calib, calib_samples, calib_seqlen)
@@ -60,8 +61,10 @@ def calib_config(recipe, calib=None, calib_samples=None, calib_seqlen=None):
         from .calibration import read_text
 
         if cfg.source is None:
-            raise EdgecError(f"recipe {recipe.name!r} needs calibration data: pass --calib FILE "
-                             "(e.g. ../shared/data/wikitext-2/valid.txt)")
+            whose = (f", the {device_default} profile's default recipe," if device_default else "")
+            other = "; or choose a recipe that needs none, e.g. --recipe int4" if device_default else ""
+            raise EdgecError(f"recipe {recipe.name!r}{whose} needs calibration data: pass --calib FILE "
+                             f"(text in the model's language, e.g. ../shared/data/wikitext-2/valid.txt){other}")
         read_text(cfg.source)  # fail on a missing file now, not after loading the model
     return cfg
 
@@ -173,7 +176,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
             raise EdgecError(f"max-context must be a whole number >= 1, got {max_context!r}")
         rec.kv_cache["max_context"] = max_context
-    cfg = calib_config(rec, calib, calib_samples, calib_seqlen)
+    cfg = calib_config(rec, calib, calib_samples, calib_seqlen,
+                       device_default=dev.name if recipe is None and rec.name == dev.default_recipe else None)
     out = Path(output) if output else default_output(source.name, rec.name)
     for stale in clean_stale(out):
         say(f"removed {stale.name}, left by a build that was killed")

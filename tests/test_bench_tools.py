@@ -62,7 +62,7 @@ def _decoder_onnx(path: Path, vocab=11, dim=3):
         nodes, "toy",
         [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
          helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
-         helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["batch", 2, "past", 4])],
+         helper.make_tensor_value_info("past_key_values.0.key", TensorProto.FLOAT, ["batch", 2, "past", "kv_dim"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", dim])],
         [numpy_helper.from_array(table, "table")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
@@ -71,7 +71,10 @@ def _decoder_onnx(path: Path, vocab=11, dim=3):
 
 def test_onnx_decoder_scorer_feeds_a_whole_window_from_empty_pasts(tmp_path):
     table = _decoder_onnx(tmp_path / "model.onnx")
-    s = OnnxDecoderScorer(tmp_path / "model.onnx", tokenizer=None, threads=1, name="toy", parameters=33)
+    with pytest.raises(RuntimeError, match="kv_dim"):  # a head dim it cannot know is an error, not a guess
+        OnnxDecoderScorer(tmp_path / "model.onnx", tokenizer=None, threads=1, name="toy").logits([1, 2])
+    s = OnnxDecoderScorer(tmp_path / "model.onnx", tokenizer=None, threads=1, name="toy", parameters=33,
+                          dims={"kv_dim": 4})
     ids = [4, 1, 7, 7, 0]
     got = s.logits(ids)
     # empty past (sum 0), a mask of ones over the window (sum 5)

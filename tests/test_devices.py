@@ -88,3 +88,39 @@ def test_unknown_device_lists_all_names():
     assert "'foo'" in message and "\n" not in message
     for name in list_devices():
         assert name in message
+
+
+PHONES_AND_BOARDS = ("rpi5", "pixel8", "jetson-orin-nano", "jetson-agx-orin")
+
+
+def test_phones_and_boards_default_to_the_speed_recipe():
+    from edgec.recipes import load_recipe
+
+    for name in PHONES_AND_BOARDS:
+        assert get_device(name).default_recipe == "int4-speed", name
+    rec = load_recipe("int4-speed")
+    assert [p for p, _ in rec.passes] == ["gptq", "quantize"] and rec.needs_calibration
+    assert get_device("host").default_recipe == "fp32"  # a desktop build keeps the model as it is
+
+
+def test_a_float_model_for_a_board_without_calib_is_a_one_line_error(tiny_llama, tmp_path):
+    from click.testing import CliRunner
+
+    from edgec.cli import main
+
+    out = tmp_path / "rpi"
+    r = CliRunner().invoke(main, ["build", str(tiny_llama), "-o", str(out), "--device", "rpi5", "-q"])
+    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "int4-speed" in r.output and "rpi5 profile's default recipe" in r.output and "--calib" in r.output
+    assert "--recipe int4" in r.output and not out.exists()
+
+
+def test_a_quantized_gguf_for_a_board_keeps_its_blocks(tmp_path):
+    from gguf import GGMLQuantizationType
+
+    from edgec.frontend import resolve_source
+    from edgec.pipeline import default_recipe
+    from tiny import save_tiny_gguf
+
+    path = save_tiny_gguf(tmp_path / "t.gguf", GGMLQuantizationType.Q4_1)
+    assert default_recipe(resolve_source(str(path)), get_device("rpi5")) == "source"

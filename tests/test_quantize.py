@@ -545,3 +545,23 @@ def test_build_int4_gptq_artifact(tmp_path, tiny_llama, calib_file):
     # but GPTQ must still beat round-to-nearest at the same settings.
     rtn = edgec.load(edgec.build(tiny_llama, tmp_path / "rtn", recipe="int4-rtn")).logits(ids)
     assert rel(a, b) < 0.9 * rel(rtn, b), (rel(a, b), rel(rtn, b))
+
+
+def test_int4_speed_recipe_has_the_int4_layout_and_beats_it(tmp_path, tiny_llama, calib_file):
+    """The speed recipe: int4's kernel layout (4-bit g128, no zero points, int8 head), GPTQ's quality."""
+    import edgec
+
+    kw = {"calib": calib_file, "calib_samples": 16, "calib_seqlen": 64}
+    speed = edgec.build(tiny_llama, tmp_path / "speed", recipe="int4-speed", **kw)
+    fast = edgec.build(tiny_llama, tmp_path / "int4", recipe="int4")
+    layouts = []
+    for art in (speed, fast):
+        model = onnx.load(art / "model" / "model.onnx", load_external_data=False)
+        layouts.append(sorted((a.i, len(n.input)) for n in model.graph.node if n.op_type == "MatMulNBits"
+                              for a in n.attribute if a.name == "bits"))
+    assert layouts[0] == layouts[1] and layouts[0].count((8, 3)) == 1  # the same kernels, one int8 head
+    fp32 = edgec.build(tiny_llama, tmp_path / "fp32")
+    ids = list(IDS[0])
+    ref = edgec.load(fp32).logits(ids)
+    a, b = edgec.load(speed).logits(ids), edgec.load(fast).logits(ids)
+    assert rel(a, ref) < 0.9 * rel(b, ref), (rel(a, ref), rel(b, ref))

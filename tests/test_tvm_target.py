@@ -277,7 +277,7 @@ def test_missing_cross_compiler_names_the_debian_package(tiny_llama, tmp_path, m
 
     monkeypatch.setattr(T.shutil, "which", lambda name: None)
     with pytest.raises(EdgecError, match="gcc-aarch64-linux-gnu"):
-        edgec.build(tiny_llama, tmp_path / "x", device="rpi5", backend="tvm")
+        edgec.build(tiny_llama, tmp_path / "x", device="rpi5", backend="tvm", recipe="fp32")
     assert not (tmp_path / "x").exists()
 
 

@@ -60,7 +60,7 @@ def test_tune_log_is_reused_without_measuring(tuned, tiny_llama, tmp_path):
     (["--backend-opt", "tune_minutes=1", "--backend", "onnx"],
      "the onnx backend has no option(s) ['tune_minutes']; valid: accuracy_level, allow_spinning"),
     (["--backend-opt", "tune_minutes", "--backend", "tvm"], "expected key=value, got 'tune_minutes'"),
-    (["--backend-opt", "tune_minutes=1", "--backend", "tvm", "--device", "rpi5"], "on the target device"),
+    (["--backend-opt", "tune_minutes=1", "--backend", "tvm", "--device", "rpi5", "--recipe", "fp32"], "on the target device"),
     (["--backend", "tvm", "--backend-opt", "tune_log=/nonexistent/log"], "no tuning log"),
 ])
 def test_bad_tuning_options_fail_in_one_line(tiny_llama, tmp_path, args, message):
