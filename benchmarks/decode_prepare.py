@@ -24,6 +24,7 @@ from decode_systems import SYSTEMS
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DECODE = HERE / "decode.py"  # the command line; --prepare runs the steps below in a child process
+CALIB = Path(os.environ.get("EDGEC_DATA_DIR", REPO.parent / "shared" / "data")) / "wikitext-2" / "valid.txt"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,14 +164,20 @@ class Prep:
         return [sys.executable, str(DECODE), "--prepare", *map(str, args)]
 
     def edgec(self, name: str, recipe: str, no_fuse: bool, backend: str = "onnx") -> tuple[Path, float | None]:
-        key = {"recipe": recipe, "no_fuse": no_fuse, "backend": backend, "edgec_source": self.edgec_src}
+        from edgec.recipes import load_recipe
+
+        # a calibrated recipe (int4-speed) calibrates on WikiText-2's validation text, never the test split
+        calib = CALIB if load_recipe(recipe).needs_calibration else None
+        key = {"recipe": recipe, "no_fuse": no_fuse, "backend": backend, "edgec_source": self.edgec_src,
+               "calib": str(calib) if calib else None}
         out = self.work / ("edgec-" + recipe.replace(":", "_").replace("+", "_") + ("-nofuse" if no_fuse else "")
                            + ("" if backend == "onnx" else f"-{backend}"))
 
         def make(o):
             shutil.rmtree(o, ignore_errors=True)
             self.run(name, [sys.executable, "-m", "edgec.cli", "build", "-o", str(o), "--recipe", recipe, "-q",
-                            "--backend", backend] + (["--no-fuse"] if no_fuse else []))
+                            "--backend", backend] + (["--no-fuse"] if no_fuse else [])
+                     + (["--calib", str(calib)] if calib else []))
 
         return self.cached(out.name, key, out, make)  # systems that differ only in how they run share it
 

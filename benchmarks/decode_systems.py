@@ -10,6 +10,8 @@ BENCH_INSTALL = 'pip install -e ".[bench]"'
 
 # name -> how it is made and run. kind: the worker that runs it; env: extra environment for its process.
 SYSTEMS = {
+    # the speed recipe: int4's layout, GPTQ (calibrated on WikiText-2 valid.txt, recipe's 32 windows)
+    "edgec-int4-speed": {"kind": "edgec", "recipe": "int4-speed", "no_fuse": False},
     "edgec-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False},  # RTN g128, int8 head
     "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4", "no_fuse": True},
     # the same artifact as edgec-int4 with its weights left in 4 KiB pages (the [onnx] huge_pages option off)

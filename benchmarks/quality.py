@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import git_rev, machine, write_section  # noqa: E402
 from decode_systems import label as peer_label  # noqa: E402
 
-# issue 3's table, then the two int4 speed recipes of benchmarks/decode.py (int8 lm_head)
+# issue 3's table, the int4 recipes of benchmarks/decode.py (int8 lm_head), the source kept exactly (issue 14)
 RECIPES = ("fp32,int8,int4-rtn,int4-gptq,int4-awq,int3-gptq,w8a8-smoothquant,wanda-50,wanda-2:4,"
-           "sparsegpt-50,sparsegpt-2:4,magnitude-50,svd,wanda-2:4+int4-gptq,int4,int4-rtn-g32-asym")
+           "sparsegpt-50,sparsegpt-2:4,magnitude-50,svd,wanda-2:4+int4-gptq,int4,int4-rtn-g32-asym,int4-speed,source")
 TITLE = "Quality: SmolLM2-135M on WikiText-2 (issue 3)"
 REPO = Path(__file__).resolve().parents[1]
 
