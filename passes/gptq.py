@@ -196,7 +196,7 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
             results[t.name] = quantize_rtn(np.asarray(graph.weight(t.value), np.float32), spec)
         replace_weight(graph, t, *results[t.name], spec, share_embedding=True)
     graph.prune_weights()
-    extra = (" (act_order)" if act_order else "") + (
+    extra = (" (act_order)" if act_order else "") + (", clipping searched on diag(H)" if clip_search else "") + (
         f", mean relative output error {np.mean(errors):.2e}" if errors else "")
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     counts = {"linears": count, "bytes_before": before, "bytes_after": after}
