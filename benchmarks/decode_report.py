@@ -8,7 +8,7 @@ import sys
 from common import git_rev, machine, version, write_section
 from decode_measure import REPO, SHORT_PROMPT
 
-TITLE = "Decode speed: edgec vs llama.cpp, ONNX Runtime GenAI, PyTorch, ONNX Runtime (issue 4)"
+TITLE = "Decode speed and quality: edgec vs llama.cpp, ONNX Runtime GenAI, PyTorch, ONNX Runtime (issues 4, 14)"
 MB = 1e6
 
 
