@@ -149,7 +149,10 @@ def pareto_png(rows: list[dict], path, quality_tokens: int):
         edgec = r["system"].startswith("edgec")
         ax.scatter(*pts[i], s=40, marker="o" if edgec else "s", color="tab:blue" if edgec else "tab:orange",
                    zorder=3)
-        ax.annotate(r["system"], pts[i], textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # labels of points close together alternate above and below
+        near = sum(1 for j in range(i) if abs(pts[j][0] - pts[i][0]) < 8 and abs(pts[j][1] / pts[i][1] - 1) < 0.05)
+        ax.annotate(r["system"], pts[i], textcoords="offset points", xytext=(5, 4 if near % 2 == 0 else -11),
+                    fontsize=8)
     fx, fy = zip(*[pts[i] for i in sorted(front, key=lambda i: pts[i][0])])
     ax.step(fx, fy, where="post", color="tab:green", linewidth=1.2, label="Pareto front", zorder=2)
     ax.set_xlabel("decode tokens/s (median, interleaved run)")
