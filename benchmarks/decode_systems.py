@@ -13,6 +13,8 @@ SYSTEMS = {
     # the speed recipe: int4's layout, GPTQ (calibrated on WikiText-2 valid.txt, recipe's 32 windows)
     "edgec-int4-speed": {"kind": "edgec", "recipe": "int4-speed", "no_fuse": False},
     "edgec-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False},  # RTN g128, int8 head
+    # the shipped Q4_1 blocks kept exactly (its default recipe)
+    "edgec-source": {"kind": "edgec", "recipe": "source", "no_fuse": False},
     "edgec-int4-nofuse": {"kind": "edgec", "recipe": "int4", "no_fuse": True},
     # the same artifact as edgec-int4 with its weights left in 4 KiB pages (the [onnx] huge_pages option off)
     "edgec-int4-4k": {"kind": "edgec", "recipe": "int4", "no_fuse": False, "env": {SMALL_PAGES: "1"}},

@@ -25,15 +25,16 @@ from helpers import check_prefill_and_decode  # noqa: E402
 @pytest.fixture(scope="module")
 def tuned(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("tune") / "tuned"
-    edgec.build(tiny_llama, out, backend="tvm", backend_options={"tune_minutes": 0.1})
+    # 15 s: on a loaded 2-core machine 6 s sometimes ended before the first batch of trials finished
+    edgec.build(tiny_llama, out, backend="tvm", backend_options={"tune_minutes": 0.25})
     return out
 
 
 def test_tuning_writes_its_log_into_the_artifact_and_matches_the_interpreter(tuned, tiny_llama):
     m = json.loads((tuned / "manifest.json").read_text())
     tuning = m["backend"]["tuning"]
-    # the guard: no batch starts after the 6 s budget (a started batch runs to its end, however slow)
-    assert tuning["minutes"] == 0.1 and tuning["trials"] > 0 and tuning["last_batch_started_s"] < 6
+    # the guard: no batch starts after the 15 s budget (a started batch runs to its end, however slow)
+    assert tuning["minutes"] == 0.25 and tuning["trials"] > 0 and tuning["last_batch_started_s"] < 15
     assert tuning["database_applied"] and tuning["applied"] and tuning["reused_log"] is None
     assert "model/tune/records.json" in m["files"]  # checksummed with the rest
     log = json.loads((tuned / "model" / "tune" / "records.json").read_text())
