@@ -40,9 +40,10 @@ def scorer_for(name: str, path: Path, gguf: Path, threads: int, tokenizer):
     if kind == "llama":
         return LlamaCppScorer(path, tokenizer, WINDOW, threads, name=name)
     if kind in ("ortgenai", "ortexport"):
-        from gguf import GGUFReader
+        from edgec.eval import source_parameters
+        from edgec.frontend import resolve_source
 
-        params = sum(int(t.n_elements) for t in GGUFReader(str(gguf)).tensors)  # the source's, for bits/weight
+        params = source_parameters(resolve_source(str(gguf)))  # the source's, for bits/weight
         return OnnxDecoderScorer(path / "model.onnx", tokenizer, threads, name, parameters=params,
                                  dims=genai_dims(path) if kind == "ortgenai" else None)
     raise ValueError(f"no scorer for {name} ({kind})")
@@ -83,6 +84,7 @@ def perplexities(names: list[str], paths: dict[str, Path], gguf: Path, work: Pat
             notes.append(f"`{n}`: no perplexity ({str(e).splitlines()[0][:200]})")
     if targets:
         say(f"perplexity of {len(targets)} models on the first {max_tokens:,} tokens of {text_path.name}")
+
         def run(ts):
             return evaluate_many(ts, reference=gguf, text=text_path, max_tokens=max_tokens, window=WINDOW,
                                  progress=say, threads=threads)

@@ -47,16 +47,11 @@ PEERS = ("llama.cpp", "llama.cpp-q4_0", "llama.cpp-q4_k_m", "ortgenai-int4")  # 
 
 def prepare_peers(peers: list[str], gguf: Path, work: Path, threads: int, say) -> tuple[dict, list[str]]:
     """peer -> its model file/folder, built (or reused) in --work/peers the way benchmarks/decode.py builds it."""
+    from common import Log
     from decode_prepare import Prep
     from decode_systems import SYSTEMS, installed
 
-    class Notes:
-        notes: list[str] = []
-
-        def note(self, msg):
-            self.notes.append(msg)
-
-    log = Notes()
+    log = Log()
     prep = Prep(work / "peers", threads, say)
     paths = {}
     for n in installed(peers, log):

@@ -238,8 +238,7 @@ def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None 
                  if c < 1]
     best_s, best_z = base_s, base_z
 
-    def error(s, z):
-        s = np.where(s == 0, 1e-8, s).astype(np.float32)
+    def error(s, z):  # s has no zeros (params_from_range and the loop below replace them)
         zf = z.astype(np.float32)[..., None]
         q = np.clip(np.round(wg / s[..., None]) + zf, 0, spec.qmax)
         return (((q - zf) * s[..., None] - wg) ** 2 * imp).sum(-1)
