@@ -128,10 +128,12 @@ class Backend:
 BACKENDS = {
     "onnx": ("edgec.targets.onnx.backend", "ONNX Runtime (CPU; CUDA EP on GPUs)"),
     "tvm": ("edgec.targets.tvm.backend", "Apache TVM (llvm for x86-64/aarch64, cuda); needs apache-tvm"),
+    "c": ("edgec.targets.c.backend", "edgec's embedded C runtime: generated C + a small runtime, no dependencies "
+          "(x86-64 AVX2, aarch64 NEON)"),
     "reference": ("edgec.targets.reference.backend", "edgec's IR interpreter: no runtime dependency, slow "
                   "(for debugging a build)"),
 }
-PLANNED = {"c": "edgec's embedded C runtime"}
+PLANNED: dict[str, str] = {}
 
 
 def get_backend(name: str) -> Backend:

@@ -21,7 +21,7 @@ from edgec.passes import CANONICALIZE, RAISE, PassContext, PassManager, PassResu
 from tiny import SPECIALS, VOCAB
 
 # Every backend the shared suites (test_conformance.py, test_architectures.py) run on.
-BACKENDS = ["onnx", "tvm", "reference"]
+BACKENDS = ["onnx", "tvm", "reference", "c"]
 
 IDS = [5, 17, 33, 8, 41, 2, 60, 12, 9, 27, 70, 3, 44]  # a prompt inside the tiny vocabulary
 

@@ -49,7 +49,10 @@ def test_unsupported_architecture(tmp_path):
     path = tmp_path / "falcon"
     transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
     tiny_tokenizer().save_pretrained(path)
-    fails(["build", str(path), "-o", str(tmp_path / "out")], "'falcon'", "AttentionInterface")
+    line = fails(["build", str(path), "-o", str(tmp_path / "out")], "'falcon'")
+    # transformers < 5.25: Falcon bypasses the AttentionInterface; 5.25 routes it through, and its
+    # fused-QKV split then meets an aten op edgec does not lower: either way named in one line
+    assert "AttentionInterface" in line or "unsupported op aten." in line, line
     assert not (tmp_path / "out").exists()
 
 

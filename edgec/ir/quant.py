@@ -38,8 +38,8 @@ import numpy as np
 
 from ..errors import EdgecError
 
-SUPPORTED_BITS = (2, 3, 4, 8)  # what the quantization passes make
-STORED_BITS = (2, 3, 4, 5, 6, 8)  # what the format holds (5 and 6: imported ggml blocks)
+SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)  # what the quantization passes make (5, 6: mixed-precision recipes)
+STORED_BITS = SUPPORTED_BITS  # what the format holds (also the imported ggml blocks: 5 and 6 bits)
 
 
 @dataclass(frozen=True)

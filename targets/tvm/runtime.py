@@ -1,10 +1,8 @@
 """Run a TVM artifact: the exported library in the Relax VM, weights from the planner's blob."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import tempfile
 
 import numpy as np
 import tvm
@@ -16,6 +14,7 @@ from edgec.errors import ArtifactError, EdgecError
 from edgec.executor import check_capacity, check_fits
 from edgec.interface import ModelInterface
 from edgec.memory import HugePages
+from edgec.native import sealed_path
 from edgec.weight_plan import open_placed
 
 from .compile import LIB_FILE, META_FILE, WEIGHTS_FILE
@@ -45,22 +44,9 @@ def _check_meta(meta) -> None:
 
 
 def _load_library(code: bytes):
-    """dlopen the verified bytes themselves, from a sealed memory file: no path can be swapped
-    between the check and the load (the library is code; see docs/design.md, trust)."""
-    fd = os.memfd_create("edgec-model.so", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 2))
-    try:
-        view = memoryview(code)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-                    | fcntl.F_SEAL_SEAL)
-        # the loader picks its format by file name: a private link named model.so to the memfd
-        with tempfile.TemporaryDirectory(prefix="edgec-lib-") as tmp:
-            link = os.path.join(tmp, LIB_FILE)
-            os.symlink(f"/proc/{os.getpid()}/fd/{fd}", link)
-            return tvm_ffi.load_module(link)
-    finally:
-        os.close(fd)  # the loader's mapping keeps the code alive
+    """dlopen the verified bytes themselves (edgec.native; TVM picks its loader by the name model.so)."""
+    with sealed_path(code, LIB_FILE) as path:
+        return tvm_ffi.load_module(path)
 
 
 class TvmExecutor:

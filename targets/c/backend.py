@@ -1,0 +1,84 @@
+"""`--backend c`: the IR as generated C (targets/c/codegen.py) plus edgec's runtime, compiled by the
+device's toolchain into model/libedgec.so, weights in model/weights.bin (targets/c/weights.py),
+the sources it was built from in model/src/, and the I/O signature in model/c.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgec.backends import Backend, Option
+
+
+META_FILE = "c.json"
+SOURCE_DIR = "src"
+
+
+class CBackend(Backend):
+    name = "c"
+    description = "edgec's embedded C runtime (generated C + a small runtime; x86-64 AVX2, aarch64 NEON)"
+    options = {
+        "int8_activations": Option(bool, False, "linear layers quantize activations to int8 per block of 32 "
+                                   "(integer dot products, as llama.cpp; faster, not bit-exact)", stage="run"),
+        "huge_pages": Option(bool, True, "copy the weights into anonymous memory in 2 MiB pages at load "
+                             "(else they are mmap-ed from the file)", stage="run"),
+        "profile": Option(bool, False, "compile per-op timers into the library", stage="build"),
+    }
+
+    def check(self, device, recipe, options: dict) -> dict:
+        from .build import toolchain_for
+
+        toolchain_for(device)  # a missing cross compiler fails before any slow work
+        return options
+
+    def compile(self, graph, out_dir, device, options, progress=None) -> dict:
+        from edgec.interface import ModelInterface
+
+        from .build import LIBRARY, compile_library, copy_runtime, toolchain_for
+        from .codegen import generate
+        from .weights import FILE, write_weights
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tc = toolchain_for(device)
+        if progress:
+            progress("generating C")
+        gen = generate(graph)
+        src = out_dir / SOURCE_DIR
+        sources = copy_runtime(src)
+        (src / "model.c").write_text(gen.source)
+        weights = write_weights(out_dir, graph, gen.weights)
+        if progress:
+            progress(f"compiling with {tc.cc}")
+        defines = ["EC_PROFILE"] if options.get("profile") else []
+        compile_library(tc, src, [s for s in sources if s.endswith(".c")] + ["model.c"], out_dir / LIBRARY,
+                        defines)
+        iface = ModelInterface.of_graph(graph)
+        logits = next((v for v in graph.outputs if v.name == iface.logits), None)
+        meta = {
+            "format": 1,
+            "triple": tc.triple, "cc": tc.cc, "flags": list(tc.flags) + [f"-D{d}" for d in defines],
+            "cross_compiled": tc.cross,
+            "signature": {"inputs": [_spec(v) for v in graph.inputs], "outputs": [_spec(v) for v in graph.outputs]},
+            "inputs": [v.name for v in gen.inputs], "outputs": [v.name for v in gen.outputs],
+            "symbols": gen.symbols,
+            "caches": [{"past_key": c.past_k.name, "past_value": c.past_v.name, "present_key": c.present_k.name,
+                        "present_value": c.present_v.name} for c in gen.caches],
+            "row_symbols": {k: [r, str(d)] for k, (r, d) in gen.row_symbols.items()},
+            "context_length": graph.facts.context_length,
+            "vocab_size": logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None,
+        }
+        (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        files = [META_FILE, FILE, LIBRARY, *[f"{SOURCE_DIR}/{s}" for s in sources + ["model.c"]]]
+        return {"files": files, "weights": weights, "toolchain": {"cc": tc.cc, "flags": meta["flags"]}}
+
+    def open(self, files, *, interface=None, options=None, threads=None):
+        from .executor import CExecutor
+
+        return CExecutor(files, interface=interface, threads=threads, options=self.resolve(self.run_options(options or {})))
+
+
+def _spec(v) -> dict:
+    return {"name": v.name, "dtype": v.dtype, "shape": list(v.shape)}
+
+
+BACKEND = CBackend()

@@ -1,0 +1,666 @@
+"""IR -> C: one function, `ec_graph_run`, that runs the graph's nodes in order for the exact model.
+
+Shapes, formats and fusion decisions are baked in: every dimension is a C expression over the
+graph's symbols (`seq`, `past`, ...), quantized and fp16 weights feeding a linear or an embedding
+become one fused kernel call (the dequantize/cast node is never run), reshapes are free aliases,
+and intermediates come from the runtime's buffer pool and go back right after their last use.
+
+The KV cache stays in place: an attention whose past inputs are graph inputs and whose presents
+are graph outputs reads and appends to a caller-owned cache of `cap` rows (`cache[2i]`, `cache[2i+1]`);
+such pasts and presents are not among `in`/`out`. Any op this module cannot lower fails the build
+naming it (UNSUPPORTED lists the IR ops with no C lowering).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgec.errors import EdgecError
+from edgec.ir import Graph, Node, Value
+from edgec.ir import shapes as S
+from edgec.ir.ops import INT_MAX
+from edgec.ir.quant import PackedLayout
+
+UNSUPPORTED = {"gqa", "gqa_packed"}  # the ONNX backend's prelower forms: the C backend keeps `attention`
+
+CTYPE = {"float32": "float", "float16": "uint16_t", "int64": "int64_t", "int32": "int32_t", "int8": "int8_t",
+         "uint8": "uint8_t", "bool": "uint8_t"}
+ECDT = {"float32": "EC_F32", "float16": "EC_F16", "int64": "EC_I64", "int32": "EC_I32", "int8": "EC_I8",
+        "uint8": "EC_U8", "bool": "EC_BOOL"}
+BINARY = {"add": "EC_ADD", "sub": "EC_SUB", "mul": "EC_MUL", "div": "EC_DIV", "pow": "EC_POW",
+          "maximum": "EC_MAX"}
+UNARY = {"neg": "EC_NEG", "sqrt": "EC_SQRT", "rsqrt": "EC_RSQRT", "exp": "EC_EXP", "tanh": "EC_TANH",
+         "sin": "EC_SIN", "cos": "EC_COS", "relu": "EC_RELU", "sigmoid": "EC_SIGMOID", "silu": "EC_SILU"}
+GLU_ACT = {"silu": "EC_SILU", "gelu": "EC_GELU", "gelu_tanh": "EC_GELU_TANH"}
+ALIASES = {"reshape", "unsqueeze"}  # same bytes, new shape
+COPIES = ALIASES | {"permute", "slice", "expand", "concat", "split", "last_rows", "embedding", "const", "cast"}
+NATIVE_F16 = COPIES | {"linear"}  # ops that move float16 tensors as they are; the rest compute in float32
+
+
+@dataclass
+class CacheBinding:
+    """An attention's past/present pair bound to the caller's in-place cache (slot = index // 2)."""
+
+    slot: int
+    past_k: Value
+    past_v: Value
+    present_k: Value
+    present_v: Value
+
+
+@dataclass
+class Generated:
+    source: str
+    weights: list[str]                       # stored weight names, in table order
+    inputs: list[Value]                      # `in[i]`
+    outputs: list[Value]                     # `out[i]`
+    symbols: list[str]                       # `syms[i]`
+    caches: list[CacheBinding] = field(default_factory=list)
+    row_symbols: dict[str, tuple[str, str]] = field(default_factory=dict)  # last_rows symbol -> (rows input, x dim)
+
+
+def dim_c(d) -> str:
+    """A dimension as a C int64 expression."""
+    if isinstance(d, int):
+        return str(d)
+    const, syms = S._terms(d)
+    parts = [f"s_{s}" for s in syms] + ([str(const)] if const else [])
+    return "(" + " + ".join(parts) + ")"
+
+
+def numel_c(shape) -> str:
+    return " * ".join([dim_c(d) for d in shape]) or "1"
+
+
+def strides_c(shape) -> list[str]:
+    out, acc = [], []
+    for d in reversed(shape):
+        out.append(" * ".join(acc) or "1")
+        acc = [dim_c(d)] + acc
+    return list(reversed(out))
+
+
+def arr(items) -> str:
+    return "(int64_t[]){" + ", ".join(str(i) for i in items) + "}" if items else "(int64_t[]){0}"
+
+
+class CodeGen:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.users = graph.users()
+        self.lines: list[str] = []
+        self.names: dict[int, str] = {}
+        self.weights: list[str] = []
+        self.weight_index: dict[str, int] = {}
+        self.consts: list[str] = []
+        self.folded: set[int] = set()
+        self.alias_root: dict[int, Value] = {}
+        self.owned: set[int] = set()
+        self.qweights: set[str] = set()
+
+    # -- names and pointers ------------------------------------------------------------
+    def var(self, v: Value) -> str:
+        if id(v) not in self.names:
+            self.names[id(v)] = f"t{len(self.names)}"
+        return self.names[id(v)]
+
+    def ptr(self, v: Value, ctype: str | None = None) -> str:
+        """A C expression for the value's data pointer (weights through the bound table)."""
+        ct = ctype or CTYPE[v.dtype]
+        if v.kind == "weight":
+            if v.name not in self.weight_index:
+                self.weight_index[v.name] = len(self.weights)
+                self.weights.append(v.name)
+            return f"(({'const ' + ct} *)rt->w[{self.weight_index[v.name]}])"
+        return f"(({ct} *){self.var(v)})"
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    # -- analysis ----------------------------------------------------------------------------
+    def _fusable_weight(self, v: Value) -> str | None:
+        """'q' if v = dequantize(weights...), 'f16' if v = cast(fp16 weight) -> float32, else None."""
+        n = v.producer
+        if n is None or not all(i.kind == "weight" for i in n.inputs):
+            return None
+        if n.op == "dequantize":
+            return "q"
+        if n.op == "cast" and n.inputs[0].dtype == "float16" and v.dtype == "float32" and n.inputs[0].rank == 2:
+            return "f16"
+        return None
+
+    def _analyse(self) -> None:
+        for n in self.g.nodes:
+            if n.op in UNSUPPORTED:
+                raise EdgecError(f"the C backend has no kernel for the IR op {n.op!r}; build with another "
+                                 "--backend or without the pass that made it")
+            kind = self._fusable_weight(n.outputs[0]) if len(n.outputs) == 1 else None
+            if kind is None:
+                continue
+            readers = self.users.get(n.outputs[0], [])
+            ok = n.outputs[0] not in self.g.outputs and readers and all(
+                (r.op == "linear" and r.inputs[1] is n.outputs[0] and r.inputs[0] is not n.outputs[0])
+                or (r.op == "embedding" and r.inputs[0] is n.outputs[0]) for r in readers)
+            if ok:
+                self.folded.add(id(n))
+
+    def _caches(self) -> list[CacheBinding]:
+        out, ins = [], {id(v) for v in self.g.inputs}
+        outs = {id(v) for v in self.g.outputs}
+        for n in self.g.nodes:
+            if n.op != "attention" or len(n.inputs) != 5:
+                continue
+            pk, pv = n.inputs[3:]
+            _, ck, cv = n.outputs
+            if not (id(pk) in ins and id(pv) in ins and id(ck) in outs and id(cv) in outs):
+                continue
+            if len(self.users.get(pk, [])) != 1 or len(self.users.get(pv, [])) != 1 or pk is pv:
+                continue
+            if self.users.get(ck) or self.users.get(cv) or pk.dtype != "float32" or pv.dtype != "float32":
+                continue
+            out.append(CacheBinding(len(out), pk, pv, ck, cv))
+        return out
+
+    # -- the function ---------------------------------------------------------------------------
+    def generate(self) -> Generated:
+        g = self.g
+        self._analyse()
+        caches = self._caches()
+        bound_in = {id(v) for c in caches for v in (c.past_k, c.past_v)}
+        bound_out = {id(v) for c in caches for v in (c.present_k, c.present_v)}
+        inputs = [v for v in g.inputs if id(v) not in bound_in]
+        outputs = [v for v in g.outputs if id(v) not in bound_out]
+        self.cache_of = {}
+        for c in caches:
+            self.cache_of[id(c.past_k)] = f"cache[{2 * c.slot}]"
+            self.cache_of[id(c.past_v)] = f"cache[{2 * c.slot + 1}]"
+            self.cache_of[id(c.present_k)] = f"cache[{2 * c.slot}]"
+            self.cache_of[id(c.present_v)] = f"cache[{2 * c.slot + 1}]"
+        symbols = sorted({s for v in g.inputs for d in v.shape for s in S.symbols_of(d)})
+        row_symbols = {}
+        for n in g.nodes:
+            if n.op == "last_rows":
+                row_symbols[n.attrs["dim"]] = (n.inputs[1].name, n.inputs[0].shape[1])
+        for i, s in enumerate(symbols):
+            self.emit(f"const int64_t s_{s} = syms[{i}];")
+        for i, v in enumerate(inputs):
+            self.emit(f"void *{self.var(v)} = in[{i}];")
+        for v in g.inputs:
+            if id(v) in bound_in:
+                self.emit(f"void *{self.var(v)} = {self.cache_of[id(v)]};")
+        self.emit("(void)cap;")
+
+        # last use of every buffer (aliases keep their root alive)
+        last: dict[int, int] = {}
+        for i, n in enumerate(g.nodes):
+            for v in n.inputs:
+                root = self.alias_root.get(id(v), v)
+                last[id(root)] = i
+            if n.op in ALIASES and id(n) not in self.folded:
+                self.alias_root[id(n.outputs[0])] = self.alias_root.get(id(n.inputs[0]), n.inputs[0])
+        for v in g.outputs:
+            root = self.alias_root.get(id(v), v)
+            last[id(root)] = len(g.nodes)
+        for i, n in enumerate(g.nodes):
+            if id(n) in self.folded:
+                continue
+            self.emit(f"/* {n.op} -> {', '.join(o.name for o in n.outputs)} */")
+            if n.op not in NATIVE_F16 and any(v.dtype == "float16" for v in list(n.inputs) + list(n.outputs)):
+                self._via_f32(n)
+            else:
+                getattr(self, f"op_{n.op}", self.op_generic_missing)(n)
+            for v in {id(x): x for x in n.inputs}.values():
+                root = self.alias_root.get(id(v), v)
+                if last.get(id(root)) == i and id(root) in self.owned:
+                    self.emit(f"ec_put(rt, {self.var(root)});")
+                    self.owned.discard(id(root))
+            for o in n.outputs:  # an output nobody reads
+                if id(o) in self.owned and id(o) not in last:
+                    self.emit(f"ec_put(rt, {self.var(o)});")
+                    self.owned.discard(id(o))
+        for i, v in enumerate(outputs):
+            src = self.ptr(v) if v.kind == "weight" else self.var(v)
+            self.emit(f"memcpy(out[{i}], {src}, (size_t)({numel_c(v.shape)}) * {np.dtype(v.dtype).itemsize});")
+        for vid in list(self.owned):
+            self.emit(f"ec_put(rt, {self.names[vid]});")
+        self.emit("return 0;")
+        src = self._source(symbols)
+        return Generated(src, self.weights, inputs, outputs, symbols, caches, row_symbols)
+
+    def _source(self, symbols) -> str:
+        names = ",\n    ".join(_c_string(n) for n in self.weights) or "0"
+        return "\n".join([
+            "/* Generated by edgec (targets/c/codegen.py) for one model: do not edit. */",
+            "#include <math.h>", "#include <string.h>", '#include "ec_rt.h"', "",
+            *self.consts, "",
+            f"const int ec_model_n_weights = {len(self.weights)};",
+            f"const char *const ec_model_weight_names[] = {{\n    {names}\n}};", "",
+            "int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, "
+            "void *const *cache, int64_t cap) {",
+            *self.lines, "}", ""])
+
+    # -- helpers for op emitters ------------------------------------------------------------
+    def alloc(self, v: Value) -> str:
+        if id(v) in self.cache_of:
+            self.emit(f"void *{self.var(v)} = {self.cache_of[id(v)]};")
+            return self.var(v)
+        self.emit(f"void *{self.var(v)} = ec_get(rt, (size_t)({numel_c(v.shape)}) * {np.dtype(v.dtype).itemsize});")
+        self.owned.add(id(v))
+        return self.var(v)
+
+    def _via_f32(self, n: Node) -> None:
+        """An op on float16 tensors computed in float32 between casts: what the reference does (it
+        computes norms and attention in float32), and exact for + - * / (float32 holds every fp16 result)."""
+        temps, ins, outs, back = [], [], [], []
+        for v in n.inputs:
+            if v.dtype != "float16":
+                ins.append(v)
+                continue
+            t = Value(f"{v.name}_f32", "float32", v.shape)
+            self.alloc(t)
+            self.emit(f"ec_cast({self.var(t)}, EC_F32, {self.ptr(v)}, EC_F16, {numel_c(v.shape)});")
+            temps.append(t)
+            ins.append(t)
+        for o in n.outputs:
+            if o.dtype != "float16":
+                outs.append(o)
+                continue
+            t = Value(f"{o.name}_f32", "float32", o.shape)
+            outs.append(t)
+            back.append((o, t))
+        getattr(self, f"op_{n.op}", self.op_generic_missing)(Node(n.op, ins, outs, dict(n.attrs)))
+        for o, t in back:
+            self.alloc(o)
+            self.emit(f"ec_cast({self.var(o)}, EC_F16, {self.var(t)}, EC_F32, {numel_c(o.shape)});")
+            temps.append(t)
+        for t in temps:
+            if id(t) in self.owned:
+                self.emit(f"ec_put(rt, {self.var(t)});")
+                self.owned.discard(id(t))
+
+    def op_generic_missing(self, n: Node) -> None:
+        raise EdgecError(f"the C backend has no kernel for the IR op {n.op!r}; build with another --backend")
+
+    # -- ops ------------------------------------------------------------------------------------
+    def op_const(self, n: Node) -> None:
+        v = n.output
+        a = np.asarray(n.attrs["value"], dtype=v.dtype).reshape(-1)
+        name = f"c_{self.var(v)}"
+        vals = ", ".join(_c_literal(x, v.dtype) for x in a) or "0"
+        self.consts.append(f"static const {CTYPE[v.dtype]} {name}[] = {{{vals}}};")
+        self.emit(f"void *{self.var(v)} = (void *){name};")
+
+    def op_reshape(self, n: Node) -> None:
+        self.emit(f"void *{self.var(n.output)} = (void *){self.ptr(n.inputs[0])};")
+
+    op_unsqueeze = op_reshape
+
+    def op_cast(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        self.alloc(o)
+        self.emit(f"ec_cast({self.var(o)}, {ECDT[o.dtype]}, {self.ptr(x)}, {ECDT[x.dtype]}, {numel_c(o.shape)});")
+
+    def _binary(self, n: Node) -> None:
+        a, b = n.inputs
+        o = n.output
+        if o.dtype not in ("float32", "int64"):
+            raise EdgecError(f"the C backend's {n.op!r} takes float32 or int64, not {o.dtype}")
+        self.alloc(o)
+        rank = o.rank
+        dims = [dim_c(d) for d in o.shape]
+
+        def bstr(v):
+            pad = [1] * (rank - v.rank) + list(v.shape)
+            st = [1] * (rank - v.rank) + strides_c(v.shape)
+            return ["0" if (p == 1 and o.shape[i] != 1) else st[i] for i, p in enumerate(pad)]
+
+        fn = "ec_binary_f32" if o.dtype == "float32" else "ec_binary_i64"
+        self.emit(f"{fn}({BINARY[n.op]}, {self.ptr(o)}, {self.ptr(a)}, {arr(bstr(a))}, {self.ptr(b)}, "
+                  f"{arr(bstr(b))}, {rank}, {arr(dims)});")
+
+    def _unary(self, n: Node, code: str) -> None:
+        o = n.output
+        self.alloc(o)
+        self.emit(f"ec_unary_f32({code}, {self.ptr(o)}, {self.ptr(n.inputs[0])}, {numel_c(o.shape)});")
+
+    def op_gelu(self, n: Node) -> None:
+        self._unary(n, "EC_GELU_TANH" if n.attrs.get("approximate") == "tanh" else "EC_GELU")
+
+    def op_mean(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        axes = {a % x.rank for a in n.attrs["axes"]}
+        self.alloc(o)
+        flags = "(int[]){" + ", ".join("1" if i in axes else "0" for i in range(x.rank)) + "}"
+        self.emit(f"ec_mean_f32({self.ptr(o)}, {self.ptr(x)}, {x.rank}, {arr([dim_c(d) for d in x.shape])}, {flags});")
+
+    def op_softmax(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        ax = n.attrs["axis"] % x.rank
+        self.alloc(o)
+        outer = numel_c(x.shape[:ax])
+        inner = numel_c(x.shape[ax + 1:])
+        self.emit(f"ec_softmax_f32({self.ptr(o)}, {self.ptr(x)}, {outer}, {dim_c(x.shape[ax])}, {inner});")
+
+    def _strided(self, o: Value, src: str, sstr: list[str]) -> None:
+        self.emit(f"ec_copy_strided({self.var(o)}, {src}, {o.rank}, {arr([dim_c(d) for d in o.shape])}, "
+                  f"{arr(sstr)}, {np.dtype(o.dtype).itemsize});")
+
+    def op_permute(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        st = strides_c(x.shape)
+        self.alloc(o)
+        self._strided(o, self.ptr(x), [st[p] for p in n.attrs["perm"]])
+
+    def op_expand(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        pad = [1] * (o.rank - x.rank) + list(x.shape)
+        st = ["0"] * (o.rank - x.rank) + strides_c(x.shape)
+        self.alloc(o)
+        self._strided(o, self.ptr(x), ["0" if p == 1 else st[i] for i, p in enumerate(pad)])
+
+    def op_slice(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        ax = n.attrs["axis"] % x.rank
+        start, end, step = n.attrs["start"], n.attrs["end"], n.attrs["step"]
+        st = strides_c(x.shape)
+        self.alloc(o)
+        v = self.var(o)
+        end = min(end, INT_MAX // 2)
+        self.emit(f"int64_t {v}_st = ec_slice_start({dim_c(x.shape[ax])}, {start}, {end}, {step});")
+        sstr = list(st)
+        sstr[ax] = f"({st[ax]}) * {step}"
+        esz = np.dtype(x.dtype).itemsize
+        self._strided(o, f"(const char *){self.ptr(x)} + {v}_st * ({st[ax]}) * {esz}", sstr)
+
+    def op_concat(self, n: Node) -> None:
+        o = n.output
+        ax = n.attrs["axis"] % o.rank
+        esz = np.dtype(o.dtype).itemsize
+        self.alloc(o)
+        v = self.var(o)
+        outer, inner = numel_c(o.shape[:ax]), numel_c(o.shape[ax + 1:])
+        self.emit(f"{{ int64_t off = 0, row = {dim_c(o.shape[ax])} * {inner} * {esz};")
+        for x in n.inputs:
+            w = f"{dim_c(x.shape[ax])} * {inner} * {esz}"
+            self.emit(f"  for (int64_t r = 0; r < {outer}; r++) memcpy((char *){v} + r * row + off, "
+                      f"(const char *){self.ptr(x)} + r * ({w}), (size_t)({w}));")
+            self.emit(f"  off += {w};")
+        self.emit("}")
+
+    def op_split(self, n: Node) -> None:
+        x = n.inputs[0]
+        ax = n.attrs["axis"] % x.rank
+        esz = np.dtype(x.dtype).itemsize
+        outer, inner = numel_c(x.shape[:ax]), numel_c(x.shape[ax + 1:])
+        row = f"{dim_c(x.shape[ax])} * {inner} * {esz}"
+        off = 0
+        for o, size in zip(n.outputs, n.attrs["sizes"]):
+            self.alloc(o)
+            w = f"{size} * {inner} * {esz}"
+            self.emit(f"for (int64_t r = 0; r < {outer}; r++) memcpy((char *){self.var(o)} + r * ({w}), "
+                      f"(const char *){self.ptr(x)} + r * ({row}) + {off} * {inner} * {esz}, (size_t)({w}));")
+            off += int(size)
+
+    def op_last_rows(self, n: Node) -> None:
+        x, rows = n.inputs
+        o = n.output
+        sym = n.attrs["dim"]
+        esz = np.dtype(x.dtype).itemsize
+        s, d = dim_c(x.shape[1]), dim_c(x.shape[2])
+        self.emit(f"int64_t s_{sym} = {self.ptr(rows)}[0];")
+        self.emit(f"if (s_{sym} <= 0 || s_{sym} > {s}) s_{sym} = {s};")
+        self.alloc(o)
+        self.emit(f"for (int64_t b = 0; b < {dim_c(x.shape[0])}; b++) memcpy((char *){self.var(o)} + b * s_{sym} * "
+                  f"{d} * {esz}, (const char *){self.ptr(x)} + (b * {s} + {s} - s_{sym}) * {d} * {esz}, "
+                  f"(size_t)(s_{sym} * {d} * {esz}));")
+
+    def _qweight(self, dq: Node) -> str:
+        packed, scales, zeros = dq.inputs[:3]
+        mins = dq.inputs[3] if len(dq.inputs) > 3 else None
+        lay = PackedLayout.of(dq.attrs["bits"], dq.attrs["group_size"], dq.attrs["k"])
+        name = f"q{self.var(dq.outputs[0])}"
+        if name in self.qweights:
+            return name
+        self.qweights.add(name)
+        self.emit(f"const ec_qweight {name} = {{{lay.bits}, {lay.group}, {lay.k}, {lay.kp}, {lay.groups}, "
+                  f"{self.ptr(packed)}, {self.ptr(scales)}, {self.ptr(zeros)}, "
+                  f"{self.ptr(mins) if mins is not None else 'NULL'}}};")
+        return name
+
+    def op_dequantize(self, n: Node) -> None:
+        o = n.output
+        q = self._qweight(n)
+        self.alloc(o)
+        self.emit(f"ec_dequantize({self.ptr(o)}, &{q}, {dim_c(o.shape[0])});")
+
+    def op_embedding(self, n: Node) -> None:
+        table, ids = n.inputs
+        o = n.output
+        count = numel_c(ids.shape)
+        if ids.dtype != "int64":
+            wide = Value(f"{ids.name}_i64", "int64", ids.shape)
+            self.alloc(wide)
+            self.emit(f"ec_cast({self.var(wide)}, EC_I64, {self.ptr(ids)}, {ECDT[ids.dtype]}, {count});")
+            self._embedding(n, table, wide, o, count)
+            self.emit(f"ec_put(rt, {self.var(wide)});")
+            self.owned.discard(id(wide))
+            return
+        self._embedding(n, table, ids, o, count)
+
+    def _embedding(self, n: Node, table: Value, ids: Value, o: Value, count: str) -> None:
+        self.alloc(o)
+        src = table.producer
+        if src is not None and id(src) in self.folded and src.op == "dequantize":
+            q = self._qweight(src)
+            self.emit(f"ec_embedding_q({self.ptr(o)}, &{q}, {dim_c(table.shape[0])}, {self.ptr(ids)}, {count});")
+            return
+        if src is not None and id(src) in self.folded:  # cast(fp16 table): gather the rows, then widen them
+            w16 = src.inputs[0]
+            tmp = f"{self.var(o)}_16"
+            self.emit(f"void *{tmp} = ec_get(rt, (size_t)({count}) * {dim_c(table.shape[1])} * 2);")
+            self.emit(f"ec_embedding({tmp}, {self.ptr(w16)}, {dim_c(table.shape[0])}, {dim_c(table.shape[1])}, 2, "
+                      f"{self.ptr(ids)}, {count});")
+            self.emit(f"ec_cast({self.var(o)}, EC_F32, {tmp}, EC_F16, ({count}) * {dim_c(table.shape[1])});")
+            self.emit(f"ec_put(rt, {tmp});")
+            return
+        self.emit(f"ec_embedding({self.var(o)}, {self.ptr(table)}, {dim_c(table.shape[0])}, {dim_c(table.shape[1])}, "
+                  f"{np.dtype(table.dtype).itemsize}, {self.ptr(ids)}, {count});")
+
+    def op_linear(self, n: Node) -> None:
+        x, w = n.inputs[:2]
+        bias = n.inputs[2] if len(n.inputs) > 2 else None
+        o = n.output
+        if x.dtype != "float32" or (bias is not None and bias.dtype != "float32"):
+            raise EdgecError(f"the C backend's linear takes float32 activations and bias, not {x.dtype}")
+        k, nout = dim_c(w.shape[1]), dim_c(w.shape[0])
+        m = f"({numel_c(x.shape)}) / {k}"
+        b = self.ptr(bias) if bias is not None else "NULL"
+        self.alloc(o)
+        src = w.producer
+        if src is not None and id(src) in self.folded and src.op == "dequantize":
+            q = self._qweight(src)
+            self.emit(f"ec_linear_q_mt(rt, {self.ptr(o)}, {self.ptr(x)}, &{q}, {b}, {m}, {nout});")
+        elif src is not None and id(src) in self.folded:
+            self.emit(f"ec_linear_f16_mt(rt, {self.ptr(o)}, {self.ptr(x)}, {self.ptr(src.inputs[0])}, {b}, {m}, "
+                      f"{k}, {nout});")
+        elif w.dtype == "float16":
+            self.emit(f"ec_linear_f16_mt(rt, {self.ptr(o)}, {self.ptr(x)}, {self.ptr(w)}, {b}, {m}, {k}, {nout});")
+        else:
+            self.emit(f"ec_linear_f32_mt(rt, {self.ptr(o)}, {self.ptr(x)}, {self.ptr(w)}, {b}, {m}, {k}, {nout});")
+
+    def op_matmul(self, n: Node) -> None:
+        x, y = n.inputs
+        o = n.output
+        br = o.rank - 2
+        batch = list(o.shape[:br])
+
+        def bstr(v):
+            vb = v.rank - 2
+            st = strides_c(v.shape)[:vb]
+            pad = [1] * (br - vb) + list(v.shape[:vb])
+            st = ["0"] * (br - vb) + st
+            return ["0" if (p == 1 and batch[i] != 1) else st[i] for i, p in enumerate(pad)]
+
+        self.alloc(o)
+        self.emit(f"ec_matmul_f32({self.ptr(o)}, {self.ptr(x)}, {arr(bstr(x))}, {self.ptr(y)}, {arr(bstr(y))}, "
+                  f"{br}, {arr([dim_c(d) for d in batch])}, {dim_c(x.shape[-2])}, {dim_c(x.shape[-1])}, "
+                  f"{dim_c(y.shape[-1])});")
+
+    def _rows(self, v: Value) -> tuple[str, str]:
+        d = dim_c(v.shape[-1])
+        return f"({numel_c(v.shape)}) / {d}", d
+
+    def op_layer_norm(self, n: Node) -> None:
+        x, o = n.inputs[0], n.output
+        w = self.ptr(n.inputs[1]) if len(n.inputs) > 1 else "NULL"
+        b = self.ptr(n.inputs[2]) if len(n.inputs) > 2 else "NULL"
+        rows, d = self._rows(x)
+        self.alloc(o)
+        self.emit(f"ec_layer_norm_f32({self.ptr(o)}, {self.ptr(x)}, {w}, {b}, {rows}, {d}, {_c_float(n.attrs['eps'])});")
+
+    def op_rms_norm(self, n: Node) -> None:
+        x, w = n.inputs
+        o = n.output
+        rows, d = self._rows(x)
+        self.alloc(o)
+        self.emit(f"ec_rms_norm_f32({self.ptr(o)}, {self.ptr(x)}, {self.ptr(w)}, {rows}, {d}, "
+                  f"{_c_float(n.attrs['eps'])});")
+
+    def op_add_rms_norm(self, n: Node) -> None:
+        x, skip, w = n.inputs
+        normed, total = n.outputs
+        rows, d = self._rows(x)
+        self.alloc(normed)
+        self.alloc(total)
+        self.emit(f"ec_add_rms_norm_f32({self.ptr(normed)}, {self.ptr(total)}, {self.ptr(x)}, {self.ptr(skip)}, "
+                  f"{self.ptr(w)}, {rows}, {d}, {_c_float(n.attrs['eps'])});")
+
+    def op_rotary(self, n: Node) -> None:
+        x, cos, sin = n.inputs
+        o = n.output
+        if x.rank != 4 or cos.rank > 4:
+            raise EdgecError(f"the C backend's rotary takes x [B,H,S,D], got {x.shape}")
+        pad = [1] * (4 - cos.rank) + list(cos.shape)
+        st = ["0"] * (4 - cos.rank) + strides_c(cos.shape)
+        cstr = ["0" if pad[i] == 1 else st[i] for i in range(3)]
+        self.alloc(o)
+        b, h, s, d = (dim_c(v) for v in x.shape)
+        self.emit(f"ec_rotary_f32({self.ptr(o)}, {self.ptr(x)}, {self.ptr(cos)}, {self.ptr(sin)}, {arr(cstr)}, "
+                  f"{b}, {h}, {s}, {d}, {dim_c(cos.shape[-1])});")
+
+    def op_rotary_cached(self, n: Node) -> None:
+        x, pos, cos, sin = n.inputs
+        o = n.output
+        if pos.dtype != "int64":
+            raise EdgecError("the C backend's rotary_cached takes int64 positions")
+        b, h, s, d = (dim_c(v) for v in x.shape)
+        rows = dim_c(cos.shape[0])
+        self.emit(f"if (!ec_positions_ok({self.ptr(pos)}, {numel_c(pos.shape)}, {rows})) {{ "
+                  f"ec_set_error(rt, \"positions outside the %lld-position rotary table\", (long long){rows}); "
+                  "return -1; }")
+        self.alloc(o)
+        self.emit(f"ec_rotary_cached_f32({self.ptr(o)}, {self.ptr(x)}, {self.ptr(pos)}, {self.ptr(cos)}, "
+                  f"{self.ptr(sin)}, {rows}, {b}, {h}, {s}, {d}, 2 * {dim_c(cos.shape[1])});")
+
+    def op_glu(self, n: Node) -> None:
+        gate, up = n.inputs
+        o = n.output
+        if [S.normalize(d) for d in gate.shape] != [S.normalize(d) for d in up.shape]:
+            raise EdgecError(f"the C backend's glu takes equal shapes, got {gate.shape} and {up.shape}")
+        self.alloc(o)
+        self.emit(f"ec_glu_f32({self.ptr(o)}, {self.ptr(gate)}, {self.ptr(up)}, {numel_c(o.shape)}, "
+                  f"{GLU_ACT[n.attrs['act']]});")
+
+    def op_quantize_rows(self, n: Node) -> None:
+        x = n.inputs[0]
+        q, s = n.outputs
+        rows, d = self._rows(x)
+        self.alloc(q)
+        self.alloc(s)
+        self.emit(f"ec_quantize_rows({self.ptr(q)}, {self.ptr(s)}, {self.ptr(x)}, {rows}, {d});")
+
+    def op_dequantize_rows(self, n: Node) -> None:
+        q, s = n.inputs
+        o = n.output
+        rows, d = self._rows(q)
+        self.alloc(o)
+        self.emit(f"ec_dequantize_rows({self.ptr(o)}, {self.ptr(q)}, {self.ptr(s)}, {rows}, {d});")
+
+    def op_linear_w8a8(self, n: Node) -> None:
+        x, wq, ws = n.inputs[:3]
+        bias = self.ptr(n.inputs[3]) if len(n.inputs) > 3 else "NULL"
+        o = n.output
+        k, nout = dim_c(wq.shape[1]), dim_c(wq.shape[0])
+        self.alloc(o)
+        self.emit(f"ec_linear_w8a8(rt, {self.ptr(o)}, {self.ptr(x)}, {self.ptr(wq)}, {self.ptr(ws)}, {bias}, "
+                  f"({numel_c(x.shape)}) / {k}, {k}, {nout});")
+
+    def op_attention(self, n: Node) -> None:
+        q, k, v = n.inputs[:3]
+        if any(t.dtype != "float32" for t in n.inputs):
+            raise EdgecError("the C backend's attention computes in float32 (float16 inputs given)")
+        out = n.outputs[0]
+        b, h, s, d = (dim_c(x) for x in q.shape)
+        kvh, dv = dim_c(k.shape[1]), dim_c(v.shape[3])
+        self.alloc(out)
+        a = n.attrs
+        tail = f"{_c_float(a['scale'])}, {_c_float(a.get('softcap') or 0.0)}, {int(a.get('window') or 0)}"
+        if len(n.inputs) == 3:
+            tmpk, tmpv = f"{self.var(out)}_k", f"{self.var(out)}_v"
+            self.emit(f"void *{tmpk} = ec_get(rt, (size_t)({numel_c(k.shape)}) * 4);")
+            self.emit(f"void *{tmpv} = ec_get(rt, (size_t)({numel_c(v.shape)}) * 4);")
+            self.emit(f"ec_attention_f32(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, NULL, NULL, "
+                      f"0, (float *){tmpk}, (float *){tmpv}, {s}, {b}, {h}, {kvh}, {s}, 0, {d}, {dv}, {tail});")
+            self.emit(f"ec_put(rt, {tmpk}); ec_put(rt, {tmpv});")
+            return
+        pk, pv = n.inputs[3:]
+        _, ck, cv = n.outputs
+        p = dim_c(pk.shape[2])
+        if id(ck) in self.cache_of:
+            self.alloc(ck)
+            self.alloc(cv)
+            self.emit(f"ec_attention_f32(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, "
+                      f"{self.ptr(pk)}, {self.ptr(pv)}, cap, {self.ptr(ck)}, {self.ptr(cv)}, cap, {b}, {h}, {kvh}, "
+                      f"{s}, {p}, {d}, {dv}, {tail});")
+            return
+        self.alloc(ck)
+        self.alloc(cv)
+        total = dim_c(ck.shape[2])
+        self.emit(f"ec_attention_f32(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, {self.ptr(pk)}, "
+                  f"{self.ptr(pv)}, {p}, {self.ptr(ck)}, {self.ptr(cv)}, {total}, {b}, {h}, {kvh}, {s}, {p}, {d}, "
+                  f"{dv}, {tail});")
+
+
+for _op, _code in BINARY.items():
+    setattr(CodeGen, f"op_{_op}", CodeGen._binary)
+for _op, _code in UNARY.items():
+    setattr(CodeGen, f"op_{_op}", lambda self, n, _c=_code: self._unary(n, _c))
+
+
+def _c_float(x) -> str:
+    x = float(np.float32(x))
+    if np.isnan(x):
+        return "NAN"
+    if np.isinf(x):
+        return "INFINITY" if x > 0 else "-INFINITY"
+    return f"{x!r}f"
+
+
+def _c_literal(x, dtype: str) -> str:
+    if dtype == "float32":
+        return _c_float(x)
+    if dtype == "float16":
+        return str(int(np.asarray(x, np.float16).view(np.uint16)))
+    if dtype == "int64":
+        return f"INT64_C({int(x)})"
+    return str(int(x))
+
+
+def _c_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def generate(graph: Graph) -> Generated:
+    """The C source of `ec_graph_run` for graph, with its weight table and I/O order."""
+    return CodeGen(graph).generate()

@@ -1,0 +1,106 @@
+/* The library's entry points for a host program (Python's ctypes today; edgec.h builds on them):
+ * a context (threads, buffer pool, bound weights) and the check of the weights file against the
+ * table the generated code was compiled for. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ec_rt.h"
+
+extern const int ec_model_n_weights;
+extern const char *const ec_model_weight_names[];
+
+ec_rt *ec_rt_new(int threads, int act_int8) {
+    ec_rt *rt = calloc(1, sizeof *rt);
+    if (!rt) return NULL;
+    rt->pool = ec_pool_new(threads);
+    rt->bufs = ec_bufs_new();
+    rt->act_int8 = act_int8;
+    if (!rt->pool || !rt->bufs) {
+        ec_pool_free(rt->pool);
+        ec_bufs_free(rt->bufs);
+        free(rt);
+        return NULL;
+    }
+    return rt;
+}
+
+void ec_rt_free(ec_rt *rt) {
+    if (!rt) return;
+    ec_pool_free(rt->pool);
+    ec_bufs_free(rt->bufs);
+    free(rt->act);
+    free((void *)rt->w);
+    free(rt);
+}
+
+const char *ec_rt_error(const ec_rt *rt) { return rt ? rt->err : "no context"; }
+
+int ec_rt_threads(const ec_rt *rt) { return ec_pool_threads(rt->pool); }
+
+const char *ec_rt_kernels(void) { return ec_linear_path(); }
+
+/* Point the context at a weights file mapped at `file` (size bytes): header, version, the tensor
+ * table against the names this library was generated for, every tensor inside the file, and (verify)
+ * the data checksum. 0, or -1 with the reason in ec_rt_error. */
+int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
+    ec_weights_header h;
+    if (size < sizeof h) {
+        ec_set_error(rt, "weights file is %llu bytes, shorter than its header; rebuild the artifact",
+                     (unsigned long long)size);
+        return -1;
+    }
+    memcpy(&h, file, sizeof h);
+    if (memcmp(h.magic, EC_WEIGHTS_MAGIC, 8) != 0) {
+        ec_set_error(rt, "not an edgec C weights file (bad magic); rebuild the artifact");
+        return -1;
+    }
+    if (h.version != EC_WEIGHTS_VERSION) {
+        ec_set_error(rt, "weights file format %u, this runtime reads %u; rebuild the artifact", h.version,
+                     EC_WEIGHTS_VERSION);
+        return -1;
+    }
+    if (h.file_bytes != size || h.header_bytes > size) {
+        ec_set_error(rt, "weights file is %llu bytes, its header says %llu (truncated?); rebuild the artifact",
+                     (unsigned long long)size, (unsigned long long)h.file_bytes);
+        return -1;
+    }
+    if ((int)h.n_tensors != ec_model_n_weights) {
+        ec_set_error(rt, "weights file holds %u tensors, the model code expects %d; rebuild the artifact",
+                     h.n_tensors, ec_model_n_weights);
+        return -1;
+    }
+    const void **w = calloc((size_t)(ec_model_n_weights ? ec_model_n_weights : 1), sizeof *w);
+    uint64_t at = sizeof h;
+    for (int i = 0; i < ec_model_n_weights; i++) {
+        ec_weights_entry e;
+        if (at + sizeof e > h.header_bytes) goto bad_table;
+        memcpy(&e, file + at, sizeof e);
+        at += sizeof e;
+        const char *want = ec_model_weight_names[i];
+        if (at + e.name_len > h.header_bytes || strlen(want) != e.name_len ||
+            memcmp(file + at, want, e.name_len) != 0) {
+            free(w);
+            ec_set_error(rt, "weights file tensor %d is not %s; rebuild the artifact", i, want);
+            return -1;
+        }
+        at += (e.name_len + 7) / 8 * 8;
+        if (e.offset > size || e.nbytes > size - e.offset || (e.nbytes && e.offset < h.header_bytes)) {
+            free(w);
+            ec_set_error(rt, "tensor %s lies outside the weights file; rebuild the artifact", want);
+            return -1;
+        }
+        w[i] = file + e.offset;
+    }
+    if (verify && ec_checksum(file + h.header_bytes, size - h.header_bytes) != h.checksum) {
+        free(w);
+        ec_set_error(rt, "weights file checksum mismatch (corrupt or modified); rebuild the artifact");
+        return -1;
+    }
+    free((void *)rt->w);
+    rt->w = w;
+    return 0;
+bad_table:
+    free(w);
+    ec_set_error(rt, "weights file tensor table is truncated; rebuild the artifact");
+    return -1;
+}

@@ -1,0 +1,296 @@
+/* The runtime's plumbing: the weights checksum, a thread pool with cheap hand-offs between ops, the
+ * buffer pool generated code takes intermediates from, and the threaded linear layers. */
+#define _GNU_SOURCE
+#include "ec_rt.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EC_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define EC_PAUSE() __asm__ __volatile__("yield")
+#else
+#define EC_PAUSE() ((void)0)
+#endif
+
+/* sum of word_i * (2i + 1) mod 2^64 over the little-endian 64-bit words (the tail zero-padded), xor the
+ * length: every single-word change and every swap of two different words changes it; edgec computes the same
+ * with numpy (targets/c/weights.py) */
+uint64_t ec_checksum(const uint8_t *data, size_t n) {
+    uint64_t sum = 0, i = 0;
+    size_t words = n / 8;
+    for (; i < words; i++) {
+        uint64_t w;
+        memcpy(&w, data + 8 * i, 8);
+        sum += w * (2 * i + 1);
+    }
+    if (n % 8) {
+        uint64_t w = 0;
+        memcpy(&w, data + 8 * i, n % 8);
+        sum += w * (2 * i + 1);
+    }
+    return sum ^ (uint64_t)n;
+}
+
+size_t ec_dtype_size(int dtype) {
+    switch (dtype) {
+    case EC_F32: case EC_I32: return 4;
+    case EC_F16: return 2;
+    case EC_I64: return 8;
+    default: return 1;
+    }
+}
+
+void ec_set_error(ec_rt *rt, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(rt->err, sizeof rt->err, fmt, ap);
+    va_end(ap);
+}
+
+int64_t ec_slice_start(int64_t dim, int64_t start, int64_t end, int64_t step) {
+    (void)end;
+    if (start < 0) start += dim;
+    if (step > 0) {
+        if (start < 0) start = 0;
+        if (start > dim) start = dim;
+    } else {
+        if (start < 0) start = -1;
+        if (start >= dim) start = dim - 1;
+    }
+    return start;
+}
+
+#ifdef EC_PROFILE
+int64_t ec_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+#endif
+
+/* ------------------------------------------------------------------ thread pool */
+struct ec_pool {
+    int n;
+    pthread_t *threads;
+    atomic_uint gen;          /* bumped once per parallel region */
+    atomic_int pending;       /* workers still running the current region */
+    atomic_int sleepers;
+    atomic_int stop;
+    ec_task_fn fn;
+    void *arg;
+    int64_t items, chunk;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+};
+
+typedef struct { ec_pool *p; int index; } ec_worker;
+
+static void run_range(ec_pool *p, int t) {
+    int64_t b = (int64_t)t * p->chunk, e = b + p->chunk;
+    if (e > p->items) e = p->items;
+    if (b < e) p->fn(p->arg, b, e);
+}
+
+static void *worker_main(void *arg) {
+    ec_worker w = *(ec_worker *)arg;
+    free(arg);
+    ec_pool *p = w.p;
+    unsigned seen = 0;
+    for (;;) {
+        /* spin a little (ops follow each other within microseconds during decode), then sleep */
+        int spins = 0;
+        while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop) && spins < 20000) {
+            EC_PAUSE();
+            spins++;
+        }
+        if (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop)) return NULL;
+        seen = atomic_load(&p->gen);
+        run_range(p, w.index);
+        atomic_fetch_sub(&p->pending, 1);
+    }
+}
+
+ec_pool *ec_pool_new(int threads) {
+    ec_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = threads < 1 ? 1 : threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->threads = calloc((size_t)p->n, sizeof(pthread_t));
+    for (int i = 1; i < p->n; i++) {
+        ec_worker *w = malloc(sizeof *w);
+        w->p = p;
+        w->index = i;
+        if (pthread_create(&p->threads[i], NULL, worker_main, w) != 0) {
+            free(w);
+            p->n = i;  /* run with the threads we got */
+            break;
+        }
+    }
+    return p;
+}
+
+void ec_pool_free(ec_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    atomic_store(&p->stop, 1);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n; i++) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->threads);
+    free(p);
+}
+
+int ec_pool_threads(const ec_pool *p) { return p ? p->n : 1; }
+
+void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (align < 1) align = 1;
+    if (!p || p->n == 1 || n <= align) {
+        fn(arg, 0, n);
+        return;
+    }
+    int64_t chunk = (n + p->n - 1) / p->n;
+    chunk = (chunk + align - 1) / align * align;
+    p->fn = fn;
+    p->arg = arg;
+    p->items = n;
+    p->chunk = chunk;
+    atomic_store(&p->pending, p->n - 1);
+    atomic_fetch_add(&p->gen, 1);
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    run_range(p, 0);
+    while (atomic_load(&p->pending) > 0) EC_PAUSE();
+}
+
+/* ------------------------------------------------------------------ buffer pool */
+/* power-of-two size classes with a free list each: a forward pass asks for the same sizes every call,
+ * so after the first call no buffer is allocated */
+#define EC_CLASSES 48
+#define EC_HEADER 64
+
+struct ec_bufs { void *free[EC_CLASSES]; };
+
+ec_bufs *ec_bufs_new(void) { return calloc(1, sizeof(ec_bufs)); }
+
+void ec_bufs_free(ec_bufs *b) {
+    if (!b) return;
+    for (int c = 0; c < EC_CLASSES; c++) {
+        void *p = b->free[c];
+        while (p) {
+            void *next = *(void **)((char *)p + 8);
+            free(p);
+            p = next;
+        }
+    }
+    free(b);
+}
+
+void *ec_get(ec_rt *rt, size_t bytes) {
+    int c = 6;
+    while (((size_t)1 << c) < bytes) c++;
+    ec_bufs *b = rt->bufs;
+    char *block = b->free[c];
+    if (block) {
+        b->free[c] = *(void **)(block + 8);
+    } else {
+        block = aligned_alloc(64, EC_HEADER + ((size_t)1 << c));
+        if (!block) {
+            fprintf(stderr, "edgec: out of memory (%zu bytes)\n", bytes);
+            abort();
+        }
+        *(int *)block = c;
+    }
+    return block + EC_HEADER;
+}
+
+void ec_put(ec_rt *rt, void *p) {
+    if (!p) return;
+    char *block = (char *)p - EC_HEADER;
+    int c = *(int *)block;
+    *(void **)(block + 8) = rt->bufs->free[c];
+    rt->bufs->free[c] = block;
+}
+
+/* ------------------------------------------------------------------ threaded linear layers */
+typedef struct {
+    const float *x;
+    const void *w;
+    const ec_qweight *q;
+    const void *xq;
+    const float *bias;
+    float *y;
+    int m, k, n;
+} ec_linear_job;
+
+static void job_f32(void *a, int64_t b, int64_t e) {
+    ec_linear_job *j = a;
+    ec_linear_f32(j->x, j->m, j->k, j->w, j->bias, j->y, j->n, (int)b, (int)e);
+}
+static void job_f16(void *a, int64_t b, int64_t e) {
+    ec_linear_job *j = a;
+    ec_linear_f16(j->x, j->m, j->k, j->w, j->bias, j->y, j->n, (int)b, (int)e);
+}
+static void job_q(void *a, int64_t b, int64_t e) {
+    ec_linear_job *j = a;
+    ec_linear_q(j->x, j->m, j->q, j->bias, j->y, j->n, (int)b, (int)e);
+}
+static void job_q8(void *a, int64_t b, int64_t e) {
+    ec_linear_job *j = a;
+    ec_linear_q_i8(j->xq, j->m, j->q, j->bias, j->y, j->n, (int)b, (int)e);
+}
+
+void ec_linear_f32_mt(ec_rt *rt, float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t k,
+                      int64_t n) {
+    ec_linear_job j = {x, w, NULL, NULL, bias, y, (int)m, (int)k, (int)n};
+    ec_parallel(rt->pool, n, 16, job_f32, &j);
+}
+
+void ec_linear_f16_mt(ec_rt *rt, float *y, const float *x, const uint16_t *w, const float *bias, int64_t m,
+                      int64_t k, int64_t n) {
+    ec_linear_job j = {x, w, NULL, NULL, bias, y, (int)m, (int)k, (int)n};
+    ec_parallel(rt->pool, n, 16, job_f16, &j);
+}
+
+void ec_linear_q_mt(ec_rt *rt, float *y, const float *x, const ec_qweight *w, const float *bias, int64_t m,
+                    int64_t n) {
+    ec_linear_job j = {x, NULL, w, NULL, bias, y, (int)m, w->k, (int)n};
+    if (!rt->act_int8) {
+        ec_parallel(rt->pool, n, 16, job_q, &j);
+        return;
+    }
+    size_t need = ec_act_size((int)m, w->k);
+    if (need > rt->act_cap) {
+        free(rt->act);
+        rt->act = aligned_alloc(64, (need + 63) / 64 * 64);
+        if (!rt->act) {
+            fprintf(stderr, "edgec: out of memory (%zu bytes)\n", need);
+            abort();
+        }
+        rt->act_cap = need;
+    }
+    ec_quantize_act(x, (int)m, w->k, rt->act);  /* linear.h pads the last block of each row */
+    j.xq = rt->act;
+    ec_parallel(rt->pool, n, 16, job_q8, &j);
+}

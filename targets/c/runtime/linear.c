@@ -1,0 +1,1092 @@
+/* edgec embedded C runtime: linear kernels (see linear.h for the contract).
+ *
+ * Layout of this file:
+ *   1. common helpers (half floats, code unpacking, exact dequantization)
+ *   2. fp32 dot-product tiles (ec_linear_f32, ec_linear_f16, ec_linear_q)
+ *   3. activation quantization (ec_act_size, ec_quantize_act)
+ *   4. int8-activation kernels (ec_linear_q_i8): per format and per SIMD path
+ *
+ * Int8 path, per weight row n and activation row m, with c = q - off (off = 128 for 8-bit codes,
+ * so that they fit int8, else 0), blocks b of 32 activations and groups j of g weights:
+ *     y = sum_b d_b s_j(b) sum_{k in b} xq_k c_k  +  sum_j (min_j - s_j (zero_j - off)) DS_j
+ * where DS_j = sum_{b in j} d_b sum_{k in b} xq_k (from the per-block sums the quantizer stores).
+ * The first term is the integer dot (maddubs/madd, vdotq, vmull); the second is a short dot over
+ * groups. When g is not a multiple of 32 a generic segment loop does the same per (block, group)
+ * intersection.
+ */
+#include "linear.h"
+
+#include <string.h>
+
+#if !defined(EC_SCALAR) && defined(__AVX2__) && defined(__FMA__)
+#define EC_AVX2 1
+#include <immintrin.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define EC_AVX512 1 /* 512-bit vpdpbusd kernels for the common formats (the AVX2 ones for the rest) */
+#endif
+#elif !defined(EC_SCALAR) && defined(__aarch64__) && defined(__ARM_NEON)
+#define EC_NEON 1
+#include <arm_neon.h>
+#endif
+
+#if defined(__GNUC__)
+#define EC_INLINE static inline __attribute__((always_inline))
+#define EC_NOINLINE static __attribute__((noinline))
+#else
+#define EC_INLINE static inline
+#define EC_NOINLINE static
+#endif
+
+#define EC_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+const char *ec_linear_path(void) {
+#if defined(EC_AVX512)
+    return "avx512-vnni";
+#elif defined(EC_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+    return "avx2-vnni";
+#elif defined(EC_AVX2)
+    return "avx2";
+#elif defined(EC_NEON) && defined(__ARM_FEATURE_DOTPROD)
+    return "neon-dotprod";
+#elif defined(EC_NEON)
+    return "neon";
+#else
+    return "scalar";
+#endif
+}
+
+/* ============================================================================ 1. helpers */
+float ec_f16_to_f32(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+    if (e == 0) {
+        if (m == 0) {
+            u = s;
+        } else { /* subnormal: normalize */
+            e = 113;
+            while (!(m & 0x400u)) { m <<= 1; e--; }
+            u = s | (e << 23) | ((m & 0x3ffu) << 13);
+        }
+    } else if (e == 31) {
+        u = s | 0x7f800000u | (m << 13);
+    } else {
+        u = s | ((e + 112) << 23) | (m << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t ec_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint16_t s = (uint16_t)((u >> 16) & 0x8000u);
+    uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x7f800000u) /* inf, NaN (quieted, top payload bits kept) */
+        return (uint16_t)(s | (a > 0x7f800000u ? 0x7e00u | ((a >> 13) & 0x3ffu) : 0x7c00u));
+    if (a >= 0x477ff000u) return (uint16_t)(s | 0x7c00u); /* >= 65520 rounds to inf */
+    if (a >= 0x38800000u) {                               /* normal half */
+        uint32_t m = a - 0x38000000u;
+        m += 0xfffu + ((m >> 13) & 1u);
+        return (uint16_t)(s | (m >> 13));
+    }
+    if (a <= 0x33000000u) return s; /* <= 2^-25: ties to even zero */
+    uint32_t e = a >> 23, mm = (a & 0x7fffffu) | 0x800000u, sh = 126 - e;
+    uint32_t code = mm >> sh, rem = mm & ((1u << sh) - 1u), half = 1u << (sh - 1);
+    if (rem > half || (rem == half && (code & 1u))) code++;
+    return (uint16_t)(s | code);
+}
+
+static size_t row_bytes(const ec_qweight *w) { return (size_t)w->kp * (size_t)w->bits / 8; }
+
+/* codes [c0, c0 + len) of a packed row (c0 a multiple of 8, so byte aligned) -> out */
+static void unpack_codes(const uint8_t *row, int bits, int c0, int len, uint8_t *out) {
+    const uint8_t *p = row + (size_t)c0 * (size_t)bits / 8;
+    if (bits == 8) {
+        memcpy(out, p, (size_t)len);
+    } else if (bits == 4) {
+        int i = 0;
+        for (; i + 1 < len; i += 2) {
+            uint8_t b = p[i >> 1];
+            out[i] = b & 15u;
+            out[i + 1] = b >> 4;
+        }
+        if (i < len) out[i] = p[i >> 1] & 15u;
+    } else if (bits == 2) {
+        for (int i = 0; i < len; i++) out[i] = (p[i >> 2] >> ((i & 3) * 2)) & 3u;
+    } else {
+        uint32_t acc = 0, mask = (1u << bits) - 1u;
+        int have = 0;
+        for (int i = 0; i < len; i++) {
+            while (have < bits) { acc |= (uint32_t)(*p++) << have; have += 8; }
+            out[i] = (uint8_t)(acc & mask);
+            acc >>= bits;
+            have -= bits;
+        }
+    }
+}
+
+/* columns [c0, c0 + len) of dequantized row n (c0 a multiple of 8, c0 + len <= k), in the
+   order and roundings of edgec.ir.quant.dequantize_codes: (q - zero) * scale, then + min.
+   The two roundings are kept apart (two loops) so no compiler fuses them into an fma. */
+#define EC_CHUNK 256
+static void dequant_cols(const ec_qweight *w, int n, int c0, int len, float *out) {
+    const uint8_t *row = w->packed + (size_t)n * row_bytes(w);
+    const float *s = w->scales + (size_t)n * w->groups;
+    const uint8_t *z = w->zeros + (size_t)n * w->groups;
+    const float *mn = w->mins ? w->mins + (size_t)n * w->groups : NULL;
+    uint8_t codes[EC_CHUNK];
+    for (int c = 0; c < len; c += EC_CHUNK) {
+        int l = EC_MIN(EC_CHUNK, len - c);
+        unpack_codes(row, w->bits, c0 + c, l, codes);
+        for (int i = 0; i < l;) {
+            int k = c0 + c + i, j = k / w->group, e = EC_MIN(l, i + (j + 1) * w->group - k);
+            float sj = s[j];
+            int zj = z[j];
+            for (int t = i; t < e; t++) out[c + t] = (float)((int)codes[t] - zj) * sj;
+            i = e;
+        }
+    }
+    if (mn) {
+        for (int i = 0; i < len;) {
+            int k = c0 + i, j = k / w->group, e = EC_MIN(len, i + (j + 1) * w->group - k);
+            float mj = mn[j];
+            for (int t = i; t < e; t++) out[t] += mj;
+            i = e;
+        }
+    }
+}
+
+void ec_dequant_row(const ec_qweight *w, int n, float *out) { dequant_cols(w, n, 0, w->k, out); }
+
+/* ============================================================================ 2. fp32 tiles */
+/* out[i*nr + j] = dot(x + i*ldx, w + j*ldw, len) for i < MR, j < NR (MR, NR compile-time
+   constants after inlining; WH: w holds halves). */
+#if defined(EC_AVX2)
+EC_INLINE float hsum8(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_add_ps(a, _mm_movehl_ps(a, a));
+    a = _mm_add_ss(a, _mm_movehdup_ps(a));
+    return _mm_cvtss_f32(a);
+}
+#if defined(__F16C__)
+#define EC_WLOAD(WH, p, k) ((WH) ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)(p) + (k)))) \
+                                 : _mm256_loadu_ps((const float *)(p) + (k)))
+#define EC_HAVE_F16_TILE 1
+#else
+#define EC_WLOAD(WH, p, k) _mm256_loadu_ps((const float *)(p) + (k))
+#endif
+EC_INLINE void tile(const float *x, size_t ldx, const void *w, size_t ldw, int len, int MR, int NR, int WH, float *out) {
+    __m256 acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= len; k += 8) {
+        __m256 wv[4], xv[4];
+        for (int j = 0; j < NR; j++)
+            wv[j] = WH ? EC_WLOAD(1, (const uint16_t *)w + j * ldw, k) : EC_WLOAD(0, (const float *)w + j * ldw, k);
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + i * ldx + k);
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv[j], acc[i][j]);
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float s = hsum8(acc[i][j]);
+            for (int t = k; t < len; t++)
+                s += x[i * ldx + t] * (WH ? ec_f16_to_f32(((const uint16_t *)w)[j * ldw + t]) : ((const float *)w)[j * ldw + t]);
+            out[i * NR + j] = s;
+        }
+}
+#elif defined(EC_NEON)
+#define EC_HAVE_F16_TILE 1
+EC_INLINE float32x4_t wload4(const void *w, size_t off, int WH) {
+    if (WH) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)w + off)));
+    return vld1q_f32((const float *)w + off);
+}
+EC_INLINE void tile(const float *x, size_t ldx, const void *w, size_t ldw, int len, int MR, int NR, int WH, float *out) {
+    float32x4_t acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = vdupq_n_f32(0.f);
+    int k = 0;
+    for (; k + 4 <= len; k += 4) {
+        float32x4_t wv[4], xv[4];
+        for (int j = 0; j < NR; j++) wv[j] = wload4(w, j * ldw + k, WH);
+        for (int i = 0; i < MR; i++) xv[i] = vld1q_f32(x + i * ldx + k);
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) acc[i][j] = vfmaq_f32(acc[i][j], xv[i], wv[j]);
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float s = vaddvq_f32(acc[i][j]);
+            for (int t = k; t < len; t++)
+                s += x[i * ldx + t] * (WH ? ec_f16_to_f32(((const uint16_t *)w)[j * ldw + t]) : ((const float *)w)[j * ldw + t]);
+            out[i * NR + j] = s;
+        }
+}
+#else
+EC_INLINE void tile(const float *x, size_t ldx, const void *w, size_t ldw, int len, int MR, int NR, int WH, float *out) {
+    (void)WH; /* the scalar path converts halves to a float chunk first */
+    float acc[4][4][4] = {{{0.f}}};
+    const float *wf = (const float *)w;
+    int k = 0;
+    for (; k + 4 <= len; k += 4)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++)
+                for (int t = 0; t < 4; t++) acc[i][j][t] += x[i * ldx + k + t] * wf[j * ldw + k + t];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float s = (acc[i][j][0] + acc[i][j][1]) + (acc[i][j][2] + acc[i][j][3]);
+            for (int t = k; t < len; t++) s += x[i * ldx + t] * wf[j * ldw + t];
+            out[i * NR + j] = s;
+        }
+}
+#endif
+
+/* one specialized tile per (MR, NR, WH) */
+#define EC_TILE_FN(MR, NR, WH)                                                                           \
+    EC_NOINLINE void tile_##MR##_##NR##_##WH(const float *x, size_t ldx, const void *w, size_t ldw, int len, \
+                                             float *out) {                                               \
+        tile(x, ldx, w, ldw, len, MR, NR, WH, out);                                                      \
+    }
+#define EC_TILE_ROW(MR, WH) EC_TILE_FN(MR, 1, WH) EC_TILE_FN(MR, 2, WH) EC_TILE_FN(MR, 3, WH) EC_TILE_FN(MR, 4, WH)
+EC_TILE_ROW(1, 0) EC_TILE_ROW(2, 0) EC_TILE_ROW(3, 0) EC_TILE_ROW(4, 0)
+#if defined(EC_HAVE_F16_TILE)
+EC_TILE_ROW(1, 1) EC_TILE_ROW(2, 1) EC_TILE_ROW(3, 1) EC_TILE_ROW(4, 1)
+#endif
+
+typedef void (*tile_fn)(const float *, size_t, const void *, size_t, int, float *);
+#define EC_TROW(MR, WH) {tile_##MR##_1_##WH, tile_##MR##_2_##WH, tile_##MR##_3_##WH, tile_##MR##_4_##WH}
+static const tile_fn tiles_f32[4][4] = {EC_TROW(1, 0), EC_TROW(2, 0), EC_TROW(3, 0), EC_TROW(4, 0)};
+#if defined(EC_HAVE_F16_TILE)
+static const tile_fn tiles_f16[4][4] = {EC_TROW(1, 1), EC_TROW(2, 1), EC_TROW(3, 1), EC_TROW(4, 1)};
+#endif
+
+/* y[:, n .. n+nr) (+)= x @ w_rows^T over columns [c0, c0 + len) of x; w rows have stride ldw */
+static void tiles_over_m(const tile_fn tab[4][4], const float *x, int M, int K, int c0, const void *w, size_t ldw,
+                         int len, int nr, int first, const float *bias, float *y, int N, int n) {
+    const int MR = M == 1 ? 1 : 4;
+    float out[16];
+    for (int m = 0; m < M; m += MR) {
+        int mr = EC_MIN(MR, M - m);
+        tab[mr - 1][nr - 1](x + (size_t)m * K + c0, (size_t)K, w, ldw, len, out);
+        for (int i = 0; i < mr; i++)
+            for (int j = 0; j < nr; j++) {
+                float *d = y + (size_t)(m + i) * N + n + j;
+                if (first) *d = out[i * nr + j] + (bias ? bias[n + j] : 0.f);
+                else *d += out[i * nr + j];
+            }
+    }
+}
+
+void ec_linear_f32(const float *x, int M, int K, const float *w, const float *bias, float *y, int N, int n0, int n1) {
+    const int NR = M == 1 ? 4 : 2;
+    for (int n = n0; n < n1; n += NR) {
+        int nr = EC_MIN(NR, n1 - n);
+        tiles_over_m(tiles_f32, x, M, K, 0, w + (size_t)n * K, (size_t)K, K, nr, 1, bias, y, N, n);
+    }
+}
+
+#define EC_KC 512 /* columns of weights converted / dequantized at a time */
+
+void ec_linear_f16(const float *x, int M, int K, const uint16_t *w, const float *bias, float *y, int N, int n0, int n1) {
+    const int NR = M == 1 ? 4 : 2;
+#if defined(EC_HAVE_F16_TILE)
+    for (int n = n0; n < n1; n += NR) {
+        int nr = EC_MIN(NR, n1 - n);
+        tiles_over_m(tiles_f16, x, M, K, 0, w + (size_t)n * K, (size_t)K, K, nr, 1, bias, y, N, n);
+    }
+#else
+    float buf[4 * EC_KC];
+    for (int n = n0; n < n1; n += NR) {
+        int nr = EC_MIN(NR, n1 - n);
+        for (int c = 0; c < K; c += EC_KC) {
+            int len = EC_MIN(EC_KC, K - c);
+            for (int r = 0; r < nr; r++)
+                for (int t = 0; t < len; t++) buf[r * EC_KC + t] = ec_f16_to_f32(w[(size_t)(n + r) * K + c + t]);
+            tiles_over_m(tiles_f32, x, M, K, c, buf, EC_KC, len, nr, c == 0, bias, y, N, n);
+        }
+    }
+#endif
+}
+
+void ec_linear_q(const float *x, int M, const ec_qweight *w, const float *bias, float *y, int N, int n0, int n1) {
+    const int NR = M == 1 ? 4 : 2, K = w->k;
+    float buf[4 * EC_KC];
+    for (int n = n0; n < n1; n += NR) {
+        int nr = EC_MIN(NR, n1 - n);
+        for (int c = 0; c < K; c += EC_KC) {
+            int len = EC_MIN(EC_KC, K - c);
+            for (int r = 0; r < nr; r++) dequant_cols(w, n + r, c, len, buf + r * EC_KC);
+            tiles_over_m(tiles_f32, x, M, K, c, buf, EC_KC, len, nr, c == 0, bias, y, N, n);
+        }
+    }
+}
+
+/* ============================================================================ 3. activations */
+/* Per call buffer, M rows, nb = ceil(K/32) blocks, np = ceil(nb/2) pairs, nb2 = 2 np:
+     float  d [M][nb2]      block scales (0 in padding blocks)
+     float  ds[M][nb2]      d * sum(q) per block
+     float  dp[M][np][8]    d of a pair's blocks, each 4 times (the AVX2 kernels' lane layout)
+     int8   qn[M][nb2*32]   codes in order (zero padded)
+     int8   qp[M][nb2*32]   codes in nibble-pair order: per pair of blocks (b0, b1),
+                            [even of b0 | even of b1 | odd of b0 | odd of b1], 16 each,
+                            matching the low / high nibbles of the pair's 32 packed bytes */
+typedef struct {
+    int nb, np, nb2, nq;
+    size_t off_ds, off_dp, off_qn, off_qp, off_qz, off_dz, off_d8, size;
+} act_geom;
+
+static size_t align32(size_t v) { return (v + 31) & ~(size_t)31; }
+
+static act_geom geom_of(int M, int K) {
+    act_geom g;
+    g.nb = (K + 31) / 32;
+    g.np = (g.nb + 1) / 2;
+    g.nb2 = 2 * g.np;
+    size_t mm = (size_t)(M > 0 ? M : 0);
+    g.off_ds = align32(mm * g.nb2 * 4);
+    g.off_dp = g.off_ds + align32(mm * g.nb2 * 4);
+    g.off_qn = g.off_dp + mm * g.np * 32;
+    g.off_qp = g.off_qn + mm * g.nb2 * 32;
+    g.size = g.off_qp + mm * g.nb2 * 32;
+    g.nq = (g.nb + 3) / 4;
+    g.off_qz = g.off_dz = g.off_d8 = g.size;
+#if defined(EC_AVX512)
+    /* the 512-bit kernels' regions, per row: codes in nibble-quad order (4 blocks: their even
+       codes, then their odd codes, 16 each), d of a quad's blocks each 4 times, d of a pair's
+       blocks each 8 times */
+    g.off_qz = align32(g.size);
+    g.off_dz = g.off_qz + mm * g.nq * 128;
+    g.off_d8 = g.off_dz + mm * g.nq * 64;
+    g.size = g.off_d8 + mm * g.np * 64;
+#endif
+    return g;
+}
+
+size_t ec_act_size(int M, int K) { return geom_of(M, K).size; }
+
+static inline float rne(float v) { /* round half to even for |v| < 2^22 (the default FP mode) */
+    const float magic = 12582912.0f;
+    return (v + magic) - magic;
+}
+
+void ec_quantize_act(const float *x, int M, int K, void *xq) {
+    act_geom g = geom_of(M, K);
+    uint8_t *base = (uint8_t *)xq;
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * K;
+        float *d = (float *)base + (size_t)m * g.nb2;
+        float *ds = (float *)(base + g.off_ds) + (size_t)m * g.nb2;
+        float *dp = (float *)(base + g.off_dp) + (size_t)m * g.np * 8;
+        int8_t *qn = (int8_t *)(base + g.off_qn) + (size_t)m * g.nb2 * 32;
+        int8_t *qp = (int8_t *)(base + g.off_qp) + (size_t)m * g.nb2 * 32;
+        for (int b = 0; b < g.nb2; b++) {
+            int k0 = b * 32, len = K - k0 < 0 ? 0 : EC_MIN(32, K - k0);
+            int8_t q[32];
+            int sum = 0;
+            float amax = 0.f, db, id;
+#if defined(EC_AVX2)
+            if (len == 32) {
+                const __m256 sgn = _mm256_set1_ps(-0.0f);
+                __m256 v0 = _mm256_loadu_ps(xr + k0), v1 = _mm256_loadu_ps(xr + k0 + 8);
+                __m256 v2 = _mm256_loadu_ps(xr + k0 + 16), v3 = _mm256_loadu_ps(xr + k0 + 24);
+                __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sgn, v0), _mm256_andnot_ps(sgn, v1)),
+                                          _mm256_max_ps(_mm256_andnot_ps(sgn, v2), _mm256_andnot_ps(sgn, v3)));
+                __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+                h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                h = _mm_max_ss(h, _mm_movehdup_ps(h));
+                amax = _mm_cvtss_f32(h);
+                db = amax / 127.0f;
+                id = amax > 0.f ? 127.0f / amax : 0.f;
+                __m256 iv = _mm256_set1_ps(id);
+                __m256i i0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, iv)), i1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, iv));
+                __m256i i2 = _mm256_cvtps_epi32(_mm256_mul_ps(v2, iv)), i3 = _mm256_cvtps_epi32(_mm256_mul_ps(v3, iv));
+                __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+                p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                p = _mm256_max_epi8(p, _mm256_set1_epi8(-127));
+                _mm256_storeu_si256((__m256i *)q, p);
+                __m256i s16 = _mm256_maddubs_epi16(_mm256_set1_epi8(1), p);
+                __m256i s32 = _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+                __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4e));
+                t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
+                sum = _mm_cvtsi128_si32(t);
+            } else
+#endif
+            {
+                for (int i = 0; i < len; i++) {
+                    float a = xr[k0 + i] < 0 ? -xr[k0 + i] : xr[k0 + i];
+                    amax = a > amax ? a : amax;
+                }
+                db = amax / 127.0f;
+                id = amax > 0.f ? 127.0f / amax : 0.f;
+                for (int i = 0; i < 32; i++) {
+                    float v = i < len ? rne(xr[k0 + i] * id) : 0.f;
+                    v = v > 127.f ? 127.f : (v < -127.f ? -127.f : v);
+                    q[i] = (int8_t)(int)v;
+                    sum += q[i];
+                }
+            }
+            d[b] = db;
+            ds[b] = db * (float)sum;
+            int p = b >> 1, h = b & 1;
+            for (int t = 0; t < 4; t++) dp[p * 8 + h * 4 + t] = db;
+            memcpy(qn + k0, q, 32);
+            for (int i = 0; i < 16; i++) {
+                qp[p * 64 + h * 16 + i] = q[2 * i];
+                qp[p * 64 + 32 + h * 16 + i] = q[2 * i + 1];
+            }
+#if defined(EC_AVX512)
+            int8_t *qz = (int8_t *)(base + g.off_qz) + (size_t)m * g.nq * 128;
+            float *dz = (float *)(base + g.off_dz) + (size_t)m * g.nq * 16;
+            float *d8 = (float *)(base + g.off_d8) + (size_t)m * g.np * 16;
+            for (int t = 0; t < 8; t++) d8[16 * p + 8 * h + t] = db;
+            if (b < 4 * g.nq) {
+                int qd = b >> 2, hq = b & 3;
+                for (int t = 0; t < 4; t++) dz[16 * qd + 4 * hq + t] = db;
+                for (int i = 0; i < 16; i++) {
+                    qz[qd * 128 + hq * 16 + i] = q[2 * i];
+                    qz[qd * 128 + 64 + hq * 16 + i] = q[2 * i + 1];
+                }
+            }
+#endif
+        }
+#if defined(EC_AVX512)
+        for (int b = g.nb2; b < 4 * g.nq; b++) { /* padding blocks of the last quad */
+            int qd = b >> 2, hq = b & 3;
+            int8_t *qz = (int8_t *)(base + g.off_qz) + (size_t)m * g.nq * 128;
+            float *dz = (float *)(base + g.off_dz) + (size_t)m * g.nq * 16;
+            for (int t = 0; t < 4; t++) dz[16 * qd + 4 * hq + t] = 0.f;
+            for (int i = 0; i < 16; i++) qz[qd * 128 + hq * 16 + i] = qz[qd * 128 + 64 + hq * 16 + i] = 0;
+        }
+#endif
+    }
+}
+
+/* ============================================================================ 4. int8 kernels */
+#define EC_MR 4     /* activation rows per tile */
+#define EC_NBLK 16  /* weight rows per block when M > EC_MR (the block stays in L1 across tiles) */
+#define EC_MAXG 512 /* groups per row handled by the group kernels (else: the segment kernel) */
+
+typedef struct {
+    const ec_qweight *w;
+    size_t rb;              /* packed bytes per row */
+    int nb, np, nb2, gu;    /* act blocks (real, pairs, padded), groups that meet real blocks */
+    int off;                /* code offset (128 for 8-bit) */
+    const float *d[EC_MR], *ds[EC_MR], *dp[EC_MR];
+    const int8_t *qn[EC_MR], *qp[EC_MR];
+    const float *dsg;       /* [EC_MR][ldg]: DS_j per tile row, zero padded to a multiple of 16 */
+    int ldg;
+    size_t zlen;            /* N * groups: the zeros array's length */
+#if defined(EC_AVX512)
+    const int8_t *qz[EC_MR];
+    const float *dz[EC_MR], *d8[EC_MR];
+    int nq;
+#endif
+} qctx;
+
+/* the zero / min term of rows r < MR of weight row n: sum_j (min_j - s_j (z_j - off)) DS_j */
+EC_INLINE void corr_terms(const qctx *c, int n, int MR, float *corr) {
+    const ec_qweight *w = c->w;
+    const float *s = w->scales + (size_t)n * w->groups, *mn = w->mins ? w->mins + (size_t)n * w->groups : NULL;
+    const uint8_t *z = w->zeros + (size_t)n * w->groups;
+    const int gu = c->gu;
+#if defined(EC_AVX2)
+    static const int32_t mtab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    __m256 acc[EC_MR];
+    for (int r = 0; r < MR; r++) acc[r] = _mm256_setzero_ps();
+    const __m256 offv = _mm256_set1_ps((float)c->off);
+    for (int j = 0; j < gu; j += 8) {
+        int rem = gu - j;
+        __m256 sv, mv = _mm256_setzero_ps();
+        __m128i zb;
+        if (rem >= 8) {
+            sv = _mm256_loadu_ps(s + j);
+            if (mn) mv = _mm256_loadu_ps(mn + j);
+            zb = _mm_loadl_epi64((const __m128i *)(z + j));
+        } else {
+            __m256i mask = _mm256_loadu_si256((const __m256i *)(mtab + 8 - rem));
+            sv = _mm256_maskload_ps(s + j, mask);
+            if (mn) mv = _mm256_maskload_ps(mn + j, mask);
+            if (c->zlen - ((size_t)n * w->groups + j) >= 8) { /* the 8 bytes lie inside the zeros array */
+                zb = _mm_loadl_epi64((const __m128i *)(z + j));
+            } else {
+                uint64_t zz = 0;
+                memcpy(&zz, z + j, (size_t)rem);
+                zb = _mm_cvtsi64_si128((long long)zz);
+            }
+        }
+        __m256 zv = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(zb)), offv);
+        __m256 coef = _mm256_fnmadd_ps(sv, zv, mv);
+        for (int r = 0; r < MR; r++) acc[r] = _mm256_fmadd_ps(coef, _mm256_loadu_ps(c->dsg + r * c->ldg + j), acc[r]);
+    }
+    for (int r = 0; r < MR; r++) corr[r] = hsum8(acc[r]);
+#else
+    for (int r = 0; r < MR; r++) corr[r] = 0.f;
+    for (int j = 0; j < gu; j++) {
+        float coef = (mn ? mn[j] : 0.f) - s[j] * (float)((int)z[j] - c->off);
+        for (int r = 0; r < MR; r++) corr[r] += coef * c->dsg[r * c->ldg + j];
+    }
+#endif
+}
+
+#if defined(EC_AVX2)
+/* ---- AVX2 (with VNNI's vpdpbusd where the compiler targets AVX512-VNNI+VL or AVX-VNNI) ---- */
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define EC_VNNI 1
+#define EC_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#elif defined(__AVXVNNI__)
+#define EC_VNNI 1
+#define EC_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#endif
+/* int32 x8: sums over 4-byte groups of u8 a * s8 b + u8 c * s8 d. Without VNNI the int16 pair
+   sums must not saturate: a, c < 16 (4-bit codes). */
+EC_INLINE __m256i dot2_u8s8(__m256i a, __m256i b, __m256i c, __m256i d) {
+#if defined(EC_VNNI)
+    return EC_DPBUSD(EC_DPBUSD(_mm256_setzero_si256(), a, b), c, d);
+#else
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(a, b), _mm256_maddubs_epi16(c, d)),
+                             _mm256_set1_epi16(1));
+#endif
+}
+/* the same for one pair of vectors; without VNNI, a < 128 */
+EC_INLINE __m256i dot1_u8s8(__m256i a, __m256i b) {
+#if defined(EC_VNNI)
+    return EC_DPBUSD(_mm256_setzero_si256(), a, b);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+#endif
+}
+/* 4-bit, g a multiple of 32: per pair of blocks, 32 packed bytes -> low nibbles (the even codes)
+   and high nibbles (the odd codes) against the act's nibble-pair order. G64: g % 64 == 0, one
+   float accumulator per group, scaled once per group; else per-pair [s_j0 x4 | s_j1 x4]. */
+EC_INLINE void q4_row(const qctx *c, int n, int MR, int G64, float *res) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const float *s = w->scales + (size_t)n * w->groups;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256 tot[EC_MR];
+    for (int r = 0; r < MR; r++) tot[r] = _mm256_setzero_ps();
+    const int np = c->np;
+    if (G64) {
+        const int ppg = w->group / 64;
+        for (int j = 0, p = 0; p < np; j++) {
+            int pe = EC_MIN(p + ppg, np);
+            __m256 ag[EC_MR];
+            for (int r = 0; r < MR; r++) ag[r] = _mm256_setzero_ps();
+            for (; p < pe; p++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(row + 32 * p));
+                __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int r = 0; r < MR; r++) {
+                    const int8_t *qa = c->qp[r] + 64 * p;
+                    __m256i i32 = dot2_u8s8(lo, _mm256_loadu_si256((const __m256i *)qa), hi,
+                                            _mm256_loadu_si256((const __m256i *)(qa + 32)));
+                    ag[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32),
+                                            _mm256_loadu_ps(c->dp[r] + 8 * p), ag[r]);
+                }
+            }
+            __m256 sj = _mm256_broadcast_ss(s + j);
+            for (int r = 0; r < MR; r++) tot[r] = _mm256_fmadd_ps(ag[r], sj, tot[r]);
+        }
+    } else {
+        const int bpg = w->group / 32, last = w->groups - 1;
+        for (int p = 0; p < np; p++) {
+            __m256i v;
+            if (64 * (p + 1) <= w->kp) v = _mm256_loadu_si256((const __m256i *)(row + 32 * p));
+            else v = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(row + 32 * p)), 0);
+            int j0 = bpg == 1 ? 2 * p : 2 * p / bpg, j1 = bpg == 1 ? 2 * p + 1 : (2 * p + 1) / bpg;
+            j1 = EC_MIN(j1, last);
+            __m256 sv = _mm256_set_m128(_mm_broadcast_ss(s + j1), _mm_broadcast_ss(s + j0));
+            __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            for (int r = 0; r < MR; r++) {
+                const int8_t *qa = c->qp[r] + 64 * p;
+                __m256i i32 = dot2_u8s8(lo, _mm256_loadu_si256((const __m256i *)qa), hi,
+                                        _mm256_loadu_si256((const __m256i *)(qa + 32)));
+                tot[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32),
+                                         _mm256_mul_ps(_mm256_loadu_ps(c->dp[r] + 8 * p), sv), tot[r]);
+            }
+        }
+    }
+    float corr[EC_MR];
+    corr_terms(c, n, MR, corr);
+    for (int r = 0; r < MR; r++) res[r] = hsum8(tot[r]) + corr[r];
+}
+
+/* one byte per code, g a multiple of 32: blocks in order. SIGNED: 8-bit codes; without VNNI
+   c = q ^ 0x80 (= q - 128, the offset 128) with the sign trick (maddubs(|c|, sign(x, c))), with
+   VNNI q straight into vpdpbusd (offset 0); other codes (< 128) straight into maddubs. */
+EC_INLINE void bytes_row(const qctx *c, const uint8_t *codes, const float *s, int bpg, int b0, int b1, int MR,
+                         int SIGNED, __m256 *tot) {
+#if !defined(EC_VNNI)
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+#else
+    (void)SIGNED;
+#endif
+    for (int b = b0, j = b0 / bpg; b < b1; j++) {
+        int be = EC_MIN((j + 1) * bpg, b1);
+        __m256 ag[EC_MR];
+        for (int r = 0; r < MR; r++) ag[r] = _mm256_setzero_ps();
+        for (; b < be; b++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(codes + 32 * (b - b0)));
+            __m256i a = v;
+#if !defined(EC_VNNI)
+            if (SIGNED) {
+                v = _mm256_xor_si256(v, flip);
+                a = _mm256_abs_epi8(v);
+            }
+#endif
+            for (int r = 0; r < MR; r++) {
+                __m256i xv = _mm256_loadu_si256((const __m256i *)(c->qn[r] + 32 * b));
+#if !defined(EC_VNNI)
+                if (SIGNED) xv = _mm256_sign_epi8(xv, v);
+#endif
+                __m256i i32 = dot1_u8s8(a, xv);
+                ag[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i32), _mm256_broadcast_ss(c->d[r] + b), ag[r]);
+            }
+        }
+        __m256 sj = _mm256_broadcast_ss(s + j);
+        for (int r = 0; r < MR; r++) tot[r] = _mm256_fmadd_ps(ag[r], sj, tot[r]);
+    }
+}
+
+/* Decode (M = 1): two weight rows per pass, the activation pair loaded once for both, and for
+   4-bit g = 64 PPG groups of a compile-time number of pairs (PPG 2: g128, 1: g64, 0: any). */
+EC_INLINE void q4_m1_two(const qctx *c, int n, int PPG, int G32, float *res) {
+    const ec_qweight *w = c->w;
+    const uint8_t *ra = w->packed + (size_t)n * c->rb, *rb = ra + c->rb;
+    const float *sa = w->scales + (size_t)n * w->groups, *sb = sa + w->groups;
+    const int8_t *qa = c->qp[0];
+    const float *dp = c->dp[0];
+    const __m256i m4 = _mm256_set1_epi8(15);
+    const int np = c->np;
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+#define EC_Q4_PAIR(p, acc0, acc1, d)                                                                      \
+    do {                                                                                                   \
+        __m256i al = _mm256_loadu_si256((const __m256i *)(qa + 64 * (p)));                                 \
+        __m256i ah = _mm256_loadu_si256((const __m256i *)(qa + 64 * (p) + 32));                            \
+        __m256i va = _mm256_loadu_si256((const __m256i *)(ra + 32 * (p)));                                 \
+        __m256i vb = _mm256_loadu_si256((const __m256i *)(rb + 32 * (p)));                                 \
+        __m256i ia = dot2_u8s8(_mm256_and_si256(va, m4), al, _mm256_and_si256(_mm256_srli_epi16(va, 4), m4), ah); \
+        __m256i ib = dot2_u8s8(_mm256_and_si256(vb, m4), al, _mm256_and_si256(_mm256_srli_epi16(vb, 4), m4), ah); \
+        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), (d##0), acc0);                                      \
+        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), (d##1), acc1);                                      \
+    } while (0)
+    if (G32) { /* g == 32: every block its own scale; kp >= 64 np - 32 */
+        const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+        int p = 0;
+        for (; 64 * (p + 1) <= w->kp && p < np; p++) {
+            __m256 d = _mm256_loadu_ps(dp + 8 * p);
+            __m256 sva = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sa + 2 * p)))), idx);
+            __m256 svb = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sb + 2 * p)))), idx);
+            __m256 dd0 = _mm256_mul_ps(d, sva), dd1 = _mm256_mul_ps(d, svb);
+            EC_Q4_PAIR(p, t0, t1, dd);
+        }
+        if (p < np) { /* the last, half pair: one block in the weights */
+            __m256 d = _mm256_loadu_ps(dp + 8 * p);
+            __m256i al = _mm256_loadu_si256((const __m256i *)(qa + 64 * p));
+            __m256i ah = _mm256_loadu_si256((const __m256i *)(qa + 64 * p + 32));
+            __m256i va = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(ra + 32 * p)), 0);
+            __m256i vb = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(rb + 32 * p)), 0);
+            __m256i ia = dot2_u8s8(_mm256_and_si256(va, m4), al, _mm256_and_si256(_mm256_srli_epi16(va, 4), m4), ah);
+            __m256i ib = dot2_u8s8(_mm256_and_si256(vb, m4), al, _mm256_and_si256(_mm256_srli_epi16(vb, 4), m4), ah);
+            t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(d, _mm256_broadcast_ss(sa + 2 * p)), t0);
+            t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(d, _mm256_broadcast_ss(sb + 2 * p)), t1);
+        }
+    } else {
+        const int ppg = PPG ? PPG : w->group / 64;
+        int j = 0, p = 0;
+        for (; p + ppg <= np; j++) {
+            __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
+            for (int t = 0; t < ppg; t++, p++) {
+                __m256 d0 = _mm256_loadu_ps(dp + 8 * p), d1 = d0;
+                EC_Q4_PAIR(p, g0, g1, d);
+            }
+            t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
+            t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
+        }
+        if (p < np) { /* a partial last group */
+            __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
+            for (; p < np; p++) {
+                __m256 d0 = _mm256_loadu_ps(dp + 8 * p), d1 = d0;
+                EC_Q4_PAIR(p, g0, g1, d);
+            }
+            t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
+            t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
+        }
+    }
+#undef EC_Q4_PAIR
+    float ca, cb;
+    corr_terms(c, n, 1, &ca);
+    corr_terms(c, n + 1, 1, &cb);
+    res[0] = hsum8(t0) + ca;
+    res[1] = hsum8(t1) + cb;
+}
+
+/* decode, 8-bit codes, g a multiple of 32: two rows per pass */
+EC_INLINE void q8_m1_two(const qctx *c, int n, float *res) {
+    const ec_qweight *w = c->w;
+    const uint8_t *ra = w->packed + (size_t)n * c->rb, *rb = ra + c->rb;
+    const float *sa = w->scales + (size_t)n * w->groups, *sb = sa + w->groups;
+    const int8_t *xq = c->qn[0];
+    const float *d = c->d[0];
+    const int bpg = w->group / 32, nb = c->nb;
+#if !defined(EC_VNNI)
+    const __m256i flip = _mm256_set1_epi8((char)0x80);
+#endif
+    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
+    for (int b = 0, j = 0; b < nb; j++) {
+        int be = EC_MIN(b + bpg, nb);
+        __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
+        for (; b < be; b++) {
+            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
+            __m256i va = _mm256_loadu_si256((const __m256i *)(ra + 32 * b));
+            __m256i vb = _mm256_loadu_si256((const __m256i *)(rb + 32 * b));
+#if defined(EC_VNNI)
+            __m256i ia = dot1_u8s8(va, x), ib = dot1_u8s8(vb, x);
+#else
+            va = _mm256_xor_si256(va, flip);
+            vb = _mm256_xor_si256(vb, flip);
+            __m256i ia = dot1_u8s8(_mm256_abs_epi8(va), _mm256_sign_epi8(x, va));
+            __m256i ib = dot1_u8s8(_mm256_abs_epi8(vb), _mm256_sign_epi8(x, vb));
+#endif
+            __m256 db = _mm256_broadcast_ss(d + b);
+            g0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), db, g0);
+            g1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), db, g1);
+        }
+        t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
+        t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
+    }
+    float ca, cb;
+    corr_terms(c, n, 1, &ca);
+    corr_terms(c, n + 1, 1, &cb);
+    res[0] = hsum8(t0) + ca;
+    res[1] = hsum8(t1) + cb;
+}
+
+#define EC_TWO_FN(NAME, CALL)                                                                            \
+    EC_NOINLINE void NAME(const qctx *c, int na, int nz, const float *bias, float *y) {                   \
+        for (int n = na; n < nz; n += 2) {                                                               \
+            float res[2];                                                                                \
+            CALL;                                                                                        \
+            y[n] = res[0] + (bias ? bias[n] : 0.f);                                                      \
+            y[n + 1] = res[1] + (bias ? bias[n + 1] : 0.f);                                              \
+        }                                                                                                \
+    }
+EC_TWO_FN(two_q4g128, q4_m1_two(c, n, 2, 0, res))
+EC_TWO_FN(two_q4g64, q4_m1_two(c, n, 1, 0, res))
+EC_TWO_FN(two_q4g64n, q4_m1_two(c, n, 0, 0, res))
+EC_TWO_FN(two_q4g32, q4_m1_two(c, n, 0, 1, res))
+EC_TWO_FN(two_q8, q8_m1_two(c, n, res))
+#define EC_HAVE_TWO 1
+#define EC_VACC __m256
+#define EC_VZERO() _mm256_setzero_ps()
+#define EC_VSUM(v) hsum8(v)
+
+/* sum_k q[k] * x[k] and sum_k x[k] over len codes (any length) */
+static int seg_dot(const uint8_t *q, const int8_t *x, int len, int *sx) {
+    int k = 0, dot = 0, sum = 0;
+    if (len >= 16) {
+        __m256i a = _mm256_setzero_si256(), sa = _mm256_setzero_si256();
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (; k + 16 <= len; k += 16) {
+            __m256i qw = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(q + k)));
+            __m256i xw = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + k)));
+            a = _mm256_add_epi32(a, _mm256_madd_epi16(qw, xw));
+            sa = _mm256_add_epi32(sa, _mm256_madd_epi16(xw, ones));
+        }
+        int32_t t[8], u[8];
+        _mm256_storeu_si256((__m256i *)t, a);
+        _mm256_storeu_si256((__m256i *)u, sa);
+        for (int i = 0; i < 8; i++) { dot += t[i]; sum += u[i]; }
+    }
+    for (; k < len; k++) { dot += q[k] * x[k]; sum += x[k]; }
+    *sx = sum;
+    return dot;
+}
+
+#elif defined(EC_NEON)
+/* ---- NEON ---- */
+#if defined(__ARM_FEATURE_DOTPROD)
+EC_INLINE int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) { return vdotq_s32(acc, a, b); }
+#else
+EC_INLINE int32x4_t dot16(int32x4_t acc, int8x16_t a, int8x16_t b) {
+    int16x8_t p = vaddq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(b)), vmull_high_s8(a, b)); /* |.| <= 2*128*127 */
+    return vpadalq_s16(acc, p);
+}
+#endif
+
+EC_INLINE void q4_row(const qctx *c, int n, int MR, int G64, float *res) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const float *s = w->scales + (size_t)n * w->groups;
+    const uint8x16_t m4 = vdupq_n_u8(15);
+    float32x4_t tot[EC_MR];
+    for (int r = 0; r < MR; r++) tot[r] = vdupq_n_f32(0.f);
+    const int np = c->np, bpg = w->group / 32, last = w->groups - 1;
+    const int ppg = G64 ? w->group / 64 : 1;
+    for (int j = 0, p = 0; p < np; j++) {
+        int pe = EC_MIN(p + ppg, np);
+        float32x4_t ag[EC_MR];
+        for (int r = 0; r < MR; r++) ag[r] = vdupq_n_f32(0.f);
+        for (; p < pe; p++) {
+            uint8x16_t v0 = vld1q_u8(row + 32 * p);
+            uint8x16_t v1 = 64 * (p + 1) <= w->kp ? vld1q_u8(row + 32 * p + 16) : vdupq_n_u8(0);
+            int8x16_t lo0 = vreinterpretq_s8_u8(vandq_u8(v0, m4)), hi0 = vreinterpretq_s8_u8(vshrq_n_u8(v0, 4));
+            int8x16_t lo1 = vreinterpretq_s8_u8(vandq_u8(v1, m4)), hi1 = vreinterpretq_s8_u8(vshrq_n_u8(v1, 4));
+            float f0 = 1.f, f1 = 1.f;
+            if (!G64) {
+                int j0 = bpg == 1 ? 2 * p : 2 * p / bpg, j1 = EC_MIN(bpg == 1 ? 2 * p + 1 : (2 * p + 1) / bpg, last);
+                f0 = s[j0];
+                f1 = s[j1];
+            }
+            for (int r = 0; r < MR; r++) {
+                const int8_t *qa = c->qp[r] + 64 * p;
+                int32x4_t i0 = dot16(dot16(vdupq_n_s32(0), lo0, vld1q_s8(qa)), hi0, vld1q_s8(qa + 32));
+                int32x4_t i1 = dot16(dot16(vdupq_n_s32(0), lo1, vld1q_s8(qa + 16)), hi1, vld1q_s8(qa + 48));
+                ag[r] = vfmaq_n_f32(ag[r], vcvtq_f32_s32(i0), c->d[r][2 * p] * f0);
+                ag[r] = vfmaq_n_f32(ag[r], vcvtq_f32_s32(i1), c->d[r][2 * p + 1] * f1);
+            }
+        }
+        if (G64) {
+            for (int r = 0; r < MR; r++) tot[r] = vfmaq_n_f32(tot[r], ag[r], s[j]);
+        } else {
+            for (int r = 0; r < MR; r++) tot[r] = vaddq_f32(tot[r], ag[r]);
+        }
+    }
+    float corr[EC_MR];
+    corr_terms(c, n, MR, corr);
+    for (int r = 0; r < MR; r++) res[r] = vaddvq_f32(tot[r]) + corr[r];
+}
+
+EC_INLINE void bytes_row(const qctx *c, const uint8_t *codes, const float *s, int bpg, int b0, int b1, int MR,
+                         int SIGNED, float32x4_t *tot) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    for (int b = b0, j = b0 / bpg; b < b1; j++) {
+        int be = EC_MIN((j + 1) * bpg, b1);
+        float32x4_t ag[EC_MR];
+        for (int r = 0; r < MR; r++) ag[r] = vdupq_n_f32(0.f);
+        for (; b < be; b++) {
+            uint8x16_t u0 = vld1q_u8(codes + 32 * (b - b0)), u1 = vld1q_u8(codes + 32 * (b - b0) + 16);
+            if (SIGNED) { u0 = veorq_u8(u0, flip); u1 = veorq_u8(u1, flip); }
+            int8x16_t c0 = vreinterpretq_s8_u8(u0), c1 = vreinterpretq_s8_u8(u1);
+            for (int r = 0; r < MR; r++) {
+                const int8_t *xa = c->qn[r] + 32 * b;
+                int32x4_t i = dot16(dot16(vdupq_n_s32(0), c0, vld1q_s8(xa)), c1, vld1q_s8(xa + 16));
+                ag[r] = vfmaq_n_f32(ag[r], vcvtq_f32_s32(i), c->d[r][b]);
+            }
+        }
+        for (int r = 0; r < MR; r++) tot[r] = vfmaq_n_f32(tot[r], ag[r], s[j]);
+    }
+}
+#define EC_VACC float32x4_t
+#define EC_VZERO() vdupq_n_f32(0.f)
+#define EC_VSUM(v) vaddvq_f32(v)
+
+static int seg_dot(const uint8_t *q, const int8_t *x, int len, int *sx) {
+    int k = 0, dot = 0, sum = 0;
+    if (len >= 8) {
+        int32x4_t a = vdupq_n_s32(0), sa = vdupq_n_s32(0);
+        for (; k + 8 <= len; k += 8) {
+            int16x8_t qw = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(q + k)));
+            int16x8_t xw = vmovl_s8(vld1_s8(x + k));
+            a = vmlal_s16(a, vget_low_s16(qw), vget_low_s16(xw));
+            a = vmlal_high_s16(a, qw, xw);
+            sa = vpadalq_s16(sa, xw);
+        }
+        dot = vaddvq_s32(a);
+        sum = vaddvq_s32(sa);
+    }
+    for (; k < len; k++) { dot += q[k] * x[k]; sum += x[k]; }
+    *sx = sum;
+    return dot;
+}
+
+#else
+/* ---- scalar ---- */
+EC_INLINE void bytes_row(const qctx *c, const uint8_t *codes, const float *s, int bpg, int b0, int b1, int MR,
+                         int SIGNED, float *tot) {
+    for (int b = b0, j = b0 / bpg; b < b1; j++) {
+        int be = EC_MIN((j + 1) * bpg, b1);
+        float ag[EC_MR] = {0.f, 0.f, 0.f, 0.f};
+        for (; b < be; b++) {
+            const uint8_t *q = codes + 32 * (b - b0);
+            for (int r = 0; r < MR; r++) {
+                const int8_t *xa = c->qn[r] + 32 * b;
+                int32_t i = 0;
+                for (int t = 0; t < 32; t++) i += ((int)q[t] - (SIGNED ? 128 : 0)) * xa[t];
+                ag[r] += (float)i * c->d[r][b];
+            }
+        }
+        for (int r = 0; r < MR; r++) tot[r] += ag[r] * s[j];
+    }
+}
+#define EC_VACC float
+#define EC_VZERO() 0.f
+#define EC_VSUM(v) (v)
+
+static int seg_dot(const uint8_t *q, const int8_t *x, int len, int *sx) {
+    int dot = 0, sum = 0;
+    for (int k = 0; k < len; k++) { dot += q[k] * x[k]; sum += x[k]; }
+    *sx = sum;
+    return dot;
+}
+#endif
+
+/* rows of one byte per code (8-bit rows read in place; other widths unpacked by chunks) */
+EC_INLINE void byte_codes_row(const qctx *c, int n, int MR, int SIGNED, float *res) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const float *s = w->scales + (size_t)n * w->groups;
+    const int bpg = w->group / 32;
+    EC_VACC tot[EC_MR];
+    for (int r = 0; r < MR; r++) tot[r] = EC_VZERO();
+    if (w->bits == 8) {
+        bytes_row(c, row, s, bpg, 0, c->nb, MR, SIGNED, tot);
+    } else {
+        uint8_t codes[EC_CHUNK];
+        for (int b = 0; b < c->nb; b += EC_CHUNK / 32) {
+            int be = EC_MIN(c->nb, b + EC_CHUNK / 32);
+            unpack_codes(row, w->bits, 32 * b, 32 * (be - b), codes);
+            bytes_row(c, codes, s, bpg, b, be, MR, 0, tot);
+        }
+    }
+    float corr[EC_MR];
+    corr_terms(c, n, MR, corr);
+    for (int r = 0; r < MR; r++) res[r] = EC_VSUM(tot[r]) + corr[r];
+}
+
+enum { K_Q4G64, K_Q4G32, K_Q8, K_BYTES };
+
+#define EC_ROWS_FN(KIND, MR)                                                                             \
+    EC_NOINLINE void rows_##KIND##_##MR(const qctx *c, int na, int nz, const float *bias, float *y, int N, \
+                                        int m0) {                                                        \
+        for (int n = na; n < nz; n++) {                                                                  \
+            float res[EC_MR];                                                                            \
+            ROW_##KIND(c, n, MR, res);                                                                   \
+            float bb = bias ? bias[n] : 0.f;                                                             \
+            for (int r = 0; r < MR; r++) y[(size_t)(m0 + r) * N + n] = res[r] + bb;                      \
+        }                                                                                                \
+    }
+#if defined(EC_AVX2) || defined(EC_NEON)
+#define ROW_Q4G64(c, n, MR, res) q4_row(c, n, MR, 1, res)
+#define ROW_Q4G32(c, n, MR, res) q4_row(c, n, MR, 0, res)
+#else
+#define ROW_Q4G64(c, n, MR, res) byte_codes_row(c, n, MR, 0, res)
+#define ROW_Q4G32(c, n, MR, res) byte_codes_row(c, n, MR, 0, res)
+#endif
+#define ROW_Q8(c, n, MR, res) byte_codes_row(c, n, MR, 1, res)
+#define ROW_BYTES(c, n, MR, res) byte_codes_row(c, n, MR, 0, res)
+#define EC_ROWS_ALL(KIND) EC_ROWS_FN(KIND, 1) EC_ROWS_FN(KIND, 2) EC_ROWS_FN(KIND, 3) EC_ROWS_FN(KIND, 4)
+EC_ROWS_ALL(Q4G64)
+EC_ROWS_ALL(Q4G32)
+EC_ROWS_ALL(Q8)
+EC_ROWS_ALL(BYTES)
+
+typedef void (*rows_fn)(const qctx *, int, int, const float *, float *, int, int);
+static const rows_fn rows_tab[4][4] = {
+    {rows_Q4G64_1, rows_Q4G64_2, rows_Q4G64_3, rows_Q4G64_4},
+    {rows_Q4G32_1, rows_Q4G32_2, rows_Q4G32_3, rows_Q4G32_4},
+    {rows_Q8_1, rows_Q8_2, rows_Q8_3, rows_Q8_4},
+    {rows_BYTES_1, rows_BYTES_2, rows_BYTES_3, rows_BYTES_4},
+};
+
+/* any group size: per weight row, codes unpacked by chunks, then one integer dot per
+   intersection of an act block and a group */
+static void linear_q_i8_segments(const uint8_t *base, act_geom g, int M, const ec_qweight *w, const float *bias,
+                                 float *y, int N, int n0, int n1) {
+    const size_t rb = row_bytes(w);
+    const int kend = EC_MIN(w->kp, g.nb * 32), gs = w->group;
+    uint8_t codes[EC_CHUNK];
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *row = w->packed + (size_t)n * rb;
+        const float *s = w->scales + (size_t)n * w->groups, *mn = w->mins ? w->mins + (size_t)n * w->groups : NULL;
+        const uint8_t *z = w->zeros + (size_t)n * w->groups;
+        for (int m = 0; m < M; m++) y[(size_t)m * N + n] = bias ? bias[n] : 0.f;
+        for (int c0 = 0; c0 < kend; c0 += EC_CHUNK) {
+            int len = EC_MIN(EC_CHUNK, kend - c0);
+            unpack_codes(row, w->bits, c0, len, codes);
+            for (int m = 0; m < M; m++) {
+                const float *d = (const float *)base + (size_t)m * g.nb2;
+                const int8_t *qn = (const int8_t *)(base + g.off_qn) + (size_t)m * g.nb2 * 32;
+                float acc = 0.f;
+                for (int k = c0; k < c0 + len;) {
+                    int b = k >> 5, j = k / gs;
+                    int e = EC_MIN(EC_MIN((b + 1) * 32, (j + 1) * gs), c0 + len);
+                    int sx, dot = seg_dot(codes + (k - c0), qn + k, e - k, &sx);
+                    float t = s[j] * (float)(dot - (int)z[j] * sx);
+                    if (mn) t += mn[j] * (float)sx;
+                    acc += d[b] * t;
+                    k = e;
+                }
+                y[(size_t)m * N + n] += acc;
+            }
+        }
+    }
+}
+
+void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bias, float *y, int N, int n0, int n1) {
+    if (M <= 0 || n1 <= n0) return;
+    const uint8_t *base = (const uint8_t *)xq;
+    act_geom g = geom_of(M, w->k);
+    const int gs = w->group;
+    int gu = EC_MIN(w->groups, (g.nb * 32 + gs - 1) / gs);
+    if (gs % 32 != 0 || gu > EC_MAXG) {
+        linear_q_i8_segments(base, g, M, w, bias, y, N, n0, n1);
+        return;
+    }
+    int kind = w->bits == 4 ? (gs % 64 == 0 ? K_Q4G64 : K_Q4G32) : w->bits == 8 ? K_Q8 : K_BYTES;
+    qctx c;
+    c.w = w;
+    c.rb = row_bytes(w);
+    c.nb = g.nb;
+    c.np = g.np;
+    c.nb2 = g.nb2;
+    c.gu = gu;
+#if defined(EC_VNNI)
+    c.off = 0; /* vpdpbusd takes the unsigned 8-bit codes as they are */
+#else
+    c.off = w->bits == 8 ? 128 : 0;
+#endif
+    c.ldg = (gu + 15) & ~15;
+    c.zlen = (size_t)N * w->groups;
+    float dsg[EC_MR * EC_MAXG];
+    c.dsg = dsg;
+    const int bpg = gs / 32, nblk = M <= EC_MR ? n1 - n0 : EC_NBLK;
+#if defined(EC_HAVE_TWO)
+    void (*two)(const qctx *, int, int, const float *, float *) = NULL;
+    if (M == 1) {
+        if (kind == K_Q4G64) two = gs == 128 ? two_q4g128 : gs == 64 ? two_q4g64 : two_q4g64n;
+        else if (kind == K_Q4G32 && gs == 32) two = two_q4g32;
+        else if (kind == K_Q8) two = two_q8;
+    }
+#endif
+    for (int nb0 = n0; nb0 < n1; nb0 += nblk) {
+        int nb1 = EC_MIN(n1, nb0 + nblk);
+        for (int m0 = 0; m0 < M; m0 += EC_MR) {
+            int mr = EC_MIN(EC_MR, M - m0);
+            for (int r = 0; r < mr; r++) {
+                int m = m0 + r;
+                c.d[r] = (const float *)base + (size_t)m * g.nb2;
+                c.ds[r] = (const float *)(base + g.off_ds) + (size_t)m * g.nb2;
+                c.dp[r] = (const float *)(base + g.off_dp) + (size_t)m * g.np * 8;
+                c.qn[r] = (const int8_t *)(base + g.off_qn) + (size_t)m * g.nb2 * 32;
+                c.qp[r] = (const int8_t *)(base + g.off_qp) + (size_t)m * g.nb2 * 32;
+                float *dr = dsg + r * c.ldg;
+                for (int j = 0; j < c.ldg; j++) {
+                    double a = 0.0;
+                    if (j < gu)
+                        for (int b = j * bpg; b < EC_MIN((j + 1) * bpg, g.nb); b++) a += (double)c.ds[r][b];
+                    dr[j] = (float)a;
+                }
+            }
+#if defined(EC_HAVE_TWO)
+            if (two) {
+                int ne = nb0 + (nb1 - nb0) / 2 * 2;
+                two(&c, nb0, ne, bias, y);
+                if (ne < nb1) rows_tab[kind][0](&c, ne, nb1, bias, y, N, 0);
+                continue;
+            }
+#endif
+            rows_tab[kind][mr - 1](&c, nb0, nb1, bias, y, N, m0);
+        }
+    }
+}
