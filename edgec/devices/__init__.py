@@ -24,7 +24,7 @@ from edgec.errors import EdgecError
 _DIR = Path(__file__).resolve().parent
 
 # /proc/cpuinfo flag -> edgec feature name. Only what a backend may key on.
-_X86_FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f",
+_X86_FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
               "avx512_vnni": "avx512_vnni", "avx_vnni": "avxvnni", "f16c": "f16c"}
 _ARM_FLAGS = {"asimd": "neon", "asimddp": "dotprod", "fphp": "fp16",
               "i8mm": "i8mm", "sve": "sve"}

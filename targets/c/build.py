@@ -6,6 +6,9 @@ the profile on aarch64 (NEON, and SDOT where the core has dotprod).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -45,6 +48,8 @@ def toolchain_for(device) -> Toolchain:
         flags = list(base)
         if "avx2" in feats and "fma" in feats:
             flags += ["-mavx2", "-mfma"] + (["-mf16c"] if "f16c" in feats else [])
+            if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"} <= feats:  # 512-bit int8 dots (vpdpbusd)
+                flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"]
         cc = "gcc"
     elif triple.startswith("aarch64"):
         cc = "gcc" if _host_is_aarch64() else "aarch64-linux-gnu-gcc"
@@ -69,11 +74,48 @@ def copy_runtime(src_dir: Path) -> list[str]:
     return names
 
 
-def compile_library(tc: Toolchain, src_dir: Path, sources: list[str], out: Path, defines=()) -> None:
-    """cc -shared the sources into out; a failed compile is a one-line error with the compiler's first error."""
-    cmd = [tc.cc, *tc.flags, *[f"-D{d}" for d in defines], "-shared", "-o", str(out),
-           *[str(src_dir / s) for s in sources], "-lm", "-lpthread"]
+def _run(cmd: list[str], tc: Toolchain) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr.strip()[:300])
         raise EdgecError(f"the C backend's compile failed ({tc.cc}): {first}")
+
+
+def cache_dir() -> Path:
+    """Where compiled runtime objects are kept between builds ($EDGEC_CACHE_DIR or ~/.cache/edgec)."""
+    root = os.environ.get("EDGEC_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "edgec")
+    return Path(root) / "c-runtime"
+
+
+def _object(tc: Toolchain, src: Path, flags: list[str]) -> Path:
+    """src compiled to an object file, reused while the source, compiler and flags are the same
+    (the runtime is most of a build's compile time; the model's own C is compiled every build)."""
+    key = hashlib.sha256("\0".join([tc.cc, _cc_version(tc.cc), *flags]).encode() + src.read_bytes())
+    for header in RUNTIME_HEADERS:
+        if (src.parent / header).exists():
+            key.update((src.parent / header).read_bytes())
+    obj = cache_dir() / f"{src.stem}-{key.hexdigest()[:20]}.o"
+    if not obj.exists():
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        tmp = obj.with_suffix(f".{os.getpid()}.tmp")
+        _run([tc.cc, *flags, "-c", "-o", str(tmp), str(src)], tc)
+        os.replace(tmp, obj)  # atomic: concurrent builds never see half an object
+    return obj
+
+
+@functools.lru_cache(maxsize=None)
+def _cc_version(cc: str) -> str:
+    return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+
+
+def compile_library(tc: Toolchain, src_dir: Path, sources: list[str], out: Path, defines=()) -> None:
+    """The sources as one shared library at out: the runtime's objects from the cache, model.c
+    compiled fresh; a failed compile is a one-line error with the compiler's first error."""
+    flags = [*tc.flags, *[f"-D{d}" for d in defines]]
+    objects = [_object(tc, src_dir / s, flags) for s in sources if s != "model.c"]
+    model = out.with_name("model.o")
+    _run([tc.cc, *flags, "-c", "-o", str(model), str(src_dir / "model.c")], tc)
+    try:
+        _run([tc.cc, *flags, "-shared", "-o", str(out), str(model), *map(str, objects), "-lm", "-lpthread"], tc)
+    finally:
+        model.unlink(missing_ok=True)

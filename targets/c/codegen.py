@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgec.errors import EdgecError
+from edgec.errors import EdgecError, UnsupportedModelError
 from edgec.ir import Graph, Node, Value
 from edgec.ir import shapes as S
 from edgec.ir.ops import INT_MAX
@@ -98,6 +98,7 @@ class CodeGen:
         self.alias_root: dict[int, Value] = {}
         self.owned: set[int] = set()
         self.qweights: set[str] = set()
+        self.op_kinds: dict[str, int] = {}
 
     # -- names and pointers ------------------------------------------------------------
     def var(self, v: Value) -> str:
@@ -133,7 +134,7 @@ class CodeGen:
     def _analyse(self) -> None:
         for n in self.g.nodes:
             if n.op in UNSUPPORTED:
-                raise EdgecError(f"the C backend has no kernel for the IR op {n.op!r}; build with another "
+                raise UnsupportedModelError(f"the C backend has no kernel for the IR op {n.op!r}; build with another "
                                  "--backend or without the pass that made it")
             kind = self._fusable_weight(n.outputs[0]) if len(n.outputs) == 1 else None
             if kind is None:
@@ -206,10 +207,13 @@ class CodeGen:
             if id(n) in self.folded:
                 continue
             self.emit(f"/* {n.op} -> {', '.join(o.name for o in n.outputs)} */")
+            kind = self.op_kinds.setdefault(n.op, len(self.op_kinds))
+            self.emit(f"EC_TIME_BEGIN(tm{i});")
             if n.op not in NATIVE_F16 and any(v.dtype == "float16" for v in list(n.inputs) + list(n.outputs)):
                 self._via_f32(n)
             else:
                 getattr(self, f"op_{n.op}", self.op_generic_missing)(n)
+            self.emit(f"EC_TIME_END(rt, tm{i}, {kind});")
             for v in {id(x): x for x in n.inputs}.values():
                 root = self.alias_root.get(id(v), v)
                 if last.get(id(root)) == i and id(root) in self.owned:
@@ -235,6 +239,8 @@ class CodeGen:
             "#include <math.h>", "#include <string.h>", '#include "ec_rt.h"', "",
             *self.consts, "",
             f"const int ec_model_n_weights = {len(self.weights)};",
+            f"const int ec_model_n_op_kinds = {len(self.op_kinds)};",
+            "const char *const ec_model_op_kinds[] = {" + ", ".join(_c_string(k) for k in self.op_kinds) + "};",
             f"const char *const ec_model_weight_names[] = {{\n    {names}\n}};", "",
             "int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, "
             "void *const *cache, int64_t cap) {",
@@ -280,7 +286,8 @@ class CodeGen:
                 self.owned.discard(id(t))
 
     def op_generic_missing(self, n: Node) -> None:
-        raise EdgecError(f"the C backend has no kernel for the IR op {n.op!r}; build with another --backend")
+        raise UnsupportedModelError(f"the C backend has no kernel for the IR op {n.op!r}; build with another "
+                                    "--backend")
 
     # -- ops ------------------------------------------------------------------------------------
     def op_const(self, n: Node) -> None:

@@ -45,6 +45,8 @@ def _load(code: bytes):
     lib.ec_rt_threads.argtypes = [_P]
     lib.ec_rt_kernels.restype = ctypes.c_char_p
     lib.ec_rt_bind.argtypes = [_P, _P, ctypes.c_uint64, ctypes.c_int]
+    lib.ec_rt_op_kind.restype = ctypes.c_char_p
+    lib.ec_rt_timers.argtypes = [_P, _P, _P]
     lib.ec_graph_run.argtypes = [_P, _P, _P, _P, _P, ctypes.c_int64]
     return lib
 
@@ -91,6 +93,14 @@ class CExecutor:
         self.vocab_size = self.meta.get("vocab_size")
         self.kernels = self.lib.ec_rt_kernels().decode()
         self._lock = threading.Lock()  # one runtime context: one call at a time
+
+    def op_times(self) -> dict[str, tuple[int, float]]:
+        """op kind -> (calls, total microseconds) since load: an EC_PROFILE build's timers (backend
+        option profile=true), zeros otherwise."""
+        ns, calls = np.zeros(64, np.int64), np.zeros(64, np.int64)
+        self.lib.ec_rt_timers(self.rt, ns.ctypes.data, calls.ctypes.data)
+        return {self.lib.ec_rt_op_kind(i).decode(): (int(calls[i]), ns[i] / 1e3)
+                for i in range(self.lib.ec_rt_op_kinds())}
 
     def __del__(self):
         rt, lib = getattr(self, "rt", None), getattr(self, "lib", None)

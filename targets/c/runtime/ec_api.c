@@ -39,6 +39,19 @@ int ec_rt_threads(const ec_rt *rt) { return ec_pool_threads(rt->pool); }
 
 const char *ec_rt_kernels(void) { return ec_linear_path(); }
 
+extern const int ec_model_n_op_kinds;
+extern const char *const ec_model_op_kinds[];
+
+/* The per-op-kind timers of an EC_PROFILE build (zeros otherwise): kind i is ec_rt_op_kind(i). */
+int ec_rt_op_kinds(void) { return ec_model_n_op_kinds; }
+const char *ec_rt_op_kind(int i) { return i >= 0 && i < ec_model_n_op_kinds ? ec_model_op_kinds[i] : ""; }
+void ec_rt_timers(const ec_rt *rt, int64_t *ns, int64_t *calls) {
+    for (int i = 0; i < ec_model_n_op_kinds && i < 64; i++) {
+        ns[i] = rt->timer_ns[i];
+        calls[i] = rt->timer_calls[i];
+    }
+}
+
 /* Point the context at a weights file mapped at `file` (size bytes): header, version, the tensor
  * table against the names this library was generated for, every tensor inside the file, and (verify)
  * the data checksum. 0, or -1 with the reason in ec_rt_error. */

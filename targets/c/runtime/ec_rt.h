@@ -135,11 +135,12 @@ void ec_linear_q_mt(ec_rt *rt, float *y, const float *x, const ec_qweight *w, co
 
 #ifdef EC_PROFILE
 int64_t ec_now_ns(void);
-#define EC_TIME_BEGIN(kind) int64_t _t_##kind = ec_now_ns()
-#define EC_TIME_END(rt, kind) ((rt)->timer_ns[kind] += ec_now_ns() - _t_##kind, (rt)->timer_calls[kind]++)
+/* per op kind (the generated ec_model_op_kinds[] names them): time and calls, only in EC_PROFILE builds */
+#define EC_TIME_BEGIN(t) int64_t t = ec_now_ns()
+#define EC_TIME_END(rt, t, kind) ((rt)->timer_ns[kind] += ec_now_ns() - t, (rt)->timer_calls[kind]++)
 #else
-#define EC_TIME_BEGIN(kind)
-#define EC_TIME_END(rt, kind)
+#define EC_TIME_BEGIN(t) ((void)0)
+#define EC_TIME_END(rt, t, kind) ((void)0)
 #endif
 
 #ifdef __cplusplus

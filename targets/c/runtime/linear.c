@@ -39,6 +39,15 @@
 
 #define EC_MIN(a, b) ((a) < (b) ? (a) : (b))
 
+/* full unrolling of the short row loops of the kernels (their accumulators stay in registers) */
+#if defined(__clang__)
+#define EC_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define EC_UNROLL _Pragma("GCC unroll 16")
+#else
+#define EC_UNROLL
+#endif
+
 const char *ec_linear_path(void) {
 #if defined(EC_AVX512)
     return "avx512-vnni";
@@ -648,135 +657,320 @@ EC_INLINE void bytes_row(const qctx *c, const uint8_t *codes, const float *s, in
     }
 }
 
-/* Decode (M = 1): two weight rows per pass, the activation pair loaded once for both, and for
-   4-bit g = 64 PPG groups of a compile-time number of pairs (PPG 2: g128, 1: g64, 0: any). */
-EC_INLINE void q4_m1_two(const qctx *c, int n, int PPG, int G32, float *res) {
-    const ec_qweight *w = c->w;
-    const uint8_t *ra = w->packed + (size_t)n * c->rb, *rb = ra + c->rb;
-    const float *sa = w->scales + (size_t)n * w->groups, *sb = sa + w->groups;
-    const int8_t *qa = c->qp[0];
-    const float *dp = c->dp[0];
-    const __m256i m4 = _mm256_set1_epi8(15);
-    const int np = c->np;
-    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
-#define EC_Q4_PAIR(p, acc0, acc1, d)                                                                      \
-    do {                                                                                                   \
-        __m256i al = _mm256_loadu_si256((const __m256i *)(qa + 64 * (p)));                                 \
-        __m256i ah = _mm256_loadu_si256((const __m256i *)(qa + 64 * (p) + 32));                            \
-        __m256i va = _mm256_loadu_si256((const __m256i *)(ra + 32 * (p)));                                 \
-        __m256i vb = _mm256_loadu_si256((const __m256i *)(rb + 32 * (p)));                                 \
-        __m256i ia = dot2_u8s8(_mm256_and_si256(va, m4), al, _mm256_and_si256(_mm256_srli_epi16(va, 4), m4), ah); \
-        __m256i ib = dot2_u8s8(_mm256_and_si256(vb, m4), al, _mm256_and_si256(_mm256_srli_epi16(vb, 4), m4), ah); \
-        acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), (d##0), acc0);                                      \
-        acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), (d##1), acc1);                                      \
-    } while (0)
-    if (G32) { /* g == 32: every block its own scale; kp >= 64 np - 32 */
-        const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-        int p = 0;
-        for (; 64 * (p + 1) <= w->kp && p < np; p++) {
-            __m256 d = _mm256_loadu_ps(dp + 8 * p);
-            __m256 sva = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sa + 2 * p)))), idx);
-            __m256 svb = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sb + 2 * p)))), idx);
-            __m256 dd0 = _mm256_mul_ps(d, sva), dd1 = _mm256_mul_ps(d, svb);
-            EC_Q4_PAIR(p, t0, t1, dd);
-        }
-        if (p < np) { /* the last, half pair: one block in the weights */
-            __m256 d = _mm256_loadu_ps(dp + 8 * p);
-            __m256i al = _mm256_loadu_si256((const __m256i *)(qa + 64 * p));
-            __m256i ah = _mm256_loadu_si256((const __m256i *)(qa + 64 * p + 32));
-            __m256i va = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(ra + 32 * p)), 0);
-            __m256i vb = _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)(rb + 32 * p)), 0);
-            __m256i ia = dot2_u8s8(_mm256_and_si256(va, m4), al, _mm256_and_si256(_mm256_srli_epi16(va, 4), m4), ah);
-            __m256i ib = dot2_u8s8(_mm256_and_si256(vb, m4), al, _mm256_and_si256(_mm256_srli_epi16(vb, 4), m4), ah);
-            t0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), _mm256_mul_ps(d, _mm256_broadcast_ss(sa + 2 * p)), t0);
-            t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), _mm256_mul_ps(d, _mm256_broadcast_ss(sb + 2 * p)), t1);
-        }
-    } else {
-        const int ppg = PPG ? PPG : w->group / 64;
-        int j = 0, p = 0;
-        for (; p + ppg <= np; j++) {
-            __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
-            for (int t = 0; t < ppg; t++, p++) {
-                __m256 d0 = _mm256_loadu_ps(dp + 8 * p), d1 = d0;
-                EC_Q4_PAIR(p, g0, g1, d);
-            }
-            t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
-            t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
-        }
-        if (p < np) { /* a partial last group */
-            __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
-            for (; p < np; p++) {
-                __m256 d0 = _mm256_loadu_ps(dp + 8 * p), d1 = d0;
-                EC_Q4_PAIR(p, g0, g1, d);
-            }
-            t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
-            t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
-        }
-    }
-#undef EC_Q4_PAIR
-    float ca, cb;
-    corr_terms(c, n, 1, &ca);
-    corr_terms(c, n + 1, 1, &cb);
-    res[0] = hsum8(t0) + ca;
-    res[1] = hsum8(t1) + cb;
+/* ---- the decode / prefill kernels of the common formats: NR weight rows x MR act rows per
+   pass, one float accumulator per (weight row, act row), the zero / min terms added into the
+   same accumulators, four accumulators reduced at once, and for M = 1 four weight rows per pass
+   with the weight stream prefetched. AVX2: 4-bit, a ymm of 32 packed bytes = one pair of blocks
+   (nibble-pair order); 8-bit, a ymm = one block. ---- */
+#ifndef EC_PF_BYTES
+#define EC_PF_BYTES 8192 /* decode: prefetch the weight stream this many bytes ahead (0: none) */
+#endif
+
+EC_INLINE __m128 hsum4x8(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    __m256 t = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
 }
 
-/* decode, 8-bit codes, g a multiple of 32: two rows per pass */
-EC_INLINE void q8_m1_two(const qctx *c, int n, float *res) {
+/* out[r * NR + j] = the MR x NR accumulators' sums */
+EC_INLINE void y_reduce(__m256 acc[EC_MR][4], int MR, int NR, float *out) {
+    if (NR == 4) {
+        EC_UNROLL for (int r = 0; r < MR; r++) _mm_storeu_ps(out + 4 * r, hsum4x8(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+    } else if (NR == 2 && MR >= 2) {
+        int r = 0;
+        for (; r + 2 <= MR; r += 2)
+            _mm_storeu_ps(out + 2 * r, hsum4x8(acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1]));
+        for (; r < MR; r++)
+            EC_UNROLL for (int j = 0; j < NR; j++) out[r * NR + j] = hsum8(acc[r][j]);
+    } else {
+        EC_UNROLL for (int r = 0; r < MR; r++)
+            EC_UNROLL for (int j = 0; j < NR; j++) out[r * NR + j] = hsum8(acc[r][j]);
+    }
+}
+
+/* acc[r][j] += sum_g (min_g - s_g (z_g - off)) DS_g of weight row n + j, act row r */
+EC_INLINE void y_corr(const qctx *c, int n, int MR, int NR, __m256 acc[EC_MR][4]) {
+    static const int32_t mtab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
     const ec_qweight *w = c->w;
-    const uint8_t *ra = w->packed + (size_t)n * c->rb, *rb = ra + c->rb;
-    const float *sa = w->scales + (size_t)n * w->groups, *sb = sa + w->groups;
-    const int8_t *xq = c->qn[0];
-    const float *d = c->d[0];
-    const int bpg = w->group / 32, nb = c->nb;
+    const int G = w->groups, gu = c->gu;
+    const __m256 offv = _mm256_set1_ps((float)c->off);
+    for (int g0 = 0; g0 < gu; g0 += 8) {
+        const int rem = gu - g0;
+        __m256 coef[4];
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            const size_t at = (size_t)(n + j) * G + g0;
+            const float *sj = w->scales + at, *mj = w->mins ? w->mins + at : NULL;
+            __m256 sv, mv = _mm256_setzero_ps();
+            __m128i zb;
+            if (rem >= 8) {
+                sv = _mm256_loadu_ps(sj);
+                if (mj) mv = _mm256_loadu_ps(mj);
+                zb = _mm_loadl_epi64((const __m128i *)(w->zeros + at));
+            } else {
+                __m256i mask = _mm256_loadu_si256((const __m256i *)(mtab + 8 - rem));
+                sv = _mm256_maskload_ps(sj, mask);
+                if (mj) mv = _mm256_maskload_ps(mj, mask);
+                if (c->zlen - at >= 8) { /* the 8 bytes lie inside the zeros array */
+                    zb = _mm_loadl_epi64((const __m128i *)(w->zeros + at));
+                } else {
+                    uint64_t zz = 0;
+                    memcpy(&zz, w->zeros + at, (size_t)rem);
+                    zb = _mm_cvtsi64_si128((long long)zz);
+                }
+            }
+            __m256 zv = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(zb)), offv);
+            coef[j] = _mm256_fnmadd_ps(sv, zv, mv); /* 0 in the masked lanes */
+        }
+        EC_UNROLL for (int r = 0; r < MR; r++) {
+            __m256 ds = _mm256_loadu_ps(c->dsg + r * c->ldg + g0);
+            EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm256_fmadd_ps(coef[j], ds, acc[r][j]);
+        }
+    }
+}
+
+/* 4-bit, one pair p of act blocks. MODE 0: g % 64 == 0, the scale s[gi]; 1: g == 32, [s_2p x4 |
+   s_2p+1 x4]. TAIL: the row's last pair holds one block (16 bytes). */
+EC_INLINE void y4_pair(const qctx *c, const uint8_t *row, const float *s, int p, int gi, int MR, int NR, int MODE,
+                       int TAIL, int PF, __m256 acc[EC_MR][4]) {
+    const size_t rb = c->rb;
+    const int G = c->w->groups;
+    const __m256i m4 = _mm256_set1_epi8(15);
+    __m256i lo[4], hi[4];
+    __m256 sv[4];
+    if (MR == 1) { /* one row at a time: few live registers */
+        __m256i al = _mm256_loadu_si256((const __m256i *)(c->qp[0] + 64 * (size_t)p));
+        __m256i ah = _mm256_loadu_si256((const __m256i *)(c->qp[0] + 64 * (size_t)p + 32));
+        __m256 dv = _mm256_loadu_ps(c->dp[0] + 8 * (size_t)p);
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            const uint8_t *a = row + (size_t)j * rb + 32 * (size_t)p;
+            __m256i v = TAIL ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)a), 0)
+                             : _mm256_loadu_si256((const __m256i *)a);
+            if (PF && EC_PF_BYTES && !(p & 1)) _mm_prefetch((const char *)a + EC_PF_BYTES, _MM_HINT_T0);
+            const float *sj = s + (size_t)j * G;
+            __m256 sc;
+            if (MODE == 0) {
+                sc = _mm256_broadcast_ss(sj + gi);
+            } else if (TAIL) {
+                sc = _mm256_broadcast_ss(sj + 2 * p);
+            } else {
+                const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+                sc = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sj + 2 * p)))), idx);
+            }
+            __m256i i = dot2_u8s8(_mm256_and_si256(v, m4), al, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ah);
+            acc[0][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dv, sc), acc[0][j]);
+        }
+        return;
+    }
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const uint8_t *a = row + (size_t)j * rb + 32 * (size_t)p;
+        __m256i v = TAIL ? _mm256_inserti128_si256(_mm256_setzero_si256(), _mm_loadu_si128((const __m128i *)a), 0)
+                         : _mm256_loadu_si256((const __m256i *)a);
+        if (PF && EC_PF_BYTES && !(p & 1)) _mm_prefetch((const char *)a + EC_PF_BYTES, _MM_HINT_T0);
+        lo[j] = _mm256_and_si256(v, m4);
+        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        const float *sj = s + (size_t)j * G;
+        if (MODE == 0) {
+            sv[j] = _mm256_broadcast_ss(sj + gi);
+        } else if (TAIL) {
+            sv[j] = _mm256_broadcast_ss(sj + 2 * p);
+        } else {
+            const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+            sv[j] = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sj + 2 * p)))), idx);
+        }
+    }
+    EC_UNROLL for (int r = 0; r < MR; r++) {
+        __m256i al = _mm256_loadu_si256((const __m256i *)(c->qp[r] + 64 * (size_t)p));
+        __m256i ah = _mm256_loadu_si256((const __m256i *)(c->qp[r] + 64 * (size_t)p + 32));
+        __m256 dv = _mm256_loadu_ps(c->dp[r] + 8 * (size_t)p);
+        EC_UNROLL for (int j = 0; j < NR; j++)
+            acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot2_u8s8(lo[j], al, hi[j], ah)), _mm256_mul_ps(dv, sv[j]),
+                                        acc[r][j]);
+    }
+}
+
+/* M = 1, g % 64 == 0: pairs [p0, p0 + npr) of group gi of rows n .. n + NR */
+EC_INLINE void y4_group_m1(const qctx *c, const uint8_t *row, const float *s, int p0, int npr, int gi, int NR, int PF,
+                           __m256 acc[EC_MR][4]) {
+    const __m256i m4 = _mm256_set1_epi8(15);
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const uint8_t *rj = row + (size_t)j * c->rb;
+        __m256 gv = _mm256_setzero_ps();
+        EC_UNROLL for (int p = p0; p < p0 + npr; p++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(rj + 32 * (size_t)p));
+            if (PF && EC_PF_BYTES && !(p & 1)) _mm_prefetch((const char *)rj + 32 * (size_t)p + EC_PF_BYTES, _MM_HINT_T0);
+            __m256i al = _mm256_loadu_si256((const __m256i *)(c->qp[0] + 64 * (size_t)p));
+            __m256i ah = _mm256_loadu_si256((const __m256i *)(c->qp[0] + 64 * (size_t)p + 32));
+            __m256i i = dot2_u8s8(_mm256_and_si256(v, m4), al, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ah);
+            gv = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_loadu_ps(c->dp[0] + 8 * (size_t)p), gv);
+        }
+        acc[0][j] = _mm256_fmadd_ps(gv, _mm256_broadcast_ss(s + (size_t)j * c->w->groups + gi), acc[0][j]);
+    }
+}
+
+/* MODE 0: g % 64 == 0, PPG pairs per group (0: w->group / 64); 1: g == 32 */
+EC_INLINE void y4_tile(const qctx *c, int n, int MR, int NR, int MODE, int PPG, int PF, float *out) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const float *s = w->scales + (size_t)n * w->groups;
+    const int np = c->np, npf = EC_MIN(np, (int)(c->rb / 32));
+    __m256 acc[EC_MR][4];
+    EC_UNROLL for (int r = 0; r < MR; r++)
+        EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm256_setzero_ps();
+    if (MODE == 0) { /* kp is a multiple of 64: no partial pair */
+        const int ppg = PPG ? PPG : w->group / 64;
+        int gi = 0, p0 = 0;
+        if (MR == 1) { /* per row: a group's pairs into one vector, scaled once */
+            for (; p0 + ppg <= np; gi++, p0 += ppg) y4_group_m1(c, row, s, p0, ppg, gi, NR, PF, acc);
+            if (p0 < np) y4_group_m1(c, row, s, p0, np - p0, gi, NR, PF, acc);
+        } else {
+            for (int p = 0; p < np; gi++)
+                for (int t = 0; t < ppg && p < np; t++, p++) y4_pair(c, row, s, p, gi, MR, NR, 0, 0, PF, acc);
+        }
+    } else {
+        int p = 0;
+        for (; p < npf; p++) y4_pair(c, row, s, p, 0, MR, NR, 1, 0, PF, acc);
+        if (p < np) y4_pair(c, row, s, p, 0, MR, NR, 1, 1, PF, acc);
+    }
+    y_corr(c, n, MR, NR, acc);
+    y_reduce(acc, MR, NR, out);
+}
+
+/* 8-bit, g % 32 == 0, one ymm per block; ONE: a single group (the scale applied at the end).
+   Without VNNI c = q ^ 0x80 (= q - 128, off 128) and maddubs(|c|, sign(x, c)). */
+EC_INLINE void y8_tile(const qctx *c, int n, int MR, int NR, int ONE, int PF, float *out) {
+    const ec_qweight *w = c->w;
+    const size_t rb = c->rb;
+    const uint8_t *row = w->packed + (size_t)n * rb;
+    const int G = w->groups, nb = c->nb, bpg = w->group / 32;
+    const float *s = w->scales + (size_t)n * G;
 #if !defined(EC_VNNI)
     const __m256i flip = _mm256_set1_epi8((char)0x80);
 #endif
-    __m256 t0 = _mm256_setzero_ps(), t1 = _mm256_setzero_ps();
-    for (int b = 0, j = 0; b < nb; j++) {
-        int be = EC_MIN(b + bpg, nb);
-        __m256 g0 = _mm256_setzero_ps(), g1 = _mm256_setzero_ps();
-        for (; b < be; b++) {
-            __m256i x = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
-            __m256i va = _mm256_loadu_si256((const __m256i *)(ra + 32 * b));
-            __m256i vb = _mm256_loadu_si256((const __m256i *)(rb + 32 * b));
+    __m256 acc[EC_MR][4];
+    EC_UNROLL for (int r = 0; r < MR; r++)
+        EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm256_setzero_ps();
+    for (int b = 0, gi = 0; b < nb; gi++) {
+        const int be = EC_MIN(b + bpg, nb);
+        __m256 sv[4];
+        if (!ONE)
+            EC_UNROLL for (int j = 0; j < NR; j++) sv[j] = _mm256_broadcast_ss(s + (size_t)j * G + gi);
+        for (; b < be && MR == 1; b++) { /* one row at a time: few live registers */
+            __m256i x = _mm256_loadu_si256((const __m256i *)(c->qn[0] + 32 * (size_t)b));
+            __m256 dv = _mm256_broadcast_ss(c->d[0] + b);
+            EC_UNROLL for (int j = 0; j < NR; j++) {
+                const uint8_t *p = row + (size_t)j * rb + 32 * (size_t)b;
+                __m256i v = _mm256_loadu_si256((const __m256i *)p);
+                if (PF && EC_PF_BYTES && !(b & 1)) _mm_prefetch((const char *)p + EC_PF_BYTES, _MM_HINT_T0);
 #if defined(EC_VNNI)
-            __m256i ia = dot1_u8s8(va, x), ib = dot1_u8s8(vb, x);
+                __m256i i = dot1_u8s8(v, x);
 #else
-            va = _mm256_xor_si256(va, flip);
-            vb = _mm256_xor_si256(vb, flip);
-            __m256i ia = dot1_u8s8(_mm256_abs_epi8(va), _mm256_sign_epi8(x, va));
-            __m256i ib = dot1_u8s8(_mm256_abs_epi8(vb), _mm256_sign_epi8(x, vb));
+                v = _mm256_xor_si256(v, flip);
+                __m256i i = dot1_u8s8(_mm256_abs_epi8(v), _mm256_sign_epi8(x, v));
 #endif
-            __m256 db = _mm256_broadcast_ss(d + b);
-            g0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia), db, g0);
-            g1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ib), db, g1);
+                acc[0][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), ONE ? dv : _mm256_mul_ps(dv, sv[j]), acc[0][j]);
+            }
         }
-        t0 = _mm256_fmadd_ps(g0, _mm256_broadcast_ss(sa + j), t0);
-        t1 = _mm256_fmadd_ps(g1, _mm256_broadcast_ss(sb + j), t1);
+        for (; b < be; b++) {
+            __m256i v[4], a[4];
+            EC_UNROLL for (int j = 0; j < NR; j++) {
+                const uint8_t *p = row + (size_t)j * rb + 32 * (size_t)b;
+                v[j] = _mm256_loadu_si256((const __m256i *)p);
+                if (PF && EC_PF_BYTES && !(b & 1)) _mm_prefetch((const char *)p + EC_PF_BYTES, _MM_HINT_T0);
+#if defined(EC_VNNI)
+                a[j] = v[j];
+#else
+                v[j] = _mm256_xor_si256(v[j], flip);
+                a[j] = _mm256_abs_epi8(v[j]);
+#endif
+            }
+            EC_UNROLL for (int r = 0; r < MR; r++) {
+                __m256i x = _mm256_loadu_si256((const __m256i *)(c->qn[r] + 32 * (size_t)b));
+                __m256 dv = _mm256_broadcast_ss(c->d[r] + b);
+                EC_UNROLL for (int j = 0; j < NR; j++) {
+#if defined(EC_VNNI)
+                    __m256i i = dot1_u8s8(a[j], x);
+#else
+                    __m256i i = dot1_u8s8(a[j], _mm256_sign_epi8(x, v[j]));
+#endif
+                    acc[r][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), ONE ? dv : _mm256_mul_ps(dv, sv[j]), acc[r][j]);
+                }
+            }
+        }
     }
-    float ca, cb;
-    corr_terms(c, n, 1, &ca);
-    corr_terms(c, n + 1, 1, &cb);
-    res[0] = hsum8(t0) + ca;
-    res[1] = hsum8(t1) + cb;
+    if (ONE)
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            __m256 sj = _mm256_broadcast_ss(s + (size_t)j * G);
+            EC_UNROLL for (int r = 0; r < MR; r++) acc[r][j] = _mm256_mul_ps(acc[r][j], sj);
+        }
+    y_corr(c, n, MR, NR, acc);
+    y_reduce(acc, MR, NR, out);
 }
 
-#define EC_TWO_FN(NAME, CALL)                                                                            \
-    EC_NOINLINE void NAME(const qctx *c, int na, int nz, const float *bias, float *y) {                   \
-        for (int n = na; n < nz; n += 2) {                                                               \
-            float res[2];                                                                                \
-            CALL;                                                                                        \
-            y[n] = res[0] + (bias ? bias[n] : 0.f);                                                      \
-            y[n + 1] = res[1] + (bias ? bias[n + 1] : 0.f);                                              \
-        }                                                                                                \
+/* runners of a kernel family KIND (KIND##_CALL(MR, NR, PF, out) computes the MR x NR tile at
+   weight row n): PREFIX1_KIND for M == 1, four weight rows per pass; PREFIXm_KIND_MR for mr act
+   rows x two weight rows */
+#define EC_KM_FN(PRE, KIND, MR)                                                                           \
+    EC_NOINLINE void PRE##m_##KIND##_##MR(const qctx *c, int na, int nz, const float *bias, float *y,     \
+                                          int N, int m0) {                                                \
+        int n = na;                                                                                       \
+        float o[EC_MR * 4];                                                                               \
+        for (; n + 2 <= nz; n += 2) {                                                                     \
+            KIND##_CALL(MR, 2, 0, o);                                                                     \
+            EC_UNROLL for (int r = 0; r < MR; r++)                                                                  \
+                for (int j = 0; j < 2; j++)                                                               \
+                    y[(size_t)(m0 + r) * N + n + j] = o[2 * r + j] + (bias ? bias[n + j] : 0.f);          \
+        }                                                                                                 \
+        if (n < nz) {                                                                                     \
+            KIND##_CALL(MR, 1, 0, o);                                                                     \
+            EC_UNROLL for (int r = 0; r < MR; r++) y[(size_t)(m0 + r) * N + n] = o[r] + (bias ? bias[n] : 0.f);     \
+        }                                                                                                 \
     }
-EC_TWO_FN(two_q4g128, q4_m1_two(c, n, 2, 0, res))
-EC_TWO_FN(two_q4g64, q4_m1_two(c, n, 1, 0, res))
-EC_TWO_FN(two_q4g64n, q4_m1_two(c, n, 0, 0, res))
-EC_TWO_FN(two_q4g32, q4_m1_two(c, n, 0, 1, res))
-EC_TWO_FN(two_q8, q8_m1_two(c, n, res))
-#define EC_HAVE_TWO 1
+#define EC_KINDFNS(PRE, KIND, NR1)                                                                        \
+    EC_NOINLINE void PRE##1_##KIND(const qctx *c, int na, int nz, const float *bias, float *y, int N,     \
+                                   int m0) {                                                              \
+        (void)N;                                                                                          \
+        (void)m0;                                                                                         \
+        int n = na;                                                                                       \
+        float o[4];                                                                                       \
+        for (; n + NR1 <= nz; n += NR1) {                                                                 \
+            KIND##_CALL(1, NR1, 1, o);                                                                    \
+            for (int j = 0; j < NR1; j++) y[n + j] = o[j] + (bias ? bias[n + j] : 0.f);                   \
+        }                                                                                                 \
+        for (; n < nz; n++) {                                                                             \
+            KIND##_CALL(1, 1, 0, o);                                                                      \
+            y[n] = o[0] + (bias ? bias[n] : 0.f);                                                         \
+        }                                                                                                 \
+    }                                                                                                     \
+    EC_KM_FN(PRE, KIND, 1) EC_KM_FN(PRE, KIND, 2) EC_KM_FN(PRE, KIND, 3) EC_KM_FN(PRE, KIND, 4)
+#define EC_KROW(PRE, KIND) {PRE##1_##KIND, PRE##m_##KIND##_1, PRE##m_##KIND##_2, PRE##m_##KIND##_3, PRE##m_##KIND##_4}
+typedef void (*krows_fn)(const qctx *, int, int, const float *, float *, int, int);
+
+#ifndef EC_YNR
+#define EC_YNR 4 /* AVX2 decode: weight rows per pass */
+#endif
+#define Y4G128_CALL(MR, NR, PF, out) y4_tile(c, n, MR, NR, 0, 2, PF, out)
+#define Y4G64_CALL(MR, NR, PF, out) y4_tile(c, n, MR, NR, 0, 1, PF, out)
+#define Y4G64N_CALL(MR, NR, PF, out) y4_tile(c, n, MR, NR, 0, 0, PF, out)
+#define Y4G32_CALL(MR, NR, PF, out) y4_tile(c, n, MR, NR, 1, 1, PF, out)
+#define Y8ONE_CALL(MR, NR, PF, out) y8_tile(c, n, MR, NR, 1, PF, out)
+#define Y8G_CALL(MR, NR, PF, out) y8_tile(c, n, MR, NR, 0, PF, out)
+EC_KINDFNS(y, Y4G128, EC_YNR)
+EC_KINDFNS(y, Y4G64, EC_YNR)
+EC_KINDFNS(y, Y4G64N, EC_YNR)
+EC_KINDFNS(y, Y4G32, EC_YNR)
+EC_KINDFNS(y, Y8ONE, EC_YNR)
+EC_KINDFNS(y, Y8G, EC_YNR)
+static const krows_fn ytab[6][5] = {EC_KROW(y, Y4G128), EC_KROW(y, Y4G64), EC_KROW(y, Y4G64N),
+                                    EC_KROW(y, Y4G32),  EC_KROW(y, Y8ONE), EC_KROW(y, Y8G)};
+/* the AVX2 family of a format (groups gu that meet act blocks), or -1 */
+static int y_kind(const ec_qweight *w, int gu) {
+    const int gs = w->group;
+    if (w->bits == 4) return gs == 128 ? 0 : gs == 64 ? 1 : gs % 64 == 0 ? 2 : gs == 32 ? 3 : -1;
+    if (w->bits == 8 && gs % 32 == 0) return gu == 1 ? 4 : 5;
+    return -1;
+}
 #define EC_VACC __m256
 #define EC_VZERO() _mm256_setzero_ps()
 #define EC_VSUM(v) hsum8(v)
@@ -802,6 +996,207 @@ static int seg_dot(const uint8_t *q, const int8_t *x, int len, int *sx) {
     *sx = sum;
     return dot;
 }
+
+#if defined(EC_AVX512)
+/* ---- AVX-512 VNNI (512-bit vpdpbusd): NR weight rows x MR activation rows per pass, one
+   float accumulator per (row, row), the zero / min terms added into the same accumulators, and
+   four accumulators reduced at once. 4-bit: a zmm of 64 packed bytes = one quad of act blocks
+   (128 codes), its low / high nibbles against the act's nibble-quad order; 8-bit: a zmm = one
+   pair of blocks, in order. The last quad / pair of a row is read with a byte mask. ---- */
+EC_INLINE __m128 hsum4x16(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(t), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(t), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+/* out[r * NR + j] = the MR x NR accumulators' sums */
+EC_INLINE void z_reduce(__m512 acc[EC_MR][4], int MR, int NR, float *out) {
+    if (NR == 4) {
+        EC_UNROLL for (int r = 0; r < MR; r++) _mm_storeu_ps(out + 4 * r, hsum4x16(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+    } else if (NR == 2 && MR >= 2) {
+        int r = 0;
+        for (; r + 2 <= MR; r += 2)
+            _mm_storeu_ps(out + 2 * r, hsum4x16(acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1]));
+        for (; r < MR; r++)
+            EC_UNROLL for (int j = 0; j < NR; j++) out[r * NR + j] = _mm512_reduce_add_ps(acc[r][j]);
+    } else {
+        EC_UNROLL for (int r = 0; r < MR; r++)
+            EC_UNROLL for (int j = 0; j < NR; j++) out[r * NR + j] = _mm512_reduce_add_ps(acc[r][j]);
+    }
+}
+
+/* acc[r][j] += sum_g (min_g - s_g z_g) DS_g of weight row n + j, act row r (off is 0 here) */
+EC_INLINE void z_corr(const qctx *c, int n, int MR, int NR, __m512 acc[EC_MR][4]) {
+    const ec_qweight *w = c->w;
+    const int G = w->groups, gu = c->gu;
+    const float *s = w->scales + (size_t)n * G, *mn = w->mins ? w->mins + (size_t)n * G : NULL;
+    const uint8_t *z = w->zeros + (size_t)n * G;
+    for (int g0 = 0; g0 < gu; g0 += 16) {
+        __mmask16 m = gu - g0 >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (gu - g0)) - 1u);
+        __m512 coef[4];
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            __m512 sv = _mm512_maskz_loadu_ps(m, s + (size_t)j * G + g0);
+            __m512 zv = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, z + (size_t)j * G + g0)));
+            __m512 mv = mn ? _mm512_maskz_loadu_ps(m, mn + (size_t)j * G + g0) : _mm512_setzero_ps();
+            coef[j] = _mm512_fnmadd_ps(sv, zv, mv);
+        }
+        EC_UNROLL for (int r = 0; r < MR; r++) {
+            __m512 ds = _mm512_loadu_ps(c->dsg + r * c->ldg + g0);
+            EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm512_fmadd_ps(coef[j], ds, acc[r][j]);
+        }
+    }
+}
+
+
+
+/* 4-bit, MODE 0: g % 128 == 0 (PPG quads per group, 0 = w->group / 128), 1: g == 64, 2: g == 32.
+   One quad q (TAIL: the row's last, partial quad). */
+EC_INLINE void z4_quad(const qctx *c, const uint8_t *row, const float *s, int q, int MR, int NR, int MODE, int ppg,
+                       int TAIL, int PF, __m512 acc[EC_MR][4]) {
+    const size_t rb = c->rb;
+    const int G = c->w->groups;
+    const __m512i m4 = _mm512_set1_epi8(15);
+    __m512i lo[4], hi[4];
+    __m512 sv[4];
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const uint8_t *p = row + (size_t)j * rb + 64 * (size_t)q;
+        __m512i v;
+        if (TAIL) {
+            size_t left = rb - 64 * (size_t)q;
+            v = _mm512_maskz_loadu_epi8((__mmask64)((1ull << left) - 1ull), p);
+        } else {
+            v = _mm512_loadu_si512((const void *)p);
+        }
+        if (PF && EC_PF_BYTES) _mm_prefetch((const char *)p + EC_PF_BYTES, _MM_HINT_T0);
+        lo[j] = _mm512_and_si512(v, m4);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        const float *sj = s + (size_t)j * G;
+        if (MODE == 0) {
+            sv[j] = _mm512_set1_ps(sj[ppg == 1 ? q : q / ppg]);
+        } else if (MODE == 1) {
+            const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+            __m128 t = TAIL ? _mm_maskz_loadu_ps((__mmask8)((1u << EC_MIN(2, G - 2 * q)) - 1u), sj + 2 * q)
+                            : _mm_castpd_ps(_mm_load_sd((const double *)(sj + 2 * q)));
+            sv[j] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(t));
+        } else {
+            const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+            __m128 t = TAIL ? _mm_maskz_loadu_ps((__mmask8)((1u << EC_MIN(4, G - 4 * q)) - 1u), sj + 4 * q)
+                            : _mm_loadu_ps(sj + 4 * q);
+            sv[j] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(t));
+        }
+    }
+    EC_UNROLL for (int r = 0; r < MR; r++) {
+        __m512i xl = _mm512_loadu_si512((const void *)(c->qz[r] + 128 * (size_t)q));
+        __m512i xh = _mm512_loadu_si512((const void *)(c->qz[r] + 128 * (size_t)q + 64));
+        __m512 dv = _mm512_loadu_ps(c->dz[r] + 16 * (size_t)q);
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            __m512i i = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[j], xl), hi[j], xh);
+            acc[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(dv, sv[j]), acc[r][j]);
+        }
+    }
+}
+
+EC_INLINE void z4_tile(const qctx *c, int n, int MR, int NR, int MODE, int PPG, int PF, float *out) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const float *s = w->scales + (size_t)n * w->groups;
+    const int nq = c->nq, nqf = EC_MIN(nq, (int)(c->rb / 64));
+    const int ppg = MODE == 0 ? (PPG ? PPG : w->group / 128) : 1;
+    __m512 acc[EC_MR][4];
+    EC_UNROLL for (int r = 0; r < MR; r++)
+        EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm512_setzero_ps();
+    int q = 0;
+    for (; q < nqf; q++) z4_quad(c, row, s, q, MR, NR, MODE, ppg, 0, PF, acc);
+    if (q < nq) z4_quad(c, row, s, q, MR, NR, MODE, ppg, 1, PF, acc);
+    z_corr(c, n, MR, NR, acc);
+    z_reduce(acc, MR, NR, out);
+}
+
+/* 8-bit, g % 32 == 0: MODE 0 g % 64 == 0 (per group, its pairs, then its scale), 1 otherwise
+   (per pair [s_j0 x8 | s_j1 x8]). One pair p (TAIL: the row's last, partial pair). */
+EC_INLINE void z8_pair(const qctx *c, const uint8_t *row, int p, int MR, int NR, int TAIL, int PF, const __m512 *sv,
+                       __m512 acc[EC_MR][4]) {
+    const size_t rb = c->rb;
+    __m512i v[4];
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const uint8_t *a = row + (size_t)j * rb + 64 * (size_t)p;
+        if (TAIL) v[j] = _mm512_maskz_loadu_epi8((__mmask64)((1ull << (rb - 64 * (size_t)p)) - 1ull), a);
+        else v[j] = _mm512_loadu_si512((const void *)a);
+        if (PF && EC_PF_BYTES) _mm_prefetch((const char *)a + EC_PF_BYTES, _MM_HINT_T0);
+    }
+    EC_UNROLL for (int r = 0; r < MR; r++) {
+        __m512i x = _mm512_loadu_si512((const void *)(c->qn[r] + 64 * (size_t)p));
+        __m512 dv = _mm512_loadu_ps(c->d8[r] + 16 * (size_t)p);
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            __m512 f = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), v[j], x));
+            acc[r][j] = _mm512_fmadd_ps(f, sv ? _mm512_mul_ps(dv, sv[j]) : dv, acc[r][j]);
+        }
+    }
+}
+
+EC_INLINE void z8_tile(const qctx *c, int n, int MR, int NR, int MODE, int PF, float *out) {
+    const ec_qweight *w = c->w;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    const int G = w->groups, np = c->np, npf = EC_MIN(np, (int)(c->rb / 64));
+    const float *s = w->scales + (size_t)n * G;
+    __m512 acc[EC_MR][4];
+    EC_UNROLL for (int r = 0; r < MR; r++)
+        EC_UNROLL for (int j = 0; j < NR; j++) acc[r][j] = _mm512_setzero_ps();
+    if (MODE == 0) {
+        const int ppg = w->group / 64;
+        for (int g = 0, p = 0; p < np; g++) {
+            int pe = EC_MIN(p + ppg, np);
+            __m512 ga[EC_MR][4];
+            EC_UNROLL for (int r = 0; r < MR; r++)
+                EC_UNROLL for (int j = 0; j < NR; j++) ga[r][j] = _mm512_setzero_ps();
+            for (; p < EC_MIN(pe, npf); p++) z8_pair(c, row, p, MR, NR, 0, PF, NULL, ga);
+            if (p < pe) { z8_pair(c, row, p, MR, NR, 1, PF, NULL, ga); p++; }
+            EC_UNROLL for (int j = 0; j < NR; j++) {
+                __m512 sj = _mm512_set1_ps(s[(size_t)j * G + g]);
+                EC_UNROLL for (int r = 0; r < MR; r++) acc[r][j] = _mm512_fmadd_ps(ga[r][j], sj, acc[r][j]);
+            }
+        }
+    } else {
+        const int bpg = w->group / 32;
+        for (int p = 0; p < np; p++) {
+            int j0 = 2 * p / bpg, j1 = EC_MIN((2 * p + 1) / bpg, G - 1);
+            __m512 sv[4];
+            EC_UNROLL for (int j = 0; j < NR; j++)
+                sv[j] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_set1_ps(s[(size_t)j * G + j0])),
+                                                            _mm256_castps_pd(_mm256_set1_ps(s[(size_t)j * G + j1])), 1));
+            if (p < npf) z8_pair(c, row, p, MR, NR, 0, PF, sv, acc);
+            else z8_pair(c, row, p, MR, NR, 1, PF, sv, acc);
+        }
+    }
+    z_corr(c, n, MR, NR, acc);
+    z_reduce(acc, MR, NR, out);
+}
+
+#define Z4G128_CALL(MR, NR, PF, out) z4_tile(c, n, MR, NR, 0, 1, PF, out)
+#define Z4G128N_CALL(MR, NR, PF, out) z4_tile(c, n, MR, NR, 0, 0, PF, out)
+#define Z4G64_CALL(MR, NR, PF, out) z4_tile(c, n, MR, NR, 1, 1, PF, out)
+#define Z4G32_CALL(MR, NR, PF, out) z4_tile(c, n, MR, NR, 2, 1, PF, out)
+#define Z8G64_CALL(MR, NR, PF, out) z8_tile(c, n, MR, NR, 0, PF, out)
+#define Z8G32_CALL(MR, NR, PF, out) z8_tile(c, n, MR, NR, 1, PF, out)
+EC_KINDFNS(z, Z4G128, 4)
+EC_KINDFNS(z, Z4G128N, 4)
+EC_KINDFNS(z, Z4G64, 4)
+EC_KINDFNS(z, Z4G32, 4)
+EC_KINDFNS(z, Z8G64, 4)
+EC_KINDFNS(z, Z8G32, 4)
+static const krows_fn ztab[6][5] = {EC_KROW(z, Z4G128), EC_KROW(z, Z4G128N), EC_KROW(z, Z4G64),
+                                    EC_KROW(z, Z4G32),  EC_KROW(z, Z8G64),   EC_KROW(z, Z8G32)};
+/* the kernel family for a format, or -1 */
+static int z_kind(const ec_qweight *w) {
+    const int gs = w->group;
+    if (w->bits == 4) return gs == 128 ? 0 : gs % 128 == 0 ? 1 : gs == 64 ? 2 : gs == 32 ? 3 : -1;
+    if (w->bits == 8) return gs % 64 == 0 ? 4 : gs % 32 == 0 ? 5 : -1;
+    return -1;
+}
+#endif /* EC_AVX512 */
 
 #elif defined(EC_NEON)
 /* ---- NEON ---- */
@@ -1041,6 +1436,10 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
     c.np = g.np;
     c.nb2 = g.nb2;
     c.gu = gu;
+#if defined(EC_AVX512)
+    c.nq = g.nq;
+    const int zk = z_kind(w);
+#endif
 #if defined(EC_VNNI)
     c.off = 0; /* vpdpbusd takes the unsigned 8-bit codes as they are */
 #else
@@ -1051,13 +1450,8 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
     float dsg[EC_MR * EC_MAXG];
     c.dsg = dsg;
     const int bpg = gs / 32, nblk = M <= EC_MR ? n1 - n0 : EC_NBLK;
-#if defined(EC_HAVE_TWO)
-    void (*two)(const qctx *, int, int, const float *, float *) = NULL;
-    if (M == 1) {
-        if (kind == K_Q4G64) two = gs == 128 ? two_q4g128 : gs == 64 ? two_q4g64 : two_q4g64n;
-        else if (kind == K_Q4G32 && gs == 32) two = two_q4g32;
-        else if (kind == K_Q8) two = two_q8;
-    }
+#if defined(EC_AVX2)
+    const int yk = y_kind(w, gu);
 #endif
     for (int nb0 = n0; nb0 < n1; nb0 += nblk) {
         int nb1 = EC_MIN(n1, nb0 + nblk);
@@ -1070,6 +1464,11 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
                 c.dp[r] = (const float *)(base + g.off_dp) + (size_t)m * g.np * 8;
                 c.qn[r] = (const int8_t *)(base + g.off_qn) + (size_t)m * g.nb2 * 32;
                 c.qp[r] = (const int8_t *)(base + g.off_qp) + (size_t)m * g.nb2 * 32;
+#if defined(EC_AVX512)
+                c.qz[r] = (const int8_t *)(base + g.off_qz) + (size_t)m * g.nq * 128;
+                c.dz[r] = (const float *)(base + g.off_dz) + (size_t)m * g.nq * 16;
+                c.d8[r] = (const float *)(base + g.off_d8) + (size_t)m * g.np * 16;
+#endif
                 float *dr = dsg + r * c.ldg;
                 for (int j = 0; j < c.ldg; j++) {
                     double a = 0.0;
@@ -1078,11 +1477,15 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
                     dr[j] = (float)a;
                 }
             }
-#if defined(EC_HAVE_TWO)
-            if (two) {
-                int ne = nb0 + (nb1 - nb0) / 2 * 2;
-                two(&c, nb0, ne, bias, y);
-                if (ne < nb1) rows_tab[kind][0](&c, ne, nb1, bias, y, N, 0);
+#if defined(EC_AVX512)
+            if (zk >= 0) {
+                ztab[zk][M == 1 ? 0 : mr](&c, nb0, nb1, bias, y, N, m0);
+                continue;
+            }
+#endif
+#if defined(EC_AVX2)
+            if (yk >= 0) {
+                ytab[yk][M == 1 ? 0 : mr](&c, nb0, nb1, bias, y, N, m0);
                 continue;
             }
 #endif
