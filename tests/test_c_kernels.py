@@ -1,6 +1,7 @@
 """targets/c/runtime/linear.c: the C runtime's linear kernels against numpy and edgec.ir.quant.
 
-Native builds (AVX2 and -DEC_SCALAR) are called through ctypes; the aarch64 builds (NEON with and
+Native builds (AVX2, AVX2 with 256-bit VNNI, AVX-512 VNNI and -DEC_SCALAR; those this CPU cannot run
+are only compiled) are called through ctypes; the aarch64 builds (NEON with and
 without dotprod) run tests/c/kernels_main.c under qemu-aarch64 on cases written to files.
 """
 from __future__ import annotations
@@ -28,8 +29,11 @@ VARIANTS = {  # name -> (flags, the path ec_linear_path must report)
     "avx2": (["-mavx2", "-mfma", "-mf16c"], "avx2"),
     "scalar": (["-DEC_SCALAR"], "scalar"),
     "vnni": (["-mavx2", "-mfma", "-mf16c", "-mavx512vnni", "-mavx512vl"], "avx2-vnni"),  # 256-bit vpdpbusd
+    # edgec's x86 profile on AVX-512 VNNI CPUs: the 512-bit kernels
+    "avx512": (["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"], "avx512-vnni"),
 }
-CPU_NEEDS = {"avx2": ("avx2", "fma", "f16c"), "vnni": ("avx2", "fma", "f16c", "avx512_vnni", "avx512vl"), "scalar": ()}
+CPU_NEEDS = {"avx2": ("avx2", "fma", "f16c"), "vnni": ("avx2", "fma", "f16c", "avx512_vnni", "avx512vl"), "scalar": (),
+             "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
 ARM_VARIANTS = {"a76": (["-mcpu=cortex-a76"], "neon-dotprod"), "armv8": (["-march=armv8-a"], "neon")}
 
 
@@ -256,13 +260,15 @@ def test_cases_cover_the_formats():
 @pytest.mark.parametrize("m", [1, 70])
 def test_decode_and_prefill_shapes(lib, m):
     """The common formats at K=576 and 608 (odd pair count), an odd number of rows (the decode kernels
-    take two rows at a time) and M=70 (more rows than one n-block)."""
+    take four rows at a time), groups of several 512-bit quads (g256) or of three blocks (g96), and M=70
+    (more rows than one n-block)."""
     rng = np.random.default_rng(7)
     for k in (576, 608):
         x = rng.standard_normal((m, k)).astype(f32)
         for bits, g, sym, mins in ((4, 128, True, False), (4, 64, False, False), (4, 192, True, False),
                                    (4, 32, False, True), (4, 32, True, False), (8, 0, True, False),
-                                   (8, 32, True, False), (8, 64, False, True)):
+                                   (8, 32, True, False), (8, 64, False, True), (4, 256, False, True),
+                                   (8, 96, False, False)):
             qw = make_qweight(rng, 50, k, bits, g, sym, mins, search=sym)
             sentinel = np.full((m, 50), -7.0, f32)
             bias = rng.standard_normal(50).astype(f32)

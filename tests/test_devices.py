@@ -75,7 +75,7 @@ def test_host_detection():
     assert host.peak_int8_tops > 0 and host.peak_fp16_tflops > 0
     assert host.cpu_triple.split("-")[0] in ("x86_64", "aarch64", "arm64", "riscv64", "ppc64le", "s390x")
     assert "memory_bandwidth_gbs" in host.estimated
-    known = {"avx2", "fma", "avx512f", "avx512_vnni", "avxvnni", "f16c",
+    known = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avxvnni", "f16c",
              "neon", "dotprod", "fp16", "i8mm", "sve"}
     assert set(host.cpu_features) <= known
     assert host.default_recipe == "fp32"

@@ -33,7 +33,7 @@ class CBackend(Backend):
     def compile(self, graph, out_dir, device, options, progress=None) -> dict:
         from edgec.interface import ModelInterface
 
-        from .build import LIBRARY, compile_library, copy_runtime, toolchain_for
+        from .build import PUBLIC_HEADER, RUN_SOURCE, compile_library, copy_runtime, toolchain_for
         from .codegen import generate
         from .weights import FILE, write_weights
 
@@ -49,9 +49,11 @@ class CBackend(Backend):
         weights = write_weights(out_dir, graph, gen.weights)
         if progress:
             progress(f"compiling with {tc.cc}")
-        defines = ["EC_PROFILE"] if options.get("profile") else []
-        compile_library(tc, src, [s for s in sources if s.endswith(".c")] + ["model.c"], out_dir / LIBRARY,
-                        defines)
+        defines = (["EC_PROFILE"] if options.get("profile") else []) + \
+            (["EC_ACT_INT8"] if options.get("int8_activations") else [])
+        built = compile_library(tc, src, [s for s in sources if s.endswith(".c") and s != RUN_SOURCE] + ["model.c"],
+                                out_dir, defines)
+        (out_dir / PUBLIC_HEADER).write_bytes((src / PUBLIC_HEADER).read_bytes())
         iface = ModelInterface.of_graph(graph)
         logits = next((v for v in graph.outputs if v.name == iface.logits), None)
         meta = {
@@ -68,7 +70,7 @@ class CBackend(Backend):
             "vocab_size": logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None,
         }
         (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        files = [META_FILE, FILE, LIBRARY, *[f"{SOURCE_DIR}/{s}" for s in sources + ["model.c"]]]
+        files = [META_FILE, FILE, *built, PUBLIC_HEADER, *[f"{SOURCE_DIR}/{s}" for s in sources + ["model.c"]]]
         return {"files": files, "weights": weights, "toolchain": {"cc": tc.cc, "flags": meta["flags"]}}
 
     def open(self, files, *, interface=None, options=None, threads=None):

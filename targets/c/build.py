@@ -17,9 +17,13 @@ from pathlib import Path
 from edgec.errors import EdgecError
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
-RUNTIME_SOURCES = ("ec_rt.c", "ec_ops.c", "ec_api.c", "linear.c")
-RUNTIME_HEADERS = ("ec_rt.h", "linear.h")
+RUNTIME_SOURCES = ("ec_rt.c", "ec_ops.c", "ec_api.c", "linear.c", "json.c", "tokenizer.c", "edgec_api.c")
+RUNTIME_HEADERS = ("ec_rt.h", "linear.h", "json.h", "tokenizer.h", "edgec.h")
+RUN_SOURCE = "edgec_run.c"
 LIBRARY = "libedgec.so"
+STATIC_LIBRARY = "libedgec.a"
+RUNNER = "edgec-run"
+PUBLIC_HEADER = "edgec.h"
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def toolchain_for(device) -> Toolchain:
         cc = "gcc"
     elif triple.startswith("aarch64"):
         cc = "gcc" if _host_is_aarch64() else "aarch64-linux-gnu-gcc"
-        flags = list(base) + ([f"-mcpu={device.mcpu}"] if device.mcpu else ["-march=armv8-a"])
+        flags = list(base) + _arm_flags(cc, device)
     else:
         raise EdgecError(f"the C backend has no toolchain for {triple!r} (device {device.name}); "
                          "it builds for x86_64 and aarch64")
@@ -64,11 +68,30 @@ def toolchain_for(device) -> Toolchain:
     return Toolchain(cc, tuple(flags), triple)
 
 
+@functools.lru_cache(maxsize=None)
+def _accepts(cc: str, flag: str) -> bool:
+    if shutil.which(cc) is None:
+        return True  # the missing compiler is reported below
+    proc = subprocess.run([cc, flag, "-E", "-x", "c", "-", "-o", os.devnull], input="", capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def _arm_flags(cc: str, device) -> list[str]:
+    """-mcpu from the profile; a compiler too old for that core (gcc 12 and the Cortex-A715) gets the
+    architecture its features imply, so the dot-product kernels are still chosen."""
+    if device.mcpu and _accepts(cc, f"-mcpu={device.mcpu}"):
+        return [f"-mcpu={device.mcpu}"]
+    feats = set(device.cpu_features)
+    if "dotprod" in feats:
+        return ["-march=armv8.2-a" + "".join(f"+{f}" for f in ("dotprod", "fp16", "i8mm") if f in feats)]
+    return ["-march=armv8-a"]
+
+
 def copy_runtime(src_dir: Path) -> list[str]:
     """The runtime's sources and headers into src_dir (an artifact ships what it was built from)."""
     src_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for name in RUNTIME_SOURCES + RUNTIME_HEADERS:
+    for name in RUNTIME_SOURCES + RUNTIME_HEADERS + (RUN_SOURCE,):
         shutil.copyfile(RUNTIME_DIR / name, src_dir / name)
         names.append(name)
     return names
@@ -108,14 +131,30 @@ def _cc_version(cc: str) -> str:
     return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
 
 
-def compile_library(tc: Toolchain, src_dir: Path, sources: list[str], out: Path, defines=()) -> None:
-    """The sources as one shared library at out: the runtime's objects from the cache, model.c
-    compiled fresh; a failed compile is a one-line error with the compiler's first error."""
+def compile_library(tc: Toolchain, src_dir: Path, sources: list[str], out_dir: Path, defines=()) -> list[str]:
+    """What an artifact holds to run: LIBRARY (shared, for Python and C programs), STATIC_LIBRARY and
+    RUNNER (statically linked when cross-compiled: a glibc shared library does not load on Android).
+    The runtime's objects come from the cache, model.c is compiled fresh; a failed compile is a
+    one-line error with the compiler's first error. Returns the file names written in out_dir."""
     flags = [*tc.flags, *[f"-D{d}" for d in defines]]
-    objects = [_object(tc, src_dir / s, flags) for s in sources if s != "model.c"]
-    model = out.with_name("model.o")
-    _run([tc.cc, *flags, "-c", "-o", str(model), str(src_dir / "model.c")], tc)
+    objects = [str(_object(tc, src_dir / s, flags)) for s in sources if s != "model.c"]
+    model, runner = out_dir / "model.o", out_dir / "edgec_run.o"
     try:
-        _run([tc.cc, *flags, "-shared", "-o", str(out), str(model), *map(str, objects), "-lm", "-lpthread"], tc)
+        _run([tc.cc, *flags, "-c", "-o", str(model), str(src_dir / "model.c")], tc)
+        _run([tc.cc, *flags, "-c", "-o", str(runner), str(src_dir / RUN_SOURCE)], tc)
+        _run([tc.cc, *flags, "-shared", "-o", str(out_dir / LIBRARY), str(model), *objects, "-lm", "-lpthread"], tc)
+        static = out_dir / STATIC_LIBRARY
+        static.unlink(missing_ok=True)
+        _run([_tool(tc, "ar"), "rcs", str(static), str(model), *objects], tc)
+        link = ["-static"] if tc.cross else []
+        _run([tc.cc, *link, "-o", str(out_dir / RUNNER), str(runner), str(static), "-lm", "-lpthread"], tc)
     finally:
         model.unlink(missing_ok=True)
+        runner.unlink(missing_ok=True)
+    return [LIBRARY, STATIC_LIBRARY, RUNNER]
+
+
+def _tool(tc: Toolchain, name: str) -> str:
+    """binutils beside the compiler (aarch64-linux-gnu-ar for aarch64-linux-gnu-gcc)."""
+    prefix = tc.cc[: -len("gcc")] if tc.cc.endswith("gcc") else ""
+    return prefix + name if shutil.which(prefix + name) else name

@@ -229,8 +229,39 @@ class CodeGen:
         for vid in list(self.owned):
             self.emit(f"ec_put(rt, {self.names[vid]});")
         self.emit("return 0;")
+        self.info = self._info(inputs, outputs, symbols, caches)
         src = self._source(symbols)
         return Generated(src, self.weights, inputs, outputs, symbols, caches, row_symbols)
+
+    def _info(self, inputs, outputs, symbols, caches) -> list[str]:
+        """ec_model_info: where the LLM roles sit in in[]/out[]/syms[] (for ec_model_forward)."""
+        from edgec.interface import LOGITS, LOGITS_ROWS, POSITIONS, TOKENS
+
+        def index(vals, name):
+            return next((i for i, v in enumerate(vals) if v.name == name), -1)
+
+        tok = next((v for v in inputs if v.name == TOKENS), None)
+        seq = tok.shape[-1] if tok is not None and isinstance(tok.shape[-1], str) else None
+        past = caches[0].past_k.shape[2] if caches and isinstance(caches[0].past_k.shape[2], str) else None
+        logits = next((v for v in outputs if v.name == LOGITS), None)
+        vocab = logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else 0
+        heads = ", ".join(str(int(v.shape[1])) for c in caches for v in (c.past_k, c.past_v)) or "0"
+        dims = ", ".join(str(int(v.shape[3])) for c in caches for v in (c.past_k, c.past_v)) or "0"
+        return [f"static const int64_t ec_cache_heads[] = {{{heads}}};",
+                f"static const int64_t ec_cache_dim[] = {{{dims}}};",
+                "const ec_model_info ec_model = {",
+                f"    {len(inputs)}, {len(outputs)}, {len(symbols)}, {2 * len(caches)},",
+                f"    {index(inputs, TOKENS)}, {index(inputs, POSITIONS)}, {index(inputs, LOGITS_ROWS)}, "
+                f"{index(outputs, LOGITS)},",
+                f"    {symbols.index(seq) if seq in symbols else -1}, {symbols.index(past) if past in symbols else -1},",
+                f"    {vocab}, {int(self.g.facts.context_length or 0)},",
+                "    ec_cache_heads, ec_cache_dim,",
+                "#ifdef EC_ACT_INT8",
+                "    1",
+                "#else",
+                "    0",
+                "#endif",
+                "};"]
 
     def _source(self, symbols) -> str:
         names = ",\n    ".join(_c_string(n) for n in self.weights) or "0"
@@ -242,6 +273,7 @@ class CodeGen:
             f"const int ec_model_n_op_kinds = {len(self.op_kinds)};",
             "const char *const ec_model_op_kinds[] = {" + ", ".join(_c_string(k) for k in self.op_kinds) + "};",
             f"const char *const ec_model_weight_names[] = {{\n    {names}\n}};", "",
+            *self.info, "",
             "int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, "
             "void *const *cache, int64_t cap) {",
             *self.lines, "}", ""])

@@ -72,6 +72,23 @@ void ec_put(ec_rt *rt, void *p);
 ec_bufs *ec_bufs_new(void);
 void ec_bufs_free(ec_bufs *b);
 
+/* ------------------------------------------------------------------ what the generated code says about its model */
+typedef struct {
+    int n_inputs, n_outputs, n_symbols, n_caches;
+    int tokens, positions, logits_rows, logits;   /* indices into in[] / out[]; -1: absent */
+    int sym_seq, sym_past;                        /* indices into syms[]; -1: absent */
+    int64_t vocab, context;
+    const int64_t *cache_heads, *cache_dim;       /* cache i: [1, heads, cap, dim] float32 */
+    int act_int8;                                 /* the build's default for ec_rt_new */
+} ec_model_info;
+
+/* generated in model.c */
+extern const ec_model_info ec_model;
+int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, void *const *cache, int64_t cap);
+int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify);
+ec_rt *ec_rt_new(int threads, int act_int8);
+void ec_rt_free(ec_rt *rt);
+
 /* ------------------------------------------------------------------ dtypes */
 enum { EC_F32 = 0, EC_F16 = 1, EC_I64 = 2, EC_I32 = 3, EC_I8 = 4, EC_U8 = 5, EC_BOOL = 6 };
 size_t ec_dtype_size(int dtype);

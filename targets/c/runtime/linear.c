@@ -4,7 +4,11 @@
  *   1. common helpers (half floats, code unpacking, exact dequantization)
  *   2. fp32 dot-product tiles (ec_linear_f32, ec_linear_f16, ec_linear_q)
  *   3. activation quantization (ec_act_size, ec_quantize_act)
- *   4. int8-activation kernels (ec_linear_q_i8): per format and per SIMD path
+ *   4. int8-activation kernels (ec_linear_q_i8): per format and per SIMD path. On x86 the common
+ *      formats (4-bit g32 / g%64, 8-bit g%32) run tile kernels (MR act rows x NR weight rows, the
+ *      zero / min term folded into the same accumulators, four sums reduced at once; M = 1: four
+ *      weight rows per pass, the weight stream prefetched EC_PF_BYTES ahead), 256-bit ones (y*)
+ *      and, with AVX-512 VNNI, 512-bit ones (z*); the other formats the per-row kernels.
  *
  * Int8 path, per weight row n and activation row m, with c = q - off (off = 128 for 8-bit codes,
  * so that they fit int8, else 0), blocks b of 32 activations and groups j of g weights:

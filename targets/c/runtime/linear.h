@@ -1,7 +1,13 @@
 /* edgec embedded C runtime: linear (matrix-vector / matrix-matrix) kernels.
  *
  * Pure C11, no dependencies. The SIMD path is chosen at compile time:
- *   __AVX2__ && __FMA__ (&& __F16C__ for fp16 weights)  -> AVX2 (maddubs/madd int8 dots)
+ *   __AVX2__ && __FMA__ && __AVX512F__ && __AVX512BW__ && __AVX512VL__ && __AVX512VNNI__
+ *                                                      -> "avx512-vnni": 512-bit vpdpbusd kernels for
+ *                                                         4-bit g32 / g64 / g%128 and 8-bit g%32,
+ *                                                         the AVX2 ones for the other formats
+ *   __AVX2__ && __FMA__ (&& __F16C__ for fp16 weights)  -> AVX2 (maddubs/madd int8 dots; "avx2-vnni"
+ *                                                         with 256-bit vpdpbusd under AVX512VNNI+VL
+ *                                                         or AVX-VNNI)
  *   __aarch64__ && __ARM_NEON                          -> NEON (vdotq_s32 with __ARM_FEATURE_DOTPROD,
  *                                                              else vmull_s8 + vpadalq_s16)
  *   otherwise, or with -DEC_SCALAR                      -> portable scalar C
@@ -48,7 +54,9 @@ void ec_linear_q(const float *x, int M, const ec_qweight *w, const float *bias, 
        q = round-half-to-even(x * id) in [-127, 127]        (float32 product, as numpy.rint)
    and the block's d, sum(q) * d and the codes (twice: in order, and nibble-pair order for the
    4-bit kernels). The buffer (ec_act_size bytes, 8-byte aligned; 32 recommended) is opaque and
-   belongs to the build that wrote it. ec_linear_q_i8 reads K from w->k.
+   belongs to the build that wrote it (its size differs between SIMD paths). ec_linear_q_i8 reads
+   K from w->k. The activation block stays 32 for every group size (the common formats' kernels
+   take four weight rows per pass at M = 1 and prefetch the weight stream).
    Result: sum_b d_b * sum_{k in b} q_k * w[n,k] (+ bias), w as ec_dequant_row. */
 size_t ec_act_size(int M, int K);
 void ec_quantize_act(const float *x, int M, int K, void *xq);
@@ -62,7 +70,7 @@ void ec_dequant_row(const ec_qweight *w, int n, float *out);
 float ec_f16_to_f32(uint16_t h);
 uint16_t ec_f32_to_f16(float f);
 
-/* "avx2", "neon-dotprod", "neon" or "scalar". */
+/* "avx512-vnni", "avx2-vnni", "avx2", "neon-dotprod", "neon" or "scalar". */
 const char *ec_linear_path(void);
 
 #ifdef __cplusplus

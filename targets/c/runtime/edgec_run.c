@@ -1,0 +1,115 @@
+/* edgec-run: generate text with an edgec C artifact, no Python needed.
+ *   edgec-run ARTIFACT -p PROMPT [-n N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--chat]
+ *             [--threads N] [--context N] [--exact] [--stats] [--ids 1,2,3]
+ * --ids: the prompt as token ids instead of -p; prints the generated ids (tests, models without a tokenizer)
+ * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edgec.h"
+
+static int usage(const char *why) {
+    fprintf(stderr, "edgec-run: error: %s\nusage: edgec-run ARTIFACT -p PROMPT [-n N] [--temperature T] [--top-k K] "
+            "[--top-p P] [--seed S] [--chat] [--threads N] [--context N] [--exact] [--stats] [--ids 1,2,3]\n", why);
+    return 2;
+}
+
+static int print_token(const char *bytes, int len, int32_t id, void *user) {
+    (void)id;
+    (void)user;
+    fwrite(bytes, 1, (size_t)len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+static int print_id(const char *bytes, int len, int32_t id, void *user) {
+    (void)bytes;
+    (void)len;
+    (void)user;
+    printf("%d ", id);
+    return 0;
+}
+
+static int number(const char *s, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || v < lo || v > hi) return 0;
+    *out = v;
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    const char *dir = NULL, *prompt = NULL, *idlist = NULL;
+    edgec_options opt = edgec_default_options();
+    edgec_sampling smp = edgec_greedy();
+    int n = 64, chat = 0, stats = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        double v;
+        int has = i + 1 < argc;
+        if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!has) return usage("-p needs a prompt"); prompt = argv[++i]; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens")) {
+            if (!has || !number(argv[++i], 1, 1e6, &v)) return usage("-n takes a count from 1 to 1000000");
+            n = (int)v;
+        } else if (!strcmp(a, "--temperature")) {
+            if (!has || !number(argv[++i], 0, 100, &v)) return usage("--temperature takes a number from 0 to 100");
+            smp.temperature = (float)v;
+        } else if (!strcmp(a, "--top-k")) {
+            if (!has || !number(argv[++i], 0, 1e9, &v)) return usage("--top-k takes a count >= 0");
+            smp.top_k = (int)v;
+        } else if (!strcmp(a, "--top-p")) {
+            if (!has || !number(argv[++i], 0, 1, &v) || v == 0) return usage("--top-p takes a number in (0, 1]");
+            smp.top_p = (float)v;
+        } else if (!strcmp(a, "--seed")) {
+            if (!has || !number(argv[++i], 0, 1.8e19, &v)) return usage("--seed takes a whole number >= 0");
+            smp.seed = (uint64_t)v;
+        } else if (!strcmp(a, "--threads")) {
+            if (!has || !number(argv[++i], 1, 1024, &v)) return usage("--threads takes a count from 1 to 1024");
+            opt.threads = (int)v;
+        } else if (!strcmp(a, "--context")) {
+            if (!has || !number(argv[++i], 1, 1 << 24, &v)) return usage("--context takes a count >= 1");
+            opt.context = (int)v;
+        } else if (!strcmp(a, "--ids")) {
+            if (!has) return usage("--ids needs comma-separated token ids");
+            idlist = argv[++i];
+        } else if (!strcmp(a, "--chat")) chat = 1;
+        else if (!strcmp(a, "--exact")) opt.exact = 1;
+        else if (!strcmp(a, "--stats")) stats = 1;
+        else if (a[0] == '-') { char m[300]; snprintf(m, sizeof m, "unknown option %s", a); return usage(m); }
+        else if (!dir) dir = a;
+        else return usage("one artifact folder only");
+    }
+    if (!dir) return usage("give the artifact folder");
+    if (!prompt && !idlist) return usage("give a prompt with -p (or token ids with --ids)");
+    char err[512];
+    edgec_model *m = edgec_load(dir, &opt, err, sizeof err);
+    if (!m) { fprintf(stderr, "edgec-run: error: %s\n", err); return 1; }
+    edgec_ctx *c = edgec_context(m, err, sizeof err);
+    if (!c) { fprintf(stderr, "edgec-run: error: %s\n", err); edgec_free(m); return 1; }
+    double st[2] = {0, 0};
+    int made;
+    if (idlist) {
+        int32_t ids[4096];
+        int k = 0;
+        for (char *p = (char *)idlist; *p && k < 4096;) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p) { edgec_context_free(c); edgec_free(m); return usage("--ids takes comma-separated integers"); }
+            ids[k++] = (int32_t)v;
+            p = *end == ',' ? end + 1 : end;
+        }
+        made = edgec_generate_ids(c, ids, k, n, &smp, print_id, NULL, st);
+    } else {
+        made = edgec_generate(c, prompt, chat, n, &smp, print_token, NULL, st);
+    }
+    printf("\n");
+    int rc = 0;
+    if (made < 0) { fprintf(stderr, "edgec-run: error: %s\n", edgec_error(c)); rc = 1; }
+    else if (stats)
+        fprintf(stderr, "prefill %.1f tokens/s, decode %.1f tokens/s (%d tokens, kernels %s)\n", st[0], st[1], made,
+                edgec_kernels());
+    edgec_context_free(c);
+    edgec_free(m);
+    return rc;
+}

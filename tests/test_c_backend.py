@@ -1,0 +1,126 @@
+"""The C backend as a user meets it: an artifact whose edgec-run, libedgec.so and edgec.h work without
+Python, the same greedy tokens from Python, from edgec-run on x86-64 and from the aarch64 build under
+qemu, and one-line errors for bad input. (Op-level correctness: test_conformance.py; whole models
+against transformers: test_architectures.py.)"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import edgec
+from edgec.errors import ArtifactError
+from helpers import IDS
+
+N = 12
+QEMU = shutil.which("qemu-aarch64")
+CROSS = shutil.which("aarch64-linux-gnu-gcc")
+
+
+@pytest.fixture(scope="module")
+def c_fp32(tiny_llama, tmp_path_factory):
+    return edgec.build(tiny_llama, tmp_path_factory.mktemp("c") / "fp32", backend="c", recipe="fp32")
+
+
+@pytest.fixture(scope="module")
+def c_int4(tiny_llama, tmp_path_factory):
+    """int4 weights (fused quantized linears) with the device profile's int8 activations."""
+    return edgec.build(tiny_llama, tmp_path_factory.mktemp("c") / "int4", backend="c", recipe="int4-rtn")
+
+
+def run_ids(binary, artifact, *extra, runner=()):
+    cmd = [*runner, str(binary), str(artifact), "--ids", ",".join(map(str, IDS)), "-n", str(N), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return [int(t) for t in proc.stdout.split()]
+
+
+def test_artifact_holds_a_program_and_libraries(c_fp32):
+    model = c_fp32 / "model"
+    for name in ("libedgec.so", "libedgec.a", "edgec.h", "edgec-run", "weights.bin", "c.json", "src/model.c"):
+        assert (model / name).is_file(), name
+    assert "int ec_graph_run(" in (model / "src" / "model.c").read_text()
+
+
+@pytest.mark.parametrize("which", ["fp32", "int4"])
+def test_edgec_run_matches_python(which, c_fp32, c_int4):
+    art = {"fp32": c_fp32, "int4": c_int4}[which]
+    want = edgec.load(art).generate(IDS, N)
+    assert len(want) == N
+    assert run_ids(art / "model" / "edgec-run", art) == want
+
+
+def test_exact_and_int8_activations_agree(c_int4):
+    """--exact (fp32 activations) and the default int8 activations: the same logits within a few %."""
+    from edgec.backends import get_backend
+
+    be = get_backend("c")
+    exact = be.open(c_int4 / "model", options={"int8_activations": False}).sequence(64).run(IDS)
+    fast = be.open(c_int4 / "model", options={"int8_activations": True}).sequence(64).run(IDS)
+    assert np.abs(fast - exact).max() <= 0.05 * np.abs(exact).max()
+    assert not np.array_equal(fast, exact)  # the two paths really differ
+
+
+@pytest.mark.skipif(not (QEMU and CROSS), reason="needs qemu-user and gcc-aarch64-linux-gnu (.ci/run installs them)")
+@pytest.mark.parametrize("device", ["rpi5", "pixel8"])
+def test_aarch64_build_under_qemu_matches_x86(device, tiny_llama, c_fp32, tmp_path):
+    art = edgec.build(tiny_llama, tmp_path / device, device=device, backend="c", recipe="fp32")
+    binary = art / "model" / "edgec-run"
+    assert binary.read_bytes()[:4] == b"\x7fELF" and binary.read_bytes()[18] == 183  # e_machine: AArch64
+    file_type = subprocess.run(["file", str(binary)], capture_output=True, text=True).stdout
+    assert "statically linked" in file_type or not shutil.which("file")
+    want = run_ids(c_fp32 / "model" / "edgec-run", c_fp32)
+    assert run_ids(binary, art, runner=[QEMU]) == want
+    with pytest.raises(edgec.EdgecError, match="built for aarch64"):
+        edgec.load(art, allow_unsigned=True)
+
+
+def test_edgec_run_bad_input(c_fp32, tmp_path):
+    binary = c_fp32 / "model" / "edgec-run"
+    for args, code, needle in (([str(tmp_path / "nope"), "-p", "x"], 1, "cannot open"),
+                               ([str(c_fp32), "-p", "x", "--top-p", "2"], 2, "--top-p"),
+                               ([str(c_fp32), "--bogus"], 2, "unknown option --bogus"),
+                               ([str(c_fp32)], 2, "give a prompt")):
+        proc = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == code, (args, proc.stderr)
+        assert proc.stderr.startswith("edgec-run: error: ") and needle in proc.stderr.splitlines()[0], proc.stderr
+    # a token id beyond the vocabulary is refused, not read out of bounds
+    proc = subprocess.run([str(binary), str(c_fp32), "--ids", "5,100000"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "outside the vocabulary" in proc.stderr
+
+
+def test_weights_file_checked_by_the_library(c_fp32, tmp_path):
+    """The library's own checks (without the manifest's): truncated file, wrong magic, modified data."""
+    model = tmp_path / "model"
+    shutil.copytree(c_fp32 / "model", model)
+    from edgec.backends import get_backend
+
+    be = get_backend("c")
+    weights = model / "weights.bin"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-100])
+    with pytest.raises(ArtifactError, match="truncated"):
+        be.open(model)
+    weights.write_bytes(b"XXXXXXXX" + good[8:])
+    with pytest.raises(ArtifactError, match="bad magic"):
+        be.open(model)
+    flipped = bytearray(good)
+    flipped[-8] ^= 1
+    weights.write_bytes(bytes(flipped))
+    proc = subprocess.run([str(model / "edgec-run"), str(tmp_path), "--ids", "5"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "checksum" in proc.stderr, proc.stderr
+
+
+def test_unsupported_op_fails_the_build_naming_it(tmp_path):
+    from edgec.errors import UnsupportedModelError
+    from op_cases import CASES
+
+    from helpers import compile_and_open
+
+    graph, _ = CASES["gqa"]()
+    with pytest.raises(UnsupportedModelError, match="'gqa'"):
+        compile_and_open("c", graph, tmp_path)
+    assert not (tmp_path / "libedgec.so").exists()
