@@ -297,8 +297,19 @@ def test_bad_group_sizes_are_rejected(tiny, calib_file):
 
 @pytest.mark.parametrize("name", ["quantize", "gptq", "awq"])
 def test_unsupported_bits_are_rejected(tiny, calib_file, name):
-    with pytest.raises(EdgecError, match="5-bit quantization is not supported"):
-        compress(tiny, calib_file, [(name, {"bits": 5, "group_size": 32})])
+    with pytest.raises(EdgecError, match="7-bit quantization is not supported"):
+        compress(tiny, calib_file, [(name, {"bits": 7, "group_size": 32})])
+
+
+@pytest.mark.parametrize("bits", [5, 6])
+def test_five_and_six_bit_codes_for_mixed_recipes(tiny, calib_file, bits):
+    """5/6-bit codes (the ggml blocks' widths) from quantize: stored packed, closer to fp32 than 4-bit."""
+    def error(b):
+        g = compress(tiny, calib_file, [("quantize", {"bits": b, "group_size": 32, "symmetric": False})])
+        assert {n.attrs["bits"] for n in g.nodes if n.op == "dequantize"} == {b}
+        return float(np.abs(logits(g) - logits(tiny.graph)).mean())
+
+    assert error(bits) < error(4)
 
 
 def test_recipes_parse_and_unknown_option_is_rejected():
