@@ -70,7 +70,7 @@ static int hex4(const char *p, unsigned *out) {
     return 1;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
+size_t ec_put_utf8(char *o, uint32_t cp) {
     if (cp < 0x80) { o[0] = (char)cp; return 1; }
     if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
     if (cp < 0x10000) {
@@ -120,7 +120,7 @@ static const char *parse_string(parser *ps, size_t *outlen) {
             } else if (cp >= 0xD800 && cp <= 0xDFFF) {
                 cp = 0xFFFD; /* lone surrogate, as serde_json's lossy readers do */
             }
-            o += put_utf8(o, cp);
+            o += ec_put_utf8(o, cp);
             break;
         }
         default: ps->p = q; fail(ps, "bad escape in string"); return NULL;

@@ -4,6 +4,7 @@
 #define EC_JSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef enum { EC_JSON_NULL, EC_JSON_FALSE, EC_JSON_TRUE, EC_JSON_NUMBER, EC_JSON_STRING,
                EC_JSON_ARRAY, EC_JSON_OBJECT } ec_json_type;
@@ -32,5 +33,8 @@ const ec_json *ec_json_get(const ec_json *obj, const char *key);
 const char *ec_json_str(const ec_json *v);
 /* Boolean value: 1 for true, 0 for false, dflt for anything else (including NULL). */
 int ec_json_bool(const ec_json *v, int dflt);
+
+/* code point cp as UTF-8 at o (1-4 bytes, no terminator); returns the byte count (the JSON reader's and the tokenizer's) */
+size_t ec_put_utf8(char *o, uint32_t cp);
 
 #endif

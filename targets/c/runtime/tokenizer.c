@@ -1298,16 +1298,6 @@ static uint32_t char_at(const unsigned char *s, size_t i, size_t n, size_t *len)
     return cp;
 }
 
-static size_t put_utf8(char *o, uint32_t cp) {
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Growable byte buffer                                                                         */
@@ -2303,7 +2293,7 @@ static void nfc(const char *s, size_t n, buf_t *out) {
     buf_reserve(out, m * 4);
     for (i = 0; i < m && !out->oom; i++) {
         char tmp[4];
-        size_t w = put_utf8(tmp, cps[i]);
+        size_t w = ec_put_utf8(tmp, cps[i]);
         buf_add(out, tmp, w);
     }
     free(cps);
@@ -2470,7 +2460,7 @@ static void model_word(ctx_t *x, const char *w, size_t n) {
         size_t i;
         x->map.n = 0;
         if (!buf_reserve(&x->map, n * 2)) { x->oom = 1; return; }
-        for (i = 0; i < n; i++) x->map.n += put_utf8(x->map.p + x->map.n, byte_char((unsigned char)w[i]));
+        for (i = 0; i < n; i++) x->map.n += ec_put_utf8(x->map.p + x->map.n, byte_char((unsigned char)w[i]));
         {
             /* bpe_word uses x->tmp, not x->map: safe to pass map's storage */
             bpe_word(x, x->map.p, x->map.n);
