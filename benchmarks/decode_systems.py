@@ -23,6 +23,11 @@ SYSTEMS = {
     # issue 5: the host TVM artifact beside the rest (int4-rtn: TVM dequantizes a quantized tied table whole)
     "edgec-tvm-fp32": {"kind": "edgec", "recipe": "fp32", "no_fuse": False, "backend": "tvm"},
     "edgec-tvm-int4": {"kind": "edgec", "recipe": "int4-rtn", "no_fuse": False, "backend": "tvm"},
+    # issue 15: the embedded C runtime (int8 activations, the device profile's default) on the same recipes
+    "edgec-c-int4-speed": {"kind": "edgec", "recipe": "int4-speed", "no_fuse": False, "backend": "c"},
+    "edgec-c-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False, "backend": "c"},
+    "edgec-c-source": {"kind": "edgec", "recipe": "source", "no_fuse": False, "backend": "c"},
+    "edgec-c-int4-g32": {"kind": "edgec", "recipe": "int4-rtn-g32-asym", "no_fuse": False, "backend": "c"},
     "llama.cpp": {"kind": "llama", "ftype": None},
     "llama.cpp-q4_0": {"kind": "llama", "ftype": "Q4_0"},
     "llama.cpp-q4_k_m": {"kind": "llama", "ftype": "Q4_K_M"},
@@ -69,7 +74,7 @@ def label(name: str, path: Path, gguf: Path) -> str:
         opts = ", ".join(f"{k}={v}" for p in rec.get("passes", []) for k, v in p.items() if k != "name")
         return (f"edgec `{rec.get('name', spec['recipe'])}`" + (f" ({opts})" if opts else "")
                 + (", --no-fuse" if spec["no_fuse"] else "")
-                + (", TVM backend" if spec.get("backend") == "tvm" else "")
+                + {"tvm": ", TVM backend", "c": ", C backend"}.get(spec.get("backend", "onnx"), "")
                 + ("" if in_huge_pages(spec) else ", weights in 4 KiB pages (huge_pages off)"))
     if spec["kind"] == "llama":
         return (f"llama.cpp, original GGUF ({gguf.name})" if spec["ftype"] is None else

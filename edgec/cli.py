@@ -112,7 +112,8 @@ def _recipe_help() -> str:
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Artifact directory (default: build/<model>-<recipe>).")
 @click.option("--device", default="host", show_default=True, help="Device profile (see `edgec devices`).")
-@click.option("--backend", default=None, help="Backend (default: the device's): onnx, tvm, reference.")
+@click.option("--backend", default=None, help="Backend (default: the device's): onnx, tvm, c (the embedded "
+              "C runtime), reference.")
 @click.option("--recipe", default=None, help=_recipe_help())
 @click.option("--calib", default=None, help="Calibration text: a file, a folder of .txt files, or "
               "hf:DATASET[:CONFIG]:SPLIT (needed by gptq, awq, smoothquant, wanda, sparsegpt, ...).")
@@ -128,7 +129,8 @@ def _recipe_help() -> str:
               help="A backend option, over the device profile's and the recipe's [backend.<name>] "
               "tables (repeatable). onnx: accuracy_level, opset, providers, intra_op_threads, ...; "
               "tvm: tune_minutes=M (MetaSchedule on this machine, log kept in model/tune/), "
-              "tune_log=ARTIFACT (reuse its tuning log). Unknown keys are refused with the valid ones listed.")
+              "tune_log=ARTIFACT (reuse its tuning log); c: int8_activations, huge_pages, profile=1 (per-op "
+              "timers). Unknown keys are refused with the valid ones listed.")
 @click.option("--force", is_flag=True, help="Replace an existing edgec artifact at OUTPUT even if it holds "
               "files edgec did not put there (they are deleted). Never replaces anything that is not a "
               "verified edgec artifact.")

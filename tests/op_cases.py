@@ -358,7 +358,8 @@ def _attention_case(heads, kv, *, past, window=0, softcap=0.0, d=8, dv=8):
         node = g.add_node("attention", ins, attrs)
         g.outputs = list(node.outputs)
         feeds = []
-        for p, s in ((0, 5), (6, 1), (4, 3)) if past else ((0, 1), (0, 7)):
+        # 12+ queries: the C runtime's prefill path (keys transposed) beside its decode path
+        for p, s in ((0, 5), (6, 1), (4, 3), (5, 12)) if past else ((0, 1), (0, 7), (0, 19)):
             f = {"q": rand(1, heads, s, d, lo=-2, hi=2), "k": rand(1, kv, s, d, lo=-2, hi=2),
                  "v": rand(1, kv, s, dv)}
             if past:

@@ -7,6 +7,72 @@
 
 #include "ec_rt.h"
 
+/* ------------------------------------------------------------------ vectorizable float helpers
+ * Plain loops over contiguous floats that gcc turns into SIMD at -O3 without -ffast-math: the
+ * reductions keep 16 independent partial sums (a fixed order, so results do not depend on the ISA
+ * beyond the fused multiply-adds) and exp is a branch-free polynomial. */
+#define EC_LANES 16
+
+static inline float sum_lanes(const float *l) {
+    float s8[8], s4[4];
+    for (int k = 0; k < 8; k++) s8[k] = l[k] + l[k + 8];
+    for (int k = 0; k < 4; k++) s4[k] = s8[k] + s8[k + 4];
+    return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    float l[EC_LANES] = {0};
+    int64_t e = 0;
+    for (; e + EC_LANES <= n; e += EC_LANES)
+        for (int k = 0; k < EC_LANES; k++) l[k] += a[e + k] * b[e + k];
+    float s = sum_lanes(l);
+    for (; e < n; e++) s += a[e] * b[e];
+    return s;
+}
+
+static float sumsq_f32(const float *a, int64_t n) { return dot_f32(a, a, n); }
+
+static float max_f32(const float *a, int64_t n) {
+    float l[EC_LANES];
+    for (int k = 0; k < EC_LANES; k++) l[k] = -INFINITY;
+    int64_t e = 0;
+    for (; e + EC_LANES <= n; e += EC_LANES)
+        for (int k = 0; k < EC_LANES; k++) l[k] = a[e + k] > l[k] ? a[e + k] : l[k];
+    float m = -INFINITY;
+    for (int k = 0; k < EC_LANES; k++) m = l[k] > m ? l[k] : m;
+    for (; e < n; e++) m = a[e] > m ? a[e] : m;
+    return m;
+}
+
+/* exp(x) within 2 ulp of expf for x in [-87.3, 88.3] (clamped outside: exp(-inf) gives ~1e-38, not 0,
+ * which no softmax or activation here can tell apart): x = n*ln2 + r, |r| <= ln2/2, a degree-6
+ * polynomial for e^r (Cephes' expf coefficients), 2^n built in the exponent bits. */
+static inline float ec_expf(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* rint: + 1.5 * 2^23 */
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
+    return p * two.f;
+}
+
+/* out[i] = exp(x[i] - shift); returns the sum of out. */
+static float exp_shifted(float *out, const float *x, int64_t n, float shift) {
+    float l[EC_LANES] = {0};
+    int64_t e = 0;
+    for (; e + EC_LANES <= n; e += EC_LANES)
+        for (int k = 0; k < EC_LANES; k++) { float v = ec_expf(x[e + k] - shift); out[e + k] = v; l[k] += v; }
+    float s = sum_lanes(l);
+    for (; e < n; e++) { float v = ec_expf(x[e] - shift); out[e] = v; s += v; }
+    return s;
+}
+
 /* ------------------------------------------------------------------ strided copies */
 void ec_copy_strided(void *dst, const void *src, int rank, const int64_t *dims, const int64_t *sstr, size_t esize) {
     int64_t total = 1;
@@ -90,11 +156,14 @@ void ec_binary_i64(int op, int64_t *out, const int64_t *a, const int64_t *astr, 
     EC_BINARY_BODY(int64_t, bin_i64)
 }
 
-static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+static inline float silu(float x) { return x / (1.0f + ec_expf(-x)); }
 static inline float gelu_erf(float x) { return (float)(0.5 * x * (1.0 + erf((double)x / sqrt(2.0)))); }
+/* tanh through exp (vectorizable): 1 - 2 / (e^2y + 1); absolute error ~1e-7, which is what the
+   callers (1 + tanh, a soft-cap scaled by the cap) can see. */
+static inline float tanh_fast(float y) { return 1.0f - 2.0f / (ec_expf(2.0f * y) + 1.0f); }
 static inline float gelu_tanh(float x) {
     const float c = 0.7978845608028654f;  /* sqrt(2/pi) in float32, as the reference */
-    return 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x)));
+    return 0.5f * x * (1.0f + tanh_fast(c * (x + 0.044715f * x * x * x)));
 }
 
 static inline float act_f32(int op, float x) {
@@ -102,12 +171,12 @@ static inline float act_f32(int op, float x) {
     case EC_NEG: return -x;
     case EC_SQRT: return sqrtf(x);
     case EC_RSQRT: return 1.0f / sqrtf(x);
-    case EC_EXP: return expf(x);
+    case EC_EXP: return ec_expf(x);
     case EC_TANH: return tanhf(x);
     case EC_SIN: return sinf(x);
     case EC_COS: return cosf(x);
     case EC_RELU: return x > 0 ? x : 0.0f;
-    case EC_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case EC_SIGMOID: return 1.0f / (1.0f + ec_expf(-x));
     case EC_SILU: return silu(x);
     case EC_GELU: return gelu_erf(x);
     default: return gelu_tanh(x);
@@ -119,11 +188,22 @@ void ec_unary_f32(int op, float *out, const float *x, int64_t n) {
         for (int64_t i = 0; i < n; i++) out[i] = x[i] > 0 ? x[i] : 0.0f;
         return;
     }
-    for (int64_t i = 0; i < n; i++) out[i] = act_f32(op, x[i]);
+    switch (op) {  /* the common activations in loops of their own, so they vectorize */
+    case EC_SILU: for (int64_t i = 0; i < n; i++) out[i] = silu(x[i]); return;
+    case EC_GELU_TANH: for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(x[i]); return;
+    case EC_EXP: for (int64_t i = 0; i < n; i++) out[i] = ec_expf(x[i]); return;
+    case EC_SIGMOID: for (int64_t i = 0; i < n; i++) out[i] = 1.0f / (1.0f + ec_expf(-x[i])); return;
+    default: for (int64_t i = 0; i < n; i++) out[i] = act_f32(op, x[i]);
+    }
 }
 
 void ec_glu_f32(float *out, const float *g, const float *u, int64_t n, int act) {
-    for (int64_t i = 0; i < n; i++) out[i] = act_f32(act, g[i]) * u[i];
+    switch (act) {  /* one loop per activation, so each vectorizes */
+    case EC_SILU: for (int64_t i = 0; i < n; i++) out[i] = silu(g[i]) * u[i]; break;
+    case EC_GELU_TANH: for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(g[i]) * u[i]; break;
+    case EC_RELU: for (int64_t i = 0; i < n; i++) out[i] = (g[i] > 0 ? g[i] : 0.0f) * u[i]; break;
+    default: for (int64_t i = 0; i < n; i++) out[i] = act_f32(act, g[i]) * u[i];
+    }
 }
 
 static double load_as_double(const void *x, int dt, int64_t i) {
@@ -194,6 +274,11 @@ void ec_softmax_f32(float *out, const float *x, int64_t outer, int64_t n, int64_
         for (int64_t c = 0; c < inner; c++) {
             const float *px = x + a * n * inner + c;
             float *po = out + a * n * inner + c;
+            if (inner == 1) {  /* contiguous: the vectorized helpers */
+                float inv = 1.0f / exp_shifted(po, px, n, max_f32(px, n));
+                for (int64_t i = 0; i < n; i++) po[i] *= inv;
+                continue;
+            }
             float mx = -INFINITY;
             for (int64_t i = 0; i < n; i++) if (px[i * inner] > mx) mx = px[i * inner];
             double sum = 0;
@@ -280,9 +365,7 @@ void ec_rms_norm_f32(float *out, const float *x, const float *w, int64_t rows, i
     for (int64_t r = 0; r < rows; r++) {
         const float *px = x + r * d;
         float *po = out + r * d;
-        double s = 0;
-        for (int64_t i = 0; i < d; i++) s += (double)px[i] * px[i];
-        float inv = 1.0f / sqrtf((float)(s / (double)d) + eps);
+        float inv = 1.0f / sqrtf(sumsq_f32(px, d) / (float)d + eps);
         for (int64_t i = 0; i < d; i++) po[i] = px[i] * inv * w[i];
     }
 }
@@ -383,43 +466,145 @@ typedef struct {
     float scale, softcap;
 } ec_attn_job;
 
+/* Decode (few queries) takes one dot product per key. Prefill reads the keys transposed (kt: [d, t],
+   built once per KV head) and works on blocks of EC_QB queries: their scores against 2 vectors of keys
+   per pass, and their weighted sums of V over 2 vectors of output columns per pass, each key or value
+   vector loaded once for the block and every sum kept in a register. A block's queries all see the
+   keys from its first query's start to its last query's end; weights outside a query's own range are
+   zero. */
+#define EC_ATTN_TRANSPOSE_MIN 8
+#define EC_QB 4
+
+/* One SIMD register of floats in GCC/Clang's portable vector extension (AVX-512: 16, AVX2 and NEON:
+   8, which NEON holds in two registers); the block kernels below keep their sums in such vectors. */
+#if defined(__AVX512F__)
+#define EC_VW 16
+#else
+#define EC_VW 8
+#endif
+typedef float ec_vf __attribute__((vector_size(EC_VW * 4)));
+static inline ec_vf vf_load(const float *p) { ec_vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void vf_store(float *p, ec_vf v) { memcpy(p, &v, sizeof v); }
+
+/* rows[r][c] = qs[r] . kt[:, lo + c] for c in [0, n), rounded up to whole 2 * EC_VW (kt has ldk >= lo + that
+   columns, the rows as many floats: the extra scores are computed from kt's padding and never read) */
+static void scores_block(float *const rows[EC_QB], const float *const qs[EC_QB], const float *kt, int64_t ldk,
+                         int64_t d, int64_t lo, int64_t n) {
+    for (int64_t c0 = 0; c0 < n; c0 += 2 * EC_VW) {
+        ec_vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+        const float *kr = kt + lo + c0;
+        for (int64_t e = 0; e < d; e++, kr += ldk) {
+            ec_vf k0 = vf_load(kr), k1 = vf_load(kr + EC_VW);
+            float q0 = qs[0][e], q1 = qs[1][e], q2 = qs[2][e], q3 = qs[3][e];
+            a00 += q0 * k0; a01 += q0 * k1;
+            a10 += q1 * k0; a11 += q1 * k1;
+            a20 += q2 * k0; a21 += q2 * k1;
+            a30 += q3 * k0; a31 += q3 * k1;
+        }
+        vf_store(rows[0] + c0, a00); vf_store(rows[0] + c0 + EC_VW, a01);
+        vf_store(rows[1] + c0, a10); vf_store(rows[1] + c0 + EC_VW, a11);
+        vf_store(rows[2] + c0, a20); vf_store(rows[2] + c0 + EC_VW, a21);
+        vf_store(rows[3] + c0, a30); vf_store(rows[3] + c0 + EC_VW, a31);
+    }
+}
+
+/* outs[r][:dv] = sum_c rows[r][c] v[c, :] over c in [0, n) (v rows of dv floats) */
+static void weighted_sum_block(float *const outs[EC_QB], float *const rows[EC_QB], const float *v, int64_t n,
+                               int64_t dv) {
+    int64_t e0 = 0;
+    for (; e0 + 2 * EC_VW <= dv; e0 += 2 * EC_VW) {
+        ec_vf a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+        const float *vr = v + e0;
+        for (int64_t c = 0; c < n; c++, vr += dv) {
+            ec_vf v0 = vf_load(vr), v1 = vf_load(vr + EC_VW);
+            float p0 = rows[0][c], p1 = rows[1][c], p2 = rows[2][c], p3 = rows[3][c];
+            a00 += p0 * v0; a01 += p0 * v1;
+            a10 += p1 * v0; a11 += p1 * v1;
+            a20 += p2 * v0; a21 += p2 * v1;
+            a30 += p3 * v0; a31 += p3 * v1;
+        }
+        vf_store(outs[0] + e0, a00); vf_store(outs[0] + e0 + EC_VW, a01);
+        vf_store(outs[1] + e0, a10); vf_store(outs[1] + e0 + EC_VW, a11);
+        vf_store(outs[2] + e0, a20); vf_store(outs[2] + e0 + EC_VW, a21);
+        vf_store(outs[3] + e0, a30); vf_store(outs[3] + e0 + EC_VW, a31);
+    }
+    for (int r = 0; r < EC_QB; r++)
+        for (int64_t e = e0; e < dv; e++) {
+            float acc = 0.0f;
+            for (int64_t c = 0; c < n; c++) acc += rows[r][c] * v[c * dv + e];
+            outs[r][e] = acc;
+        }
+}
+
+/* row[0, n) <- softmax(row * scale), soft-capped first where softcap > 0; in place */
+static void softmax_scores(float *row, int64_t n, float scale, float softcap) {
+    if (softcap > 0) {
+        for (int64_t c = 0; c < n; c++) row[c] = tanh_fast(row[c] * scale / softcap) * softcap;
+    } else {
+        for (int64_t c = 0; c < n; c++) row[c] *= scale;
+    }
+    float inv = 1.0f / exp_shifted(row, row, n, max_f32(row, n));
+    for (int64_t c = 0; c < n; c++) row[c] *= inv;
+}
+
 static void attn_heads(void *arg, int64_t hb, int64_t he) {
     ec_attn_job *j = arg;
-    int64_t t = j->p + j->s, rep = j->h / j->kvh;
-    float *sc = malloc(sizeof(float) * (size_t)(t ? t : 1));
-    double *acc = malloc(sizeof(double) * (size_t)j->dv);
+    int64_t t = j->p + j->s, rep = j->h / j->kvh, d = j->d, dv = j->dv;
+    int transpose = j->s >= EC_ATTN_TRANSPOSE_MIN;
+    size_t padded = (size_t)(t + 2 * EC_VW);
+    float *sc = malloc(sizeof(float) * padded * EC_QB);
+    float *scratch = malloc(sizeof(float) * (size_t)(dv > 0 ? dv : 1) * EC_QB);
+    const int64_t ldk = t + 2 * EC_VW;  /* kt's row length: the keys, then zeros for scores_block's last pass */
+    float *kt = transpose ? calloc((size_t)(ldk * (d > 0 ? d : 1)), sizeof(float)) : NULL;
+    int64_t kt_group = -1;
     for (int64_t hh = hb; hh < he; hh++) {
         int64_t g = hh / rep;
-        const float *kc = j->ck + g * j->ccap * j->d, *vc = j->cv + g * j->ccap * j->dv;
-        for (int64_t i = 0; i < j->s; i++) {
-            const float *qi = j->q + (hh * j->s + i) * j->d;
-            int64_t qpos = j->p + i, lo = 0;
-            if (j->window > 0 && qpos - j->window + 1 > 0) lo = qpos - j->window + 1;
-            float mx = -INFINITY;
-            for (int64_t c = lo; c <= qpos; c++) {
-                const float *kr = kc + c * j->d;
-                float dot = 0;
-                for (int64_t e = 0; e < j->d; e++) dot += qi[e] * kr[e];
-                dot *= j->scale;
-                if (j->softcap > 0) dot = tanhf(dot / j->softcap) * j->softcap;
-                sc[c] = dot;
-                if (dot > mx) mx = dot;
+        const float *kc = j->ck + g * j->ccap * d, *vc = j->cv + g * j->ccap * dv;
+        if (kt && g != kt_group) {
+            for (int64_t c = 0; c < t; c++)
+                for (int64_t e = 0; e < d; e++) kt[e * ldk + c] = kc[c * d + e];
+            kt_group = g;
+        }
+        for (int64_t i0 = 0; i0 < j->s; i0 += EC_QB) {
+            int nq = (int)(j->s - i0 < EC_QB ? j->s - i0 : EC_QB);
+            int64_t los[EC_QB], ns[EC_QB];
+            float *rows[EC_QB], *outs[EC_QB];
+            const float *qs[EC_QB];
+            for (int r = 0; r < EC_QB; r++) {
+                int64_t i = i0 + (r < nq ? r : nq - 1), qpos = j->p + i;  /* short blocks repeat the last query */
+                los[r] = j->window > 0 && qpos - j->window + 1 > 0 ? qpos - j->window + 1 : 0;
+                ns[r] = qpos - los[r] + 1;
+                rows[r] = sc + (size_t)r * padded;
+                qs[r] = j->q + (hh * j->s + i) * d;
+                outs[r] = r < nq ? j->out + (i * j->h + hh) * dv : scratch + (size_t)r * dv;
             }
-            double sum = 0;
-            for (int64_t c = lo; c <= qpos; c++) { sc[c] = expf(sc[c] - mx); sum += sc[c]; }
-            float inv = (float)(1.0 / sum);
-            for (int64_t e = 0; e < j->dv; e++) acc[e] = 0;
-            for (int64_t c = lo; c <= qpos; c++) {
-                float pw = sc[c] * inv;
-                const float *vr = vc + c * j->dv;
-                for (int64_t e = 0; e < j->dv; e++) acc[e] += pw * vr[e];
+            if (kt) {
+                int64_t lo = los[0], n = los[nq - 1] + ns[nq - 1] - lo;
+                scores_block(rows, qs, kt, ldk, d, lo, n);
+                for (int r = 0; r < EC_QB; r++) {  /* each query's own keys, zero weight elsewhere */
+                    int64_t a = los[r] - lo, b = a + ns[r];
+                    softmax_scores(rows[r] + a, ns[r], j->scale, j->softcap);
+                    for (int64_t c = 0; c < a; c++) rows[r][c] = 0.0f;
+                    for (int64_t c = b; c < n; c++) rows[r][c] = 0.0f;
+                }
+                weighted_sum_block(outs, rows, vc + lo * dv, n, dv);
+                continue;
             }
-            float *o = j->out + (i * j->h + hh) * j->dv;
-            for (int64_t e = 0; e < j->dv; e++) o[e] = (float)acc[e];
+            for (int r = 0; r < nq; r++) {
+                float *row = rows[r];
+                for (int64_t c = 0; c < ns[r]; c++) row[c] = dot_f32(qs[r], kc + (los[r] + c) * d, d);
+                softmax_scores(row, ns[r], j->scale, j->softcap);
+                float *o = outs[r];
+                for (int64_t e = 0; e < dv; e++) o[e] = 0.0f;
+                const float *vr = vc + los[r] * dv;
+                for (int64_t c = 0; c < ns[r]; c++, vr += dv)
+                    for (int64_t e = 0; e < dv; e++) o[e] += row[c] * vr[e];
+            }
         }
     }
     free(sc);
-    free(acc);
+    free(scratch);
+    free(kt);
 }
 
 void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, const float *v,
