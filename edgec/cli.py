@@ -306,7 +306,7 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
 @user_errors
 def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json, trust, allow_unsigned):
     """Prefill and decode speed of ARTIFACT, and which operators the time goes to
-    (onnxruntime's per-node profiler; ONNX artifacts)."""
+    (onnxruntime's per-node profiler for ONNX artifacts; the C runtime's per-op timers for C artifacts)."""
     _quiet_libraries()
     from .profile import format_profile
     from .profile import profile as run_profile

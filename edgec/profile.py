@@ -2,7 +2,8 @@
 
 Runs the artifact's own generation path (the in-place KV sequence `edgec run`
 uses) twice: once plain, for wall-clock prefill and decode speed, and once
-with the backend's op trace on (Backend.traces_ops; onnxruntime's profiler), split
+with the backend's op trace on (Backend.traces_ops: onnxruntime's profiler; the C runtime's
+per-op timers, from a library compiled with them when the artifact's has none), split
 into the prefill run and the decode runs and summed per op type. The gap between a
 run's wall time and the sum of its kernels is the runtime's own overhead
 (scheduling, allocation, thread hand-offs), the part that many small ops cost.
@@ -43,6 +44,7 @@ class Profile:
     decode_tok_s: float
     decode_kernel_ms: float = 0.0  # per token, summed over nodes
     decode_overhead_ms: float = 0.0  # per token: run time - kernel time
+    backend: str = "onnx"
     huge_page_mb: float = 0.0  # of the session's memory (the prepacked weights) in 2 MiB pages (edgec/memory.py)
     prefill_ops: list[OpTime] = field(default_factory=list)
     decode_ops: list[OpTime] = field(default_factory=list)
@@ -83,13 +85,13 @@ def _table(acc: list[dict[str, list[float]]]) -> list[OpTime]:
 
 def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
             threads: int | None = None, trusted_keys=(), allow_unsigned: bool = False) -> Profile:
-    """Wall-clock prefill/decode speed and the per-op split of both (ONNX artifacts)."""
+    """Wall-clock prefill/decode speed and the per-op split of both (ONNX and C artifacts)."""
     if prompt_tokens < 1 or new_tokens < 2:
         raise EdgecError("profile needs --prompt-tokens >= 1 and --new-tokens >= 2")
     model = load(path, threads=threads, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
     if not model.backend.traces_ops:
         raise EdgecError(f"per-op profiling is not available for the {model.backend.name} backend "
-                         "(build the artifact with --backend onnx)")
+                         "(build the artifact with --backend onnx or c)")
     if prompt_tokens + new_tokens > model.context_length:
         raise EdgecError(f"--prompt-tokens + --new-tokens must fit the context ({model.context_length})")
     prompt = _ids(model, prompt_tokens)
@@ -109,7 +111,7 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
     decode_acc = acc[1:]
     kernel_ms = sum(us for run in decode_acc for _, us in run.values()) / len(decode_acc) / 1000
     run_ms = sum(wall for wall, _ in runs[1:]) / len(decode_acc) / 1000
-    return Profile(str(path), threads, prompt_tokens, new_tokens,
+    return Profile(str(path), threads, prompt_tokens, new_tokens, backend=model.backend.name,
                    prefill_ms=prefill_s * 1000, prefill_tok_s=prompt_tokens / prefill_s,
                    decode_ms_per_token=step_s * 1000, decode_tok_s=1 / step_s,
                    decode_kernel_ms=kernel_ms, decode_overhead_ms=max(0.0, run_ms - kernel_ms),
@@ -117,13 +119,16 @@ def profile(path: str | Path, *, prompt_tokens: int = 64, new_tokens: int = 32,
                    prefill_ops=_table(acc[:1]), decode_ops=_table(decode_acc))
 
 
+_RUNTIME = {"onnx": "onnxruntime", "c": "C runtime"}
+
+
 def format_profile(p: Profile, top: int = 12) -> str:
     lines = [f"prefill   {p.prompt_tokens} tokens in {p.prefill_ms:.1f} ms ({p.prefill_tok_s:.0f} tok/s)",
              f"decode    {p.decode_ms_per_token:.2f} ms/token ({p.decode_tok_s:.1f} tok/s) over {p.new_tokens - 1} "
-             f"steps; profiled: kernels {p.decode_kernel_ms:.2f} ms + onnxruntime overhead "
+             f"steps; profiled: kernels {p.decode_kernel_ms:.2f} ms + {_RUNTIME.get(p.backend, p.backend)} overhead "
              f"{p.decode_overhead_ms:.2f} ms per token",
              f"memory    {p.huge_page_mb:.0f} MB of the session's memory (the prepacked weights) in 2 MiB pages"
-             + ("" if p.huge_page_mb else " (none: [onnx] huge_pages off, a model under a few MB, or no MADV_COLLAPSE)"),
+             + ("" if p.huge_page_mb else f" (none: [{p.backend}] huge_pages off, a model under a few MB, or no MADV_COLLAPSE)"),
              ""]
     for title, rows, unit in (("decode, per token", p.decode_ops, "token"), ("prefill", p.prefill_ops, "run")):
         lines.append(f"{title}:")

@@ -124,3 +124,17 @@ def test_unsupported_op_fails_the_build_naming_it(tmp_path):
     with pytest.raises(UnsupportedModelError, match="'gqa'"):
         compile_and_open("c", graph, tmp_path)
     assert not (tmp_path / "libedgec.so").exists()
+
+
+def test_profile_uses_the_runtime_timers(c_fp32):
+    """`edgec profile` on a C artifact built without timers: a library with them is compiled from the
+    artifact's own sources, and every decode step calls attention once per layer."""
+    from edgec.profile import format_profile, profile
+
+    p = profile(c_fp32, prompt_tokens=6, new_tokens=4, allow_unsigned=True)
+    layers = edgec.load(c_fp32, allow_unsigned=True).manifest["graph"]["op_counts"]["attention"]
+    ops = {o.op: o for o in p.decode_ops}
+    assert ops["attention"].calls == layers and ops["linear"].calls > 0
+    assert abs(sum(o.share for o in p.decode_ops) - 1) < 1e-6 and p.decode_kernel_ms > 0
+    assert {o.op for o in p.prefill_ops} >= {"attention", "embedding"}
+    assert "C runtime overhead" in format_profile(p)

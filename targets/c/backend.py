@@ -73,10 +73,13 @@ class CBackend(Backend):
         files = [META_FILE, FILE, *built, PUBLIC_HEADER, *[f"{SOURCE_DIR}/{s}" for s in sources + ["model.c"]]]
         return {"files": files, "weights": weights, "toolchain": {"cc": tc.cc, "flags": meta["flags"]}}
 
-    def open(self, files, *, interface=None, options=None, threads=None):
+    traces_ops = True  # open(trace_dir=...) then executor.op_trace(): the runtime's own per-op timers
+
+    def open(self, files, *, interface=None, options=None, threads=None, trace_dir=None):
         from .executor import CExecutor
 
-        return CExecutor(files, interface=interface, threads=threads, options=self.resolve(self.run_options(options or {})))
+        return CExecutor(files, interface=interface, threads=threads, trace_dir=trace_dir,
+                         options=self.resolve(self.run_options(options or {})))
 
 
 def _spec(v) -> dict:

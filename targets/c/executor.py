@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import threading
+import time
 
 import numpy as np
 
@@ -55,7 +56,9 @@ class CExecutor:
     """The Executor protocol (edgec.executor) over libedgec.so."""
 
     def __init__(self, model_dir, *, interface: ModelInterface | None = None, threads: int | None = None,
-                 options: dict | None = None):
+                 options: dict | None = None, trace_dir=None):
+        """trace_dir: trace every run's op times (op_trace()); an artifact built without the timers
+        (backend option profile) gets a library with them, compiled from its model/src/ into trace_dir."""
         files = as_files(model_dir)
         options = options or {}
         try:
@@ -68,7 +71,12 @@ class CExecutor:
         if self.meta.get("cross_compiled") or not triple.startswith(_machine_triple()):
             raise EdgecError(f"this C artifact was built for {triple} and cannot run on this "
                              f"{platform.machine()} machine; run its library on the device")
-        self.lib = _load(files.read_bytes(LIBRARY))
+        self._trace: list | None = None
+        if trace_dir is not None:
+            self._trace = []
+            self.lib = _load(self._profiled_library(files, trace_dir))
+        else:
+            self.lib = _load(files.read_bytes(LIBRARY))
         self.threads = threads or os.cpu_count() or 1
         self.rt = self.lib.ec_rt_new(int(self.threads), int(bool(options.get("int8_activations"))))
         if not self.rt:
@@ -101,6 +109,43 @@ class CExecutor:
         self.lib.ec_rt_timers(self.rt, ns.ctypes.data, calls.ctypes.data)
         return {self.lib.ec_rt_op_kind(i).decode(): (int(calls[i]), ns[i] / 1e3)
                 for i in range(self.lib.ec_rt_op_kinds())}
+
+    def _profiled_library(self, files, trace_dir) -> bytes:
+        """The artifact's library if it has the timers, else one compiled with them from model/src/."""
+        from pathlib import Path
+
+        from .backend import SOURCE_DIR
+        from .build import RUN_SOURCE, RUNTIME_HEADERS, RUNTIME_SOURCES, Toolchain, compile_library
+
+        flags = list(self.meta.get("flags", []))
+        if "-DEC_PROFILE" in flags:
+            return files.read_bytes(LIBRARY)
+        cc = self.meta.get("cc", "gcc")
+        out = Path(trace_dir) / "profiled"
+        src = out / SOURCE_DIR
+        src.mkdir(parents=True, exist_ok=True)
+        sources = [*RUNTIME_SOURCES, "model.c"]
+        try:  # the verified bytes, copied out: the build reads files by name
+            for name in [*sources, *RUNTIME_HEADERS, RUN_SOURCE]:
+                (src / name).write_bytes(files.read_bytes(f"{SOURCE_DIR}/{name}"))
+        except (ArtifactError, OSError):
+            raise EdgecError("this C artifact lacks the sources to build a profiled library from; rebuild "
+                             "it with --backend-opt profile=1") from None
+        defines = [f[2:] for f in flags if f.startswith("-D")] + ["EC_PROFILE"]
+        tc = Toolchain(cc, tuple(f for f in flags if not f.startswith("-D")), self.meta["triple"])
+        try:
+            compile_library(tc, src, sources, out, defines)
+        except EdgecError as e:
+            raise EdgecError(f"{e} (building the profiled library; or rebuild the artifact with "
+                             "--backend-opt profile=1)") from None
+        return (out / LIBRARY).read_bytes()
+
+    def op_trace(self) -> list[tuple[float, dict[str, list[float]]]]:
+        """Per run since load, in order (opened with trace_dir): (wall microseconds,
+        op kind -> [calls, microseconds]); the runtime's EC_PROFILE timers."""
+        if self._trace is None:
+            raise EdgecError("op_trace() needs the executor opened with trace_dir")
+        return list(self._trace)
 
     def __del__(self):
         rt, lib = getattr(self, "rt", None), getattr(self, "lib", None)
@@ -139,9 +184,16 @@ class CExecutor:
         out_ptrs = (_P * max(len(outs), 1))(*[a.ctypes.data for a in outs])
         cache_ptrs = (_P * max(len(caches), 1))(*[a.ctypes.data for a in caches])
         with self._lock:
+            before = self.op_times() if self._trace is not None else None
+            t0 = time.perf_counter()
             rc = self.lib.ec_graph_run(self.rt, sym_arr.ctypes.data, in_ptrs, out_ptrs, cache_ptrs, int(cap))
             if rc != 0:
                 raise EdgecError(self.lib.ec_rt_error(self.rt).decode())
+            if before is not None:
+                wall = (time.perf_counter() - t0) * 1e6
+                after = self.op_times()
+                self._trace.append((wall, {op: [c - before[op][0], us - before[op][1]]
+                                           for op, (c, us) in after.items() if c > before[op][0]}))
 
     # -- the protocol ----------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -479,6 +479,8 @@ typedef struct {
    8, which NEON holds in two registers); the block kernels below keep their sums in such vectors. */
 #if defined(__AVX512F__)
 #define EC_VW 16
+#elif (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX__)
+#define EC_VW 4  /* SSE only: an xmm register (an 8-float vector has no register there, and gcc warns of its ABI) */
 #else
 #define EC_VW 8
 #endif
@@ -534,6 +536,33 @@ static void weighted_sum_block(float *const outs[EC_QB], float *const rows[EC_QB
             for (int64_t c = 0; c < n; c++) acc += rows[r][c] * v[c * dv + e];
             outs[r][e] = acc;
         }
+}
+
+/* o[:dv] = sum_c pw[c] v[c, :] over c in [0, n): one query (decode), 4 vectors of columns per pass */
+static void weighted_sum(float *o, const float *pw, const float *v, int64_t n, int64_t dv) {
+    int64_t e0 = 0;
+    for (; e0 + 4 * EC_VW <= dv; e0 += 4 * EC_VW) {
+        ec_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        const float *vr = v + e0;
+        for (int64_t c = 0; c < n; c++, vr += dv) {
+            const float p = pw[c];
+            a0 += p * vf_load(vr); a1 += p * vf_load(vr + EC_VW);
+            a2 += p * vf_load(vr + 2 * EC_VW); a3 += p * vf_load(vr + 3 * EC_VW);
+        }
+        vf_store(o + e0, a0); vf_store(o + e0 + EC_VW, a1);
+        vf_store(o + e0 + 2 * EC_VW, a2); vf_store(o + e0 + 3 * EC_VW, a3);
+    }
+    for (; e0 + EC_VW <= dv; e0 += EC_VW) {
+        ec_vf a = {0};
+        const float *vr = v + e0;
+        for (int64_t c = 0; c < n; c++, vr += dv) a += pw[c] * vf_load(vr);
+        vf_store(o + e0, a);
+    }
+    for (; e0 < dv; e0++) {
+        float a = 0.0f;
+        for (int64_t c = 0; c < n; c++) a += pw[c] * v[c * dv + e0];
+        o[e0] = a;
+    }
 }
 
 /* row[0, n) <- softmax(row * scale), soft-capped first where softcap > 0; in place */
@@ -594,11 +623,7 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
                 float *row = rows[r];
                 for (int64_t c = 0; c < ns[r]; c++) row[c] = dot_f32(qs[r], kc + (los[r] + c) * d, d);
                 softmax_scores(row, ns[r], j->scale, j->softcap);
-                float *o = outs[r];
-                for (int64_t e = 0; e < dv; e++) o[e] = 0.0f;
-                const float *vr = vc + los[r] * dv;
-                for (int64_t c = 0; c < ns[r]; c++, vr += dv)
-                    for (int64_t e = 0; e < dv; e++) o[e] += row[c] * vr[e];
+                weighted_sum(outs[r], row, vc + los[r] * dv, ns[r], dv);
             }
         }
     }
