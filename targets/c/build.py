@@ -48,7 +48,7 @@ def toolchain_for(device) -> Toolchain:
     triple = device.cpu_triple
     # -fno-trapping-math: nothing reads the FP exception flags, and without it gcc keeps the clamps and
     # selects of the vectorizable loops in ec_ops.c (exp, activations, softmax) as branches, unvectorized
-    base = ("-std=c11", "-O3", "-fno-trapping-math", "-fPIC", "-Wall", "-Wno-unused-variable", "-Wno-unused-but-set-variable")
+    base = ("-std=c11", "-O3", "-fno-trapping-math", "-fPIC", "-Wall", "-Wextra", "-Werror")
     if triple.startswith("x86_64"):
         feats = set(device.cpu_features)
         flags = list(base)

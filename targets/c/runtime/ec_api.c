@@ -8,6 +8,8 @@
 
 extern const int ec_model_n_weights;
 extern const char *const ec_model_weight_names[];
+extern const uint64_t ec_model_weight_bytes[];
+extern const int ec_model_weight_dtypes[];
 
 ec_rt *ec_rt_new(int threads, int act_int8) {
     ec_rt *rt = calloc(1, sizeof *rt);
@@ -68,7 +70,7 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         return -1;
     }
     if (h.version != EC_WEIGHTS_VERSION) {
-        ec_set_error(rt, "weights file format %u, this runtime reads %u; rebuild the artifact", h.version,
+        ec_set_error(rt, "weights file format version %u, this runtime reads version %u; rebuild the artifact", h.version,
                      EC_WEIGHTS_VERSION);
         return -1;
     }
@@ -83,6 +85,10 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         return -1;
     }
     const void **w = calloc((size_t)(ec_model_n_weights ? ec_model_n_weights : 1), sizeof *w);
+    if (!w) {
+        ec_set_error(rt, "out of memory");
+        return -1;
+    }
     uint64_t at = sizeof h;
     for (int i = 0; i < ec_model_n_weights; i++) {
         ec_weights_entry e;
@@ -97,7 +103,16 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
             return -1;
         }
         at += (e.name_len + 7) / 8 * 8;
-        if (e.offset > size || e.nbytes > size - e.offset || (e.nbytes && e.offset < h.header_bytes)) {
+        if (e.nbytes != ec_model_weight_bytes[i] || e.dtype != (uint32_t)ec_model_weight_dtypes[i]) {
+            free(w);
+            ec_set_error(rt, "weights file tensor %s is %llu bytes of dtype %u, the model code expects %llu of dtype %d; "
+                         "rebuild the artifact", want, (unsigned long long)e.nbytes, e.dtype,
+                         (unsigned long long)ec_model_weight_bytes[i], ec_model_weight_dtypes[i]);
+            return -1;
+        }
+        /* in the data region, and 64-byte aligned as edgec/weight_plan.py places every tensor (the kernels read
+           floats and int64s through aligned pointers) */
+        if (e.offset > size || e.nbytes > size - e.offset || (e.nbytes && e.offset < h.header_bytes) || e.offset % 64) {
             free(w);
             ec_set_error(rt, "tensor %s lies outside the weights file; rebuild the artifact", want);
             return -1;

@@ -32,7 +32,7 @@ struct edgec_ctx {
     int64_t cap, len;
     float *logits;
     uint64_t rng;
-    char err[256];
+    char err[320];      /* holds the model's tok_err */
 };
 
 edgec_options edgec_default_options(void) {

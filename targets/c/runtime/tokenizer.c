@@ -1305,6 +1305,7 @@ static uint32_t char_at(const unsigned char *s, size_t i, size_t n, size_t *len)
 typedef struct { char *p; size_t n, cap; int oom; } buf_t;
 
 static int buf_reserve(buf_t *b, size_t extra) {
+    if (extra > SIZE_MAX / 4 - b->n) { b->oom = 1; return 0; }  /* the doubling below cannot overflow */
     if (b->n + extra + 1 > b->cap) {
         size_t nc = b->cap ? b->cap : 64;
         char *np;
