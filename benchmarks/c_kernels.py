@@ -10,8 +10,9 @@ shape and format, timed in the same rounds: ORT's per-node time is (t(R nodes) -
 (R - 1) for one session running R MatMulNBits nodes that share the weight, so Python and
 session overhead cancel. valgrind --tool=callgrind counts instructions per call (11 calls minus
 1 call, / 10) where valgrind is installed, of a build with --cg-flags (valgrind has no AVX-512, so
-by default the AVX2 path). Prefill rows (M = 64, 256) give GFLOP/s (2 M N K per call) and the
-cost per activation row relative to the GEMV (M = 1) of the same shape and format. Returns the rows (list of dicts) from main(); writes
+by default the AVX2 path). Prefill rows (M = 64, 256: the panel kernels) give GFLOP/s (2 M N K per
+call, activation quantization included), the cost per activation row relative to the GEMV (M = 1)
+of the same shape and format, and MatMulNBits on the same M rows (one thread) for the 4-bit formats. Returns the rows (list of dicts) from main(); writes
 nothing but its temporary build folder.
 """
 from __future__ import annotations
@@ -145,7 +146,7 @@ def make_q(rng, n, k, bits, group, sym, mins):
 
 
 # ----------------------------------------------------------------------------- onnxruntime
-def ort_session(k, n, bits, block, arrays, lay, nodes):
+def ort_session(k, n, bits, block, arrays, lay, nodes, m=1):
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -168,8 +169,8 @@ def ort_session(k, n, bits, block, arrays, lay, nodes):
     graph = helper.make_graph(
         [helper.make_node("MatMulNBits", ins, [o], domain="com.microsoft", K=k, N=n, bits=bits, block_size=block,
                           accuracy_level=4) for o in out],
-        "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k])],
-        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, n]) for o in out], initializer=inits)
+        "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, [m, n]) for o in out], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -244,8 +245,8 @@ def main(argv=None):
         jobs.append((HEAD, "int4 g128 sym", 3, (4, 128, True, False, 128), 1))
     if not args.no_prefill:
         for m in (64, 256):
-            for label, bits, group, sym, mins, block in (FORMATS[0], FORMATS[4]):
-                jobs.append((SHAPES[0], label, 3, (bits, group, sym, mins, None), m))
+            for label, bits, group, sym, mins, block in (FORMATS[0], FORMATS[2], FORMATS[3], FORMATS[4]):
+                jobs.append((SHAPES[0], label, 3, (bits, group, sym, mins, block), m))
     if args.only:
         jobs = [j for j in jobs if args.only in j[1]]
     reps = 60 if args.quick else args.reps
@@ -267,8 +268,8 @@ def main(argv=None):
             wptr = None
             if block and not args.no_ort and kind == 3:
                 try:
-                    ort_pair = (ort_session(k, n, bits, block, keep, lay, 1),
-                                ort_session(k, n, bits, block, keep, lay, args.ort_nodes))
+                    ort_pair = (ort_session(k, n, bits, block, keep, lay, 1, M),
+                                ort_session(k, n, bits, block, keep, lay, args.ort_nodes, M))
                 except Exception as e:  # noqa: BLE001 - an ORT build without the kernel
                     print(f"  (onnxruntime MatMulNBits unavailable: {e})")
         reps_here = max(20, reps // 10) if n * M > 10000 else reps
@@ -286,7 +287,7 @@ def main(argv=None):
         if ort_pair:
             # sanity: the same weights give the same product
             ref = ort_pair[0].run(None, {"A": x})[0]
-            lib.ec_bench(kind, x.ctypes.data, 1, k, wptr, ctypes.byref(qc), y.ctypes.data, n, 1)
+            lib.ec_bench(kind, x.ctypes.data, M, k, wptr, ctypes.byref(qc), y.ctypes.data, n, 1)
             row["ort_rel_diff"] = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
             row["ort_us"] = float(np.median(theirs)) / 1e3
             row["ratio"] = row["ort_us"] / us
@@ -303,6 +304,8 @@ def main(argv=None):
             extra += f"  {row['instr'] / 1e3:.1f}k instr/call"
         if M > 1:
             extra = f"  {row['gflops']:6.1f} GFLOP/s"
+            if "ort_us" in row:
+                extra += f"  ORT {2.0 * M * n * k / (row['ort_us'] * 1e3):6.1f} GFLOP/s  ours/ORT speed {row['ratio']:.2f}x"
             if (name, label) in gemv:
                 row["per_row_vs_gemv"] = us / (M * gemv[(name, label)])
                 extra += f"  per-row cost {row['per_row_vs_gemv']:.2f}x the GEMV's"

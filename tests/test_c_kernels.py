@@ -66,6 +66,7 @@ class Lib:
         lib.ec_act_size.argtypes = [i, i]
         lib.ec_act_size.restype = ctypes.c_size_t
         lib.ec_quantize_act.argtypes = [vp, i, i, vp]
+        lib.ec_quantize_act_rows.argtypes = [vp, i, i, vp, i, i]
         lib.ec_dequant_row.argtypes = [ctypes.POINTER(QW), i, vp]
         lib.ec_f16_to_f32.argtypes = [ctypes.c_uint16]
         lib.ec_f16_to_f32.restype = fl
@@ -282,6 +283,75 @@ def test_decode_and_prefill_shapes(lib, m):
             _check_y(y, exact, np.abs(x) @ np.abs(qw.w.T), 3, 46, sentinel, 1e-5, f"exact m{m} k{k} b{bits} g{g}")
 
 
+# prefill (M >= the panel threshold: 5 on x86, 8 elsewhere): weight rows unpacked once into panels of 32
+# (AVX-512) or 8 rows, a register tile of act rows x panel rows, K cut into chunks of at most 1024
+# (AVX-512) or 4096 codes, DS_j kept for a bounded number of rows at a time
+PREFILL_FORMATS = [  # bits, group, sym, mins
+    (4, 128, True, False), (4, 128, False, False), (4, 64, True, False), (4, 32, True, False),
+    (4, 32, False, False), (4, 32, False, True), (4, 256, False, True), (4, 0, True, False),
+    (8, 0, True, False), (8, 32, True, False), (8, 64, False, True), (8, 96, False, False),
+    (5, 32, False, True), (6, 32, True, False), (2, 64, False, False), (3, 32, True, False)]
+
+
+@pytest.mark.parametrize("bits,g,sym,mins", PREFILL_FORMATS, ids=lambda v: str(v))
+def test_prefill_panels(lib, bits, g, sym, mins):
+    """M around the panel threshold and odd, N not a multiple of a panel, K not a multiple of the
+    group (nor of 32), with and without bias, column ranges starting and ending inside panels; and
+    the panels' columns computed in pieces (as threads split them) bit for bit equal to one call."""
+    rng = np.random.default_rng(bits * 1000 + g + 2 * sym + mins)
+    n = 45
+    for m, k, with_bias, (n0, n1) in ((4, 576, True, (0, n)), (5, 200, False, (3, 41)), (7, 608, True, (0, n)),
+                                      (8, 576, False, (1, n)), (9, 1000, True, (0, 40)), (33, 300, False, (0, n)),
+                                      (70, 576, True, (2, 43))):
+        qw = make_qweight(rng, n, k, bits, g, sym, mins, search=sym)
+        x = rng.standard_normal((m, k)).astype(f32)
+        x[:, 32:64] = 0
+        x[1] *= 1e-3
+        bias = rng.standard_normal(n).astype(f32) if with_bias else None
+        b = 0 if bias is None else bias.astype(np.float64)
+        sentinel = np.full((m, n), -7.0, f32)
+        y = sentinel.copy()
+        lib.linear_q(x, qw, bias, y, n0, n1, fast=True)
+        ref, scale = i8_reference(x, qw.w)
+        what = f"int8 m{m} k{k} b{bits} g{g} {'sym' if sym else 'asym'}{'+mins' if mins else ''}"
+        _check_y(y, ref + b, scale + np.abs(b), n0, n1, sentinel, 1e-4, what)
+        if m < (8 if lib.path == "scalar" else 5):  # the tile kernels pair columns differently
+            continue
+        cut = sorted({n0, n0 + 1, (n0 + n1) // 2, n1 - 3, n1})
+        y2 = sentinel.copy()
+        xq = lib.act(x)
+        for a, e in zip(cut, cut[1:]):
+            lib.lib.ec_linear_q_i8(_ptr(xq), m, ctypes.byref(qw.c), _ptr(bias), _ptr(y2), n, a, e)
+        assert np.array_equal(y.view(np.uint32), y2.view(np.uint32)), f"{what}: split columns differ"
+
+
+def test_prefill_long_rows(lib):
+    """K long enough for several panel chunks (groups that fit a chunk and groups that do not) and
+    enough groups that DS_j is kept for a few rows at a time."""
+    rng = np.random.default_rng(17)
+    m, k, n = 70, 4640, 20
+    x = rng.standard_normal((m, k)).astype(f32)
+    for bits, g, sym, mins in ((4, 32, False, True), (4, 128, True, False), (8, 0, True, False), (4, 2048, False, False)):
+        qw = make_qweight(rng, n, k, bits, g, sym, mins)
+        sentinel = np.full((m, n), 3.0, f32)
+        y = sentinel.copy()
+        lib.linear_q(x, qw, None, y, 0, n, fast=True)
+        ref, scale = i8_reference(x, qw.w)
+        _check_y(y, ref, scale, 0, n, sentinel, 1e-4, f"int8 m{m} k{k} b{bits} g{g}")
+
+
+def test_quantize_act_rows_compose(lib):
+    """ec_quantize_act_rows over disjoint row ranges writes what one ec_quantize_act call writes."""
+    rng = np.random.default_rng(4)
+    for m, k in ((3, 576), (9, 100), (40, 1536)):
+        x = rng.standard_normal((m, k)).astype(f32)
+        whole = lib.act(x)
+        parts = np.zeros_like(whole)
+        for a, e in ((0, 1), (1, m // 2), (m // 2, m)):
+            lib.lib.ec_quantize_act_rows(_ptr(x), m, k, _ptr(parts), a, e)
+        assert np.array_equal(whole.view(np.uint8), parts.view(np.uint8)), (m, k)
+
+
 def test_activation_quantization_matches_reference(lib):
     """ec_quantize_act's block scales and codes equal the documented numpy rule (white box: the
     buffer's first M*nb2 floats are d, the codes in order start at the offset computed here)."""
@@ -411,6 +481,25 @@ def test_aarch64_kernels(arm_drivers, arm, tmp_path):
         if c["m"] == 3:
             add(4, ("rows", qw.w), x=None, w=None, bias=None, y=None, n0=0, n1=0, qw=qw)
     rng = np.random.default_rng(2)
+    # the prefill panels (M >= 8 on NEON): every format, odd M, partial panels and column ranges; K of
+    # several panel chunks and enough groups that DS_j is kept for a few rows at a time
+    for i, (bits, g, sym, mins) in enumerate(PREFILL_FORMATS):
+        m, k, n0, n1 = ((9, 608, 3, 41), (33, 200, 0, 45), (8, 1000, 1, 44))[i % 3]
+        qw = make_qweight(rng, 45, k, bits, g, sym, mins)
+        x = rng.standard_normal((m, k)).astype(f32)
+        bias = rng.standard_normal(45).astype(f32) if i % 2 else None
+        b = 0 if bias is None else bias.astype(np.float64)
+        ref8, scale8 = i8_reference(x, qw.w)
+        sentinel = np.full((m, 45), 1234.5, f32)
+        add(3, (ref8 + b, scale8 + np.abs(b), n0, n1, sentinel, 1e-4, f"int8 prefill m{m} k{k} b{bits} g{g}"), x=x, w=None,
+            bias=bias, y=sentinel, n0=n0, n1=n1, qw=qw)
+    for bits, g, sym, mins in ((4, 32, False, True), (8, 0, True, False)):
+        qw = make_qweight(rng, 20, 4640, bits, g, sym, mins)
+        x = rng.standard_normal((70, 4640)).astype(f32)
+        ref8, scale8 = i8_reference(x, qw.w)
+        sentinel = np.full((70, 20), 1234.5, f32)
+        add(3, (ref8, scale8, 0, 20, sentinel, 1e-4, f"int8 prefill long b{bits} g{g}"), x=x, w=None, bias=None,
+            y=sentinel, n0=0, n1=20, qw=qw)
     for kind, op in (("f32", 0), ("f16", 1)):
         for m, k, n, n0, n1 in ((1, 576, 13, 0, 13), (6, 103, 10, 2, 9)):
             x = rng.standard_normal((m, k)).astype(f32)

@@ -9,6 +9,9 @@
  *      zero / min term folded into the same accumulators, four sums reduced at once; M = 1: four
  *      weight rows per pass, the weight stream prefetched EC_PF_BYTES ahead), 256-bit ones (y*)
  *      and, with AVX-512 VNNI, 512-bit ones (z*); the other formats the per-row kernels.
+ *   5. prefill (M >= EC_PM rows, g a multiple of 32, every bit width): weight rows unpacked once per
+ *      call into panels of EC_PN rows, then register tiles of EC_PMR act rows x EC_PN weight rows
+ *      (vpdpbusd / maddubs / sdot against one broadcast act dword) over all the rows.
  *
  * Int8 path, per weight row n and activation row m, with c = q - off (off = 128 for 8-bit codes,
  * so that they fit int8, else 0), blocks b of 32 activations and groups j of g weights:
@@ -42,6 +45,7 @@
 #endif
 
 #define EC_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define EC_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 /* full unrolling of the short row loops of the kernels (their accumulators stay in registers) */
 #if defined(__clang__)
@@ -342,9 +346,20 @@ void ec_linear_q(const float *x, int M, const ec_qweight *w, const float *bias, 
      int8   qn[M][nb2*32]   codes in order (zero padded)
      int8   qp[M][nb2*32]   codes in nibble-pair order: per pair of blocks (b0, b1),
                             [even of b0 | even of b1 | odd of b0 | odd of b1], 16 each,
-                            matching the low / high nibbles of the pair's 32 packed bytes */
+                            matching the low / high nibbles of the pair's 32 packed bytes
+   With M >= EC_PM (prefill: the panel kernels, section 5) dp is not written and qp holds the
+   codes in the panels' 4-bit order instead: per 8 codes of a block, the 4 even then the 4 odd
+   (the low / high nibbles of 4 packed bytes), and the AVX-512 regions below are absent. */
+#ifndef EC_PM /* activation rows from which ec_linear_q_i8 runs the panel kernels (where they beat the tiles) */
+#if defined(EC_AVX2)
+#define EC_PM 5
+#else
+#define EC_PM 8
+#endif
+#endif
+
 typedef struct {
-    int nb, np, nb2, nq;
+    int nb, np, nb2, nq, big;
     size_t off_ds, off_dp, off_qn, off_qp, off_qz, off_dz, off_d8, size;
 } act_geom;
 
@@ -355,6 +370,7 @@ static act_geom geom_of(int M, int K) {
     g.nb = (K + 31) / 32;
     g.np = (g.nb + 1) / 2;
     g.nb2 = 2 * g.np;
+    g.big = M >= EC_PM;
     size_t mm = (size_t)(M > 0 ? M : 0);
     g.off_ds = align32(mm * g.nb2 * 4);
     g.off_dp = g.off_ds + align32(mm * g.nb2 * 4);
@@ -367,10 +383,12 @@ static act_geom geom_of(int M, int K) {
     /* the 512-bit kernels' regions, per row: codes in nibble-quad order (4 blocks: their even
        codes, then their odd codes, 16 each), d of a quad's blocks each 4 times, d of a pair's
        blocks each 8 times */
-    g.off_qz = align32(g.size);
-    g.off_dz = g.off_qz + mm * g.nq * 128;
-    g.off_d8 = g.off_dz + mm * g.nq * 64;
-    g.size = g.off_d8 + mm * g.np * 64;
+    if (!g.big) {
+        g.off_qz = align32(g.size);
+        g.off_dz = g.off_qz + mm * g.nq * 128;
+        g.off_d8 = g.off_dz + mm * g.nq * 64;
+        g.size = g.off_d8 + mm * g.np * 64;
+    }
 #endif
     return g;
 }
@@ -382,10 +400,12 @@ static inline float rne(float v) { /* round half to even for |v| < 2^22 (the def
     return (v + magic) - magic;
 }
 
-void ec_quantize_act(const float *x, int M, int K, void *xq) {
+void ec_quantize_act(const float *x, int M, int K, void *xq) { ec_quantize_act_rows(x, M, K, xq, 0, M); }
+
+void ec_quantize_act_rows(const float *x, int M, int K, void *xq, int m0, int m1) {
     act_geom g = geom_of(M, K);
     uint8_t *base = (uint8_t *)xq;
-    for (int m = 0; m < M; m++) {
+    for (int m = EC_MAX(m0, 0); m < EC_MIN(m1, M); m++) {
         const float *xr = x + (size_t)m * K;
         float *d = (float *)base + (size_t)m * g.nb2;
         float *ds = (float *)(base + g.off_ds) + (size_t)m * g.nb2;
@@ -441,9 +461,19 @@ void ec_quantize_act(const float *x, int M, int K, void *xq) {
             }
             d[b] = db;
             ds[b] = db * (float)sum;
+            memcpy(qn + k0, q, 32);
+            if (g.big) { /* the panels' 4-bit order: per 8 codes, the even then the odd */
+#if defined(EC_AVX2)
+                const __m256i eo = _mm256_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15,
+                                                    0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+                _mm256_storeu_si256((__m256i *)(qp + k0), _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)q), eo));
+#else
+                for (int i = 0; i < 32; i++) qp[k0 + (i & ~7) + (i & 1) * 4 + ((i & 7) >> 1)] = q[i];
+#endif
+                continue;
+            }
             int p = b >> 1, h = b & 1;
             for (int t = 0; t < 4; t++) dp[p * 8 + h * 4 + t] = db;
-            memcpy(qn + k0, q, 32);
             for (int i = 0; i < 16; i++) {
                 qp[p * 64 + h * 16 + i] = q[2 * i];
                 qp[p * 64 + 32 + h * 16 + i] = q[2 * i + 1];
@@ -464,7 +494,7 @@ void ec_quantize_act(const float *x, int M, int K, void *xq) {
 #endif
         }
 #if defined(EC_AVX512)
-        for (int b = g.nb2; b < 4 * g.nq; b++) { /* padding blocks of the last quad */
+        for (int b = g.nb2; b < 4 * g.nq && !g.big; b++) { /* padding blocks of the last quad */
             int qd = b >> 2, hq = b & 3;
             int8_t *qz = (int8_t *)(base + g.off_qz) + (size_t)m * g.nq * 128;
             float *dz = (float *)(base + g.off_dz) + (size_t)m * g.nq * 16;
@@ -760,7 +790,7 @@ EC_INLINE void y4_pair(const qctx *c, const uint8_t *row, const float *s, int p,
                 sc = _mm256_broadcast_ss(sj + 2 * p);
             } else {
                 const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-                sc = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sj + 2 * p)))), idx);
+                sc = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)(sj + 2 * p))))), idx);
             }
             __m256i i = dot2_u8s8(_mm256_and_si256(v, m4), al, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4), ah);
             acc[0][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(dv, sc), acc[0][j]);
@@ -781,7 +811,7 @@ EC_INLINE void y4_pair(const qctx *c, const uint8_t *row, const float *s, int p,
             sv[j] = _mm256_broadcast_ss(sj + 2 * p);
         } else {
             const __m256i idx = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-            sv[j] = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_load_sd((const double *)(sj + 2 * p)))), idx);
+            sv[j] = _mm256_permutevar8x32_ps(_mm256_castpd_ps(_mm256_castpd128_pd256(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)(sj + 2 * p))))), idx);
         }
     }
     EC_UNROLL for (int r = 0; r < MR; r++) {
@@ -1083,7 +1113,7 @@ EC_INLINE void z4_quad(const qctx *c, const uint8_t *row, const float *s, int q,
         } else if (MODE == 1) {
             const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
             __m128 t = TAIL ? _mm_maskz_loadu_ps((__mmask8)((1u << EC_MIN(2, G - 2 * q)) - 1u), sj + 2 * q)
-                            : _mm_castpd_ps(_mm_load_sd((const double *)(sj + 2 * q)));
+                            : _mm_castpd_ps(_mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)(sj + 2 * q))));
             sv[j] = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(t));
         } else {
             const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -1422,6 +1452,558 @@ static void linear_q_i8_segments(const uint8_t *base, act_geom g, int M, const e
     }
 }
 
+/* ============================================================================ 5. prefill panels */
+/* M >= EC_PM rows, g a multiple of 32 (the others: the segment kernel): the weights are unpacked once
+ * per call instead of once per tile of activation rows. Per EC_PN weight rows and chunk of at most
+ * EC_PKB blocks, the codes go into a panel on the stack, 4 consecutive codes of each row side by side
+ * ([step][row][4 bytes]: a vector of the panel times one broadcast dword of an activation row is one
+ * vpdpbusd / sdot / maddubs), then a register tile of EC_PMR activation rows x EC_PN weight rows runs
+ * over all the rows: per 32-block the int32 dot, times d_b into a sum per group, times s_j; then the
+ * zero / min term sum_j (min_j - s_j (z_j - off)) DS_j as in section 4 (DS_j of up to EC_PDSG / groups
+ * rows at a time, the panels repacked per such block of rows). The same integer dots and d_b, s_j as
+ * the tile kernels; only the float summation order differs. A later chunk adds into y.
+ * Packing: 4-bit rows a dword (8 codes) at a time, its low nibbles (the even codes) one step and its
+ * high nibbles the next, against the activations' even / odd order (ec_quantize_act with M >= EC_PM);
+ * 8-bit rows as they are (xor 0x80 where the dot is signed x signed: NEON, AVX2 without VNNI); other
+ * widths unpacked to bytes first. On x86 the 16 (8) rows are transposed in registers.
+ * Memory: the stack only, about EC_PKC + 4 EC_PDSG + 2 (EC_PKB + 1) EC_PN floats (56 KiB). */
+#if defined(EC_AVX512)
+#ifndef EC_PNV
+#define EC_PNV 2 /* zmm (16 rows each) per panel step */
+#endif
+#define EC_PN (16 * EC_PNV)
+#else
+#define EC_PN 8 /* AVX2: one ymm of rows per step; NEON: two q registers */
+#endif
+#ifndef EC_PMR
+#if (defined(EC_AVX2) && !defined(EC_AVX512) && !defined(EC_VNNI)) || (defined(EC_NEON) && !defined(__ARM_FEATURE_DOTPROD))
+#define EC_PMR 2 /* act rows per register tile (AVX2 maddubs: 16 ymm registers; int16 sums) */
+#else
+#define EC_PMR 4 /* act rows per register tile */
+#endif
+#endif
+#ifndef EC_PKC
+#define EC_PKC 32768 /* bytes of panel codes (stack) */
+#endif
+#define EC_PKB (EC_PKC / (EC_PN * 32)) /* blocks per chunk at most */
+#define EC_PDSG 4096                   /* floats of DS_j per call (stack): rows x groups */
+
+typedef struct {
+    const uint8_t *codes; /* [blocks * 8][EC_PN][4] */
+    const float *sc;      /* [nseg][EC_PN]: s_j of each segment's group */
+    const float *coef;    /* [ncorr][EC_PN]: min_j - s_j (z_j - off) of the groups starting in the chunk */
+    const int *segb;      /* nseg + 1 block bounds of the segments (one group each, chunk relative) */
+    int nseg, ncorr, pn, first, ck;
+    const float *bias;    /* at the panel's first column, or NULL */
+    float *y;             /* row m0, the panel's first column */
+    size_t ldy;
+    const int8_t *xa;     /* act codes of row m0 at the chunk's first block */
+    const float *xd;      /* block scales d of row m0 at the chunk's first block */
+    size_t ldx, ldd;      /* their row strides */
+    const float *dsg;     /* DS_j of row m0, the first group starting in the chunk */
+    int ldg;
+} ptile;
+
+EC_INLINE int32_t ld32(const void *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+#if defined(EC_AVX512)
+EC_INLINE void p_tile(const ptile *t, int MR) {
+    __m512 tot[EC_PMR][EC_PNV];
+    EC_UNROLL for (int m = 0; m < MR; m++)
+        EC_UNROLL for (int v = 0; v < EC_PNV; v++) tot[m][v] = _mm512_setzero_ps();
+    for (int s = 0; s < t->nseg; s++) {
+        __m512 ts[EC_PMR][EC_PNV]; /* the segment's (group's) sum of d_b x int dot */
+        EC_UNROLL for (int m = 0; m < MR; m++)
+            EC_UNROLL for (int v = 0; v < EC_PNV; v++) ts[m][v] = _mm512_setzero_ps();
+        for (int b = t->segb[s]; b < t->segb[s + 1]; b++) {
+            const uint8_t *wb = t->codes + (size_t)b * (8 * EC_PN * 4);
+            const int8_t *xb = t->xa + 32 * (size_t)b;
+            __m512i ia[EC_PMR][EC_PNV];
+            EC_UNROLL for (int m = 0; m < MR; m++)
+                EC_UNROLL for (int v = 0; v < EC_PNV; v++) ia[m][v] = _mm512_setzero_si512();
+            EC_UNROLL for (int u = 0; u < 8; u++) {
+                __m512i wv[EC_PNV];
+                EC_UNROLL for (int v = 0; v < EC_PNV; v++) wv[v] = _mm512_load_si512((const void *)(wb + (u * EC_PN + 16 * v) * 4));
+                EC_UNROLL for (int m = 0; m < MR; m++) {
+                    __m512i av = _mm512_set1_epi32(ld32(xb + (size_t)m * t->ldx + 4 * u));
+                    EC_UNROLL for (int v = 0; v < EC_PNV; v++) ia[m][v] = _mm512_dpbusd_epi32(ia[m][v], wv[v], av);
+                }
+            }
+            EC_UNROLL for (int m = 0; m < MR; m++) {
+                __m512 dv = _mm512_set1_ps(t->xd[(size_t)m * t->ldd + b]);
+                EC_UNROLL for (int v = 0; v < EC_PNV; v++) ts[m][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[m][v]), dv, ts[m][v]);
+            }
+        }
+        EC_UNROLL for (int v = 0; v < EC_PNV; v++) {
+            __m512 sv = _mm512_load_ps(t->sc + s * EC_PN + 16 * v);
+            EC_UNROLL for (int m = 0; m < MR; m++) tot[m][v] = _mm512_fmadd_ps(ts[m][v], sv, tot[m][v]);
+        }
+    }
+    for (int i = 0; i < t->ncorr; i++)
+        EC_UNROLL for (int v = 0; v < EC_PNV; v++) {
+            __m512 cv = _mm512_load_ps(t->coef + i * EC_PN + 16 * v);
+            EC_UNROLL for (int m = 0; m < MR; m++)
+                tot[m][v] = _mm512_fmadd_ps(cv, _mm512_set1_ps(t->dsg[(size_t)m * t->ldg + i]), tot[m][v]);
+        }
+    EC_UNROLL for (int v = 0; v < EC_PNV; v++) {
+        int left = t->pn - 16 * v;
+        if (left <= 0) break;
+        __mmask16 k = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u);
+        __m512 bv = t->first && t->bias ? _mm512_maskz_loadu_ps(k, t->bias + 16 * v) : _mm512_setzero_ps();
+        EC_UNROLL for (int m = 0; m < MR; m++) {
+            float *yp = t->y + (size_t)m * t->ldy + 16 * v;
+            __m512 base = t->first ? bv : _mm512_maskz_loadu_ps(k, yp);
+            _mm512_mask_storeu_ps(yp, k, _mm512_add_ps(base, tot[m][v]));
+        }
+    }
+}
+#elif defined(EC_AVX2)
+/* int32 dots of one block: 8 steps of the panel (one ymm of 8 rows each) against MR act rows */
+EC_INLINE void p_block(const uint8_t *wb, const int8_t *xb, size_t ldx, int MR, int CK, __m256i *ia) {
+#if defined(EC_VNNI)
+    (void)CK;
+    EC_UNROLL for (int m = 0; m < MR; m++) ia[m] = _mm256_setzero_si256();
+    EC_UNROLL for (int u = 0; u < 8; u++) {
+        __m256i w = _mm256_load_si256((const __m256i *)(wb + u * EC_PN * 4));
+        EC_UNROLL for (int m = 0; m < MR; m++) ia[m] = EC_DPBUSD(ia[m], w, _mm256_set1_epi32(ld32(xb + (size_t)m * ldx + 4 * u)));
+    }
+#else
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (CK == 0) { /* codes < 16: |pair sums| <= 2*15*127, eight of them fit int16 */
+        __m256i s16[EC_PMR];
+        EC_UNROLL for (int m = 0; m < MR; m++) s16[m] = _mm256_setzero_si256();
+        EC_UNROLL for (int u = 0; u < 8; u++) {
+            __m256i w = _mm256_load_si256((const __m256i *)(wb + u * EC_PN * 4));
+            EC_UNROLL for (int m = 0; m < MR; m++)
+                s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(w, _mm256_set1_epi32(ld32(xb + (size_t)m * ldx + 4 * u))));
+        }
+        EC_UNROLL for (int m = 0; m < MR; m++) ia[m] = _mm256_madd_epi16(s16[m], ones);
+        return;
+    }
+    EC_UNROLL for (int m = 0; m < MR; m++) ia[m] = _mm256_setzero_si256();
+    EC_UNROLL for (int u = 0; u < 8; u++) {
+        __m256i w = _mm256_load_si256((const __m256i *)(wb + u * EC_PN * 4));
+        __m256i a = CK == 2 ? _mm256_abs_epi8(w) : w; /* 8-bit: c = q - 128 signed, |c| (sign trick) */
+        EC_UNROLL for (int m = 0; m < MR; m++) {
+            __m256i x = _mm256_set1_epi32(ld32(xb + (size_t)m * ldx + 4 * u));
+            if (CK == 2) x = _mm256_sign_epi8(x, w);
+            ia[m] = _mm256_add_epi32(ia[m], _mm256_madd_epi16(_mm256_maddubs_epi16(a, x), ones));
+        }
+    }
+#endif
+}
+
+EC_INLINE void p_tile(const ptile *t, int MR, int CK) {
+    __m256 tot[EC_PMR];
+    EC_UNROLL for (int m = 0; m < MR; m++) tot[m] = _mm256_setzero_ps();
+    for (int s = 0; s < t->nseg; s++) {
+        __m256 ts[EC_PMR];
+        EC_UNROLL for (int m = 0; m < MR; m++) ts[m] = _mm256_setzero_ps();
+        for (int b = t->segb[s]; b < t->segb[s + 1]; b++) {
+            __m256i ia[EC_PMR];
+            p_block(t->codes + (size_t)b * (8 * EC_PN * 4), t->xa + 32 * (size_t)b, t->ldx, MR, CK, ia);
+            EC_UNROLL for (int m = 0; m < MR; m++)
+                ts[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ia[m]), _mm256_broadcast_ss(t->xd + (size_t)m * t->ldd + b), ts[m]);
+        }
+        __m256 sv = _mm256_load_ps(t->sc + s * EC_PN);
+        EC_UNROLL for (int m = 0; m < MR; m++) tot[m] = _mm256_fmadd_ps(ts[m], sv, tot[m]);
+    }
+    for (int i = 0; i < t->ncorr; i++) {
+        __m256 cv = _mm256_load_ps(t->coef + i * EC_PN);
+        EC_UNROLL for (int m = 0; m < MR; m++)
+            tot[m] = _mm256_fmadd_ps(cv, _mm256_broadcast_ss(t->dsg + (size_t)m * t->ldg + i), tot[m]);
+    }
+    static const int32_t mtab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const __m256i k = _mm256_loadu_si256((const __m256i *)(mtab + 8 - t->pn));
+    __m256 bv = t->first && t->bias ? _mm256_maskload_ps(t->bias, k) : _mm256_setzero_ps();
+    EC_UNROLL for (int m = 0; m < MR; m++) {
+        float *yp = t->y + (size_t)m * t->ldy;
+        __m256 base = t->first ? bv : _mm256_maskload_ps(yp, k);
+        _mm256_maskstore_ps(yp, k, _mm256_add_ps(base, tot[m]));
+    }
+}
+#elif defined(EC_NEON)
+/* acc (4 rows) += the 4 codes of each row . act dword `lane` of x */
+#if defined(__ARM_FEATURE_DOTPROD)
+#define EC_SDOT_LANE(acc, w, x, lane) vdotq_laneq_s32(acc, w, x, lane)
+#else
+#define EC_SDOT_LANE(acc, w, x, lane) ec_sdot_lane(acc, w, vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(x), lane)))
+EC_INLINE int32x4_t ec_sdot_lane(int32x4_t acc, int8x16_t w, int8x16_t xr) {
+    int16x8_t a = vmull_s8(vget_low_s8(w), vget_low_s8(xr)), b = vmull_high_s8(w, xr); /* |.| <= 128*127 */
+    return vpadalq_s16(acc, vpaddq_s16(a, b));
+}
+#endif
+#if !defined(__ARM_FEATURE_DOTPROD)
+/* without sdot, codes < 16: per (row, code position) int16 sums of products over the block's 8 steps
+   (|.| <= 8*15*127), pairs then quads of positions added at the end: 5 instructions per 32 products */
+EC_INLINE void p_block16(const int8_t *wb, const int8_t *xb, size_t ldx, int MR, int32x4_t ia[EC_PMR][2]) {
+    int16x8_t a[EC_PMR][4];
+    EC_UNROLL for (int m = 0; m < MR; m++) a[m][0] = a[m][1] = a[m][2] = a[m][3] = vdupq_n_s16(0);
+    EC_UNROLL for (int h = 0; h < 2; h++) {
+        int8x16_t x[EC_PMR];
+        EC_UNROLL for (int m = 0; m < MR; m++) x[m] = vld1q_s8(xb + (size_t)m * ldx + 16 * h);
+#define EC_PSTEP16(L)                                                                                          \
+    {                                                                                                          \
+        int8x16_t w0 = vld1q_s8(wb + ((4 * h + L) * EC_PN) * 4), w1 = vld1q_s8(wb + ((4 * h + L) * EC_PN + 4) * 4); \
+        EC_UNROLL for (int m = 0; m < MR; m++) {                                                               \
+            int8x16_t xr = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(x[m]), L));              \
+            a[m][0] = vmlal_s8(a[m][0], vget_low_s8(w0), vget_low_s8(xr));                                    \
+            a[m][1] = vmlal_high_s8(a[m][1], w0, xr);                                                          \
+            a[m][2] = vmlal_s8(a[m][2], vget_low_s8(w1), vget_low_s8(xr));                                    \
+            a[m][3] = vmlal_high_s8(a[m][3], w1, xr);                                                          \
+        }                                                                                                      \
+    }
+        EC_PSTEP16(0) EC_PSTEP16(1) EC_PSTEP16(2) EC_PSTEP16(3)
+#undef EC_PSTEP16
+    }
+    EC_UNROLL for (int m = 0; m < MR; m++) { /* rows 0-1 | 2-3 of each half: pairs (|.| <= 30480), then quads */
+        ia[m][0] = vpaddlq_s16(vpaddq_s16(a[m][0], a[m][1]));
+        ia[m][1] = vpaddlq_s16(vpaddq_s16(a[m][2], a[m][3]));
+    }
+}
+#endif
+
+EC_INLINE void p_tile(const ptile *t, int MR, int CK) {
+    (void)CK;
+    float32x4_t tot[EC_PMR][2];
+    EC_UNROLL for (int m = 0; m < MR; m++) tot[m][0] = tot[m][1] = vdupq_n_f32(0.f);
+    for (int s = 0; s < t->nseg; s++) {
+        float32x4_t ts[EC_PMR][2];
+        EC_UNROLL for (int m = 0; m < MR; m++) ts[m][0] = ts[m][1] = vdupq_n_f32(0.f);
+        for (int b = t->segb[s]; b < t->segb[s + 1]; b++) {
+            const int8_t *wb = (const int8_t *)t->codes + (size_t)b * (8 * EC_PN * 4);
+            const int8_t *xb = t->xa + 32 * (size_t)b;
+            int32x4_t ia[EC_PMR][2];
+#if !defined(__ARM_FEATURE_DOTPROD)
+            if (CK == 0)
+                p_block16(wb, xb, t->ldx, MR, ia);
+            else
+#endif
+            {
+                EC_UNROLL for (int m = 0; m < MR; m++) ia[m][0] = ia[m][1] = vdupq_n_s32(0);
+                EC_UNROLL for (int h = 0; h < 2; h++) {
+                    int8x16_t x[EC_PMR];
+                    EC_UNROLL for (int m = 0; m < MR; m++) x[m] = vld1q_s8(xb + (size_t)m * t->ldx + 16 * h);
+#define EC_PSTEP(L)                                                                                          \
+    {                                                                                                        \
+        int8x16_t w0 = vld1q_s8(wb + ((4 * h + L) * EC_PN) * 4);                                             \
+        int8x16_t w1 = vld1q_s8(wb + ((4 * h + L) * EC_PN + 4) * 4);                                         \
+        EC_UNROLL for (int m = 0; m < MR; m++) {                                                             \
+            ia[m][0] = EC_SDOT_LANE(ia[m][0], w0, x[m], L);                                                  \
+            ia[m][1] = EC_SDOT_LANE(ia[m][1], w1, x[m], L);                                                  \
+        }                                                                                                    \
+    }
+                    EC_PSTEP(0) EC_PSTEP(1) EC_PSTEP(2) EC_PSTEP(3)
+#undef EC_PSTEP
+                }
+            }
+            EC_UNROLL for (int m = 0; m < MR; m++) {
+                float dv = t->xd[(size_t)m * t->ldd + b];
+                ts[m][0] = vfmaq_n_f32(ts[m][0], vcvtq_f32_s32(ia[m][0]), dv);
+                ts[m][1] = vfmaq_n_f32(ts[m][1], vcvtq_f32_s32(ia[m][1]), dv);
+            }
+        }
+        float32x4_t s0 = vld1q_f32(t->sc + s * EC_PN), s1 = vld1q_f32(t->sc + s * EC_PN + 4);
+        EC_UNROLL for (int m = 0; m < MR; m++) {
+            tot[m][0] = vfmaq_f32(tot[m][0], ts[m][0], s0);
+            tot[m][1] = vfmaq_f32(tot[m][1], ts[m][1], s1);
+        }
+    }
+    for (int i = 0; i < t->ncorr; i++) {
+        float32x4_t c0 = vld1q_f32(t->coef + i * EC_PN), c1 = vld1q_f32(t->coef + i * EC_PN + 4);
+        EC_UNROLL for (int m = 0; m < MR; m++) {
+            float dg = t->dsg[(size_t)m * t->ldg + i];
+            tot[m][0] = vfmaq_n_f32(tot[m][0], c0, dg);
+            tot[m][1] = vfmaq_n_f32(tot[m][1], c1, dg);
+        }
+    }
+    EC_UNROLL for (int m = 0; m < MR; m++) {
+        float o[8], *yp = t->y + (size_t)m * t->ldy;
+        vst1q_f32(o, tot[m][0]);
+        vst1q_f32(o + 4, tot[m][1]);
+        for (int r = 0; r < t->pn; r++) yp[r] = (t->first ? (t->bias ? t->bias[r] : 0.f) : yp[r]) + o[r];
+    }
+}
+#else
+EC_INLINE void p_tile(const ptile *t, int MR) {
+    float tot[EC_PMR][EC_PN] = {{0.f}};
+    for (int s = 0; s < t->nseg; s++) {
+        float ts[EC_PMR][EC_PN] = {{0.f}};
+        for (int b = t->segb[s]; b < t->segb[s + 1]; b++) {
+            const uint8_t *wb = t->codes + (size_t)b * (8 * EC_PN * 4);
+            for (int m = 0; m < MR; m++) {
+                const int8_t *xb = t->xa + (size_t)m * t->ldx + 32 * (size_t)b;
+                int32_t ia[EC_PN] = {0};
+                for (int u = 0; u < 8; u++)
+                    for (int r = 0; r < EC_PN; r++)
+                        for (int e = 0; e < 4; e++) ia[r] += (int32_t)wb[(u * EC_PN + r) * 4 + e] * xb[4 * u + e];
+                float dv = t->xd[(size_t)m * t->ldd + b];
+                for (int r = 0; r < EC_PN; r++) ts[m][r] += (float)ia[r] * dv;
+            }
+        }
+        for (int m = 0; m < MR; m++)
+            for (int r = 0; r < EC_PN; r++) tot[m][r] += ts[m][r] * t->sc[s * EC_PN + r];
+    }
+    for (int i = 0; i < t->ncorr; i++)
+        for (int m = 0; m < MR; m++)
+            for (int r = 0; r < EC_PN; r++) tot[m][r] += t->coef[i * EC_PN + r] * t->dsg[(size_t)m * t->ldg + i];
+    for (int m = 0; m < MR; m++) {
+        float *yp = t->y + (size_t)m * t->ldy;
+        for (int r = 0; r < t->pn; r++) yp[r] = (t->first ? (t->bias ? t->bias[r] : 0.f) : yp[r]) + tot[m][r];
+    }
+}
+#endif
+
+/* one function per (code kind, act rows); the table's row is ptile.ck */
+#if (defined(EC_AVX2) && !defined(EC_AVX512)) || defined(EC_NEON)
+#define EC_PTILE_FN(CK, MR) \
+    EC_NOINLINE void p_tile_##CK##_##MR(const ptile *t) { p_tile(t, MR, CK); }
+#else
+#define EC_PTILE_FN(CK, MR) \
+    EC_NOINLINE void p_tile_##CK##_##MR(const ptile *t) { p_tile(t, MR); }
+#endif
+#if EC_PMR == 1
+#define EC_PTILE_ROW(CK) EC_PTILE_FN(CK, 1)
+#define EC_PTAB_ROW(CK) {p_tile_##CK##_1}
+#elif EC_PMR == 2
+#define EC_PTILE_ROW(CK) EC_PTILE_FN(CK, 1) EC_PTILE_FN(CK, 2)
+#define EC_PTAB_ROW(CK) {p_tile_##CK##_1, p_tile_##CK##_2}
+#elif EC_PMR == 3
+#define EC_PTILE_ROW(CK) EC_PTILE_FN(CK, 1) EC_PTILE_FN(CK, 2) EC_PTILE_FN(CK, 3)
+#define EC_PTAB_ROW(CK) {p_tile_##CK##_1, p_tile_##CK##_2, p_tile_##CK##_3}
+#elif EC_PMR == 4
+#define EC_PTILE_ROW(CK) EC_PTILE_FN(CK, 1) EC_PTILE_FN(CK, 2) EC_PTILE_FN(CK, 3) EC_PTILE_FN(CK, 4)
+#define EC_PTAB_ROW(CK) {p_tile_##CK##_1, p_tile_##CK##_2, p_tile_##CK##_3, p_tile_##CK##_4}
+#else
+#error "EC_PMR must be 1 to 4"
+#endif
+#if defined(EC_AVX2) && !defined(EC_AVX512) && !defined(EC_VNNI)
+EC_PTILE_ROW(0)
+EC_PTILE_ROW(1)
+EC_PTILE_ROW(2)
+static void (*const ptiles[3][EC_PMR])(const ptile *) = {EC_PTAB_ROW(0), EC_PTAB_ROW(1), EC_PTAB_ROW(2)};
+#elif defined(EC_NEON) && !defined(__ARM_FEATURE_DOTPROD)
+EC_PTILE_ROW(0)
+EC_PTILE_ROW(1)
+static void (*const ptiles[2][EC_PMR])(const ptile *) = {EC_PTAB_ROW(0), EC_PTAB_ROW(1)};
+#else
+EC_PTILE_ROW(0)
+static void (*const ptiles[1][EC_PMR])(const ptile *) = {EC_PTAB_ROW(0)};
+#endif
+
+/* the panel of rows [n, n + pn) over blocks [b0, b1): dst[(t * EC_PN + r) * 4 + e] = code 4t + e of
+   row n + r (4-bit: the even / odd order), xor `flip`; rows r >= pn zero */
+static void pack_codes(const ec_qweight *w, size_t rb, int n, int pn, int b0, int b1, uint32_t flip, uint8_t *dst) {
+    const int nbk = b1 - b0, bits = w->bits;
+    const uint8_t *row0 = w->packed + (size_t)n * rb;
+#if defined(EC_AVX512)
+    if (bits == 4 || bits == 8) {
+        /* per 16 rows and 64 bytes of each: a 16 x 16 transpose of dwords */
+        const __m512i m4 = _mm512_set1_epi8(15), fl = _mm512_set1_epi32((int)flip);
+        const int bpr = bits == 4 ? 16 : 32, nd = (bits == 4 ? 4 : 8) * nbk; /* bytes per block, dwords */
+        for (int v = 0; v < EC_PNV; v++) {
+            const int rows = EC_MIN(16, pn - 16 * v);
+            const uint8_t *rv = row0 + (size_t)(16 * v) * rb + (size_t)bpr * b0;
+            for (int d0 = 0; d0 < nd; d0 += 16) {
+                const int left = EC_MIN(16, nd - d0);
+                const __mmask64 lm = left == 16 ? ~(__mmask64)0 : (((__mmask64)1 << (4 * left)) - 1);
+                __m512i r[16], t2[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = i < rows ? _mm512_maskz_loadu_epi8(lm, rv + (size_t)i * rb + 4 * (size_t)d0) : _mm512_setzero_si512();
+                EC_UNROLL for (int i = 0; i < 8; i++) {
+                    t2[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                    t2[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+                }
+                EC_UNROLL for (int i = 0; i < 4; i++) { /* r[4i + c], lane L: rows 4i..4i+3, dword 4L + c */
+                    r[4 * i] = _mm512_unpacklo_epi64(t2[4 * i], t2[4 * i + 2]);
+                    r[4 * i + 1] = _mm512_unpackhi_epi64(t2[4 * i], t2[4 * i + 2]);
+                    r[4 * i + 2] = _mm512_unpacklo_epi64(t2[4 * i + 1], t2[4 * i + 3]);
+                    r[4 * i + 3] = _mm512_unpackhi_epi64(t2[4 * i + 1], t2[4 * i + 3]);
+                }
+                EC_UNROLL for (int c = 0; c < 4; c++) {
+                    __m512i u0 = _mm512_shuffle_i32x4(r[c], r[4 + c], _MM_SHUFFLE(2, 0, 2, 0));
+                    __m512i u1 = _mm512_shuffle_i32x4(r[c], r[4 + c], _MM_SHUFFLE(3, 1, 3, 1));
+                    __m512i w0 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(2, 0, 2, 0));
+                    __m512i w1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], _MM_SHUFFLE(3, 1, 3, 1));
+                    t2[c] = _mm512_shuffle_i32x4(u0, w0, _MM_SHUFFLE(2, 0, 2, 0));      /* dword c */
+                    t2[8 + c] = _mm512_shuffle_i32x4(u0, w0, _MM_SHUFFLE(3, 1, 3, 1));  /* dword 8 + c */
+                    t2[4 + c] = _mm512_shuffle_i32x4(u1, w1, _MM_SHUFFLE(2, 0, 2, 0));  /* dword 4 + c */
+                    t2[12 + c] = _mm512_shuffle_i32x4(u1, w1, _MM_SHUFFLE(3, 1, 3, 1)); /* dword 12 + c */
+                }
+                for (int i = 0; i < left; i++) {
+                    const int u = d0 + i;
+                    if (bits == 4) {
+                        _mm512_store_si512((void *)(dst + ((2 * u) * EC_PN + 16 * v) * 4), _mm512_and_si512(t2[i], m4));
+                        _mm512_store_si512((void *)(dst + ((2 * u + 1) * EC_PN + 16 * v) * 4),
+                                           _mm512_and_si512(_mm512_srli_epi16(t2[i], 4), m4));
+                    } else {
+                        _mm512_store_si512((void *)(dst + (u * EC_PN + 16 * v) * 4), _mm512_xor_si512(t2[i], fl));
+                    }
+                }
+            }
+        }
+        return;
+    }
+#elif defined(EC_AVX2)
+    if (bits == 4 || bits == 8) {
+        /* per 8 rows and 32 bytes of each: an 8 x 8 transpose of dwords */
+        const __m256i m4 = _mm256_set1_epi8(15), fl = _mm256_set1_epi32((int)flip);
+        const int bpr = bits == 4 ? 16 : 32, nd = (bits == 4 ? 4 : 8) * nbk;
+        const uint8_t *rv = row0 + (size_t)bpr * b0;
+        static const int32_t mtab[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+        for (int d0 = 0; d0 < nd; d0 += 8) {
+            const int left = EC_MIN(8, nd - d0);
+            const __m256i lm = _mm256_loadu_si256((const __m256i *)(mtab + 8 - left));
+            __m256i r[8], t2[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = i < pn ? (left == 8 ? _mm256_loadu_si256((const __m256i *)(rv + (size_t)i * rb + 4 * (size_t)d0))
+                                           : _mm256_maskload_epi32((const int *)(rv + (size_t)i * rb + 4 * (size_t)d0), lm))
+                              : _mm256_setzero_si256();
+            EC_UNROLL for (int i = 0; i < 4; i++) {
+                t2[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+                t2[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+            }
+            EC_UNROLL for (int i = 0; i < 2; i++) { /* r[4i + c], lane L: rows 4i..4i+3, dword 4L + c */
+                r[4 * i] = _mm256_unpacklo_epi64(t2[4 * i], t2[4 * i + 2]);
+                r[4 * i + 1] = _mm256_unpackhi_epi64(t2[4 * i], t2[4 * i + 2]);
+                r[4 * i + 2] = _mm256_unpacklo_epi64(t2[4 * i + 1], t2[4 * i + 3]);
+                r[4 * i + 3] = _mm256_unpackhi_epi64(t2[4 * i + 1], t2[4 * i + 3]);
+            }
+            EC_UNROLL for (int c = 0; c < 4; c++) {
+                t2[c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x20);
+                t2[4 + c] = _mm256_permute2x128_si256(r[c], r[4 + c], 0x31);
+            }
+            for (int i = 0; i < left; i++) {
+                const int u = d0 + i;
+                if (bits == 4) {
+                    _mm256_store_si256((__m256i *)(dst + (2 * u) * EC_PN * 4), _mm256_and_si256(t2[i], m4));
+                    _mm256_store_si256((__m256i *)(dst + (2 * u + 1) * EC_PN * 4), _mm256_and_si256(_mm256_srli_epi16(t2[i], 4), m4));
+                } else {
+                    _mm256_store_si256((__m256i *)(dst + u * EC_PN * 4), _mm256_xor_si256(t2[i], fl));
+                }
+            }
+        }
+        return;
+    }
+#endif
+    uint8_t tmp[32 * EC_PKB];
+    for (int r = 0; r < EC_PN; r++) {
+        uint8_t *d = dst + 4 * r;
+        const uint8_t *row = row0 + (size_t)r * rb;
+        if (r >= pn) {
+            for (int t = 0; t < 8 * nbk; t++) memset(d + (size_t)t * EC_PN * 4, 0, 4);
+        } else if (bits == 4) {
+            for (int u = 0; u < 4 * nbk; u++) {
+                uint32_t v = (uint32_t)ld32(row + 16 * (size_t)b0 + 4 * u), lo = v & 0x0f0f0f0fu, hi = (v >> 4) & 0x0f0f0f0fu;
+                memcpy(d + (size_t)(2 * u) * EC_PN * 4, &lo, 4);
+                memcpy(d + (size_t)(2 * u + 1) * EC_PN * 4, &hi, 4);
+            }
+        } else {
+            const uint8_t *c = row + 32 * (size_t)b0;
+            if (bits != 8) {
+                unpack_codes(row, bits, 32 * b0, 32 * nbk, tmp);
+                c = tmp;
+            }
+            for (int t = 0; t < 8 * nbk; t++) {
+                uint32_t v = (uint32_t)ld32(c + 4 * t) ^ flip;
+                memcpy(d + (size_t)t * EC_PN * 4, &v, 4);
+            }
+        }
+    }
+}
+
+static void linear_q_i8_panels(const uint8_t *base, act_geom g, int M, const ec_qweight *w, const float *bias,
+                               float *y, int N, int n0, int n1, int gu) {
+    _Alignas(64) uint8_t codes[EC_PKB * 32 * EC_PN];
+    _Alignas(64) float sc[(EC_PKB + 1) * EC_PN], coef[EC_PKB * EC_PN];
+    float dsg[EC_PDSG];
+    int segb[EC_PKB + 2];
+    const int nb = g.nb, bpg = w->group / 32, G = w->groups, bits = w->bits;
+    const size_t rb = row_bytes(w);
+    int off = 0, ck = 0;
+#if defined(EC_AVX2) && !defined(EC_VNNI)
+    ck = bits <= 4 ? 0 : bits < 8 ? 1 : 2;
+    off = bits == 8 ? 128 : 0;
+#elif defined(EC_NEON)
+    off = bits == 8 ? 128 : 0; /* sdot is signed x signed */
+#if !defined(__ARM_FEATURE_DOTPROD)
+    ck = bits <= 4 ? 0 : 1;
+#endif
+#endif
+    const uint32_t flip = off ? 0x80808080u : 0u;
+    /* chunks of kcb blocks, balanced, a whole number of groups where a group fits */
+    int nch = (nb + EC_PKB - 1) / EC_PKB, kcb = (nb + nch - 1) / nch;
+    if (bpg <= EC_PKB) kcb = EC_MIN(EC_PKB / bpg * bpg, (kcb + bpg - 1) / bpg * bpg);
+    const int mc = EC_MAX(EC_PMR, EC_PDSG / gu / EC_PMR * EC_PMR);
+    const float *xd0 = (const float *)base, *ds0 = (const float *)(base + g.off_ds);
+    const int8_t *xa0 = (const int8_t *)(base + (bits == 4 ? g.off_qp : g.off_qn));
+    const size_t ldx = (size_t)g.nb2 * 32, ldd = (size_t)g.nb2;
+    ptile t;
+    t.codes = codes;
+    t.sc = sc;
+    t.coef = coef;
+    t.segb = segb;
+    t.ck = ck;
+    t.ldy = (size_t)N;
+    t.ldx = ldx;
+    t.ldd = ldd;
+    t.ldg = gu;
+    for (int m0 = 0; m0 < M; m0 += mc) {
+        const int m1 = EC_MIN(M, m0 + mc);
+        for (int m = m0; m < m1; m++) { /* DS_j, as the tile kernels sum it */
+            const float *ds = ds0 + (size_t)m * ldd;
+            for (int j = 0; j < gu; j++) {
+                double a = 0.0;
+                for (int b = j * bpg; b < EC_MIN((j + 1) * bpg, nb); b++) a += (double)ds[b];
+                dsg[(size_t)(m - m0) * gu + j] = (float)a;
+            }
+        }
+        for (int n = n0; n < n1; n += EC_PN) {
+            const int pn = EC_MIN(EC_PN, n1 - n);
+            for (int cb0 = 0; cb0 < nb; cb0 += kcb) {
+                const int cb1 = EC_MIN(nb, cb0 + kcb);
+                pack_codes(w, rb, n, pn, cb0, cb1, flip, codes);
+                /* segments: the chunk's blocks cut at group bounds (groups js0 .. js0 + ns - 1) */
+                const int js0 = cb0 / bpg, ns = (cb1 - 1) / bpg - js0 + 1;
+                for (int i = 0; i < ns; i++) segb[i] = EC_MAX(cb0, (js0 + i) * bpg) - cb0;
+                segb[ns] = cb1 - cb0;
+                /* the zero / min terms of the groups that start in the chunk */
+                const int jc0 = (cb0 + bpg - 1) / bpg, jc1 = EC_MIN(gu, (cb1 + bpg - 1) / bpg);
+                for (int r = 0; r < EC_PN; r++) {
+                    if (r >= pn) {
+                        for (int i = 0; i < ns; i++) sc[i * EC_PN + r] = 0.f;
+                        for (int j = jc0; j < jc1; j++) coef[(j - jc0) * EC_PN + r] = 0.f;
+                        continue;
+                    }
+                    const size_t at = (size_t)(n + r) * G;
+                    const float *sr = w->scales + at, *mr = w->mins ? w->mins + at : NULL;
+                    const uint8_t *zr = w->zeros + at;
+                    for (int i = 0; i < ns; i++) sc[i * EC_PN + r] = sr[js0 + i];
+                    for (int j = jc0; j < jc1; j++)
+                        coef[(j - jc0) * EC_PN + r] = (mr ? mr[j] : 0.f) - sr[j] * (float)((int)zr[j] - off);
+                }
+                t.nseg = ns;
+                t.ncorr = jc1 - jc0;
+                t.pn = pn;
+                t.first = cb0 == 0;
+                t.bias = bias ? bias + n : NULL;
+                for (int m = m0; m < m1; m += EC_PMR) {
+                    const int mr = EC_MIN(EC_PMR, m1 - m);
+                    t.y = y + (size_t)m * N + n;
+                    t.xa = xa0 + (size_t)m * ldx + 32 * (size_t)cb0;
+                    t.xd = xd0 + (size_t)m * ldd + cb0;
+                    t.dsg = dsg + (size_t)(m - m0) * gu + jc0;
+                    ptiles[ck][mr - 1](&t);
+                }
+            }
+        }
+    }
+}
+
 void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bias, float *y, int N, int n0, int n1) {
     if (M <= 0 || n1 <= n0) return;
     const uint8_t *base = (const uint8_t *)xq;
@@ -1430,6 +2012,10 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
     int gu = EC_MIN(w->groups, (g.nb * 32 + gs - 1) / gs);
     if (gs % 32 != 0 || gu > EC_MAXG) {
         linear_q_i8_segments(base, g, M, w, bias, y, N, n0, n1);
+        return;
+    }
+    if (g.big) {
+        linear_q_i8_panels(base, g, M, w, bias, y, N, n0, n1, gu);
         return;
     }
     int kind = w->bits == 4 ? (gs % 64 == 0 ? K_Q4G64 : K_Q4G32) : w->bits == 8 ? K_Q8 : K_BYTES;

@@ -56,10 +56,16 @@ void ec_linear_q(const float *x, int M, const ec_qweight *w, const float *bias, 
    4-bit kernels). The buffer (ec_act_size bytes, 8-byte aligned; 32 recommended) is opaque and
    belongs to the build that wrote it (its size differs between SIMD paths). ec_linear_q_i8 reads
    K from w->k. The activation block stays 32 for every group size (the common formats' kernels
-   take four weight rows per pass at M = 1 and prefetch the weight stream).
+   take four weight rows per pass at M = 1 and prefetch the weight stream). From a few rows on
+   (prefill: M >= 5 on x86, 8 elsewhere) the weights are unpacked once per call into panels on the
+   stack (about 56 KiB; nothing is allocated) that a register tile of activation rows x panel rows
+   runs over: the same integer dots and scales, float sums in another order, and every column's
+   result independent of [n0, n1).
    Result: sum_b d_b * sum_{k in b} q_k * w[n,k] (+ bias), w as ec_dequant_row. */
 size_t ec_act_size(int M, int K);
 void ec_quantize_act(const float *x, int M, int K, void *xq);
+/* The same for rows [m0, m1) only (of an M-row buffer): disjoint row ranges may run in parallel. */
+void ec_quantize_act_rows(const float *x, int M, int K, void *xq, int m0, int m1);
 void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bias, float *y, int N, int n0, int n1);
 
 /* One dequantized row n (its first k columns), bit-identical to edgec.ir.quant.dequantize:
