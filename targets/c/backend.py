@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from edgec.backends import Backend, Option
+from edgec.errors import EdgecError
 
 
 META_FILE = "c.json"
@@ -22,12 +23,18 @@ class CBackend(Backend):
         "huge_pages": Option(bool, True, "copy the weights into anonymous memory in 2 MiB pages at load "
                              "(else they are mmap-ed from the file)", stage="run"),
         "profile": Option(bool, False, "compile per-op timers into the library", stage="build"),
+        "kv_cache": Option(str, "fp32", "how the in-place KV cache stores a float cache: fp32, or fp16 (half "
+                           "the memory; new rows rounded to fp16 once, attention widens them on the fly); "
+                           "recipe int8-kv's cache is int8 either way", stage="build", choices=("fp32", "fp16")),
     }
 
     def check(self, device, recipe, options: dict) -> dict:
         from .build import toolchain_for
 
         toolchain_for(device)  # a missing cross compiler fails before any slow work
+        if options.get("kv_cache") == "fp16" and (getattr(recipe, "kv_cache", None) or {}).get("bits") == 8:
+            raise EdgecError(f"backend option kv_cache=fp16 and recipe {recipe.name}'s int8 KV cache exclude each "
+                             "other; drop one")
         return options
 
     def compile(self, graph, out_dir, device, options, progress=None) -> dict:
@@ -42,7 +49,7 @@ class CBackend(Backend):
         tc = toolchain_for(device)
         if progress:
             progress("generating C")
-        gen = generate(graph)
+        gen = generate(graph, kv_cache=options.get("kv_cache") or "fp32")
         src = out_dir / SOURCE_DIR
         sources = copy_runtime(src)
         (src / "model.c").write_text(gen.source)
@@ -63,8 +70,8 @@ class CBackend(Backend):
             "signature": {"inputs": [_spec(v) for v in graph.inputs], "outputs": [_spec(v) for v in graph.outputs]},
             "inputs": [v.name for v in gen.inputs], "outputs": [v.name for v in gen.outputs],
             "symbols": gen.symbols,
-            "caches": [{"past_key": c.past_k.name, "past_value": c.past_v.name, "present_key": c.present_k.name,
-                        "present_value": c.present_v.name} for c in gen.caches],
+            # the in-place cache tensors in ec_graph_run's cache[] order, each in its storage dtype
+            "caches": [{"past": e.past.name, "present": e.present.name, "dtype": e.dtype} for e in gen.caches],
             "row_symbols": {k: [r, str(d)] for k, (r, d) in gen.row_symbols.items()},
             "context_length": graph.facts.context_length,
             "vocab_size": logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None,

@@ -6,8 +6,11 @@ become one fused kernel call (the dequantize/cast node is never run), reshapes a
 and intermediates come from the runtime's buffer pool and go back right after their last use.
 
 The KV cache stays in place: an attention whose past inputs are graph inputs and whose presents
-are graph outputs reads and appends to a caller-owned cache of `cap` rows (`cache[2i]`, `cache[2i+1]`);
-such pasts and presents are not among `in`/`out`. Any op this module cannot lower fails the build
+are graph outputs reads and appends to a caller-owned cache of `cap` rows (`cache[i]`, one per cached
+tensor); such pasts and presents are not among `in`/`out`. A float cache is stored as float32, or as
+IEEE half with kv_cache="fp16" (the backend option); the int8 cache of passes/kv_cache.py (bits=8) is
+recognised as its pattern and kept as int8 rows plus a float scale per row, the attention kernel doing
+the quantize_rows/concat/dequantize_rows itself. Any op this module cannot lower fails the build
 naming it (UNSUPPORTED lists the IR ops with no C lowering).
 """
 from __future__ import annotations
@@ -38,15 +41,39 @@ COPIES = ALIASES | {"permute", "slice", "expand", "concat", "split", "last_rows"
 NATIVE_F16 = COPIES | {"linear"}  # ops that move float16 tensors as they are; the rest compute in float32
 
 
+KV_FORMS = ("fp32", "fp16")  # the backend option kv_cache: how a float KV cache is stored
+
+
+@dataclass
+class CacheEntry:
+    """One tensor of the caller's in-place KV cache, `cache[index]`: [1, heads, cap, dim] of `dtype`, its
+    storage form (float16 under kv_cache="fp16", while the graph's past and present stay float32)."""
+
+    index: int
+    past: Value
+    present: Value
+    dtype: str
+
+    @property
+    def heads(self) -> int:
+        return int(self.past.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.past.shape[3])
+
+
 @dataclass
 class CacheBinding:
-    """An attention's past/present pair bound to the caller's in-place cache (slot = index // 2)."""
+    """An attention whose KV cache lives in the caller's buffers, appended to in place. form "f32" or
+    "f16": entries key, value; "i8": key, key_scale, value, value_scale (kv_cache's int8 pattern, whose
+    quantize_rows/concat/dequantize_rows nodes, `folded`, the attention kernel does itself)."""
 
-    slot: int
-    past_k: Value
-    past_v: Value
-    present_k: Value
-    present_v: Value
+    attention: Node
+    form: str
+    entries: list[CacheEntry]
+    rows: tuple[Value, Value]            # the float key and value rows this call appends
+    folded: list[Node] = field(default_factory=list)
 
 
 @dataclass
@@ -56,7 +83,7 @@ class Generated:
     inputs: list[Value]                      # `in[i]`
     outputs: list[Value]                     # `out[i]`
     symbols: list[str]                       # `syms[i]`
-    caches: list[CacheBinding] = field(default_factory=list)
+    caches: list[CacheEntry] = field(default_factory=list)  # `cache[i]`, in order
     row_symbols: dict[str, tuple[str, str]] = field(default_factory=dict)  # last_rows symbol -> (rows input, x dim)
 
 
@@ -86,8 +113,12 @@ def arr(items) -> str:
 
 
 class CodeGen:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, kv_cache: str = "fp32"):
+        if kv_cache not in KV_FORMS:
+            raise EdgecError(f"kv_cache must be one of {list(KV_FORMS)}, got {kv_cache!r}")
         self.g = graph
+        self.kv_cache = kv_cache
+        self.binding: dict[int, CacheBinding] = {}  # id(attention) ->
         self.users = graph.users()
         self.lines: list[str] = []
         self.names: dict[int, str] = {}
@@ -147,37 +178,94 @@ class CodeGen:
                 self.folded.add(id(n))
 
     def _caches(self) -> list[CacheBinding]:
-        out, ins = [], {id(v) for v in self.g.inputs}
-        outs = {id(v) for v in self.g.outputs}
+        """The attentions whose caches can live in place, their entries numbered in order."""
+        ins, outs = {id(v) for v in self.g.inputs}, {id(v) for v in self.g.outputs}
+        found, index = [], 0
         for n in self.g.nodes:
-            if n.op != "attention" or len(n.inputs) != 5:
+            if n.op != "attention" or len(n.inputs) != 5 or any(self.users.get(o) for o in n.outputs[1:]):
                 continue
-            pk, pv = n.inputs[3:]
-            _, ck, cv = n.outputs
-            if not (id(pk) in ins and id(pv) in ins and id(ck) in outs and id(cv) in outs):
+            b = self._float_cache(n, ins, outs) or self._int8_cache(n, ins, outs)
+            if b is None:
                 continue
-            if len(self.users.get(pk, [])) != 1 or len(self.users.get(pv, [])) != 1 or pk is pv:
-                continue
-            if self.users.get(ck) or self.users.get(cv) or pk.dtype != "float32" or pv.dtype != "float32":
-                continue
-            out.append(CacheBinding(len(out), pk, pv, ck, cv))
-        return out
+            for e in b.entries:
+                e.index, index = index, index + 1
+            found.append(b)
+        return found
+
+    def _float_cache(self, n: Node, ins: set, outs: set) -> CacheBinding | None:
+        """Float32 pasts that are graph inputs read by this attention only, presents that are graph outputs."""
+        pk, pv = n.inputs[3:]
+        _, ck, cv = n.outputs
+        if not (id(pk) in ins and id(pv) in ins and id(ck) in outs and id(cv) in outs) or pk is pv:
+            return None
+        if len(self.users.get(pk, [])) != 1 or len(self.users.get(pv, [])) != 1:
+            return None
+        if pk.dtype != "float32" or pv.dtype != "float32":
+            return None
+        dt = "float16" if self.kv_cache == "fp16" else "float32"
+        return CacheBinding(n, "f16" if dt == "float16" else "f32",
+                            [CacheEntry(0, pk, ck, dt), CacheEntry(0, pv, cv, dt)], (n.inputs[1], n.inputs[2]))
+
+    def _int8_cache(self, n: Node, ins: set, outs: set) -> CacheBinding | None:
+        """passes/kv_cache.py's int8 cache (bits=8) around this attention, for keys and values alike:
+        new_q, new_s = quantize_rows(rows); the attention reads dequantize_rows(new_q, new_s) and
+        dequantize_rows(past_q, past_s) (graph inputs); the presents (graph outputs) are concat(past_q,
+        new_q) and concat(past_s, new_s) along the rows. Nothing else may read any of them: the kernel
+        writes the rows into the cache and reads them from there."""
+        sides = [self._int8_side(n, n.inputs[i], n.inputs[i + 2], ins, outs) for i in (1, 2)]
+        if None in sides:
+            return None
+        (ek, rk, fk), (ev, rv, fv) = sides
+        return CacheBinding(n, "i8", ek + ev, (rk, rv), fk + fv)
+
+    def _int8_side(self, attn: Node, new: Value, past: Value, ins: set, outs: set):
+        """One side (keys or values) of _int8_cache: (its two entries, the float rows, the nodes folded) or None."""
+        def only(v, *readers):
+            got = self.users.get(v, [])
+            return len(got) == len(readers) and {id(r) for r in got} == {id(r) for r in readers}
+
+        dn, dp = new.producer, past.producer
+        if dn is None or dp is None or dn.op != "dequantize_rows" or dp.op != "dequantize_rows" or dn is dp:
+            return None
+        (nq, ns), (pq, ps) = dn.inputs, dp.inputs
+        qn = nq.producer
+        if qn is None or qn.op != "quantize_rows" or qn.outputs[0] is not nq or qn.outputs[1] is not ns:
+            return None
+        rows = qn.inputs[0]
+        if not (id(pq) in ins and id(ps) in ins and pq.dtype == "int8" and ps.dtype == "float32"
+                and rows.dtype == "float32" and rows.rank == 4 and pq.rank == 4):
+            return None
+
+        def present(a, b):  # concat(a, b) along the rows: a graph output nothing reads
+            cat = [u for u in self.users.get(a, []) if u.op == "concat"]
+            if len(cat) != 1 or len(cat[0].inputs) != 2 or cat[0].inputs[0] is not a or cat[0].inputs[1] is not b:
+                return None
+            c = cat[0]
+            ok = c.attrs["axis"] % 4 == 2 and id(c.output) in outs and not self.users.get(c.output)
+            return c if ok else None
+
+        cq, cs = present(pq, nq), present(ps, ns)
+        if cq is None or cs is None:
+            return None
+        if not (only(pq, dp, cq) and only(ps, dp, cs) and only(nq, dn, cq) and only(ns, dn, cs)
+                and only(new, attn) and only(past, attn)):
+            return None
+        entries = [CacheEntry(0, pq, cq.output, "int8"), CacheEntry(0, ps, cs.output, "float32")]
+        return entries, rows, [qn, dn, dp, cq, cs]
 
     # -- the function ---------------------------------------------------------------------------
     def generate(self) -> Generated:
         g = self.g
         self._analyse()
-        caches = self._caches()
-        bound_in = {id(v) for c in caches for v in (c.past_k, c.past_v)}
-        bound_out = {id(v) for c in caches for v in (c.present_k, c.present_v)}
+        bindings = self._caches()
+        caches = [e for b in bindings for e in b.entries]
+        for b in bindings:
+            self.binding[id(b.attention)] = b
+            self.folded.update(id(f) for f in b.folded)
+        bound_in = {id(e.past) for e in caches}
+        bound_out = {id(e.present) for e in caches}
         inputs = [v for v in g.inputs if id(v) not in bound_in]
         outputs = [v for v in g.outputs if id(v) not in bound_out]
-        self.cache_of = {}
-        for c in caches:
-            self.cache_of[id(c.past_k)] = f"cache[{2 * c.slot}]"
-            self.cache_of[id(c.past_v)] = f"cache[{2 * c.slot + 1}]"
-            self.cache_of[id(c.present_k)] = f"cache[{2 * c.slot}]"
-            self.cache_of[id(c.present_v)] = f"cache[{2 * c.slot + 1}]"
         symbols = sorted({s for v in g.inputs for d in v.shape for s in S.symbols_of(d)})
         row_symbols = {}
         for n in g.nodes:
@@ -187,15 +275,12 @@ class CodeGen:
             self.emit(f"const int64_t s_{s} = syms[{i}];")
         for i, v in enumerate(inputs):
             self.emit(f"void *{self.var(v)} = in[{i}];")
-        for v in g.inputs:
-            if id(v) in bound_in:
-                self.emit(f"void *{self.var(v)} = {self.cache_of[id(v)]};")
-        self.emit("(void)cap; (void)cache;")
+        self.emit("(void)cap; (void)cache;")  # a bound cache is read only by its attention's kernel call
 
         # last use of every buffer (aliases keep their root alive)
         last: dict[int, int] = {}
         for i, n in enumerate(g.nodes):
-            for v in n.inputs:
+            for v in self._reads(n):
                 root = self.alias_root.get(id(v), v)
                 last[id(root)] = i
             if n.op in ALIASES and id(n) not in self.folded:
@@ -214,7 +299,7 @@ class CodeGen:
             else:
                 getattr(self, f"op_{n.op}", self.op_generic_missing)(n)
             self.emit(f"EC_TIME_END(rt, tm{i}, {kind});")
-            for v in {id(x): x for x in n.inputs}.values():
+            for v in {id(x): x for x in self._reads(n)}.values():
                 root = self.alias_root.get(id(v), v)
                 if last.get(id(root)) == i and id(root) in self.owned:
                     self.emit(f"ec_put(rt, {self.var(root)});")
@@ -233,6 +318,16 @@ class CodeGen:
         src = self._source(symbols)
         return Generated(src, self.weights, inputs, outputs, symbols, caches, row_symbols)
 
+    def _reads(self, n: Node) -> list[Value]:
+        """The values node n's C code reads: none for a folded node; an attention over an int8 cache reads
+        the float rows its kernel quantizes, not their dequantized copies (which never exist)."""
+        if id(n) in self.folded:
+            return []
+        b = self.binding.get(id(n))
+        if b is not None and b.form == "i8":
+            return [n.inputs[0], *b.rows]
+        return list(n.inputs)
+
     def _info(self, inputs, outputs, symbols, caches) -> list[str]:
         """ec_model_info: where the LLM roles sit in in[]/out[]/syms[] (for ec_model_forward)."""
         from edgec.interface import LOGITS, LOGITS_ROWS, POSITIONS, TOKENS
@@ -242,20 +337,22 @@ class CodeGen:
 
         tok = next((v for v in inputs if v.name == TOKENS), None)
         seq = tok.shape[-1] if tok is not None and isinstance(tok.shape[-1], str) else None
-        past = caches[0].past_k.shape[2] if caches and isinstance(caches[0].past_k.shape[2], str) else None
+        past = caches[0].past.shape[2] if caches and isinstance(caches[0].past.shape[2], str) else None
         logits = next((v for v in outputs if v.name == LOGITS), None)
         vocab = logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else 0
-        heads = ", ".join(str(int(v.shape[1])) for c in caches for v in (c.past_k, c.past_v)) or "0"
-        dims = ", ".join(str(int(v.shape[3])) for c in caches for v in (c.past_k, c.past_v)) or "0"
+        heads = ", ".join(str(e.heads) for e in caches) or "0"
+        dims = ", ".join(str(e.dim) for e in caches) or "0"
+        dtypes = ", ".join(ECDT[e.dtype] for e in caches) or "0"
         return [f"static const int64_t ec_cache_heads[] = {{{heads}}};",
                 f"static const int64_t ec_cache_dim[] = {{{dims}}};",
+                f"static const int ec_cache_dtype[] = {{{dtypes}}};  /* each cache's storage form */",
                 "const ec_model_info ec_model = {",
-                f"    {len(inputs)}, {len(outputs)}, {len(symbols)}, {2 * len(caches)},",
+                f"    {len(inputs)}, {len(outputs)}, {len(symbols)}, {len(caches)},",
                 f"    {index(inputs, TOKENS)}, {index(inputs, POSITIONS)}, {index(inputs, LOGITS_ROWS)}, "
                 f"{index(outputs, LOGITS)},",
                 f"    {symbols.index(seq) if seq in symbols else -1}, {symbols.index(past) if past in symbols else -1},",
                 f"    {vocab}, {int(self.g.facts.context_length or 0)},",
-                "    ec_cache_heads, ec_cache_dim,",
+                "    ec_cache_heads, ec_cache_dim, ec_cache_dtype,",
                 "#ifdef EC_ACT_INT8",
                 "    1",
                 "#else",
@@ -286,9 +383,6 @@ class CodeGen:
 
     # -- helpers for op emitters ------------------------------------------------------------
     def alloc(self, v: Value) -> str:
-        if id(v) in self.cache_of:
-            self.emit(f"void *{self.var(v)} = {self.cache_of[id(v)]};")
-            return self.var(v)
         self.emit(f"void *{self.var(v)} = ec_get(rt, (size_t)({numel_c(v.shape)}) * {np.dtype(v.dtype).itemsize});")
         self.owned.add(id(v))
         return self.var(v)
@@ -662,12 +756,20 @@ class CodeGen:
         pk, pv = n.inputs[3:]
         _, ck, cv = n.outputs
         p = dim_c(pk.shape[2])
-        if id(ck) in self.cache_of:
-            self.alloc(ck)
-            self.alloc(cv)
-            self.emit(f"ec_attention_f32(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, "
-                      f"{self.ptr(pk)}, {self.ptr(pv)}, cap, {self.ptr(ck)}, {self.ptr(cv)}, cap, {b}, {h}, {kvh}, "
-                      f"{s}, {p}, {d}, {dv}, {tail});")
+        bound = self.binding.get(id(n))
+        if bound is not None:  # the caller's cache, in place: rows [0, p) are there, the kernel appends s
+            c = [f"cache[{e.index}]" for e in bound.entries]
+            dims = f"cap, {b}, {h}, {kvh}, {s}, {p}, {d}, {dv}, {tail}"
+            if bound.form == "i8":
+                rk, rv = bound.rows
+                self.emit(f"ec_attention_i8(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(rk)}, {self.ptr(rv)}, "
+                          f"(int8_t *){c[0]}, (float *){c[1]}, (int8_t *){c[2]}, (float *){c[3]}, {dims});")
+            elif bound.form == "f16":
+                self.emit(f"ec_attention_f16(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, "
+                          f"(uint16_t *){c[0]}, (uint16_t *){c[1]}, {dims});")
+            else:
+                self.emit(f"ec_attention_f32(rt, {self.ptr(out)}, {self.ptr(q)}, {self.ptr(k)}, {self.ptr(v)}, "
+                          f"(float *){c[0]}, (float *){c[1]}, cap, (float *){c[0]}, (float *){c[1]}, {dims});")
             return
         self.alloc(ck)
         self.alloc(cv)
@@ -706,6 +808,7 @@ def _c_string(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def generate(graph: Graph) -> Generated:
-    """The C source of `ec_graph_run` for graph, with its weight table and I/O order."""
-    return CodeGen(graph).generate()
+def generate(graph: Graph, kv_cache: str = "fp32") -> Generated:
+    """The C source of `ec_graph_run` for graph, with its weight table and I/O order; kv_cache: how a
+    float KV cache is stored in place ("fp32" or "fp16")."""
+    return CodeGen(graph, kv_cache).generate()

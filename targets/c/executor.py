@@ -2,7 +2,9 @@
 
 `run(feeds)` serves any graph (the conformance suite's too): pasts are copied into a cache of
 exactly past+seq rows and returned as the presents. `sequence(capacity)` is one generation's KV
-cache, allocated once and appended to in place by the library (no copies between steps).
+cache, allocated once and appended to in place by the library (no copies between steps). Each cache
+tensor is kept in its storage dtype (c.json's caches: float32, float16 under kv_cache=fp16, int8 rows
+and their float32 scales for recipe int8-kv).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ class CExecutor:
             self.meta = json.loads(files.read_bytes(META_FILE))
             for key in ("inputs", "outputs", "symbols", "caches", "signature"):
                 self.meta[key]  # noqa: B018 (presence check)
+            self.meta["caches"] = _cache_entries(self.meta["caches"], self.meta["signature"])
         except (ValueError, KeyError, TypeError) as e:
             raise ArtifactError(f"{META_FILE} is not a valid C backend manifest ({e}); rebuild the artifact") from None
         triple = self.meta.get("triple", "")
@@ -205,18 +208,17 @@ class CExecutor:
         syms = self._bind({n: a.shape for n, a in arrays.items()}, rows)
         caches, cap = [], 0
         for c in self.meta["caches"]:
-            for side in ("key", "value"):
-                past = arrays[c[f"past_{side}"]]
-                full = self._shape(c[f"present_{side}"], syms)
-                cap = full[2]
-                buf = np.zeros(full, past.dtype)
-                buf[:, :, :past.shape[2]] = past
-                caches.append(buf)
+            past = arrays[c["past"]]
+            full = self._shape(c["present"], syms)
+            cap = full[2]
+            buf = np.zeros(full, c["dtype"])
+            buf[:, :, :past.shape[2]] = past  # rounded to the storage dtype (fp16) as the library stores rows
+            caches.append(buf)
         outs = [np.empty(self._shape(n, syms), self.specs[n][0]) for n in self.meta["outputs"]]
         self._call(syms, [arrays[n] for n in self.meta["inputs"]], outs, caches, cap)
         result = dict(zip(self.meta["outputs"], outs))
-        for c, (k, v) in zip(self.meta["caches"], zip(caches[0::2], caches[1::2])):
-            result[c["present_key"]], result[c["present_value"]] = k, v
+        for c, buf in zip(self.meta["caches"], caches):
+            result[c["present"]] = buf.astype(self.specs[c["present"]][0], copy=False)
         return {n: result[n] for n in self.output_names}
 
     def sequence(self, capacity: int):
@@ -229,21 +231,25 @@ class CSequence:
     def __init__(self, ex: CExecutor, capacity: int):
         self.ex, self.capacity = ex, check_capacity(capacity)
         iface = ex.interface
-        bound = {c[f"past_{s}"] for c in ex.meta["caches"] for s in ("key", "value")}
+        bound = {c["past"] for c in ex.meta["caches"]}
         others = [n for n in ex.meta["inputs"] if n not in (iface.tokens, iface.positions, iface.logits_rows)]
         if others or {p.past.name for p in iface.cache} - bound:
-            # a cache the library cannot keep in place (int8 KV): feed it back through run()
+            # a cache the code generator did not bind in place: feed it back through run()
             from edgec.executor import ForwardSequence
 
             self._fallback = ForwardSequence(ex, capacity)
         else:
             self._fallback = None
-        self.caches = []
+        self.caches = []  # cache[i] of ec_graph_run, each [1, heads, capacity, dim] in its storage dtype
         for c in ex.meta["caches"]:
-            for side in ("key", "value"):
-                dtype, shape = ex.specs[c[f"past_{side}"]]
-                self.caches.append(np.zeros((shape[0], shape[1], self.capacity, shape[3]), dtype))
+            shape = ex.specs[c["past"]][1]
+            self.caches.append(np.zeros((shape[0], shape[1], self.capacity, shape[3]), c["dtype"]))
         self.length = 0
+
+    @property
+    def cache_bytes(self) -> int:
+        """The KV cache's memory: what edgec_cache_bytes says for a C context of this capacity."""
+        return sum(a.nbytes for a in self.caches)
 
     def reset(self) -> None:
         self.length = 0
@@ -264,12 +270,25 @@ class CSequence:
             feeds[iface.logits_rows] = np.array([1 if last_only else n], np.int64)
         shapes = {name: feeds[name].shape for name in ex.meta["inputs"]}
         for c in ex.meta["caches"]:
-            for side in ("key", "value"):
-                dtype, shape = ex.specs[c[f"past_{side}"]]
-                shapes[c[f"past_{side}"]] = (shape[0], shape[1], self.length, shape[3])
+            shape = ex.specs[c["past"]][1]
+            shapes[c["past"]] = (shape[0], shape[1], self.length, shape[3])
         syms = ex._bind({**shapes}, {iface.logits_rows: feeds[iface.logits_rows][0]} if iface.logits_rows else {})
         outs = [np.empty(ex._shape(name, syms), ex.specs[name][0]) for name in ex.meta["outputs"]]
         ex._call(syms, [feeds[name] for name in ex.meta["inputs"]], outs, self.caches, self.capacity)
         self.length += n
         logits = outs[ex.meta["outputs"].index(iface.logits)][0]
         return logits[-1:] if last_only else logits
+
+
+def _cache_entries(caches: list, signature: dict) -> list[dict]:
+    """c.json's caches as {past, present, dtype} per cache tensor; artifacts from before the fp16 and int8
+    forms list {past_key, past_value, present_key, present_value} per layer, all float32 as stored."""
+    dtypes = {s["name"]: s["dtype"] for s in signature["inputs"]}
+    out = []
+    for c in caches:
+        if "past" in c:
+            out.append({"past": c["past"], "present": c["present"], "dtype": c.get("dtype") or dtypes[c["past"]]})
+            continue
+        for side in ("key", "value"):
+            out.append({"past": c[f"past_{side}"], "present": c[f"present_{side}"], "dtype": dtypes[c[f"past_{side}"]]})
+    return out

@@ -89,7 +89,7 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         ec_set_error(rt, "out of memory");
         return -1;
     }
-    uint64_t at = sizeof h;
+    uint64_t at = sizeof h, end = h.header_bytes;
     for (int i = 0; i < ec_model_n_weights; i++) {
         ec_weights_entry e;
         if (at + sizeof e > h.header_bytes) goto bad_table;
@@ -117,6 +117,15 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
             ec_set_error(rt, "tensor %s lies outside the weights file; rebuild the artifact", want);
             return -1;
         }
+        /* weight_plan writes the tensors in table order, one after another: the data checksum does not cover the
+           table, so an offset that overlaps the tensor before (a swapped or copied table entry) is caught here */
+        if (e.nbytes && e.offset < end) {
+            free(w);
+            ec_set_error(rt, "weights file tensor %s overlaps the tensor before it (a corrupt tensor table); "
+                         "rebuild the artifact", want);
+            return -1;
+        }
+        if (e.nbytes) end = e.offset + e.nbytes;
         w[i] = file + e.offset;
     }
     if (verify && ec_checksum(file + h.header_bytes, size - h.header_bytes) != h.checksum) {

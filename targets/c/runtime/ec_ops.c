@@ -7,6 +7,10 @@
 
 #include "ec_rt.h"
 
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>  /* _mm256_cvtph_ps: an fp16 KV cache widened 8 halves at a time */
+#endif
+
 /* ------------------------------------------------------------------ vectorizable float helpers
  * Plain loops over contiguous floats that gcc turns into SIMD at -O3 without -ffast-math: the
  * reductions keep 16 independent partial sums (a fixed order, so results do not depend on the ISA
@@ -47,8 +51,9 @@ static float max_f32(const float *a, int64_t n) {
 /* exp(x) within 2 ulp of expf for x in [-87.3, 88.3] (clamped outside: exp(-inf) gives ~1e-38, not 0,
  * which no softmax or activation here can tell apart): x = n*ln2 + r, |r| <= ln2/2, a degree-6
  * polynomial for e^r (Cephes' expf coefficients), 2^n built in the exponent bits. */
-static inline float ec_expf(float x) {
-    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+static inline float ec_expf(float x0) {
+    /* NaN takes the lower clamp here (no float->int conversion of a NaN below) and comes back at the end */
+    float x = x0 >= -87.3f ? (x0 > 88.3f ? 88.3f : x0) : -87.3f;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* rint: + 1.5 * 2^23 */
     float r = x - n * 0.693359375f + n * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
@@ -59,7 +64,7 @@ static inline float ec_expf(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
     union { uint32_t u; float f; } two = {(uint32_t)((int32_t)n + 127) << 23};
-    return p * two.f;
+    return x0 == x0 ? p * two.f : x0;
 }
 
 /* out[i] = exp(x[i] - shift); returns the sum of out. */
@@ -458,11 +463,15 @@ void ec_linear_w8a8(ec_rt *rt, float *y, const float *x, const int8_t *wq, const
 }
 
 /* ------------------------------------------------------------------ attention */
+/* The KV cache is read in its storage form (kind): EC_F32, EC_F16 (IEEE half) or EC_I8 (int8 codes, one
+   float scale per row: the row is code * scale, ec_quantize_rows' rule). */
 typedef struct {
     float *out;
-    const float *q, *k, *v, *pk, *pv;
-    float *ck, *cv;
-    int64_t pcap, ccap, h, kvh, s, p, d, dv, window;
+    const float *q;
+    const void *ck, *cv;         /* [kvh, ccap, d | dv] in the storage form `kind` */
+    const float *ks, *vs;        /* EC_I8: each row's scale, [kvh, ccap] */
+    int kind;
+    int64_t ccap, h, kvh, s, p, d, dv, window;
     float scale, softcap;
 } ec_attn_job;
 
@@ -487,6 +496,47 @@ typedef struct {
 typedef float ec_vf __attribute__((vector_size(EC_VW * 4)));
 static inline ec_vf vf_load(const float *p) { ec_vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void vf_store(float *p, ec_vf v) { memcpy(p, &v, sizeof v); }
+
+/* Cache rows of an fp16 or int8 cache widened to float32 (decode: a tile of EC_KV_TILE rows at a time, L1-sized,
+   never the whole past), so the float32 kernels below serve every storage form. int8 rows come out as
+   code * scale, exactly the graph's dequantize_rows. */
+#define EC_KV_TILE 32
+
+static inline float f16_at(const uint16_t *p, int64_t i) {
+#ifdef __FLT16_MAX__
+    _Float16 h;
+    memcpy(&h, p + i, 2);
+    return (float)h;
+#else
+    return ec_f16_to_f32(p[i]);
+#endif
+}
+
+static void widen_f16(float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)  /* gcc does not vectorize _Float16 conversions on x86 by itself */
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = f16_at(src, i);
+}
+
+/* dst <- rows [r0, r0 + rows) of n elements of the cache `src` (int8: times each row's scale) */
+static void widen_rows(float *dst, int kind, const void *src, const float *rscale, int64_t r0, int64_t rows,
+                       int64_t n) {
+    if (kind == EC_F16) {
+        widen_f16(dst, (const uint16_t *)src + r0 * n, rows * n);
+        return;
+    }
+    if (kind == EC_F32) {
+        memcpy(dst, (const float *)src + r0 * n, sizeof(float) * (size_t)(rows * n));
+        return;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        const int8_t *q = (const int8_t *)src + (r0 + r) * n;
+        const float sc = rscale[r0 + r];
+        for (int64_t i = 0; i < n; i++) dst[r * n + i] = (float)q[i] * sc;
+    }
+}
 
 /* rows[r][c] = qs[r] . kt[:, lo + c] for c in [0, n), rounded up to whole 2 * EC_VW (kt has ldk >= lo + that
    columns, the rows as many floats: the extra scores are computed from kt's padding and never read) */
@@ -538,11 +588,17 @@ static void weighted_sum_block(float *const outs[EC_QB], float *const rows[EC_QB
         }
 }
 
-/* o[:dv] = sum_c pw[c] v[c, :] over c in [0, n): one query (decode), 4 vectors of columns per pass */
-static void weighted_sum(float *o, const float *pw, const float *v, int64_t n, int64_t dv) {
+/* o[:dv] (+)= sum_c pw[c] v[c, :] over c in [0, n): one query (decode), 4 vectors of columns per pass;
+   accumulate: add to o (a tile after the first), else overwrite it */
+static void weighted_sum(float *o, const float *pw, const float *v, int64_t n, int64_t dv, int accumulate) {
+    const ec_vf zero = {0};
     int64_t e0 = 0;
     for (; e0 + 4 * EC_VW <= dv; e0 += 4 * EC_VW) {
-        ec_vf a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+        ec_vf a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+        if (accumulate) {
+            a0 = vf_load(o + e0); a1 = vf_load(o + e0 + EC_VW);
+            a2 = vf_load(o + e0 + 2 * EC_VW); a3 = vf_load(o + e0 + 3 * EC_VW);
+        }
         const float *vr = v + e0;
         for (int64_t c = 0; c < n; c++, vr += dv) {
             const float p = pw[c];
@@ -553,13 +609,13 @@ static void weighted_sum(float *o, const float *pw, const float *v, int64_t n, i
         vf_store(o + e0 + 2 * EC_VW, a2); vf_store(o + e0 + 3 * EC_VW, a3);
     }
     for (; e0 + EC_VW <= dv; e0 += EC_VW) {
-        ec_vf a = {0};
+        ec_vf a = accumulate ? vf_load(o + e0) : zero;
         const float *vr = v + e0;
         for (int64_t c = 0; c < n; c++, vr += dv) a += pw[c] * vf_load(vr);
         vf_store(o + e0, a);
     }
     for (; e0 < dv; e0++) {
-        float a = 0.0f;
+        float a = accumulate ? o[e0] : 0.0f;
         for (int64_t c = 0; c < n; c++) a += pw[c] * v[c * dv + e0];
         o[e0] = a;
     }
@@ -576,20 +632,61 @@ static void softmax_scores(float *row, int64_t n, float scale, float softcap) {
     for (int64_t c = 0; c < n; c++) row[c] *= inv;
 }
 
+/* One query over the keys [lo, lo + n) (decode): scores, softmax, weighted sum of the values. A float32
+   cache is read where it lies; an fp16 or int8 one through `tile` (EC_KV_TILE rows widened at a time), so
+   the sums are those of the float32 kernel over the dequantized rows. */
+static void attend_one(const ec_attn_job *j, float *o, float *row, float *tile, const float *q, const void *kc,
+                       const float *ks, const void *vc, const float *vs, int64_t lo, int64_t n) {
+    const int64_t d = j->d, dv = j->dv;
+    if (j->kind == EC_F32) {
+        const float *k = kc, *v = vc;
+        for (int64_t c = 0; c < n; c++) row[c] = dot_f32(q, k + (lo + c) * d, d);
+        softmax_scores(row, n, j->scale, j->softcap);
+        weighted_sum(o, row, v + lo * dv, n, dv, 0);
+        return;
+    }
+    for (int64_t c0 = 0; c0 < n; c0 += EC_KV_TILE) {
+        int64_t m = n - c0 < EC_KV_TILE ? n - c0 : EC_KV_TILE;
+        widen_rows(tile, j->kind, kc, ks, lo + c0, m, d);
+        for (int64_t c = 0; c < m; c++) row[c0 + c] = dot_f32(q, tile + c * d, d);
+    }
+    softmax_scores(row, n, j->scale, j->softcap);
+    for (int64_t c0 = 0; c0 < n; c0 += EC_KV_TILE) {
+        int64_t m = n - c0 < EC_KV_TILE ? n - c0 : EC_KV_TILE;
+        widen_rows(tile, j->kind, vc, vs, lo + c0, m, dv);
+        weighted_sum(o, row + c0, tile, m, dv, c0 > 0);
+    }
+}
+
 static void attn_heads(void *arg, int64_t hb, int64_t he) {
     ec_attn_job *j = arg;
     int64_t t = j->p + j->s, rep = j->h / j->kvh, d = j->d, dv = j->dv;
+    const int kind = j->kind;
+    const size_t esz = ec_dtype_size(kind);
     int transpose = j->s >= EC_ATTN_TRANSPOSE_MIN;
     size_t padded = (size_t)(t + 2 * EC_VW);
     float *sc = malloc(sizeof(float) * padded * EC_QB);
     float *scratch = malloc(sizeof(float) * (size_t)(dv > 0 ? dv : 1) * EC_QB);
     const int64_t ldk = t + 2 * EC_VW;  /* kt's row length: the keys, then zeros for scores_block's last pass */
     float *kt = transpose ? calloc((size_t)(ldk * (d > 0 ? d : 1)), sizeof(float)) : NULL;
+    /* prefill over an fp16/int8 cache: the KV head's rows widened to float once (beside kt's own copy of the
+       keys), then the float kernels; O(t * d) next to the block's O(s * t * d) */
+    int wide = transpose && kind != EC_F32;
+    float *wk = wide ? malloc(sizeof(float) * (size_t)(t * d > 0 ? t * d : 1)) : NULL;
+    float *wv = wide ? malloc(sizeof(float) * (size_t)(t * dv > 0 ? t * dv : 1)) : NULL;
+    float *tile = kind != EC_F32 && !transpose ? malloc(sizeof(float) * EC_KV_TILE * (size_t)(d > dv ? d : dv)) : NULL;
     int64_t kt_group = -1;
     for (int64_t hh = hb; hh < he; hh++) {
         int64_t g = hh / rep;
-        const float *kc = j->ck + g * j->ccap * d, *vc = j->cv + g * j->ccap * dv;
+        const void *kraw = (const char *)j->ck + (size_t)(g * j->ccap * d) * esz;
+        const void *vraw = (const char *)j->cv + (size_t)(g * j->ccap * dv) * esz;
+        const float *ks = j->ks ? j->ks + g * j->ccap : NULL, *vs = j->vs ? j->vs + g * j->ccap : NULL;
+        const float *kc = wide ? wk : kraw, *vc = wide ? wv : vraw;
         if (kt && g != kt_group) {
+            if (wide) {
+                widen_rows(wk, kind, kraw, ks, 0, t, d);
+                widen_rows(wv, kind, vraw, vs, 0, t, dv);
+            }
             for (int64_t c = 0; c < t; c++)
                 for (int64_t e = 0; e < d; e++) kt[e * ldk + c] = kc[c * d + e];
             kt_group = g;
@@ -619,17 +716,29 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
                 weighted_sum_block(outs, rows, vc + lo * dv, n, dv);
                 continue;
             }
-            for (int r = 0; r < nq; r++) {
-                float *row = rows[r];
-                for (int64_t c = 0; c < ns[r]; c++) row[c] = dot_f32(qs[r], kc + (los[r] + c) * d, d);
-                softmax_scores(row, ns[r], j->scale, j->softcap);
-                weighted_sum(outs[r], row, vc + los[r] * dv, ns[r], dv);
-            }
+            for (int r = 0; r < nq; r++)
+                attend_one(j, outs[r], rows[r], tile, qs[r], kraw, ks, vraw, vs, los[r], ns[r]);
         }
     }
     free(sc);
     free(scratch);
     free(kt);
+    free(wk);
+    free(wv);
+    free(tile);
+}
+
+/* the heads of batch row ib over a cache whose rows [0, p + s) are in place */
+static void attend_cached(ec_rt *rt, int kind, float *out, const float *q, const void *ck, const void *cv,
+                          const float *ks, const float *vs, int64_t cap, int64_t ib, int64_t h, int64_t kvh,
+                          int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+    size_t esz = ec_dtype_size(kind);
+    ec_attn_job j = {out + ib * s * h * dv, q + ib * h * s * d,
+                     (const char *)ck + (size_t)(ib * kvh * cap * d) * esz,
+                     (const char *)cv + (size_t)(ib * kvh * cap * dv) * esz,
+                     ks ? ks + ib * kvh * cap : NULL, vs ? vs + ib * kvh * cap : NULL, kind,
+                     cap, h, kvh, s, p, d, dv, window, scale, softcap};
+    ec_parallel(rt->pool, h, 1, attn_heads, &j);
 }
 
 void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, const float *v,
@@ -647,8 +756,35 @@ void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, con
             memcpy(ck + (g * ccap + p) * d, k + (ib * kvh + g) * s * d, sizeof(float) * (size_t)(s * d));
             memcpy(cv + (g * ccap + p) * dv, v + (ib * kvh + g) * s * dv, sizeof(float) * (size_t)(s * dv));
         }
-        ec_attn_job j = {out + ib * s * h * dv, q + ib * h * s * d, NULL, NULL, NULL, NULL, ck, cv,
-                         pcap, ccap, h, kvh, s, p, d, dv, window, scale, softcap};
-        ec_parallel(rt->pool, h, 1, attn_heads, &j);
+        attend_cached(rt, EC_F32, out, q, present_k, present_v, NULL, NULL, ccap, ib, h, kvh, s, p, d, dv, scale,
+                      softcap, window);
+    }
+}
+
+void ec_attention_f16(ec_rt *rt, float *out, const float *q, const float *k, const float *v, uint16_t *cache_k,
+                      uint16_t *cache_v, int64_t cap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p,
+                      int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+    for (int64_t ib = 0; ib < b; ib++) {
+        for (int64_t g = 0; g < kvh; g++) {  /* the new rows, rounded to half once */
+            int64_t row = (ib * kvh + g) * cap + p, src = (ib * kvh + g) * s;
+            for (int64_t i = 0; i < s * d; i++) cache_k[row * d + i] = ec_f32_to_f16(k[src * d + i]);
+            for (int64_t i = 0; i < s * dv; i++) cache_v[row * dv + i] = ec_f32_to_f16(v[src * dv + i]);
+        }
+        attend_cached(rt, EC_F16, out, q, cache_k, cache_v, NULL, NULL, cap, ib, h, kvh, s, p, d, dv, scale, softcap,
+                      window);
+    }
+}
+
+void ec_attention_i8(ec_rt *rt, float *out, const float *q, const float *k, const float *v, int8_t *cache_k,
+                     float *scale_k, int8_t *cache_v, float *scale_v, int64_t cap, int64_t b, int64_t h, int64_t kvh,
+                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+    for (int64_t ib = 0; ib < b; ib++) {
+        for (int64_t g = 0; g < kvh; g++) {  /* the new rows, quantized once (the graph's quantize_rows) */
+            int64_t row = (ib * kvh + g) * cap + p, src = (ib * kvh + g) * s;
+            ec_quantize_rows(cache_k + row * d, scale_k + row, k + src * d, s, d);
+            ec_quantize_rows(cache_v + row * dv, scale_v + row, v + src * dv, s, dv);
+        }
+        attend_cached(rt, EC_I8, out, q, cache_k, cache_v, scale_k, scale_v, cap, ib, h, kvh, s, p, d, dv, scale,
+                      softcap, window);
     }
 }

@@ -4,6 +4,7 @@
 #include "ec_rt.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -77,13 +78,29 @@ int64_t ec_now_ns(void) {
 #endif
 
 /* ------------------------------------------------------------------ thread pool */
+/* A parallel region is cut into a few chunks per thread that every thread, the caller included, claims
+ * one at a time. A worker the OS has descheduled (another process on the core, a phone's big.LITTLE
+ * migration) then costs only the chunk it holds: the others take the rest. With one static chunk per
+ * thread the caller would spin for the whole time slice of a preempted worker, every op (seen here:
+ * decode 20x slower on 2 threads while a compile ran beside it).
+ *
+ * `state` packs the region number, its chunk count and the next unclaimed chunk, so one compare-and-swap
+ * both claims a chunk and proves the region is still the current one; the region's job (fn, arg, sizes)
+ * is written before `state` is published and rewritten only after every claimed chunk is `done`. */
+#define EC_CHUNKS_PER_THREAD 4
+#define EC_SPINS 2000  /* pauses before a waiting thread starts to yield its core */
+#define EC_REGION_SHIFT 40
+#define EC_COUNT_SHIFT 20
+#define EC_FIELD (((uint64_t)1 << EC_COUNT_SHIFT) - 1)
+
 struct ec_pool {
     int n;
     pthread_t *threads;
-    atomic_uint gen;          /* bumped once per parallel region */
-    atomic_int pending;       /* workers still running the current region */
+    _Atomic uint64_t state;   /* region << 40 | chunks << 20 | next chunk */
+    atomic_int done;          /* chunks of the current region finished */
     atomic_int sleepers;
     atomic_int stop;
+    uint64_t region;          /* the caller's count of regions (only the caller touches it) */
     ec_task_fn fn;
     void *arg;
     int64_t items, chunk;
@@ -91,37 +108,45 @@ struct ec_pool {
     pthread_cond_t cv;
 };
 
-typedef struct { ec_pool *p; int index; } ec_worker;
+static uint64_t region_of(uint64_t s) { return s >> EC_REGION_SHIFT; }
 
-static void run_range(ec_pool *p, int t) {
-    int64_t b = (int64_t)t * p->chunk, e = b + p->chunk;
-    if (e > p->items) e = p->items;
-    if (b < e) p->fn(p->arg, b, e);
+/* Claim and run chunks of `region` until it has none left (or a newer region replaced it). */
+static void claim_chunks(ec_pool *p, uint64_t region) {
+    uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
+    while (region_of(s) == region && (s & EC_FIELD) < ((s >> EC_COUNT_SHIFT) & EC_FIELD)) {
+        if (!atomic_compare_exchange_weak_explicit(&p->state, &s, s + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        int64_t b = (int64_t)(s & EC_FIELD) * p->chunk, e = b + p->chunk;
+        if (e > p->items) e = p->items;
+        p->fn(p->arg, b, e);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        s = atomic_load_explicit(&p->state, memory_order_acquire);
+    }
 }
 
 static void *worker_main(void *arg) {
-    ec_worker w = *(ec_worker *)arg;
-    free(arg);
-    ec_pool *p = w.p;
-    unsigned seen = 0;
+    ec_pool *p = arg;
+    uint64_t seen = region_of(atomic_load(&p->state));
     for (;;) {
-        /* spin a little (ops follow each other within microseconds during decode), then sleep */
-        int spins = 0;
-        while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop) && spins < 20000) {
-            EC_PAUSE();
-            spins++;
+        /* spin a little (ops follow each other within microseconds during decode), yielding the core after
+           a while in case the caller waits on it, then sleep */
+        for (int spins = 0; region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop) && spins < 20000;
+             spins++) {
+            if (spins < EC_SPINS) EC_PAUSE();
+            else sched_yield();
         }
-        if (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) {
+        if (region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop)) pthread_cond_wait(&p->cv, &p->mu);
+            while (region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
             atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
         }
         if (atomic_load(&p->stop)) return NULL;
-        seen = atomic_load(&p->gen);
-        run_range(p, w.index);
-        atomic_fetch_sub(&p->pending, 1);
+        seen = region_of(atomic_load(&p->state));
+        claim_chunks(p, seen);
     }
 }
 
@@ -132,12 +157,9 @@ ec_pool *ec_pool_new(int threads) {
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)p->n, sizeof(pthread_t));
+    if (!p->threads) p->n = 1;
     for (int i = 1; i < p->n; i++) {
-        ec_worker *w = malloc(sizeof *w);
-        w->p = p;
-        w->index = i;
-        if (pthread_create(&p->threads[i], NULL, worker_main, w) != 0) {
-            free(w);
+        if (pthread_create(&p->threads[i], NULL, worker_main, p) != 0) {
             p->n = i;  /* run with the threads we got */
             break;
         }
@@ -167,21 +189,29 @@ void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg)
         fn(arg, 0, n);
         return;
     }
-    int64_t chunk = (n + p->n - 1) / p->n;
-    chunk = (chunk + align - 1) / align * align;
+    int64_t units = (n + align - 1) / align, want = (int64_t)p->n * EC_CHUNKS_PER_THREAD;
+    if (want > units) want = units;
+    if (want > (int64_t)EC_FIELD) want = EC_FIELD;
+    int64_t chunk = (units + want - 1) / want * align;
+    int64_t chunks = (n + chunk - 1) / chunk;
     p->fn = fn;
     p->arg = arg;
     p->items = n;
     p->chunk = chunk;
-    atomic_store(&p->pending, p->n - 1);
-    atomic_fetch_add(&p->gen, 1);
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    p->region = (p->region + 1) & (((uint64_t)1 << (64 - EC_REGION_SHIFT)) - 1);
+    atomic_store(&p->state, p->region << EC_REGION_SHIFT | (uint64_t)chunks << EC_COUNT_SHIFT);
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
-    run_range(p, 0);
-    while (atomic_load(&p->pending) > 0) EC_PAUSE();
+    claim_chunks(p, p->region);
+    /* only chunks a worker is running are left: wait for them, yielding if that worker is not running */
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < chunks; spins++) {
+        if (spins < EC_SPINS) EC_PAUSE();
+        else sched_yield();
+    }
 }
 
 /* ------------------------------------------------------------------ buffer pool */
@@ -260,6 +290,10 @@ static void job_q8(void *a, int64_t b, int64_t e) {
     ec_linear_job *j = a;
     ec_linear_q_i8(j->xq, j->m, j->q, j->bias, j->y, j->n, (int)b, (int)e);
 }
+static void job_quant(void *a, int64_t b, int64_t e) {  /* rows [b, e) of the activations */
+    ec_linear_job *j = a;
+    ec_quantize_act_rows(j->x, j->m, j->k, (void *)j->xq, (int)b, (int)e);
+}
 
 void ec_linear_f32_mt(ec_rt *rt, float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t k,
                       int64_t n) {
@@ -290,7 +324,9 @@ void ec_linear_q_mt(ec_rt *rt, float *y, const float *x, const ec_qweight *w, co
         }
         rt->act_cap = need;
     }
-    ec_quantize_act(x, (int)m, w->k, rt->act);  /* linear.h pads the last block of each row */
-    j.xq = rt->act;
-    ec_parallel(rt->pool, n, 16, job_q8, &j);
+    j.xq = rt->act;  /* linear.h pads the last block of each row */
+    if (m >= 16) ec_parallel(rt->pool, m, 4, job_quant, &j);
+    else ec_quantize_act(x, (int)m, w->k, rt->act);
+    /* prefill (m > 1) splits the columns in whole panels of weight rows (32 on AVX-512, 8 elsewhere) */
+    ec_parallel(rt->pool, n, m > 1 ? 32 : 16, job_q8, &j);
 }

@@ -78,7 +78,9 @@ typedef struct {
     int tokens, positions, logits_rows, logits;   /* indices into in[] / out[]; -1: absent */
     int sym_seq, sym_past;                        /* indices into syms[]; -1: absent */
     int64_t vocab, context;
-    const int64_t *cache_heads, *cache_dim;       /* cache i: [1, heads, cap, dim] float32 */
+    const int64_t *cache_heads, *cache_dim;       /* cache i: [1, heads, cap, dim] of cache_dtype[i] */
+    const int *cache_dtype;                       /* EC_F32, EC_F16 (kv_cache=fp16), EC_I8 (int8 KV; its scales
+                                                     are caches of their own: EC_F32 with dim 1) */
     int act_int8;                                 /* the build's default for ec_rt_new */
 } ec_model_info;
 
@@ -141,6 +143,17 @@ void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, con
                       const float *past_k, const float *past_v, int64_t pcap, float *present_k, float *present_v,
                       int64_t ccap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d, int64_t dv,
                       float scale, float softcap, int64_t window);
+/* The same over an in-place cache of cap rows stored in another form (rows [0, p) already there, rows
+ * [p, p+s) appended from k/v, then read where they lie, widened on the fly):
+ *   ec_attention_f16: IEEE half rows [b, kv, cap, d|dv], the new rows rounded to half once;
+ *   ec_attention_i8: int8 rows [b, kv, cap, d|dv] with one float scale per row [b, kv, cap], the new rows
+ *   quantized by ec_quantize_rows (the IR's quantize_rows, bit for bit). */
+void ec_attention_f16(ec_rt *rt, float *out, const float *q, const float *k, const float *v, uint16_t *cache_k,
+                      uint16_t *cache_v, int64_t cap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p,
+                      int64_t d, int64_t dv, float scale, float softcap, int64_t window);
+void ec_attention_i8(ec_rt *rt, float *out, const float *q, const float *k, const float *v, int8_t *cache_k,
+                     float *scale_k, int8_t *cache_v, float *scale_v, int64_t cap, int64_t b, int64_t h, int64_t kvh,
+                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window);
 
 /* linear layers through the thread pool (the kernels of linear.h on column ranges) */
 void ec_linear_f32_mt(ec_rt *rt, float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t k,

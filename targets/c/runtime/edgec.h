@@ -24,7 +24,7 @@ enum {
     EDGEC_E_FORMAT = -2,    /* not an artifact of this library, corrupt, or truncated */
     EDGEC_E_ARG = -3,       /* a bad argument (id out of range, NULL, option out of range) */
     EDGEC_E_FULL = -4,      /* the KV cache is full: reset the context or create one with a larger context */
-    EDGEC_E_MEMORY = -5,
+    EDGEC_E_MEMORY = -5,    /* out of memory, or over the options' memory_budget */
     EDGEC_E_RUN = -6,       /* the model refused an input (e.g. a position beyond its table) */
 };
 
@@ -37,6 +37,11 @@ typedef struct {
     int exact;              /* 1: fp32 activations in the linear layers (bit-for-bit the interpreter's math);
                                0: the build's default (int8 activations on the device profiles) */
     int verify;             /* 1: check the weights checksum at load (reads every byte once) */
+    int huge_pages;         /* 1: read the weights into memory backed by 2 MiB pages where the OS allows (fewer
+                               TLB misses per token; Linux THP); 0: map the file (shared page cache) */
+    int64_t memory_budget;  /* bytes for the weights plus one context's KV cache; 0: no limit. With
+                               context 0 the KV cache gets the rows that fit (at most the default);
+                               a budget the weights alone exceed fails the load with EDGEC_E_MEMORY */
 } edgec_options;
 
 typedef struct {
@@ -76,6 +81,10 @@ void edgec_context_free(edgec_ctx *c);
 const char *edgec_error(const edgec_ctx *c);
 void edgec_reset(edgec_ctx *c);                /* empty the KV cache */
 int edgec_length(const edgec_ctx *c);          /* tokens in the cache */
+/* The KV cache's bytes, allocated when the context was made: layers x 2 x kv_heads x context x
+   (head_dim x element bytes + scale bytes): 4 and 0 for fp32, 2 and 0 for fp16 (kv_cache=fp16),
+   1 and 4 for int8 (recipe int8-kv) */
+size_t edgec_cache_bytes(const edgec_ctx *c);
 
 /* Append ids to the cache and compute the logits of the last one (edgec_logits). */
 int edgec_prefill(edgec_ctx *c, const int32_t *ids, int n);

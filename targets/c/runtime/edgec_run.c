@@ -1,8 +1,11 @@
 /* edgec-run: generate text with an edgec C artifact, no Python needed.
  *   edgec-run ARTIFACT -p PROMPT [-n N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--chat]
- *             [--threads N] [--context N] [--exact] [--stats] [--ids 1,2,3]
+ *             [--threads N] [--context N] [--memory-budget SIZE] [--no-huge-pages] [--exact] [--stats]
+ *             [--ids 1,2,3]
+ * --memory-budget: the weights plus the KV cache, e.g. 200MB, 1.5GiB (the cache gets the rows that fit)
  * --ids: the prompt as token ids instead of -p; prints the generated ids (tests, models without a tokenizer)
  * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,7 +14,8 @@
 
 static int usage(const char *why) {
     fprintf(stderr, "edgec-run: error: %s\nusage: edgec-run ARTIFACT -p PROMPT [-n N] [--temperature T] [--top-k K] "
-            "[--top-p P] [--seed S] [--chat] [--threads N] [--context N] [--exact] [--stats] [--ids 1,2,3]\n", why);
+            "[--top-p P] [--seed S] [--chat] [--threads N] [--context N] [--memory-budget SIZE] [--no-huge-pages] "
+            "[--exact] [--stats] [--ids 1,2,3]\n", why);
     return 2;
 }
 
@@ -34,9 +38,22 @@ static int print_id(const char *bytes, int len, int32_t id, void *user) {
 static int number(const char *s, double lo, double hi, double *out) {
     char *end;
     double v = strtod(s, &end);
-    if (!*s || *end || v < lo || v > hi) return 0;
+    if (!*s || *end || !(v >= lo && v <= hi)) return 0;  /* NaN too: (int)NaN is undefined */
     *out = v;
     return 1;
+}
+
+/* "200MB", "1.5GiB", "4096" (bytes) -> bytes; 0 on a malformed size */
+static int64_t byte_size(const char *s) {
+    static const struct { const char *suffix; double scale; } units[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"KiB", 1024.0}, {"MiB", 1048576.0},
+        {"GiB", 1073741824.0}};
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !(v > 0)) return 0;
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcmp(end, units[i].suffix) && v * units[i].scale < 9e18) return (int64_t)(v * units[i].scale);
+    return 0;
 }
 
 int main(int argc, char **argv) {
@@ -62,14 +79,23 @@ int main(int argc, char **argv) {
             if (!has || !number(argv[++i], 0, 1, &v) || v == 0) return usage("--top-p takes a number in (0, 1]");
             smp.top_p = (float)v;
         } else if (!strcmp(a, "--seed")) {
-            if (!has || !number(argv[++i], 0, 1.8e19, &v)) return usage("--seed takes a whole number >= 0");
-            smp.seed = (uint64_t)v;
+            char *end;
+            const char *s = has ? argv[++i] : "";
+            errno = 0;
+            unsigned long long seed = strtoull(s, &end, 10);
+            if (!*s || *end || errno || s[strspn(s, " \t")] == '-') return usage("--seed takes a whole number from 0 to 2^64-1");
+            smp.seed = (uint64_t)seed;
         } else if (!strcmp(a, "--threads")) {
             if (!has || !number(argv[++i], 1, 1024, &v)) return usage("--threads takes a count from 1 to 1024");
             opt.threads = (int)v;
         } else if (!strcmp(a, "--context")) {
             if (!has || !number(argv[++i], 1, 1 << 24, &v)) return usage("--context takes a count >= 1");
             opt.context = (int)v;
+        } else if (!strcmp(a, "--memory-budget")) {
+            if (!has || !(opt.memory_budget = byte_size(argv[++i])))
+                return usage("--memory-budget takes a size such as 200MB or 1.5GiB");
+        } else if (!strcmp(a, "--no-huge-pages")) {
+            opt.huge_pages = 0;
         } else if (!strcmp(a, "--ids")) {
             if (!has) return usage("--ids needs comma-separated token ids");
             idlist = argv[++i];
@@ -82,23 +108,37 @@ int main(int argc, char **argv) {
     }
     if (!dir) return usage("give the artifact folder");
     if (!prompt && !idlist) return usage("give a prompt with -p (or token ids with --ids)");
+    /* --ids: as many ids as the list holds (a list longer than the context is the library's EDGEC_E_FULL, not
+       silently cut), each a whole number that fits int32 (no wrap-around into the vocabulary) */
+    int32_t *ids = NULL;
+    int k = 0;
+    if (idlist) {
+        const char *why = NULL;
+        ids = malloc(sizeof(int32_t) * (strlen(idlist) / 2 + 1));
+        if (!ids) why = "out of memory";
+        for (const char *p = idlist; ids && *p && !why;) {
+            char *end;
+            errno = 0;
+            long long v = strtoll(p, &end, 10);
+            if (end == p || (*end && *end != ',')) why = "--ids takes comma-separated integers";
+            else if (errno || v < 0 || v > INT32_MAX) why = "--ids takes token ids from 0 to 2147483647";
+            else ids[k++] = (int32_t)v;
+            p = *end == ',' ? end + 1 : end;
+        }
+        if (!why && !k) why = "--ids takes at least one token id";
+        if (why) {
+            free(ids);
+            return usage(why);
+        }
+    }
     char err[512];
     edgec_model *m = edgec_load(dir, &opt, err, sizeof err);
-    if (!m) { fprintf(stderr, "edgec-run: error: %s\n", err); return 1; }
+    if (!m) { fprintf(stderr, "edgec-run: error: %s\n", err); free(ids); return 1; }
     edgec_ctx *c = edgec_context(m, err, sizeof err);
-    if (!c) { fprintf(stderr, "edgec-run: error: %s\n", err); edgec_free(m); return 1; }
+    if (!c) { fprintf(stderr, "edgec-run: error: %s\n", err); edgec_free(m); free(ids); return 1; }
     double st[2] = {0, 0};
     int made;
     if (idlist) {
-        int32_t ids[4096];
-        int k = 0;
-        for (char *p = (char *)idlist; *p && k < 4096;) {
-            char *end;
-            long v = strtol(p, &end, 10);
-            if (end == p) { edgec_context_free(c); edgec_free(m); return usage("--ids takes comma-separated integers"); }
-            ids[k++] = (int32_t)v;
-            p = *end == ',' ? end + 1 : end;
-        }
         made = edgec_generate_ids(c, ids, k, n, &smp, print_id, NULL, st);
     } else {
         made = edgec_generate(c, prompt, chat, n, &smp, print_token, NULL, st);
@@ -111,5 +151,6 @@ int main(int argc, char **argv) {
                 edgec_kernels());
     edgec_context_free(c);
     edgec_free(m);
+    free(ids);
     return rc;
 }

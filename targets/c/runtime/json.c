@@ -1,6 +1,7 @@
 /* json.c - see json.h. */
 #include "json.h"
 
+#include <locale.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,29 @@ static const char *parse_string(parser *ps, size_t *outlen) {
 
 static int parse_value(parser *ps, ec_json *v, int depth);
 
+static int is_digit(const char *p, const char *end) { return p < end && *p >= '0' && *p <= '9'; }
+
+/* the length of the JSON number at p (-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?), 0 if there is none */
+static size_t json_number_len(const char *p, const char *end) {
+    const char *q = p;
+    if (q < end && *q == '-') q++;
+    if (!is_digit(q, end)) return 0;
+    if (*q == '0') q++;
+    else while (is_digit(q, end)) q++;
+    if (q < end && *q == '.') {
+        q++;
+        if (!is_digit(q, end)) return 0;
+        while (is_digit(q, end)) q++;
+    }
+    if (q < end && (*q == 'e' || *q == 'E')) {
+        q++;
+        if (q < end && (*q == '+' || *q == '-')) q++;
+        if (!is_digit(q, end)) return 0;
+        while (is_digit(q, end)) q++;
+    }
+    return (size_t)(q - p);
+}
+
 static int parse_container(parser *ps, ec_json *v, int depth, int is_obj) {
     size_t n = 0, cap = 0;
     ec_json *items = NULL;
@@ -223,18 +247,22 @@ static int parse_value(parser *ps, ec_json *v, int depth) {
     default:
         if (*ps->p == '-' || (*ps->p >= '0' && *ps->p <= '9')) {
             char tmp[64];
-            const char *q = ps->p;
-            size_t k;
+            size_t k = json_number_len(ps->p, ps->end);
             char *e;
-            while (q < ps->end && (strchr("+-.eE", *q) || (*q >= '0' && *q <= '9'))) q++;
-            k = (size_t)(q - ps->p);
+            if (!k) { fail(ps, "bad number"); return 0; }
             if (k >= sizeof tmp) { fail(ps, "number too long"); return 0; }
             memcpy(tmp, ps->p, k);
             tmp[k] = 0;
+            {
+                /* strtod reads the C locale's decimal point only when the program has not set another one */
+                const char *dp = localeconv()->decimal_point;
+                char *dot = strchr(tmp, '.');
+                if (dot && dp && dp[0] && dp[0] != '.' && !dp[1]) *dot = dp[0];
+            }
             v->num = strtod(tmp, &e);
             if (e != tmp + k) { fail(ps, "bad number"); return 0; }
             v->type = EC_JSON_NUMBER;
-            ps->p = q;
+            ps->p += k;
             return 1;
         }
     }
