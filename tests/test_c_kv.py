@@ -73,7 +73,7 @@ def test_int8_cache_is_bound_in_place(arts):
     art = arts("llama", "c8")
     meta = exact(art).meta
     assert [c["dtype"] for c in meta["caches"]] == ["int8", "float32"] * 4  # 2 layers x (key, key_scale, value, ...)
-    assert meta["inputs"] == ["input_ids", "position_ids"] and meta["outputs"] == ["logits"]
+    assert meta["inputs"] == ["input_ids", "position_ids", "logits_rows"] and meta["outputs"] == ["logits"]
     src = (art / "model" / "src" / "model.c").read_text()
     assert src.count("ec_attention_i8(") == 2
     assert "ec_quantize_rows(" not in src and "ec_dequantize_rows(" not in src  # done by the kernel, in place
@@ -121,7 +121,8 @@ def test_int8_run_with_given_pasts_matches_the_reference(arts):
     first = ref_ex.run(forward_feeds(iface, IDS[:PREFILL], 0, empty_cache(iface)))
     pasts = {past: first[present] for past, present in iface.present_of().items()}
     feeds = forward_feeds(iface, IDS[PREFILL:], PREFILL, pasts)
-    want, got = ref_ex.run(feeds), ex.run(feeds)
+    # the C artifact also takes logits_rows (its prelower): the same feeds plus "every row"
+    want, got = ref_ex.run(feeds), ex.run(forward_feeds(ex.interface, IDS[PREFILL:], PREFILL, pasts))
     assert np.abs(got["logits"] - want["logits"]).max() <= 1e-4 * np.abs(want["logits"]).max()
     for c in iface.cache:
         if c.past.dtype == "int8":
@@ -197,8 +198,9 @@ def test_kv_cache_option_is_checked(tiny_llama, tmp_path):
 
 # ------------------------------------------------------------------ memory
 class _Options(ctypes.Structure):
+    """edgec.h's edgec_options (filled from edgec_default_options, so fields added later keep their defaults)."""
     _fields_ = [("threads", ctypes.c_int), ("context", ctypes.c_int), ("exact", ctypes.c_int),
-                ("verify", ctypes.c_int)]
+                ("verify", ctypes.c_int), ("huge_pages", ctypes.c_int), ("memory_budget", ctypes.c_int64)]
 
 
 def c_api_cache_bytes(art, context: int) -> int:
@@ -210,7 +212,10 @@ def c_api_cache_bytes(art, context: int) -> int:
     lib.edgec_cache_bytes.restype = ctypes.c_size_t
     lib.edgec_cache_bytes.argtypes = lib.edgec_context_free.argtypes = lib.edgec_free.argtypes = [ctypes.c_void_p]
     err = ctypes.create_string_buffer(512)
-    model = lib.edgec_load(str(art).encode(), ctypes.byref(_Options(1, context, 1, 1)), err, 512)
+    lib.edgec_default_options.restype = _Options
+    opt = lib.edgec_default_options()
+    opt.threads, opt.context, opt.exact = 1, context, 1
+    model = lib.edgec_load(str(art).encode(), ctypes.byref(opt), err, 512)
     assert model, err.value
     ctx = lib.edgec_context(model, err, 512)
     assert ctx, err.value

@@ -17,6 +17,9 @@ SOURCE_DIR = "src"
 class CBackend(Backend):
     name = "c"
     description = "edgec's embedded C runtime (generated C + a small runtime; x86-64 AVX2, aarch64 NEON)"
+    # a prompt's prefill projects only its last row onto the vocabulary (the head is ~20% of SmolLM2's prefill
+    # FLOPs, and all 512 rows' logits are 100 MB that edgec_prefill would otherwise allocate)
+    prelower = [("logits_rows", {}), ("dce", {})]
     options = {
         "int8_activations": Option(bool, False, "linear layers quantize activations to int8 per block of 32 "
                                    "(integer dot products, as llama.cpp; faster, not bit-exact)", stage="run"),
