@@ -1,4 +1,4 @@
-"""Logits for the last rows only (a pre-lowering pass of the ONNX backend).
+"""Logits for the last rows only (a pre-lowering pass of the ONNX and C backends).
 
 Adds the graph input `logits_rows` (int64 [1]): how many of the last
 positions get logits. The logits projection reads `last_rows(x, logits_rows)`

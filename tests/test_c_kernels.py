@@ -34,7 +34,9 @@ VARIANTS = {  # name -> (flags, the path ec_linear_path must report)
 }
 CPU_NEEDS = {"avx2": ("avx2", "fma", "f16c"), "vnni": ("avx2", "fma", "f16c", "avx512_vnni", "avx512vl"), "scalar": (),
              "avx512": ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni")}
-ARM_VARIANTS = {"a76": (["-mcpu=cortex-a76"], "neon-dotprod"), "armv8": (["-march=armv8-a"], "neon")}
+ARM_VARIANTS = {"a76": (["-mcpu=cortex-a76"], "neon-dotprod"), "armv8": (["-march=armv8-a"], "neon"),
+                # the pixel8 profile's ISA: the 8-bit decode kernels' usdot (i8mm)
+                "i8mm": (["-march=armv8.2-a+dotprod+fp16+i8mm"], "neon-dotprod")}
 
 
 def _cpu_has(features) -> bool:
@@ -522,3 +524,77 @@ def test_aarch64_kernels(arm_drivers, arm, tmp_path):
         else:
             ref, scale, n0, n1, sentinel, rtol, what = chk
             _check_y(out.reshape(sentinel.shape), ref, scale, n0, n1, sentinel, rtol, f"{arm} {what}")
+
+
+# the NEON decode kernels (one act row at a time, M < 8: each row in turn; four weight rows per pass, the
+# rest one at a time): a row's blocks four at a time, the last nb % 4 (1 to 3) a partial quad; g32 / g64
+# scales per block, g % 128 per group (four groups at a time at g128), 8-bit one group per row. Every format
+# they take (and g96 / g192, left to the per-row kernels), K giving each partial quad (nb % 4 = 0..3, K not
+# a multiple of 32 or of the group), N and column ranges not multiples of 4, M = 1..7.
+DECODE_FORMATS = [  # bits, group, sym, mins
+    (4, 128, True, False), (4, 128, False, False), (4, 128, False, True), (4, 256, True, False),
+    (4, 384, False, True), (4, 64, True, False), (4, 64, False, True), (4, 32, True, False), (4, 32, False, False),
+    (4, 32, False, True), (4, 32, True, True), (4, 192, True, False), (4, 96, False, False),
+    (8, 0, True, False), (8, 0, False, True), (8, 32, True, False), (8, 32, False, True), (8, 64, False, False),
+    (8, 128, True, False), (8, 256, False, True), (8, 512, True, False), (8, 96, True, False)]
+DECODE_SHAPES = [  # m, k, n, n0, n1
+    (1, 576, 45, 0, 45), (1, 608, 38, 3, 37), (1, 544, 41, 1, 41), (1, 512, 9, 0, 9), (1, 200, 13, 2, 13),
+    (1, 40, 7, 0, 7), (1, 1000, 10, 0, 10), (2, 1000, 11, 1, 10), (3, 608, 9, 0, 9), (4, 544, 10, 2, 9),
+    (5, 200, 7, 0, 7), (7, 576, 6, 1, 6)]
+
+
+@pytest.mark.parametrize("arm", list(ARM_VARIANTS))
+def test_aarch64_decode_kernels(arm_drivers, arm, tmp_path):
+    """The NEON decode kernels against numpy: every format x shape above, in one qemu run."""
+    checks, args = [], []
+    for i, ((bits, g, sym, mins), (m, k, n, n0, n1)) in enumerate(itertools.product(DECODE_FORMATS, DECODE_SHAPES)):
+        rng = np.random.default_rng(i)
+        qw = make_qweight(rng, n, k, bits, g, sym, mins, search=sym and i % 2 == 0)
+        x = rng.standard_normal((m, k)).astype(f32)
+        x[:, 32:64] = 0  # an all-zero block (d = 0)
+        if m > 1:
+            x[1] *= 1e-3
+        bias = rng.standard_normal(n).astype(f32) if i % 3 else None
+        b = 0 if bias is None else bias.astype(np.float64)
+        ref8, scale8 = i8_reference(x, qw.w)
+        sentinel = np.full((m, n), 1234.5, f32)
+        what = f"{arm} decode b{bits} g{g} {'sym' if sym else 'asym'}{'+mins' if mins else ''} m{m} k{k} n{n} [{n0}, {n1})"
+        _write_case(tmp_path / f"in{i}", 3, x, None, bias, sentinel, n0, n1, qw)
+        args.extend([str(tmp_path / f"in{i}"), str(tmp_path / f"out{i}")])
+        checks.append((ref8 + b, scale8 + np.abs(b), n0, n1, sentinel, what))
+    r = subprocess.run(["qemu-aarch64", str(arm_drivers[arm]), *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[0] == ARM_VARIANTS[arm][1]
+    for i, (ref, scale, n0, n1, sentinel, what) in enumerate(checks):
+        out = np.fromfile(tmp_path / f"out{i}", f32).reshape(sentinel.shape)
+        _check_y(out, ref, scale, n0, n1, sentinel, 1e-4, what)
+
+
+@pytest.mark.parametrize("arm", list(ARM_VARIANTS))
+def test_aarch64_act_quantization(arm_drivers, arm, tmp_path):
+    """ec_quantize_act on NEON (a vector path for whole blocks) gives the documented codes and block scales
+    bit for bit, read back through one-hot 4-bit weights (w[n, k] = [k == n]: y[m, n] = d[m, n // 32] q[m, n],
+    one product, exact): ties after scaling, an all-zero block, tiny and huge blocks, a partial last block."""
+    m, k = 3, 600
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((m, k)) * rng.uniform(1e-3, 10, (m, 1))).astype(f32)
+    x[0, :9] = [0.5, -0.5, 1.5, 2.5, -2.5, 127, -127, 63.5, 64.5]  # ties after scaling (amax 127 -> id 1)
+    x[0, 32:64] = 0
+    x[1, 64:96] *= 1e-35
+    x[1, 96:128] *= 1e30
+    x[2, 128:160] = (np.arange(32) * 0.5 + 0.25) * np.where(np.arange(32) % 3, 1, -1)  # ties: amax 63.5 -> id 2
+    x[2, 159] = 63.5
+    d, q = act_reference(x)
+    lay = quant.PackedLayout.of(4, 128, k)
+    codes = np.zeros((k, lay.kp), np.uint8)
+    codes[np.arange(k), np.arange(k)] = 1
+    qw = QWeight(quant.pack(codes, 4), np.ones((k, lay.groups), f32), np.zeros((k, lay.groups), np.uint8), None, 4, 128, k)
+    sentinel = np.zeros((m, k), f32)
+    _write_case(tmp_path / "in", 3, x, None, None, sentinel, 0, k, qw)
+    r = subprocess.run(["qemu-aarch64", str(arm_drivers[arm]), str(tmp_path / "in"), str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = np.fromfile(tmp_path / "out", f32).reshape(m, k)
+    want = (np.repeat(d, 32, axis=1)[:, :k] * q[:, :k].astype(f32)).astype(f32)
+    bad = np.argwhere(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, [(int(i), int(j), float(got[i, j]), float(want[i, j])) for i, j in bad[:5]]

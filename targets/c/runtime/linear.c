@@ -8,7 +8,9 @@
  *      formats (4-bit g32 / g%64, 8-bit g%32) run tile kernels (MR act rows x NR weight rows, the
  *      zero / min term folded into the same accumulators, four sums reduced at once; M = 1: four
  *      weight rows per pass, the weight stream prefetched EC_PF_BYTES ahead), 256-bit ones (y*)
- *      and, with AVX-512 VNNI, 512-bit ones (z*); the other formats the per-row kernels.
+ *      and, with AVX-512 VNNI, 512-bit ones (z*); on NEON (4-bit g32 / g64 / g%128, 8-bit g32 /
+ *      g64 / g%128 / one group) decode kernels (n*) of one act row and four weight rows per pass;
+ *      the other formats the per-row kernels.
  *   5. prefill (M >= EC_PM rows, g a multiple of 32, every bit width): weight rows unpacked once per
  *      call into panels of EC_PN rows, then register tiles of EC_PMR act rows x EC_PN weight rows
  *      (vpdpbusd / maddubs / sdot against one broadcast act dword) over all the rows.
@@ -444,6 +446,29 @@ void ec_quantize_act_rows(const float *x, int M, int K, void *xq, int m0, int m1
                 t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xb1));
                 sum = _mm_cvtsi128_si32(t);
             } else
+#elif defined(EC_NEON)
+            if (len == 32) { /* the scalar loop's results: maxnm skips NaN as it does, vcvtnq rounds half to even */
+                float32x4_t v[8];
+                EC_UNROLL for (int i = 0; i < 8; i++) v[i] = vld1q_f32(xr + k0 + 4 * i);
+                float32x4_t mx = vmaxnmq_f32(vmaxnmq_f32(vmaxnmq_f32(vabsq_f32(v[0]), vabsq_f32(v[1])),
+                                                         vmaxnmq_f32(vabsq_f32(v[2]), vabsq_f32(v[3]))),
+                                             vmaxnmq_f32(vmaxnmq_f32(vabsq_f32(v[4]), vabsq_f32(v[5])),
+                                                         vmaxnmq_f32(vabsq_f32(v[6]), vabsq_f32(v[7]))));
+                amax = vmaxnmvq_f32(mx);
+                if (amax != amax) amax = 0.f; /* all NaN */
+                db = amax / 127.0f;
+                id = amax > 0.f ? 127.0f / amax : 0.f;
+                int16x8_t h[4];
+                EC_UNROLL for (int i = 0; i < 4; i++)
+                    h[i] = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(v[2 * i], id))),
+                                        vqmovn_s32(vcvtnq_s32_f32(vmulq_n_f32(v[2 * i + 1], id))));
+                const int8x16_t lo = vdupq_n_s8(-127);
+                int8x16_t q0 = vmaxq_s8(vcombine_s8(vqmovn_s16(h[0]), vqmovn_s16(h[1])), lo);
+                int8x16_t q1 = vmaxq_s8(vcombine_s8(vqmovn_s16(h[2]), vqmovn_s16(h[3])), lo);
+                vst1q_s8(q, q0);
+                vst1q_s8(q + 16, q1);
+                sum = vaddlvq_s8(q0) + vaddlvq_s8(q1);
+            } else
 #endif
             {
                 for (int i = 0; i < len; i++) {
@@ -473,11 +498,18 @@ void ec_quantize_act_rows(const float *x, int M, int K, void *xq, int m0, int m1
                 continue;
             }
             int p = b >> 1, h = b & 1;
+#if defined(EC_NEON)
+            vst1q_f32(dp + p * 8 + h * 4, vdupq_n_f32(db));
+            int8x16x2_t eo = vld2q_s8(q); /* the even, the odd codes */
+            vst1q_s8(qp + p * 64 + h * 16, eo.val[0]);
+            vst1q_s8(qp + p * 64 + 32 + h * 16, eo.val[1]);
+#else
             for (int t = 0; t < 4; t++) dp[p * 8 + h * 4 + t] = db;
             for (int i = 0; i < 16; i++) {
                 qp[p * 64 + h * 16 + i] = q[2 * i];
                 qp[p * 64 + 32 + h * 16 + i] = q[2 * i + 1];
             }
+#endif
 #if defined(EC_AVX512)
             int8_t *qz = (int8_t *)(base + g.off_qz) + (size_t)m * g.nq * 128;
             float *dz = (float *)(base + g.off_dz) + (size_t)m * g.nq * 16;
@@ -1329,6 +1361,342 @@ static int seg_dot(const uint8_t *q, const int8_t *x, int len, int *sx) {
     return dot;
 }
 
+/* ---- decode kernels of the common formats (4-bit g32 / g64 / g % 128, 8-bit one group / g32 / g64 /
+   g % 128), one act row at a time (M > 1: each row in turn over blocks of weight rows), four weight
+   rows per pass sharing each act load. Per quad of act blocks (128 codes) and weight row: the integer
+   dot of each block (vdotq_s32, or i8mm's vusdotq_s32 for 8-bit codes; without dotprod vmull_s8 /
+   vmlal_s8 with int16 pair sums), the quad's four dots reduced into one vector [i_0 .. i_3] (vpaddq),
+   converted once and multiplied by the act's block scales [d_0 .. d_3]; the group scales applied per
+   quad (g32: [s_4q .. s_4q+3], g64: [s_2q, s_2q, s_2q+1, s_2q+1]; g128: one lane of [s_q .. s_q+3],
+   read once per four groups) or once per group (g % 128 otherwise; 8-bit with one group: once per
+   row); the zero / min term sum_j (min_j - s_j (z_j - off)) DS_j added into the same accumulators (per
+   block at g32 / g64, per four groups at g128, per group otherwise); each accumulator's lanes summed at
+   the end, four at once. The same integer dots, d_b, s_j, z_j, min_j and DS as the other kernels; only
+   the float evaluation order differs. 4-bit: a quad is 64 packed bytes of a row (16 per block: its low /
+   high nibbles against the act's nibble-pair order); 8-bit: 128 bytes, the codes less 128 (xor 0x80:
+   sdot is signed x signed; off 128) or, with usdot, as they are (off 0). A row's last nb % 4 blocks are
+   a partial quad. No software prefetch. gcc's pre-allocation scheduler is off here: it hoisted the four
+   rows' loads and spilled. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-schedule-insns")
+#endif
+#if defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_FEATURE_MATMUL_INT8)
+#define EC_N8OFF 0
+#else
+#define EC_N8OFF 128
+#endif
+
+/* The integer dots [i_0 .. i_3] of blocks 4q + t, t < NB (the others 0), of one weight row: a = the row's
+   codes of the quad, x = the act's (4-bit: nibble-pair order, pairs 2q and 2q + 1; 8-bit: in order).
+   With dotprod the four block accumulators are never reset: one chain st->c[t] runs through every
+   (quad, row) of a tile, and a quad's dots are the difference of the chain's reduced sums [sum of the
+   lanes of c[t]] after and before it (exact: int32 arithmetic wraps, each block's dot fits). That saves
+   zeroing four accumulators per quad and row; st->t holds the last reduced sums. */
+typedef struct {
+    int32x4_t c[4], t;
+} nchain;
+
+EC_INLINE int32x4_t n_quad(const uint8_t *a, const int8x16_t *x, int BITS, int NB, nchain *st) {
+    uint8x16_t v[8];
+#if defined(__ARM_FEATURE_DOTPROD)
+    int32x4_t *i = st->c;
+#else
+    (void)st;
+#endif
+    if (BITS == 4) {
+        if (NB == 4) {
+            uint8x16x4_t t0 = vld1q_u8_x4(a);
+            v[0] = t0.val[0], v[1] = t0.val[1], v[2] = t0.val[2], v[3] = t0.val[3];
+        } else {
+            EC_UNROLL for (int t = 0; t < NB; t++) v[t] = vld1q_u8(a + 16 * t);
+        }
+        const uint8x16_t m4 = vdupq_n_u8(15);
+#if defined(__ARM_FEATURE_DOTPROD)
+        EC_UNROLL for (int t = 0; t < NB; t++) {
+            const int e = 4 * (t >> 1) + (t & 1); /* even codes x[e], odd codes x[e + 2] */
+            i[t] = vdotq_s32(vdotq_s32(i[t], vreinterpretq_s8_u8(vandq_u8(v[t], m4)), x[e]),
+                             vreinterpretq_s8_u8(vshrq_n_u8(v[t], 4)), x[e + 2]);
+        }
+#else
+        /* int16 lanes: 4 products of at most 15 * 127 each, then two pairwise sums (<= 30480) */
+        int16x8_t p[4];
+        EC_UNROLL for (int t = 0; t < 4; t++) {
+            const int e = 4 * (t >> 1) + (t & 1);
+            p[t] = vdupq_n_s16(0);
+            if (t < NB) {
+                int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v[t], m4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v[t], 4));
+                p[t] = vmull_s8(vget_low_s8(lo), vget_low_s8(x[e]));
+                p[t] = vmlal_high_s8(p[t], lo, x[e]);
+                p[t] = vmlal_s8(p[t], vget_low_s8(hi), vget_low_s8(x[e + 2]));
+                p[t] = vmlal_high_s8(p[t], hi, x[e + 2]);
+            }
+        }
+        return vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])));
+#endif
+    } else {
+        if (NB == 4) {
+            uint8x16x4_t t0 = vld1q_u8_x4(a), t1 = vld1q_u8_x4(a + 64);
+            v[0] = t0.val[0], v[1] = t0.val[1], v[2] = t0.val[2], v[3] = t0.val[3];
+            v[4] = t1.val[0], v[5] = t1.val[1], v[6] = t1.val[2], v[7] = t1.val[3];
+        } else {
+            EC_UNROLL for (int t = 0; t < 2 * NB; t++) v[t] = vld1q_u8(a + 16 * t);
+        }
+#if !defined(__ARM_FEATURE_DOTPROD)
+        int32x4_t i[4];
+#endif
+        EC_UNROLL for (int t = 0; t < 4; t++) {
+#if !defined(__ARM_FEATURE_DOTPROD)
+            i[t] = vdupq_n_s32(0);
+#endif
+            if (t >= NB) continue;
+#if defined(__ARM_FEATURE_DOTPROD) && EC_N8OFF == 0
+            i[t] = vusdotq_s32(vusdotq_s32(i[t], v[2 * t], x[2 * t]), v[2 * t + 1], x[2 * t + 1]);
+#else
+            const uint8x16_t flip = vdupq_n_u8(0x80);
+            int8x16_t c0 = vreinterpretq_s8_u8(veorq_u8(v[2 * t], flip)), c1 = vreinterpretq_s8_u8(veorq_u8(v[2 * t + 1], flip));
+#if defined(__ARM_FEATURE_DOTPROD)
+            i[t] = vdotq_s32(vdotq_s32(i[t], c0, x[2 * t]), c1, x[2 * t + 1]);
+#else
+            /* int16 lanes: 2 products of at most 128 * 127 each */
+            int16x8_t p0 = vmlal_high_s8(vmull_s8(vget_low_s8(c0), vget_low_s8(x[2 * t])), c0, x[2 * t]);
+            int16x8_t p1 = vmlal_high_s8(vmull_s8(vget_low_s8(c1), vget_low_s8(x[2 * t + 1])), c1, x[2 * t + 1]);
+            i[t] = vpadalq_s16(vpaddlq_s16(p0), p1);
+#endif
+#endif
+        }
+#if !defined(__ARM_FEATURE_DOTPROD)
+        return vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3]));
+#endif
+    }
+#if defined(__ARM_FEATURE_DOTPROD)
+    const int32x4_t t = vpaddq_s32(vpaddq_s32(i[0], i[1]), vpaddq_s32(i[2], i[3])), d = vsubq_s32(t, st->t);
+    st->t = t;
+    return d;
+#endif
+}
+
+/* a fresh chain */
+EC_INLINE void n_chain0(nchain *st) {
+    st->c[0] = st->c[1] = st->c[2] = st->c[3] = st->t = vdupq_n_s32(0);
+}
+
+/* p[0 .. NB), zeros after */
+EC_INLINE float32x4_t n_ldf(const float *p, int NB) {
+    if (NB >= 4) return vld1q_f32(p);
+    if (NB == 1) return vsetq_lane_f32(p[0], vdupq_n_f32(0.f), 0);
+    float32x2_t h = NB == 3 ? vset_lane_f32(p[2], vdup_n_f32(0.f), 0) : vdup_n_f32(0.f);
+    return vcombine_f32(vld1_f32(p), h);
+}
+
+/* the zero points of a quad's blocks, less off, as floats: g32 (DUP2 = 0) z[0 .. NB) (zeros after);
+   g64 (DUP2 = 1) [z0, z0, z1, z1] (NB <= 2: z0 in every lane) */
+EC_INLINE float32x4_t n_ldz(const uint8_t *z, int NB, int DUP2, int off) {
+    uint8x8_t b;
+    if (DUP2 && NB <= 2) {
+        b = vld1_dup_u8(z);
+    } else if (DUP2) {
+        uint16_t zz;
+        memcpy(&zz, z, 2);
+        b = vreinterpret_u8_u16(vdup_n_u16(zz));
+        b = vzip1_u8(b, b);
+    } else {
+        uint32_t zz = 0;
+        memcpy(&zz, z, (size_t)EC_MIN(NB, 4));
+        b = vreinterpret_u8_u32(vdup_n_u32(zz));
+    }
+    int32x4_t zi = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(vmovl_u8(b))));
+    if (off) zi = vsubq_s32(zi, vdupq_n_s32(off));
+    return vcvtq_f32_s32(zi);
+}
+
+/* a group's (g64) or block's (g32) values for the blocks of a quad: p[j] repeated over its blocks */
+EC_INLINE float32x4_t n_ldg(const float *p, int NB, int DUP2) {
+    if (!DUP2) return n_ldf(p, NB);
+    if (NB <= 2) return vld1q_dup_f32(p);
+    float32x2x2_t t = vld2_dup_f32(p);
+    return vcombine_f32(t.val[0], t.val[1]);
+}
+
+/* quad q (its first NB blocks) of weight rows n .. n + NR, f = the dots as floats, d = the act's block
+   scales. MODE 0 (g % 128) and 3 (one group): acc += f d (FIRST: acc = f d); 1 (g64) and 2 (g32), per
+   block: acc += (f d - (z - off) ds) s (+ min ds), ds the act's d * sum(q) */
+EC_INLINE void n_step(const qctx *c, int n, const uint8_t *row, int q, int NR, int BITS, int MODE, int NB, int FIRST,
+                      nchain *st, float32x4_t *acc) {
+    const ec_qweight *w = c->w;
+    const size_t rb = c->rb, qb = 16 * (size_t)BITS; /* packed bytes per quad and row */
+    const int G = w->groups, off = BITS == 8 ? EC_N8OFF : 0;
+    const int8_t *xa = (BITS == 4 ? c->qp[0] : c->qn[0]) + 128 * (size_t)q;
+    int8x16_t x[8]; /* the act's blocks are padded to an even count */
+    EC_UNROLL for (int e = 0; e < 8; e++) x[e] = e < 4 || NB > 2 ? vld1q_s8(xa + 16 * e) : vdupq_n_s8(0);
+    const float32x4_t dv = n_ldf(c->d[0] + 4 * q, NB);
+    float32x4_t dsv = vdupq_n_f32(0.f);
+    if (MODE == 1 || MODE == 2) dsv = n_ldf(c->ds[0] + 4 * q, NB);
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const float32x4_t f = vcvtq_f32_s32(n_quad(row + (size_t)j * rb + qb * q, x, BITS, NB, st));
+        if (MODE == 1 || MODE == 2) {
+            const size_t at = (size_t)(n + j) * G + (size_t)(MODE == 2 ? 4 * q : 2 * q);
+            const float32x4_t v = vfmsq_f32(vmulq_f32(f, dv), n_ldz(w->zeros + at, NB, MODE == 1, off), dsv);
+            acc[j] = vfmaq_f32(acc[j], v, n_ldg(w->scales + at, NB, MODE == 1));
+            if (w->mins) acc[j] = vfmaq_f32(acc[j], n_ldg(w->mins + at, NB, MODE == 1), dsv);
+        } else if (MODE == 0 && FIRST) {
+            acc[j] = vmulq_f32(f, dv);
+        } else {
+            acc[j] = vfmaq_f32(acc[j], f, dv);
+        }
+    }
+}
+
+/* a + b v[t] */
+EC_INLINE float32x4_t n_fma_lane(float32x4_t a, float32x4_t b, float32x4_t v, const int t) {
+    switch (t) {
+    case 0: return vfmaq_laneq_f32(a, b, v, 0);
+    case 1: return vfmaq_laneq_f32(a, b, v, 1);
+    case 2: return vfmaq_laneq_f32(a, b, v, 2);
+    default: return vfmaq_laneq_f32(a, b, v, 3);
+    }
+}
+
+/* g128 (one quad per group): quads = groups q .. q + 3 of weight rows n .. n + NR, their scales and zero
+   points read four at a time: acc += sum_t (f_t d_t) s_t + (min - s (z - off)) DS */
+EC_INLINE void n_step4(const qctx *c, int n, const uint8_t *row, int q, int NR, int BITS, nchain *st, float32x4_t *acc) {
+    const ec_qweight *w = c->w;
+    const size_t rb = c->rb, qb = 16 * (size_t)BITS;
+    const int G = w->groups, off = BITS == 8 ? EC_N8OFF : 0;
+    const float32x4_t dsg = vld1q_f32(c->dsg + q);
+    float32x4_t sv[4];
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const size_t at = (size_t)(n + j) * G + (size_t)q;
+        sv[j] = vld1q_f32(w->scales + at);
+        const float32x4_t mv = w->mins ? vld1q_f32(w->mins + at) : vdupq_n_f32(0.f);
+        acc[j] = vfmaq_f32(acc[j], vfmsq_f32(mv, sv[j], n_ldz(w->zeros + at, 4, 0, off)), dsg);
+    }
+    EC_UNROLL for (int t = 0; t < 4; t++) {
+        const int8_t *xa = (BITS == 4 ? c->qp[0] : c->qn[0]) + 128 * (size_t)(q + t);
+        int8x16_t x[8];
+        EC_UNROLL for (int e = 0; e < 8; e++) x[e] = vld1q_s8(xa + 16 * e);
+        const float32x4_t dv = vld1q_f32(c->d[0] + 4 * (size_t)(q + t));
+        EC_UNROLL for (int j = 0; j < NR; j++) {
+            const float32x4_t f = vcvtq_f32_s32(n_quad(row + (size_t)j * rb + qb * (size_t)(q + t), x, BITS, 4, st));
+            acc[j] = n_fma_lane(acc[j], vmulq_f32(f, dv), sv[j], t);
+        }
+    }
+}
+
+/* the row's last nb % 4 blocks */
+#define EC_NTAIL(FIRST, ACC)                                                                           \
+    switch (tb) {                                                                                      \
+    case 1: n_step(c, n, row, nq, NR, BITS, MODE, 1, FIRST, &st, ACC); break;                         \
+    case 2: n_step(c, n, row, nq, NR, BITS, MODE, 2, FIRST, &st, ACC); break;                         \
+    case 3: n_step(c, n, row, nq, NR, BITS, MODE, 3, FIRST, &st, ACC); break;                         \
+    default: break;                                                                                    \
+    }
+
+/* a group's sums ga of weight rows n + j (group gi) into acc: acc += (ga - (z - off) DS) s (+ min DS);
+   INIT: acc = (...) */
+EC_INLINE void n_group(const qctx *c, int n, int gi, int NR, int off, int INIT, const float32x4_t *ga, float32x4_t *acc) {
+    const ec_qweight *w = c->w;
+    const float32x4_t dsv = vsetq_lane_f32(c->dsg[gi], vdupq_n_f32(0.f), 0);
+    EC_UNROLL for (int j = 0; j < NR; j++) {
+        const size_t at = (size_t)(n + j) * w->groups + gi;
+        const float zf = (float)((int)w->zeros[at] - off), sj = w->scales[at];
+        const float32x4_t g = vfmsq_n_f32(ga[j], dsv, zf);
+        acc[j] = INIT ? vmulq_n_f32(g, sj) : vfmaq_n_f32(acc[j], g, sj);
+        if (w->mins) acc[j] = vfmaq_n_f32(acc[j], dsv, w->mins[at]);
+    }
+}
+
+/* MODE 0: g % 128 == 0 (PPQ quads per group; 0: w->group / 128); 1: g == 64; 2: g == 32; 3: one group
+   (8-bit, gu == 1). out[j] = the result of weight row n + j */
+EC_INLINE void n_tile(const qctx *c, int n, int NR, int BITS, int MODE, int PPQ, float *out) {
+    const ec_qweight *w = c->w;
+    const int nq = c->nb >> 2, tb = c->nb & 3, off = BITS == 8 ? EC_N8OFF : 0;
+    const uint8_t *row = w->packed + (size_t)n * c->rb;
+    float32x4_t acc[4];
+    EC_UNROLL for (int j = 0; j < NR; j++) acc[j] = vdupq_n_f32(0.f);
+    nchain st;
+    n_chain0(&st);
+    if (MODE == 0) {
+        const int ppq = PPQ ? PPQ : w->group / 128;
+        int gi = 0, q0 = 0;
+        if (PPQ == 1)
+            for (; q0 + 4 <= nq; q0 += 4, gi += 4) n_step4(c, n, row, q0, NR, BITS, &st, acc);
+        for (; gi < c->gu; gi++, q0 += ppq) {
+            const int q1 = EC_MIN(q0 + ppq, nq);
+            float32x4_t ga[4];
+            if (PPQ == 1 && q0 < nq) { /* one quad per group */
+                n_step(c, n, row, q0, NR, BITS, MODE, 4, 1, &st, ga);
+            } else {
+                EC_UNROLL for (int j = 0; j < NR; j++) ga[j] = vdupq_n_f32(0.f);
+                for (int q = q0; q < q1; q++) n_step(c, n, row, q, NR, BITS, MODE, 4, 0, &st, ga);
+                if (q1 < q0 + ppq) EC_NTAIL(0, ga)
+            }
+            n_group(c, n, gi, NR, off, 0, ga, acc);
+        }
+    } else {
+        for (int q = 0; q < nq; q++) n_step(c, n, row, q, NR, BITS, MODE, 4, 0, &st, acc);
+        EC_NTAIL(0, acc)
+        if (MODE == 3) n_group(c, n, 0, NR, off, 1, acc, acc); /* the one group's scale, zero and min */
+    }
+    if (NR == 4) {
+        vst1q_f32(out, vpaddq_f32(vpaddq_f32(acc[0], acc[1]), vpaddq_f32(acc[2], acc[3])));
+    } else {
+        EC_UNROLL for (int j = 0; j < NR; j++) out[j] = vaddvq_f32(acc[j]);
+    }
+}
+
+/* one act row, rows [na, nz) of a kind: four weight rows per pass, then one at a time */
+#define EC_NFN(KIND, BITS, MODE, PPQ)                                                                     \
+    EC_NOINLINE void n1_##KIND(const qctx *c, int na, int nz, const float *bias, float *y) {             \
+        int n = na;                                                                                       \
+        float o[4];                                                                                       \
+        for (; n + 4 <= nz; n += 4) {                                                                     \
+            n_tile(c, n, 4, BITS, MODE, PPQ, o);                                                       \
+            for (int j = 0; j < 4; j++) y[n + j] = o[j] + (bias ? bias[n + j] : 0.f);                     \
+        }                                                                                                 \
+        for (; n < nz; n++) {                                                                             \
+            n_tile(c, n, 1, BITS, MODE, PPQ, o);                                                       \
+            y[n] = o[0] + (bias ? bias[n] : 0.f);                                                         \
+        }                                                                                                 \
+    }
+EC_NFN(N4G128, 4, 0, 1)
+EC_NFN(N4G128N, 4, 0, 0)
+EC_NFN(N4G64, 4, 1, 0)
+EC_NFN(N4G32, 4, 2, 0)
+EC_NFN(N8ONE, 8, 3, 0)
+EC_NFN(N8G128N, 8, 0, 0)
+EC_NFN(N8G64, 8, 1, 0)
+EC_NFN(N8G32, 8, 2, 0)
+typedef void (*nrows_fn)(const qctx *, int, int, const float *, float *);
+static const nrows_fn ntab[8] = {n1_N4G128, n1_N4G128N, n1_N4G64, n1_N4G32, n1_N8ONE, n1_N8G128N, n1_N8G64, n1_N8G32};
+
+/* act rows m0 .. m0 + mr (the tile rows of c) x weight rows [na, nz): one act row at a time, over blocks of
+   EC_NRB weight rows (that stay in cache while the act rows take their turns). Each result is the M = 1
+   kernel's, whatever M. */
+#define EC_NRB 32
+static void n_rows(const qctx *c, int nk, int mr, int na, int nz, const float *bias, float *y, int N, int m0) {
+    qctx c1 = *c;
+    for (int a = na; a < nz; a += mr > 1 ? EC_NRB : nz - na) {
+        const int e = mr > 1 ? EC_MIN(nz, a + EC_NRB) : nz;
+        for (int r = 0; r < mr; r++) {
+            c1.d[0] = c->d[r], c1.ds[0] = c->ds[r], c1.dp[0] = c->dp[r], c1.qn[0] = c->qn[r], c1.qp[0] = c->qp[r];
+            c1.dsg = c->dsg + r * c->ldg;
+            ntab[nk](&c1, a, e, bias, y + (size_t)(m0 + r) * N);
+        }
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+/* the NEON family of a format (gu groups meet act blocks), or -1 */
+static int n_kind(const ec_qweight *w, int gu) {
+    const int gs = w->group;
+    if (w->bits == 4) return gs == 128 ? 0 : gs % 128 == 0 ? 1 : gs == 64 ? 2 : gs == 32 ? 3 : -1;
+    if (w->bits == 8) return gu == 1 ? 4 : gs % 128 == 0 ? 5 : gs == 64 ? 6 : gs == 32 ? 7 : -1;
+    return -1;
+}
+
 #else
 /* ---- scalar ---- */
 EC_INLINE void bytes_row(const qctx *c, const uint8_t *codes, const float *s, int bpg, int b0, int b1, int MR,
@@ -2042,6 +2410,8 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
     const int bpg = gs / 32, nblk = M <= EC_MR ? n1 - n0 : EC_NBLK;
 #if defined(EC_AVX2)
     const int yk = y_kind(w, gu);
+#elif defined(EC_NEON)
+    const int nk = n_kind(w, gu);
 #endif
     for (int nb0 = n0; nb0 < n1; nb0 += nblk) {
         int nb1 = EC_MIN(n1, nb0 + nblk);
@@ -2076,6 +2446,12 @@ void ec_linear_q_i8(const void *xq, int M, const ec_qweight *w, const float *bia
 #if defined(EC_AVX2)
             if (yk >= 0) {
                 ytab[yk][M == 1 ? 0 : mr](&c, nb0, nb1, bias, y, N, m0);
+                continue;
+            }
+#endif
+#if defined(EC_NEON)
+            if (nk >= 0) {
+                n_rows(&c, nk, mr, nb0, nb1, bias, y, N, m0);
                 continue;
             }
 #endif

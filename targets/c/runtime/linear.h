@@ -56,7 +56,7 @@ void ec_linear_q(const float *x, int M, const ec_qweight *w, const float *bias, 
    4-bit kernels). The buffer (ec_act_size bytes, 8-byte aligned; 32 recommended) is opaque and
    belongs to the build that wrote it (its size differs between SIMD paths). ec_linear_q_i8 reads
    K from w->k. The activation block stays 32 for every group size (the common formats' kernels
-   take four weight rows per pass at M = 1 and prefetch the weight stream). From a few rows on
+   take four weight rows per pass at M = 1; the x86 ones also prefetch the weight stream). From a few rows on
    (prefill: M >= 5 on x86, 8 elsewhere) the weights are unpacked once per call into panels on the
    stack (about 56 KiB; nothing is allocated) that a register tile of activation rows x panel rows
    runs over: the same integer dots and scales, float sums in another order, and every column's
