@@ -146,8 +146,6 @@ class CompiledModel:
         if max_new_tokens <= 0:
             raise EdgecError(f"max-new-tokens must be > 0, got {max_new_tokens}")
         check_options(temperature, top_k, top_p)
-        if temperature != temperature:  # NaN passes check_options' comparisons, then poisons every probability
-            raise EdgecError(f"temperature must be a number >= 0 (0 = greedy), got {temperature}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise EdgecError(f"the seed must be a whole number >= 0, got {seed!r}")
         ids = self._check_ids(prompt_ids)

@@ -7,7 +7,7 @@ from .errors import EdgecError
 
 
 def check_options(temperature: float, top_k: int, top_p: float) -> None:
-    if temperature < 0:
+    if not temperature >= 0:  # NaN too: it would pass `< 0`, then poison every probability
         raise EdgecError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k < 0:
         raise EdgecError(f"top-k must be >= 0 (0 = off), got {top_k}")
