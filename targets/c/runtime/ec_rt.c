@@ -110,6 +110,13 @@ struct ec_pool {
 
 static uint64_t region_of(uint64_t s) { return s >> EC_REGION_SHIFT; }
 
+/* one step of a wait: pause while the wait is young, then give the core away (the thread waited for may
+   be the one the OS would run here) */
+static void back_off(int spins) {
+    if (spins < EC_SPINS) EC_PAUSE();
+    else sched_yield();
+}
+
 /* Claim and run chunks of `region` until it has none left (or a newer region replaced it). */
 static void claim_chunks(ec_pool *p, uint64_t region) {
     uint64_t s = atomic_load_explicit(&p->state, memory_order_acquire);
@@ -132,10 +139,8 @@ static void *worker_main(void *arg) {
         /* spin a little (ops follow each other within microseconds during decode), yielding the core after
            a while in case the caller waits on it, then sleep */
         for (int spins = 0; region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop) && spins < 20000;
-             spins++) {
-            if (spins < EC_SPINS) EC_PAUSE();
-            else sched_yield();
-        }
+             spins++)
+            back_off(spins);
         if (region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop)) {
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
@@ -208,10 +213,7 @@ void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg)
     }
     claim_chunks(p, p->region);
     /* only chunks a worker is running are left: wait for them, yielding if that worker is not running */
-    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < chunks; spins++) {
-        if (spins < EC_SPINS) EC_PAUSE();
-        else sched_yield();
-    }
+    for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < chunks; spins++) back_off(spins);
 }
 
 /* ------------------------------------------------------------------ buffer pool */

@@ -96,28 +96,53 @@ static int read_into_huge_pages(edgec_model *m, int fd, size_t size) {
     return 0;
 }
 
-static int error_out(char *err, size_t errlen, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static int error_out(char *err, size_t errlen, int code, const char *fmt, ...) {
+/* the one-line message of a failed load or context creation, into the caller's err buffer (may be NULL) */
+static void error_out(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void error_out(char *err, size_t errlen, const char *fmt, ...) {
     if (err && errlen) {
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
     }
-    return code;
+}
+
+/* The KV cache rows of each context: the option, else the model's context (at most 4096), within the memory
+   budget (weights plus one context's cache) when one is set. -1 with the message in err when the budget
+   cannot hold the weights and one row, or an explicit context does not fit it. */
+static int64_t context_rows(const edgec_options *opt, size_t weights, char *err, size_t errlen) {
+    const ec_model_info *mi = &ec_model;
+    int64_t ctx = opt->context > 0 ? opt->context : (mi->context > 0 ? mi->context : 4096);
+    if (opt->context <= 0 && ctx > 4096) ctx = 4096;
+    if (mi->context > 0 && ctx > mi->context) ctx = mi->context;
+    int64_t row = cache_row_bytes();
+    if (!opt->memory_budget || row <= 0) return ctx;
+    int64_t fits = (opt->memory_budget - (int64_t)weights) / row;
+    if (fits < 1) {
+        error_out(err, errlen, "the weights take %.1f MB, over the memory budget of %.1f MB with even one row of KV "
+                  "cache; raise memory_budget or build a smaller recipe", weights / 1e6, opt->memory_budget / 1e6);
+        return -1;
+    }
+    if (opt->context > 0 && ctx > fits) {
+        error_out(err, errlen, "the weights (%.1f MB) and a KV cache of %lld rows (%.1f MB) exceed the memory budget "
+                  "of %.1f MB; %lld rows fit", weights / 1e6, (long long)ctx, ctx * row / 1e6,
+                  opt->memory_budget / 1e6, (long long)fits);
+        return -1;
+    }
+    return ctx < fits ? ctx : fits;
 }
 
 edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err, size_t errlen) {
     const ec_model_info *mi = &ec_model;
     if (mi->tokens < 0 || mi->positions < 0 || mi->logits < 0 || mi->n_outputs != 1 ||
         mi->n_inputs != 2 + (mi->logits_rows >= 0) || mi->vocab <= 0) {
-        error_out(err, errlen, 0, "this library's model is not a language model with token ids in and logits out");
+        error_out(err, errlen, "this library's model is not a language model with token ids in and logits out");
         return NULL;
     }
     edgec_options opt = options ? *options : edgec_default_options();
     const char *bad = options_problem(&opt);
     if (!dir || bad) {
-        error_out(err, errlen, 0, "%s", bad ? bad : "no artifact folder given");
+        error_out(err, errlen, "%s", bad ? bad : "no artifact folder given");
         return NULL;
     }
     char path[4096];
@@ -125,28 +150,25 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
     /* O_NONBLOCK: a FIFO in the file's place must not block the open (it is refused below) */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
-        error_out(err, errlen, 0, "cannot open %s: %s (is this an edgec C artifact folder?)", path, strerror(errno));
+        error_out(err, errlen, "cannot open %s: %s (is this an edgec C artifact folder?)", path, strerror(errno));
         return NULL;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
         close(fd);
-        error_out(err, errlen, 0, "cannot read %s: not a regular, non-empty file; rebuild the artifact", path);
+        error_out(err, errlen, "cannot read %s: not a regular, non-empty file; rebuild the artifact", path);
         return NULL;
     }
     size_t size = (size_t)st.st_size;
-    int64_t row = cache_row_bytes();
-    if (opt.memory_budget && (int64_t)size + row > opt.memory_budget) {
+    int64_t ctx = context_rows(&opt, size, err, errlen);  /* before any weight is read */
+    if (ctx < 0) {
         close(fd);
-        error_out(err, errlen, 0, "the weights take %.1f MB, over the memory budget of %.1f MB with even one "
-                  "row of KV cache; raise memory_budget or build a smaller recipe", size / 1e6,
-                  opt.memory_budget / 1e6);
         return NULL;
     }
     edgec_model *m = calloc(1, sizeof *m);
     if (!m) {
         close(fd);
-        error_out(err, errlen, 0, "out of memory");
+        error_out(err, errlen, "out of memory");
         return NULL;
     }
     m->size = size;
@@ -156,7 +178,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
         if (map == MAP_FAILED) {
             close(fd);
             free(m);
-            error_out(err, errlen, 0, "cannot map %s: %s", path, strerror(errno));
+            error_out(err, errlen, "cannot map %s: %s", path, strerror(errno));
             return NULL;
         }
         m->map = map;
@@ -166,7 +188,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
     close(fd);
     ec_rt *rt = ec_rt_new(1, 0);  /* the table and checksum check, once per load */
     if (!rt || ec_rt_bind(rt, m->map, m->size, m->opt.verify) != 0) {
-        error_out(err, errlen, 0, "%s", rt ? rt->err : "out of memory");
+        error_out(err, errlen, "%s", rt ? rt->err : "out of memory");
         ec_rt_free(rt);
         edgec_free(m);
         return NULL;
@@ -176,20 +198,6 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
     char terr[256] = "";
     m->tok = ec_tokenizer_load(path, terr, sizeof terr);
     if (!m->tok) snprintf(m->tok_err, sizeof m->tok_err, "no tokenizer: %s", terr);
-    int64_t ctx = opt.context > 0 ? opt.context : (mi->context > 0 ? mi->context : 4096);
-    if (opt.context <= 0 && ctx > 4096) ctx = 4096;
-    if (mi->context > 0 && ctx > mi->context) ctx = mi->context;
-    if (opt.memory_budget && row > 0) {
-        int64_t fits = (opt.memory_budget - (int64_t)size) / row;
-        if (opt.context > 0 && ctx > fits) {
-            error_out(err, errlen, 0, "the weights (%.1f MB) and a KV cache of %lld rows (%.1f MB) exceed the memory "
-                      "budget of %.1f MB; %lld rows fit", size / 1e6, (long long)ctx, ctx * row / 1e6,
-                      opt.memory_budget / 1e6, (long long)fits);
-            edgec_free(m);
-            return NULL;
-        }
-        if (ctx > fits) ctx = fits;
-    }
     m->context = (int)ctx;
     return m;
 }
@@ -232,7 +240,7 @@ edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen) {
     const ec_model_info *mi = &ec_model;
     edgec_ctx *c = calloc(1, sizeof *c);
     if (!c) {
-        error_out(err, errlen, 0, "cannot create a context: out of memory");
+        error_out(err, errlen, "cannot create a context: out of memory");
         return NULL;
     }
     int threads = m->opt.threads > 0 ? m->opt.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -249,7 +257,7 @@ edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen) {
         ok = c->cache[i] != NULL;
     }
     if (!ok) {
-        error_out(err, errlen, 0, "cannot create a context: %s", c->rt && c->rt->err[0] ? c->rt->err : "out of memory");
+        error_out(err, errlen, "cannot create a context: %s", c->rt && c->rt->err[0] ? c->rt->err : "out of memory");
         edgec_context_free(c);
         return NULL;
     }
