@@ -22,7 +22,6 @@ Unless --no-write the table goes to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Log, git_rev, machine, write_section  # noqa: E402
+from decode_prepare import source_hash  # noqa: E402
 
 TITLE = "C runtime: instructions per decoded token, x86-64 and aarch64 (issue 15)"
 DATA = Path(os.environ.get("EDGEC_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -41,19 +41,10 @@ PLUGIN_SRC = Path(__file__).with_name("qemu_insn_count.c")
 PROMPT_TOKENS = 32
 
 
-def source_key(recipe: str, device: str) -> str:
-    h = hashlib.sha256(f"{recipe}|{device}".encode())
-    for d in ("edgec", "passes", "targets"):
-        for p in sorted((ROOT / d).rglob("*")):
-            if p.is_file() and p.suffix in (".py", ".c", ".h", ".toml", ".json"):
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def build(recipe: str, device: str, work: Path, log: Log) -> Path:
     out = work / f"{device}-{recipe}"
-    key = source_key(recipe, device)
-    stamp = out / ".." / f"{device}-{recipe}.key"
+    key = source_hash("edgec", "passes", "targets")  # the recipe and device are in the folder's name
+    stamp = work / f"{device}-{recipe}.key"
     if out.is_dir() and stamp.exists() and stamp.read_text() == key:
         return out
     log.say(f"building {recipe} for {device}")
