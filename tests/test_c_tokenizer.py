@@ -581,7 +581,8 @@ def test_aarch64_build_matches_x86(clib, families, tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_wikitext2_test_split(clib, smollm2):
-    assert WIKI_TEST.is_file(), f"WikiText-2 test split missing: {WIKI_TEST} (set EDGEC_DATA_DIR)"
+    if not WIKI_TEST.is_file():
+        pytest.skip(f"WikiText-2 test split missing: {WIKI_TEST} (set EDGEC_DATA_DIR)")
     tok, path = smollm2
     c = CTok(clib, path)
     text = _wiki_text()
