@@ -70,8 +70,9 @@ static const char *options_problem(const edgec_options *o) {
 }
 
 /* The weights file's bytes in 2 MiB-aligned anonymous memory the kernel is asked to back with huge pages
-   (decode streams every weight once per token: 4 KiB pages cost a TLB miss every 4 KiB, measured 20-28%
-   of decode speed here). 0, or -1 where anything is unsupported: the caller maps the file instead. */
+   (decode streams every weight once per token: 4 KiB pages cost a TLB miss every 4 KiB; measured here,
+   +1-8% decode with edgec-run, +21-30% through Python). 0, or -1 where anything is unsupported: the caller
+   maps the file instead. */
 static int read_into_huge_pages(edgec_model *m, int fd, size_t size) {
     size_t len = (size + EC_HUGE_PAGE - 1) / EC_HUGE_PAGE * EC_HUGE_PAGE + EC_HUGE_PAGE;
     uint8_t *region = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
