@@ -111,14 +111,14 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
 
 
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
-               skip=[], clip_search=False, clip_min=0.6)
+               skip=[], clip_search=False, clip_min=0.6, scales="fp32")
 def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False,
-        clip_min=0.6) -> PassResult:
+        clip_min=0.6, scales="fp32") -> PassResult:
     """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023).
 
     clip_search: after the scaling, each group's range is searched for the least error weighted by the
     scaled inputs' mean squares (AWQ's own clipping step, edgec.ir.quant.search_range)."""
-    spec = make_spec(bits, group_size, symmetric)
+    spec = make_spec(bits, group_size, symmetric, scales)
     check_clip_min(clip_min)
     if int(grid) < 1:
         raise EdgecError(f"awq: grid must be >= 1, got {grid}")

@@ -18,18 +18,23 @@ import numpy as np
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
-from edgec.ir.quant import SUPPORTED_BITS, QuantSpec, quantize_rtn
+from edgec.ir.quant import SCALE_DTYPES, SUPPORTED_BITS, QuantSpec, quantize_rtn, storable_scales
 
 from .registry import PassResult, register_pass
 
 
-def make_spec(bits, group_size, symmetric) -> QuantSpec:
-    """Validated options -> QuantSpec (bad bit widths fail before any work is done)."""
+def make_spec(bits, group_size, symmetric, scales="fp32") -> QuantSpec:
+    """Validated options -> QuantSpec (bad bit widths fail before any work is done).
+
+    scales: "fp32" or "fp16", how each group's scale is stored (fp16: ggml's
+    choice, half the scales' bytes, each scale chosen among fp16 values)."""
     if bits not in SUPPORTED_BITS:
         raise EdgecError(f"{bits}-bit quantization is not supported; use one of {SUPPORTED_BITS}")
     if not isinstance(group_size, int) or group_size < -1:
         raise EdgecError(f"group_size must be a positive integer, or 0 for per output channel; got {group_size!r}")
-    return QuantSpec(int(bits), int(group_size), bool(symmetric))
+    if scales not in SCALE_DTYPES:
+        raise EdgecError(f"scales must be one of {list(SCALE_DTYPES)} (how group scales are stored); got {scales!r}")
+    return QuantSpec(int(bits), int(group_size), bool(symmetric), SCALE_DTYPES[scales])
 
 
 def check_clip_min(clip_min) -> None:
@@ -40,7 +45,8 @@ def check_clip_min(clip_min) -> None:
 
 def describe(spec: QuantSpec) -> str:
     g = "per-channel" if spec.group_size in (0, -1) else f"g{spec.group_size}"
-    return f"int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}"
+    fp16 = ", fp16 scales" if spec.scale_dtype == "float16" else ""
+    return f"int{spec.bits} {g} {'sym' if spec.symmetric else 'asym'}{fp16}"
 
 
 @dataclass(eq=False)
@@ -107,7 +113,7 @@ def replace_weight(graph: Graph, target: Target, packed: np.ndarray, scales: np.
     if share_embedding:
         users += [n for n in graph.nodes if n.op == "embedding" and n.inputs[0] is target.value]
     p = graph.add_weight(f"{target.name}.q{spec.bits}", np.ascontiguousarray(packed, np.uint8))
-    s = graph.add_weight(f"{target.name}.scales", np.ascontiguousarray(scales, np.float32))
+    s = graph.add_weight(f"{target.name}.scales", storable_scales(scales, spec).astype(spec.scale_dtype))
     z = graph.add_weight(f"{target.name}.zeros", np.ascontiguousarray(zeros, np.uint8))
     dq = graph.make_node("dequantize", [p, s, z], {"bits": spec.bits, "group_size": g, "k": k},
                          name=f"{target.name}.dq")
@@ -124,9 +130,9 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
-               lm_head_group_size=None, skip=[], clip_search=False, clip_min=0.6)
+               lm_head_group_size=None, skip=[], clip_search=False, clip_min=0.6, scales="fp32")
 def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
-             lm_head_group_size=None, clip_search=False, clip_min=0.6) -> PassResult:
+             lm_head_group_size=None, clip_search=False, clip_min=0.6, scales="fp32") -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
 
     clip_search: each group's range is searched for the least rounding error
@@ -134,20 +140,22 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
     uses all 2^bits codes) instead of covering its min..max; no calibration.
     clip_min: the narrowest range tried, as a fraction of the full one (1: no
     clipping, only the symmetric grid's extra code).
+    scales: "fp32" (default) or "fp16", how the group scales are stored.
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
     projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
     files do the same (Q8_0 token_embd/output), because the head is the most
     sensitive linear and, at batch 1, a large share of the bytes read per token.
     """
-    spec = make_spec(bits, group_size, symmetric)
+    spec = make_spec(bits, group_size, symmetric, scales)
     check_clip_min(clip_min)
     head_spec = spec
     if lm_head_bits is not None or lm_head_group_size is not None:
         if not lm_head:
             raise EdgecError("lm_head_bits / lm_head_group_size need lm_head = true")
         head_spec = make_spec(spec.bits if lm_head_bits is None else lm_head_bits,
-                              spec.group_size if lm_head_group_size is None else lm_head_group_size, symmetric)
+                              spec.group_size if lm_head_group_size is None else lm_head_group_size, symmetric,
+                              scales)
     heads = lm_head_linears(graph) if lm_head else set()
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
     before = graph.weights.total_bytes()

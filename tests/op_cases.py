@@ -118,6 +118,32 @@ def _quantized_source_forms():
     return g, [{"x": rand(1, s, 8), "ids": R.integers(0, 6, (1, s))} for s in (1, 5)]
 
 
+@case("quantized_fp16_scales")
+def _quantized_fp16_scales():
+    """dequantize with float16 scales and minima (scales = "fp16", imported Q4_0 .. Q8_0 blocks): 4- and
+    8-bit codes, a float minimum, an embedding over a tied table and a graph output; each backend widens
+    the float16 exactly. (Groups of 8: ONNX's standard-op path, exact; MatMulNBits with float16 scales,
+    whose accuracy level 4 is not exact, is checked in test_quantize.py.)"""
+    from edgec.ir.quant import QuantSpec, pack, quantize_rtn
+
+    g = Graph()
+    x = x_input(g, last=32)
+    ids = g.add_input("ids", "int64", (1, "seq"))
+    outs = []
+    for spec in (QuantSpec(4, 8, False, "float16"), QuantSpec(8, 8, True, "float16")):
+        p, sc, z = quantize_rtn(rand(6, 32), spec)
+        w = g.op("dequantize", g.add_weight(f"p{spec.bits}", p), g.add_weight(f"s{spec.bits}", sc.astype("float16")),
+                 g.add_weight(f"z{spec.bits}", z), bits=spec.bits, group_size=spec.group_size, k=32)
+        outs.append(g.op("linear", x, w))
+    q = R.integers(0, 16, (6, 32))
+    ins = [g.add_weight("pm", pack(q, 4)), g.add_weight("sm", rand(6, 4, lo=0.01, hi=0.1).astype("float16")),
+           g.add_weight("zm", np.zeros((6, 4), np.uint8)), g.add_weight("mm", rand(6, 4).astype("float16"))]
+    w = g.op("dequantize", *ins, bits=4, group_size=8, k=32)
+    outs += [g.op("linear", x, w), g.op("embedding", w, ids), w]
+    g.outputs = outs
+    return g, [{"x": rand(1, s, 32), "ids": R.integers(0, 6, (1, s))} for s in (1, 5)]
+
+
 @case("fused_ops")
 def _fused_ops():
     """add_rms_norm, rotary_cached (full and partial) and split; contrib-op lowerings in lower_fused.py."""

@@ -107,10 +107,12 @@ def test_layout_shapes_and_dtypes(name):
     b = ggml.from_ggml(raw, T[name], SHAPE)              # the enum works as well as the name
     assert (b.bits, b.group) == (bits, group)
     assert b.packed.dtype == np.uint8 and b.packed.shape == (n, k * bits // 8)
-    assert b.scales.dtype == np.float32 and b.scales.shape == (n, k // group)
+    # the blocks' own fp16 fields stay float16 (no bytes added); K-quants' products d * sc need float32
+    fdt = np.float32 if name.endswith("_K") else np.float16
+    assert b.scales.dtype == fdt and b.scales.shape == (n, k // group)
     assert b.zeros.dtype == np.uint8 and b.zeros.shape == (n, k // group) and (b.zeros == zero).all()
     if has_mins:
-        assert b.mins is not None and b.mins.dtype == np.float32 and b.mins.shape == (n, k // group)
+        assert b.mins is not None and b.mins.dtype == fdt and b.mins.shape == (n, k // group)
     else:
         assert b.mins is None
     codes = quant.unpack(b.packed, bits, k)

@@ -265,9 +265,11 @@ def test_passes_pad_a_group_size_that_does_not_divide_k(tiny, calib_file, fp32_l
     assert rel(logits(g), fp32_logits) < 0.6  # int4 on the fragile random model, as for g32 above
 
 
-def test_onnx_runs_padded_groups_on_matmulnbits_and_standard_ops(tmp_path):
+@pytest.mark.parametrize("scales", ["fp32", "fp16"])
+def test_onnx_runs_padded_groups_on_matmulnbits_and_standard_ops(tmp_path, scales):
     """K = 80: g = 32 maps to MatMulNBits' partial last block; g = 48 (blocks of 16 would need
-    more than one padded block) lowers to standard ops. Both match the interpreter."""
+    more than one padded block) lowers to standard ops. Both match the interpreter, with float32
+    scales and with float16 ones (a Cast of the initializer onnxruntime folds at load)."""
     for group, fused in [(32, 1), (48, 0)]:
         g = Graph()
         x = g.add_input("input_ids", "int64", (1, "seq"))
@@ -277,12 +279,14 @@ def test_onnx_runs_padded_groups_on_matmulnbits_and_standard_ops(tmp_path):
                           name="logits")]
         from edgec.passes import get_pass
 
-        get_pass("quantize").fn(g, bits=4, group_size=group, symmetric=False, lm_head=True, skip=["embed"])
+        get_pass("quantize").fn(g, bits=4, group_size=group, symmetric=False, lm_head=True, skip=["embed"],
+                                scales=scales)
         f = {"input_ids": np.array([[1, 5, 7, 39]]), "position_ids": np.arange(4)[None]}
         out = tmp_path / f"g{group}"
         compile_graph(g, out, accuracy_level=0)
         model = onnx.load(out / "model.onnx", load_external_data=False)
         assert op_count(model, "MatMulNBits") == fused
+        assert op_count(model, "Cast") >= (scales == "fp16")
         got = OnnxExecutor(out).run(f)["logits"]
         np.testing.assert_allclose(got, interpret(g, f)["logits"], atol=1e-4, rtol=1e-4)
 
@@ -576,3 +580,46 @@ def test_int4_speed_recipe_has_the_int4_layout_and_beats_it(tmp_path, tiny_llama
     ref = edgec.load(fp32).logits(ids)
     a, b = edgec.load(speed).logits(ids), edgec.load(fast).logits(ids)
     assert rel(a, ref) < 0.9 * rel(b, ref), (rel(a, ref), rel(b, ref))
+
+
+# ----------------------------------------------------------------------------- float16 scales
+@pytest.mark.parametrize("name", ["quantize", "gptq", "awq"])
+def test_fp16_scales_are_stored_half_and_chosen_among_float16(tiny, calib_file, fp32_logits, name):
+    """scales = "fp16": every group scale is stored as float16 (half the bytes of the scales), chosen
+    among float16 values before the codes, so the model is as close to fp32 as with float32 scales."""
+    opts = {"bits": 4, "group_size": 32, "symmetric": False}
+    g32 = compress(tiny, calib_file, [(name, opts)])
+    g16 = compress(tiny, calib_file, [(name, {**opts, "scales": "fp16"})])
+    dq = [n for n in g16.nodes if n.op == "dequantize"]
+    assert dq and all(n.inputs[1].dtype == "float16" for n in dq)
+    scales32 = sum(g32.weights.info(n.inputs[1].name).nbytes for n in g32.nodes if n.op == "dequantize")
+    scales16 = sum(g16.weights.info(n.inputs[1].name).nbytes for n in dq)
+    assert scales16 * 2 == scales32
+    assert g16.weights.total_bytes() == g32.weights.total_bytes() - scales16
+    assert "fp16 scales" in g16.record.summary
+    err16, err32 = rel(logits(g16), fp32_logits), rel(logits(g32), fp32_logits)
+    assert err16 < err32 * 1.1 + 1e-3, (err16, err32)
+
+
+def test_gptq_fp16_scales_are_exact_float16_values():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((8, 64)).astype(np.float32) * 0.05
+    x = rng.standard_normal((256, 64)).astype(np.float32)
+    spec = QuantSpec(4, 32, False, "float16")
+    for clip in (False, True):
+        _, sc, _ = gptq_quantize(w, hessian([x]), spec, clip_search=clip)
+        np.testing.assert_array_equal(sc.astype(np.float16).astype(np.float32), sc)
+
+
+def test_fp16_scale_range_limits():
+    from edgec.ir.quant import storable_scales
+
+    spec = QuantSpec(4, 32, True, "float16")
+    tiny_s = storable_scales(np.array([1e-12, -1e-12, 0.1], np.float32), spec)  # underflow: the smallest fp16
+    assert tiny_s[0] == 2.0 ** -24 and tiny_s[1] == -(2.0 ** -24) and tiny_s[2] == np.float32(np.float16(0.1))
+    with pytest.raises(EdgecError, match='scales = "fp32"'):
+        storable_scales(np.array([1e6], np.float32), spec)
+    from edgec.passes.quantize import make_spec
+
+    with pytest.raises(EdgecError, match="scales must be one of"):
+        make_spec(4, 32, True, "bf16")

@@ -9,7 +9,10 @@ edgec's format (edgec/ir/quant.py) without loss:
 
 with the scales and minima computed in float32 exactly as ggml's reference
 dequantizers (gguf.quants) compute them, so `dequantize_ggml` equals
-`gguf.quants.dequantize` bit for bit. Codes are unscrambled from ggml's
+`gguf.quants.dequantize` bit for bit. Where a block stores its scale and minimum
+as fp16 fields (Q4_0 .. Q8_0) they stay float16 in edgec's format too (widening
+them is exact), so the import costs no more bytes than the file; the K-quants'
+products d * sc are kept in float32. Codes are unscrambled from ggml's
 in-block order: code k of row n is the weight w[n, k].
 
 | type | bits | group | zero | scale      | min             |
@@ -51,6 +54,7 @@ _BLOCK = {
     "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34),
     "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
 }
+_FP16_FIELDS = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"}  # scale (and minimum) are the block's own fp16 fields
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64"}  # one value per "block"
 
 
@@ -61,9 +65,9 @@ class Blocks:
     bits: int
     group: int
     packed: np.ndarray         # uint8 [N, K * bits / 8]
-    scales: np.ndarray         # float32 [N, K / group]
+    scales: np.ndarray         # float16 (Q4_0 .. Q8_0: the file's fields) or float32 [N, K / group]
     zeros: np.ndarray          # uint8 [N, K / group]
-    mins: np.ndarray | None    # float32 [N, K / group], or None
+    mins: np.ndarray | None    # like scales, or None
 
 
 # ----------------------------------------------------------------------------- type names
@@ -241,13 +245,14 @@ def _convert(raw, ggml_type, shape, name=None) -> tuple[Blocks, np.ndarray]:
     bits, group, zero, codes, scales, mins = _DECODE[kind](data.reshape(n * nb, block_bytes))
     codes = codes.reshape(n, k)
     groups = k // group
+    fdt = np.float16 if kind in _FP16_FIELDS else np.float32  # exact either way: the values came from fp16
     return Blocks(
         bits=bits,
         group=group,
         packed=codes if bits == 8 else quant.pack(codes, bits),
-        scales=np.ascontiguousarray(scales, np.float32).reshape(n, groups),
+        scales=np.ascontiguousarray(scales, fdt).reshape(n, groups),
         zeros=np.full((n, groups), zero, np.uint8),
-        mins=None if mins is None else np.ascontiguousarray(mins, np.float32).reshape(n, groups),
+        mins=None if mins is None else np.ascontiguousarray(mins, fdt).reshape(n, groups),
     ), codes
 
 

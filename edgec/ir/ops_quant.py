@@ -8,12 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from .ops import REQUIRED, register
-from .quant import STORED_BITS, PackedLayout, dequantize, quantize_rows_int8
+from .quant import SCALE_DTYPES, STORED_BITS, PackedLayout, dequantize, quantize_rows_int8
+
+
+FLOATS = tuple(SCALE_DTYPES.values())
 
 
 @register("dequantize", arity=(3, 4), attrs={"bits": REQUIRED, "group_size": REQUIRED, "k": REQUIRED})
 def _dequantize():
-    """dequantize(packed u8[N, Kp*bits/8], scales f32[N, Kp/g], zeros u8[N, Kp/g], mins? f32[N, Kp/g]) -> f32[N, K].
+    """dequantize(packed u8[N, Kp*bits/8], scales f32|f16[N, Kp/g], zeros u8[N, Kp/g], mins? f32|f16[N, Kp/g]) -> f32[N, K].
 
     The weight-only format of edgec.ir.quant: w = (q - zero) * scale (+ min) per
     group of `group_size` along K, rows padded to Kp = ceil(K/g)*g. A `linear`
@@ -34,8 +37,11 @@ def _dequantize():
         if tuple(scales.shape) != (packed.shape[0], lay.groups) or tuple(zeros.shape) != tuple(scales.shape):
             raise ValueError(f"dequantize: scales/zeros {scales.shape}/{zeros.shape} do not match "
                              f"[{packed.shape[0]}, {lay.kp}/{lay.group}]")
-        if len(ins) > 3 and (ins[3].dtype != "float32" or tuple(ins[3].shape) != tuple(scales.shape)):
-            raise ValueError(f"dequantize: mins {ins[3].dtype}{ins[3].shape} must be float32 like scales")
+        if scales.dtype not in FLOATS:
+            raise ValueError(f"dequantize: scales are {scales.dtype}; the format stores {FLOATS}")
+        if len(ins) > 3 and (ins[3].dtype not in FLOATS or tuple(ins[3].shape) != tuple(scales.shape)):
+            raise ValueError(f"dequantize: mins {ins[3].dtype}{ins[3].shape} must be float32 or float16 "
+                             f"[N, groups] like scales")
         return [("float32", (packed.shape[0], lay.k))]
 
     def ref(packed, scales, zeros, mins=None, *, bits, group_size, k):

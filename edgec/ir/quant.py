@@ -11,8 +11,12 @@ width, so backends implement one thing:
 - Each row of K values is packed as a little-endian bit stream: for 4 bits
   the low nibble holds the even element, for 8 bits one value per byte,
   for 3 bits 8 values in 3 bytes. Packed shape: [N, Kp * bits / 8].
-- scale: float32 [N, Kp / g]; zero: uint8 [N, Kp / g] (one per byte, unpacked).
-- min: optional float32 [N, Kp / g], a per-group float offset added last. The
+- scale: float32 or float16 [N, Kp / g]; zero: uint8 [N, Kp / g] (one per byte,
+  unpacked). float16 scales (QuantSpec.scale_dtype, ggml's choice) halve the
+  scales' bytes (0.5 bit a weight at g32); the passes then choose each scale
+  among float16 values, so the codes are optimal for the scale stored, and
+  every backend widens them to float32 exactly before use.
+- min: optional [N, Kp / g], float32 or float16, a per-group float offset added last. The
   quantization passes never make it; it keeps a source's blocks exact where
   the source has a float minimum (ggml's Q4_1, Q5_1, Q4_K, Q5_K; edgec/ir/ggml.py
   converts every imported ggml block type to this format).
@@ -40,6 +44,8 @@ from ..errors import EdgecError
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)  # what the quantization passes make (5, 6: mixed-precision recipes)
 STORED_BITS = SUPPORTED_BITS  # what the format holds (also the imported ggml blocks: 5 and 6 bits)
+SCALE_DTYPES = {"fp32": "float32", "fp16": "float16"}  # the recipes' `scales` option -> stored dtype
+_F16_TINY = np.float32(2.0 ** -24)  # the smallest positive float16 (a subnormal)
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class QuantSpec:
     bits: int = 4
     group_size: int = 128  # 0 or -1: per output channel (g = K)
     symmetric: bool = True
+    scale_dtype: str = "float32"  # how scales are stored: "float32" or "float16" (SCALE_DTYPES' values)
 
     def check(self, k: int, what: str = "weight") -> int:
         """Validate against a row length K; returns the effective group size."""
@@ -195,6 +202,24 @@ def group_params(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray
     return params_from_range(wg.min(-1), wg.max(-1), spec)
 
 
+def storable_scales(scale: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """float32 scales rounded to values spec.scale_dtype holds exactly (a no-op for float32).
+
+    Rounding before the codes are chosen keeps them optimal for the scale that is
+    stored. A scale that would underflow to 0 in float16 becomes the smallest
+    float16 of its sign (its group's codes then all sit at the zero point); one
+    beyond float16's range cannot be stored, and fails in one line."""
+    scale = np.asarray(scale, np.float32)
+    if spec.scale_dtype == "float32":
+        return scale
+    with np.errstate(over="ignore"):
+        half = scale.astype(np.float16).astype(np.float32)
+    if not np.isfinite(half).all():
+        raise EdgecError(f"a group scale of {float(np.abs(scale).max()):.3g} is beyond float16's range (65504); "
+                         f"quantize this model with scales = \"fp32\"")
+    return np.where(half == 0, np.where(scale < 0, -_F16_TINY, _F16_TINY), half).astype(np.float32)
+
+
 def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     """Scale and zero point covering [lo, hi] (any shape), per the spec's symmetry."""
     if spec.symmetric:
@@ -202,12 +227,11 @@ def params_from_range(lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> tuple[
         amax = np.maximum(np.abs(lo), np.abs(hi))
         scale = amax / (half - 1) if spec.bits > 2 else amax / half
         zero = np.full(scale.shape, half, np.uint8)
-    else:
-        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
-        scale = (hi - lo) / spec.qmax
-        zero = np.clip(np.round(-lo / np.where(scale == 0, 1, scale)), 0, spec.qmax).astype(np.uint8)
-    scale = np.where(scale == 0, 1e-8, scale).astype(np.float32)
-    return scale, zero
+        return storable_scales(np.where(scale == 0, 1e-8, scale).astype(np.float32), spec), zero
+    lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+    scale = (hi - lo) / spec.qmax
+    zero = np.clip(np.round(-lo / np.where(scale == 0, 1, scale)), 0, spec.qmax).astype(np.uint8)
+    return storable_scales(np.where(scale == 0, 1e-8, scale).astype(np.float32), spec), zero
 
 
 def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None = None,
@@ -245,7 +269,7 @@ def search_range(wg: np.ndarray, spec: QuantSpec, importance: np.ndarray | None 
 
     best_e = error(base_s, base_z)
     for s, z in cands:
-        s = np.where(s == 0, 1e-8, s).astype(np.float32)
+        s = storable_scales(np.where(s == 0, 1e-8, s).astype(np.float32), spec)
         e = error(s, z)
         better = e < best_e
         best_e = np.where(better, e, best_e)

@@ -133,6 +133,12 @@ def _repeat_cols(cx: OnnxContext, t: str, n: int, cols: int, r: int) -> str:
     return cx.op("Reshape", t, cx.ints([n, cols * r]))
 
 
+def _f32(cx: OnnxContext, v) -> str:
+    """A float32 name for stored scales or minima: float16 ones (edgec.ir.quant) are widened by a Cast
+    of the initializer, which onnxruntime folds at load, so the file keeps them at 2 bytes."""
+    return v.name if v.dtype == "float32" else cx.op("Cast", v.name, to=1)
+
+
 # ----------------------------------------------------------------------------- lowerings
 @lowering("linear", fallback=_linear_matmul)
 def _linear(cx: OnnxContext, n: Node):
@@ -155,16 +161,17 @@ def _linear(cx: OnnxContext, n: Node):
     else:  # 3-bit codes widened to 4-bit nibbles
         b = _pack_codes(cx, _unpack_codes(cx, packed.name, bits, rows, kp), kbits, rows, kp)
     b = cx.op("Reshape", b, cx.ints([rows, blocks, block * kbits // 8]))
-    s = cx.op("Reshape", _repeat_cols(cx, scales.name, rows, groups, r), cx.ints([-1]))
+    sname = _f32(cx, scales)
+    s = cx.op("Reshape", _repeat_cols(cx, sname, rows, groups, r), cx.ints([-1]))
 
-    z, mins = "", None if src.mins is None else src.mins.name
+    z, mins = "", None if src.mins is None else _f32(cx, src.mins)
     zero_values = np.asarray(cx.graph.weights[zeros.name])
     default_zero = 1 << (kbits - 1)
     if mins is not None and (zero_values == zero_values.flat[0]).all() and zero_values.flat[0] != default_zero:
         # (q - z0)*s + m == (q - default)*s + (m + (default - z0)*s): the kernel's default zero
         # point (no zero-point tensor to read) with the difference moved into the minima
         shift = cx.const(default_zero - int(zero_values.flat[0]), "float32")
-        mins = cx.op("Add", mins, cx.op("Mul", scales.name, shift))
+        mins = cx.op("Add", mins, cx.op("Mul", sname, shift))
     elif not np.all(zero_values == default_zero):  # else the kernel's default
         zt = _repeat_cols(cx, zeros.name, rows, groups, r)
         if kbits < 8:
@@ -219,15 +226,21 @@ def _embedding(cx: OnnxContext, n: Node):
     q = cx.op("Cast", rows if bits == 8 else _unpack_codes(cx, rows, bits, -1, kp), to=1)
     q = cx.op("Reshape", q, cx.ints([-1, kp // g, g]))
     z = cx.op("Unsqueeze", cx.op("Cast", cx.op("Gather", zeros.name, flat, axis=0), to=1), cx.ints([2]))
-    s = cx.op("Unsqueeze", cx.op("Gather", scales.name, flat, axis=0), cx.ints([2]))
+    s = cx.op("Unsqueeze", _widen_rows(cx, scales, flat), cx.ints([2]))
     w = cx.op("Mul", cx.op("Sub", q, z), s)
     if src.mins is not None:
-        w = cx.op("Add", w, cx.op("Unsqueeze", cx.op("Gather", src.mins.name, flat, axis=0), cx.ints([2])))
+        w = cx.op("Add", w, cx.op("Unsqueeze", _widen_rows(cx, src.mins, flat), cx.ints([2])))
     w = cx.op("Reshape", w, cx.ints([-1, kp]))
     if kp != k:
         w = cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]))
     shape = cx.op("Concat", cx.op("Shape", idx), cx.ints([k]), axis=0)
     cx.op("Reshape", w, shape, out=n.output.name)
+
+
+def _widen_rows(cx: OnnxContext, v, rows: str) -> str:
+    """Rows of stored scales or minima, as float32 (gathered first: only those rows are widened)."""
+    g = cx.op("Gather", v.name, rows, axis=0)
+    return g if v.dtype == "float32" else cx.op("Cast", g, to=1)
 
 
 @lowering("dequantize")
@@ -249,9 +262,9 @@ def _dequantize(cx: OnnxContext, n: Node) -> None:
         q = cx.op("Cast", _unpack_codes(cx, packed.name, bits, rows, kp), to=1)
     q = cx.op("Reshape", q, cx.ints([rows, kp // g, g]))
     zf = cx.op("Unsqueeze", cx.op("Cast", zeros.name, to=1), cx.ints([2]))
-    w = cx.op("Mul", cx.op("Sub", q, zf), cx.op("Unsqueeze", scales.name, cx.ints([2])))
+    w = cx.op("Mul", cx.op("Sub", q, zf), cx.op("Unsqueeze", _f32(cx, scales), cx.ints([2])))
     if len(n.inputs) > 3:
-        w = cx.op("Add", w, cx.op("Unsqueeze", n.inputs[3].name, cx.ints([2])))
+        w = cx.op("Add", w, cx.op("Unsqueeze", _f32(cx, n.inputs[3]), cx.ints([2])))
     if kp == k:
         cx.op("Reshape", w, cx.ints([rows, k]), out=out.name)
     else:  # drop the padding of the last group

@@ -49,8 +49,8 @@ def packed_weight(packed, scales, zeros, layout: PackedLayout, mins=None):
 
     def elem(n, k):
         grp = k // g
-        w = (code(n, k) - zeros[n, grp].astype("int32")).astype("float32") * scales[n, grp]
-        return w if mins is None else w + mins[n, grp]
+        w = (code(n, k) - zeros[n, grp].astype("int32")).astype("float32") * scales[n, grp].astype("float32")
+        return w if mins is None else w + mins[n, grp].astype("float32")  # float16 scales/minima widen exactly
 
     return elem
 

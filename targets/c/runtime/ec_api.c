@@ -10,6 +10,7 @@ extern const int ec_model_n_weights;
 extern const char *const ec_model_weight_names[];
 extern const uint64_t ec_model_weight_bytes[];
 extern const int ec_model_weight_dtypes[];
+extern const unsigned char ec_model_weight_widen[];
 
 ec_rt *ec_rt_new(int threads, int act_int8) {
     ec_rt *rt = calloc(1, sizeof *rt);
@@ -32,7 +33,56 @@ void ec_rt_free(ec_rt *rt) {
     ec_bufs_free(rt->bufs);
     free(rt->act);
     free((void *)rt->w);
+    if (rt->owns_widened) free(rt->widened);
     free(rt);
+}
+
+/* Bytes of float32 the bound weights add to the file: float16 group scales and minima (edgec.ir.quant's
+   scales = "fp16") are stored at 2 bytes and widened once at bind, so the kernels read float32 as always. */
+uint64_t ec_rt_widened_bytes(void) {
+    uint64_t b = 0;
+    for (int i = 0; i < ec_model_n_weights; i++)
+        if (ec_model_weight_widen[i]) b += (ec_model_weight_bytes[i] / 2 * 4 + 63) / 64 * 64;
+    return b;
+}
+
+/* The widened copies of the table's float16 tensors, 64-byte aligned each, pointed to from w. */
+static int widen(ec_rt *rt, const void **w) {
+    uint64_t bytes = ec_rt_widened_bytes();
+    if (!bytes) return 0;
+    float *out = aligned_alloc(64, bytes);  /* bytes is a multiple of 64 */
+    if (!out) return -1;
+    uint8_t *at = (uint8_t *)out;
+    for (int i = 0; i < ec_model_n_weights; i++) {
+        if (!ec_model_weight_widen[i]) continue;
+        uint64_t n = ec_model_weight_bytes[i] / 2;
+        const uint16_t *h = w[i];
+        float *f = (float *)at;
+        for (uint64_t j = 0; j < n; j++) f[j] = ec_f16_to_f32(h[j]);
+        w[i] = f;
+        at += (n * 4 + 63) / 64 * 64;
+    }
+    rt->widened = out;
+    rt->owns_widened = 1;
+    return 0;
+}
+
+/* Bind rt to the weights another context bound (the same file image and widened copies, which `from`
+   keeps owning: it must outlive rt). 0, or -1 when out of memory. */
+int ec_rt_bind_like(ec_rt *rt, const ec_rt *from) {
+    size_t n = (size_t)(ec_model_n_weights ? ec_model_n_weights : 1);
+    const void **w = calloc(n, sizeof *w);
+    if (!w) {
+        ec_set_error(rt, "out of memory");
+        return -1;
+    }
+    memcpy(w, from->w, (size_t)ec_model_n_weights * sizeof *w);
+    free((void *)rt->w);
+    if (rt->owns_widened) free(rt->widened);
+    rt->w = w;
+    rt->widened = from->widened;
+    rt->owns_widened = 0;
+    return 0;
 }
 
 const char *ec_rt_error(const ec_rt *rt) { return rt ? rt->err : "no context"; }
@@ -134,6 +184,15 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         return -1;
     }
     free((void *)rt->w);
+    if (rt->owns_widened) free(rt->widened);
+    rt->widened = NULL;
+    rt->owns_widened = 0;
+    if (widen(rt, w) != 0) {
+        free(w);
+        rt->w = NULL;
+        ec_set_error(rt, "out of memory widening %.1f MB of float16 scales", ec_rt_widened_bytes() / 1e6);
+        return -1;
+    }
     rt->w = w;
     return 0;
 bad_table:

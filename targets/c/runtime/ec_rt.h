@@ -54,7 +54,9 @@ typedef struct ec_bufs ec_bufs;
 typedef struct {
     ec_pool *pool;
     ec_bufs *bufs;
-    const void *const *w;     /* the model's weights, in the generated table's order (ec_bind_weights) */
+    const void *const *w;     /* the model's weights, in the generated table's order (ec_rt_bind) */
+    float *widened;           /* float16 scales/minima widened to float32 at bind (ec_model_weight_widen) */
+    int owns_widened;         /* 0 when shared from another context (ec_rt_bind_like) */
     int act_int8;             /* linear kernels quantize activations to int8 (faster, not bit-exact) */
     void *act;                /* scratch for quantized activations */
     size_t act_cap;
@@ -88,6 +90,8 @@ typedef struct {
 extern const ec_model_info ec_model;
 int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, void *const *cache, int64_t cap);
 int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify);
+int ec_rt_bind_like(ec_rt *rt, const ec_rt *from);
+uint64_t ec_rt_widened_bytes(void);
 ec_rt *ec_rt_new(int threads, int act_int8);
 void ec_rt_free(ec_rt *rt);
 

@@ -22,6 +22,7 @@ struct edgec_model {
     size_t size;
     void *region;           /* what to munmap: map itself, or the huge-page region holding the copy */
     size_t region_size;
+    ec_rt *bound;           /* the checked table (and float16 scales widened once) every context shares */
     ec_tokenizer *tok;
     edgec_options opt;
     int context;
@@ -109,7 +110,7 @@ static void error_out(char *err, size_t errlen, const char *fmt, ...) {
 }
 
 /* The KV cache rows of each context: the option, else the model's context (at most 4096), within the memory
-   budget (weights plus one context's cache) when one is set. -1 with the message in err when the budget
+   budget (weights, float16 scales widened included, plus one context's cache) when one is set. -1 with the message in err when the budget
    cannot hold the weights and one row, or an explicit context does not fit it. */
 static int64_t context_rows(const edgec_options *opt, size_t weights, char *err, size_t errlen) {
     const ec_model_info *mi = &ec_model;
@@ -161,7 +162,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
         return NULL;
     }
     size_t size = (size_t)st.st_size;
-    int64_t ctx = context_rows(&opt, size, err, errlen);  /* before any weight is read */
+    int64_t ctx = context_rows(&opt, size + ec_rt_widened_bytes(), err, errlen);  /* before any weight is read */
     if (ctx < 0) {
         close(fd);
         return NULL;
@@ -187,14 +188,12 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
         m->region_size = size;
     }
     close(fd);
-    ec_rt *rt = ec_rt_new(1, 0);  /* the table and checksum check, once per load */
-    if (!rt || ec_rt_bind(rt, m->map, m->size, m->opt.verify) != 0) {
-        error_out(err, errlen, "%s", rt ? rt->err : "out of memory");
-        ec_rt_free(rt);
+    m->bound = ec_rt_new(1, 0);  /* the table and checksum check, once per load */
+    if (!m->bound || ec_rt_bind(m->bound, m->map, m->size, m->opt.verify) != 0) {
+        error_out(err, errlen, "%s", m->bound ? m->bound->err : "out of memory");
         edgec_free(m);
         return NULL;
     }
-    ec_rt_free(rt);
     snprintf(path, sizeof path, "%s/tokenizer/tokenizer.json", dir);
     char terr[256] = "";
     m->tok = ec_tokenizer_load(path, terr, sizeof terr);
@@ -205,6 +204,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
 
 void edgec_free(edgec_model *m) {
     if (!m) return;
+    ec_rt_free(m->bound);
     if (m->region) munmap(m->region, m->region_size);
     ec_tokenizer_free(m->tok);
     free(m);
@@ -250,7 +250,7 @@ edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen) {
     c->cap = m->context;
     c->cache = calloc((size_t)(mi->n_caches ? mi->n_caches : 1), sizeof(void *));
     c->logits = calloc((size_t)mi->vocab, sizeof(float));
-    int ok = c->rt && c->cache && c->logits && ec_rt_bind(c->rt, m->map, m->size, 0) == 0;
+    int ok = c->rt && c->cache && c->logits && ec_rt_bind_like(c->rt, m->bound) == 0;
     for (int i = 0; ok && i < mi->n_caches; i++) {
         size_t bytes = (size_t)(mi->cache_heads[i] * c->cap * mi->cache_dim[i]) * ec_dtype_size(mi->cache_dtype[i]);
         c->cache[i] = calloc(bytes ? bytes : 1, 1);
