@@ -110,8 +110,8 @@ static void error_out(char *err, size_t errlen, const char *fmt, ...) {
 }
 
 /* The KV cache rows of each context: the option, else the model's context (at most 4096), within the memory
-   budget (weights, float16 scales widened included, plus one context's cache) when one is set. -1 with the message in err when the budget
-   cannot hold the weights and one row, or an explicit context does not fit it. */
+   budget (weights, their widened float16 scales included, plus one context's cache) when one is set. -1 with the
+   message in err when the budget cannot hold the weights and one row, or an explicit context does not fit it. */
 static int64_t context_rows(const edgec_options *opt, size_t weights, char *err, size_t errlen) {
     const ec_model_info *mi = &ec_model;
     int64_t ctx = opt->context > 0 ? opt->context : (mi->context > 0 ? mi->context : 4096);
