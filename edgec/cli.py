@@ -1,4 +1,4 @@
-"""The `edgec` command line: build, run, eval, inspect, devices, recipes.
+"""The `edgec` command line: build, run, eval, inspect, profile, activations, devices, recipes.
 
 Every command maps onto the Python API (edgec.build, edgec.load, edgec.evaluate). User errors
 (EdgecError) print one line to stderr and exit 2; progress goes to stderr so
@@ -314,6 +314,79 @@ def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json, trust, a
     p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads,
                     trusted_keys=trust, allow_unsigned=allow_unsigned)
     click.echo(json.dumps(p.to_dict()) if as_json else format_profile(p, top))
+
+
+@main.command()
+@click.argument("target", required=False)
+@click.option("--calib", default=None, help="Calibration text: a file or a folder of .txt files (default: "
+              "WikiText-2's validation split from $EDGEC_DATA_DIR or ../shared/data).")
+@click.option("--samples", type=int, default=None, help="Calibration windows (default 16).")
+@click.option("--seqlen", type=int, default=None, help="Tokens per calibration window (default 256).")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, metavar="OUT.png",
+              help="Also draw the mass-share and sparsity curves of every layer into this PNG.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-layer figures and the verdict as JSON.")
+@user_errors
+def activations(target, calib, samples, seqlen, plot_path, quiet, as_json):
+    """How skewed the FFN neurons' activations of TARGET are (a model folder, a .gguf, nothing for the
+    default model, or an artifact: its stored profile, else its source model's): per layer the share
+    of activation mass of the top 10/20/50% of neurons, the thresholds giving 25-70% sparsity, and
+    whether a static hot set of neurons (hot/cold offloading) pays."""
+    _quiet_libraries(quiet or as_json)
+    from . import activations as act
+    from .calibration import MAX_SAMPLES, MAX_SEQLEN, read_text
+    from .limits import check_int
+
+    say = _progress(quiet or as_json) or (lambda msg: None)
+    measure = calib is not None or samples is not None or seqlen is not None
+    samples = check_int(act.DEFAULT_SAMPLES if samples is None else samples, "--samples", 1, MAX_SAMPLES)
+    seqlen = check_int(act.DEFAULT_SEQLEN if seqlen is None else seqlen, "--seqlen", 2, MAX_SEQLEN)
+    if plot_path is not None:
+        if not plot_path.parent.is_dir():
+            raise EdgecError(f"cannot write the plot {plot_path}: folder {plot_path.parent} does not exist")
+        if plot_path.is_dir():
+            raise EdgecError(f"cannot write the plot {plot_path}: it is a folder")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise EdgecError("--plot needs matplotlib: pip install matplotlib") from None
+
+    model, profile = target, None
+    if target is not None and (Path(target) / "manifest.json").is_file():
+        from .artifact import open_artifact
+        from .eval import artifact_source
+
+        art = open_artifact(target)
+        try:
+            files = art.files()
+            src = art.manifest["source"]
+            if files.exists(act.PROFILE_FILE) and not measure:
+                say(f"reading the activation profile stored in {target}")
+                profile = act.ActivationProfile.from_json(files.read_bytes(act.PROFILE_FILE),
+                                                          f"{target}/{act.PROFILE_FILE}")
+                if profile.model.get("sha256") and src.get("sha256") and profile.model["sha256"] != src["sha256"]:
+                    raise EdgecError(f"{target}/{act.PROFILE_FILE} is the profile of another model than the "
+                                     "artifact's source (SHA-256 differs)")
+            else:
+                try:
+                    source = artifact_source(art.manifest)
+                except EdgecError:
+                    raise EdgecError(f"{target} holds no activation profile and its source model "
+                                     f"{src.get('path')} is not here (or not the one it was built from); "
+                                     "pass the model folder or .gguf itself") from None
+                model = None if source.kind == "default" else str(source.path)
+        finally:
+            art.close()
+    elif target is not None and not Path(target).exists():
+        raise EdgecError(f"{target!r} does not exist; pass a model folder, a .gguf file or an artifact directory")
+    if profile is None:
+        source = calib if calib is not None else str(act.default_calib_path())
+        text = read_text(source)
+        profile = act.profile_model(model, text, samples, seqlen, say, calib_name=Path(source).name)
+    if plot_path is not None:
+        act.plot(profile, plot_path, title=f"{profile.model.get('architecture')} FFN activations")
+        say(f"wrote {plot_path}")
+    click.echo(json.dumps(profile.summary()) if as_json else act.format_table(profile))
 
 
 @main.command()
