@@ -61,10 +61,13 @@ class Placement:
                 "file": self.file, "offset": self.offset, "nbytes": self.nbytes}
 
 
-def write_blobs(out_dir: Path, tensors: Iterable[StoredTensor], files: dict[str, str]) -> list[Placement]:
+def write_blobs(out_dir: Path, tensors: Iterable[StoredTensor], files: dict[str, str],
+                page_align: bool = True) -> list[Placement]:
     """Write each tier's tensors, in the given order, into files[tier]; returns the placements.
 
     Empty tensors get no bytes (offset 0, nbytes 0): a backend keeps those inline.
+    page_align=False places every tensor 64-byte aligned, for a runtime that maps or reads the
+    whole file at once (the C runtime): page padding would only add bytes (~0.7 MB on SmolLM2).
     """
     out_dir = Path(out_dir)
     handles = {tier: open(out_dir / name, "wb") for tier, name in files.items()}  # every tier's file exists
@@ -78,7 +81,7 @@ def write_blobs(out_dir: Path, tensors: Iterable[StoredTensor], files: dict[str,
                 placed.append(Placement(t.name, t.dtype, tuple(t.shape), t.tier, files[t.tier], 0, 0))
                 continue
             f = handles[t.tier]
-            align = PAGE if t.nbytes >= PAGE else SMALL_ALIGN
+            align = PAGE if t.nbytes >= PAGE and page_align else SMALL_ALIGN
             if f.tell() % align:
                 f.write(b"\0" * (align - f.tell() % align))
             offset = f.tell()

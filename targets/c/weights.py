@@ -3,7 +3,8 @@
 Layout (all little-endian; ec_rt.h's ec_weights_header / ec_weights_entry):
     magic "EDGECWT1", u32 version, u32 tensors, u64 header_bytes, u64 file_bytes, u64 checksum
     per tensor: u64 offset, u64 nbytes, u32 dtype, u32 name_len, name (padded to 8 bytes)
-    ... zero padding to header_bytes (a multiple of 4096), then the tensors as weight_plan placed them.
+    ... zero padding to header_bytes (a multiple of 4096), then the tensors as weight_plan placed them
+    (each 64-byte aligned: the runtime reads or maps the file whole, so page padding would only add bytes).
 The checksum covers the data region, computed as ec_checksum in ec_rt.c does.
 """
 from __future__ import annotations
@@ -55,7 +56,7 @@ def write_weights(out_dir: Path, graph, names: list[str]) -> dict:
     blank = np.zeros(header_bytes, np.uint8)
     header = StoredTensor("__header__", "uint8", (header_bytes,), header_bytes, lambda: iter([blank]))
     tensors = [StoredTensor.of_array(n, graph.weights[n]) for n in names]
-    placed = write_blobs(out_dir, [header, *tensors], {DEFAULT_TIER: FILE})
+    placed = write_blobs(out_dir, [header, *tensors], {DEFAULT_TIER: FILE}, page_align=False)  # read whole
     assert placed[0].offset == 0
     path = Path(out_dir) / FILE
     size = path.stat().st_size
