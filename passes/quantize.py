@@ -77,14 +77,16 @@ def lm_head_linears(graph: Graph) -> set[Node]:
     return heads
 
 
-def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=()) -> list[Target]:
+def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(), only=()) -> list[Target]:
     """Eligible weights (2-D fp32 weights read as a linear's W), validated against the spec.
 
-    Every target is checked before any is rewritten, so a group size that
-    does not divide some layer's K fails cleanly, naming the layer.
+    skip / only: weight-name substrings to leave out / to keep only (a per-tensor mix, as
+    llama.cpp's K-quant files are: e.g. only = ["layers.0.mlp.down_proj"] at 6 bits, then
+    another pass for the rest). Every target is checked before any is rewritten, so a group
+    size that does not divide some layer's K fails cleanly, naming the layer.
     """
-    if isinstance(skip, str):
-        skip = [skip]
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    only = [only] if isinstance(only, str) else list(only)
     excluded = set() if lm_head else lm_head_linears(graph)
     targets: dict[str, Target] = {}
     for n in graph.nodes:
@@ -92,6 +94,8 @@ def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(
             continue
         w = n.inputs[1]
         if w.kind != "weight" or w.dtype != "float32" or w.rank != 2 or any(s in w.name for s in skip):
+            continue
+        if only and not any(s in w.name for s in only):
             continue
         targets.setdefault(w.name, Target(w)).linears.append(n)
     for t in targets.values():
@@ -130,9 +134,9 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
-               lm_head_group_size=None, skip=[], clip_search=False, clip_min=0.6, scales="fp32")
+               lm_head_group_size=None, skip=[], only=[], clip_search=False, clip_min=0.6, scales="fp32")
 def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
-             lm_head_group_size=None, clip_search=False, clip_min=0.6, scales="fp32") -> PassResult:
+             lm_head_group_size=None, clip_search=False, clip_min=0.6, scales="fp32", only=()) -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
 
     clip_search: each group's range is searched for the least rounding error
@@ -141,6 +145,7 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
     clip_min: the narrowest range tried, as a fraction of the full one (1: no
     clipping, only the symmetric grid's extra code).
     scales: "fp32" (default) or "fp16", how the group scales are stored.
+    skip / only: weight-name substrings to leave out / to quantize only (see find_targets).
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
     projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
@@ -157,7 +162,7 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
                               spec.group_size if lm_head_group_size is None else lm_head_group_size, symmetric,
                               scales)
     heads = lm_head_linears(graph) if lm_head else set()
-    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip)
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only)
     before = graph.weights.total_bytes()
     extra = ", clipping searched" if clip_search else ""
     for t in targets:

@@ -623,3 +623,14 @@ def test_fp16_scale_range_limits():
 
     with pytest.raises(EdgecError, match="scales must be one of"):
         make_spec(4, 32, True, "bf16")
+
+
+def test_only_and_skip_make_a_per_tensor_mix(tiny, calib_file):
+    """`only` quantizes just the named tensors (here layer 0's down_proj at 6 bits), a second pass the rest:
+    the per-tensor mix of llama.cpp's K-quant files."""
+    g = compress(tiny, calib_file, [("gptq", {"bits": 6, "group_size": 32, "only": ["layers.0.mlp.down_proj"]}),
+                                    ("quantize", {"bits": 4, "group_size": 32, "skip": ["layers.1.mlp"]})])
+    bits = {n.inputs[0].name.rsplit(".", 1)[0]: n.attrs["bits"] for n in g.nodes if n.op == "dequantize"}
+    assert bits.pop("model.layers.0.mlp.down_proj.weight") == 6
+    assert set(bits.values()) == {4} and not any("layers.1.mlp" in k for k in bits)
+    assert len(bits) == 14 - 1 - 3  # the 14 linears less the 6-bit one and layer 1's three MLP linears
