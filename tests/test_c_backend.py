@@ -201,3 +201,23 @@ def test_two_four_sparse_recipe_matches_the_reference(tiny_llama, tmp_path):
     want = edgec.load(ref_art).logits(IDS)
     assert np.abs(exact - want).max() <= 1e-4 * np.abs(want).max()
     assert edgec.load(c_art).generate(IDS, N) == edgec.load(ref_art).generate(IDS, N)
+
+
+def test_five_bit_codes_and_fp16_scales_are_widened_at_bind(tiny_llama, tmp_path):
+    """5-bit codes and fp16 scales stay packed in the weights file and are widened once when the weights are
+    bound (to bytes for the 8-bit kernels, to float32): the file is smaller, the logits are the reference's."""
+    from edgec.runtime import CompiledModel
+
+    recipe = tmp_path / "int5-fp16.toml"
+    recipe.write_text('name = "int5-fp16"\n\n[[passes]]\nname = "quantize"\nbits = 5\ngroup_size = 32\n'
+                      'symmetric = false\nscales = "fp16"\nlm_head = true\n')
+    c_art = edgec.build(tiny_llama, tmp_path / "c", backend="c", recipe=str(recipe))
+    ref_art = edgec.build(tiny_llama, tmp_path / "ref", backend="reference", recipe=str(recipe))
+    src = (c_art / "model" / "src" / "model.c").read_text()
+    widen = src.split("ec_model_weight_widen[] = {", 1)[1].split("}", 1)[0].split(", ")
+    assert "5" in widen and "1" in widen
+    assert "const ec_qweight" in src and "{5," not in src  # the kernels see 8-bit codes
+    exact = CompiledModel(c_art, backend_options={"int8_activations": False}).logits(IDS)
+    want = edgec.load(ref_art).logits(IDS)
+    assert np.abs(exact - want).max() <= 1e-4 * np.abs(want).max()
+    assert edgec.load(c_art).generate(IDS, N) == edgec.load(ref_art).generate(IDS, N)

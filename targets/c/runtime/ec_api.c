@@ -37,30 +37,58 @@ void ec_rt_free(ec_rt *rt) {
     free(rt);
 }
 
-/* Bytes of float32 the bound weights add to the file: float16 group scales and minima (edgec.ir.quant's
-   scales = "fp16") are stored at 2 bytes and widened once at bind, so the kernels read float32 as always. */
+/* What bind widens, per ec_model_weight_widen[i]: 1 = float16 group scales and minima (edgec.ir.quant's
+   scales = "fp16", stored at 2 bytes) to float32; 3, 5, 6 = packed codes of that width to one byte each, so
+   the 8-bit kernels run them (the file keeps them packed). The kernels then read what they always read. */
+static uint64_t widened_size(int i) {
+    int kind = ec_model_weight_widen[i];
+    uint64_t n = kind == 1 ? ec_model_weight_bytes[i] / 2 * 4 : kind ? ec_model_weight_bytes[i] * 8 / (uint64_t)kind : 0;
+    return (n + 63) / 64 * 64;
+}
+
+/* Bytes the widened copies add to the file's (memory_budget counts them). */
 uint64_t ec_rt_widened_bytes(void) {
     uint64_t b = 0;
-    for (int i = 0; i < ec_model_n_weights; i++)
-        if (ec_model_weight_widen[i]) b += (ec_model_weight_bytes[i] / 2 * 4 + 63) / 64 * 64;
+    for (int i = 0; i < ec_model_n_weights; i++) b += widened_size(i);
     return b;
 }
 
-/* The widened copies of the table's float16 tensors, 64-byte aligned each, pointed to from w. */
+/* codes of `bits` bits, a little-endian bit stream (edgec.ir.quant.pack; every row a whole number of bytes,
+   so the tensor is one stream) -> one byte each */
+static void unpack_codes(const uint8_t *p, uint64_t bytes, int bits, uint8_t *out) {
+    uint64_t acc = 0, n = 0;
+    int have = 0;
+    const uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (uint64_t i = 0; i < bytes; i++) {
+        acc |= (uint64_t)p[i] << have;
+        have += 8;
+        while (have >= bits) {
+            out[n++] = (uint8_t)(acc & mask);
+            acc >>= bits;
+            have -= bits;
+        }
+    }
+}
+
+/* The widened copies, 64-byte aligned each, pointed to from w. */
 static int widen(ec_rt *rt, const void **w) {
     uint64_t bytes = ec_rt_widened_bytes();
     if (!bytes) return 0;
-    float *out = aligned_alloc(64, bytes);  /* bytes is a multiple of 64 */
+    uint8_t *out = aligned_alloc(64, bytes);  /* bytes is a multiple of 64 */
     if (!out) return -1;
-    uint8_t *at = (uint8_t *)out;
+    uint8_t *at = out;
     for (int i = 0; i < ec_model_n_weights; i++) {
-        if (!ec_model_weight_widen[i]) continue;
-        uint64_t n = ec_model_weight_bytes[i] / 2;
-        const uint16_t *h = w[i];
-        float *f = (float *)at;
-        for (uint64_t j = 0; j < n; j++) f[j] = ec_f16_to_f32(h[j]);
-        w[i] = f;
-        at += (n * 4 + 63) / 64 * 64;
+        int kind = ec_model_weight_widen[i];
+        if (!kind) continue;
+        if (kind == 1) {
+            const uint16_t *h = w[i];
+            float *f = (float *)at;
+            for (uint64_t j = 0; j < ec_model_weight_bytes[i] / 2; j++) f[j] = ec_f16_to_f32(h[j]);
+        } else {
+            unpack_codes(w[i], ec_model_weight_bytes[i], kind, at);
+        }
+        w[i] = at;
+        at += widened_size(i);
     }
     rt->widened = out;
     rt->owns_widened = 1;
@@ -190,7 +218,7 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
     if (widen(rt, w) != 0) {
         free(w);
         rt->w = NULL;
-        ec_set_error(rt, "out of memory widening %.1f MB of float16 scales", ec_rt_widened_bytes() / 1e6);
+        ec_set_error(rt, "out of memory widening %.1f MB of scales and codes", ec_rt_widened_bytes() / 1e6);
         return -1;
     }
     rt->w = w;

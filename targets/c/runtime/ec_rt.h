@@ -55,7 +55,7 @@ typedef struct {
     ec_pool *pool;
     ec_bufs *bufs;
     const void *const *w;     /* the model's weights, in the generated table's order (ec_rt_bind) */
-    float *widened;           /* float16 scales/minima widened to float32 at bind (ec_model_weight_widen) */
+    void *widened;            /* fp16 scales as float32, 3/5/6-bit codes as bytes, made at bind (ec_api.c) */
     int owns_widened;         /* 0 when shared from another context (ec_rt_bind_like) */
     int act_int8;             /* linear kernels quantize activations to int8 (faster, not bit-exact) */
     void *act;                /* scratch for quantized activations */
