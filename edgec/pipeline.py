@@ -230,6 +230,8 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
             "op_counts": graph.op_counts(),
         }
         (w.dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name, text in graph.attachments.items():  # e.g. activations.json (passes/reorder_neurons.py)
+            (w.dir / name).write_text(text)
         src = imported.source
         w.manifest.update({
             "source": {"kind": src.kind, "path": str(src.path), "name": src.name,

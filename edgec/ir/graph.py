@@ -92,6 +92,9 @@ class Graph:
         self.weights = weights if weights is not None else WeightStore()
         self.weight_values: dict[str, Value] = {}
         self.facts = GraphFacts()
+        # files the artifact carries beside the model, by name (e.g. activations.json, the neuron profile a
+        # pass measured); the pipeline writes them at the artifact's root, where the manifest lists them
+        self.attachments: dict[str, str] = {}
         self._names: set[str] = set()
         self._counter = itertools.count()
 
