@@ -111,9 +111,9 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
 
 
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
-               skip=[], only=[], clip_search=False, clip_min=0.6, scales="fp32")
+               skip=[], only=[], layers=None, clip_search=False, clip_min=0.6, scales="fp32")
 def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False,
-        clip_min=0.6, scales="fp32", only=()) -> PassResult:
+        clip_min=0.6, scales="fp32", only=(), layers=None) -> PassResult:
     """AWQ: activation-aware scaling searched on calibration data, then round-to-nearest (Lin et al. 2023).
 
     clip_search: after the scaling, each group's range is searched for the least error weighted by the
@@ -122,7 +122,7 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
     check_clip_min(clip_min)
     if int(grid) < 1:
         raise EdgecError(f"awq: grid must be >= 1, got {grid}")
-    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only)
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
     before = graph.weights.total_bytes()
     # A weight read by several linears cannot take one input scaling: plain RTN for it.
     single = [t for t in targets if len(t.linears) == 1]

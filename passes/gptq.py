@@ -151,16 +151,16 @@ def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
 
 
 @register_pass("gptq", needs_calibration=True, bits=4, group_size=128, symmetric=True, act_order=False,
-               damp=0.01, block_size=128, lm_head=False, skip=[], only=[], clip_search=False, clip_min=0.6,
-               scales="fp32")
+               damp=0.01, block_size=128, lm_head=False, skip=[], only=[], layers=None, clip_search=False,
+               clip_min=0.6, scales="fp32")
 def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_size, lm_head,
-         skip, clip_search=False, clip_min=0.6, scales="fp32", only=()) -> PassResult:
+         skip, clip_search=False, clip_min=0.6, scales="fp32", only=(), layers=None) -> PassResult:
     """GPTQ weight-only quantization with calibration data (Frantar et al. 2022)."""
     spec = make_spec(bits, group_size, symmetric, scales)
     check_clip_min(clip_min)
     if not 0 < float(damp) < 1 or int(block_size) < 1:
         raise EdgecError(f"gptq: damp must be in (0, 1) and block_size >= 1; got damp={damp}, block_size={block_size}")
-    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only)
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
     before = graph.weights.total_bytes()
     # A weight read by several linears (rare) has no single Hessian: plain RTN for it.
     single = [t for t in targets if len(t.linears) == 1]

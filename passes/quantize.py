@@ -12,6 +12,7 @@ when tied the fp32 table must be kept for the embedding lookup anyway.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,16 +78,41 @@ def lm_head_linears(graph: Graph) -> set[Node]:
     return heads
 
 
-def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(), only=()) -> list[Target]:
+LAYER_RULES = ("k-quant",)  # named layer selections of `layers`
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer layer a weight belongs to: the first `.N.` in its name (model.layers.N..., h.N...)."""
+    m = re.search(r"\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+def select_layers(layers, count: int) -> set[int]:
+    """The layer indices a `layers` option names: a list of indices, or "k-quant", llama.cpp's
+    use_more_bits rule for its K-quant mixes (the first and last eighth of the layers and every third
+    in between: the layers where more bits help most)."""
+    if layers == "k-quant":
+        return {i for i in range(count) if i < count // 8 or i >= 7 * count // 8 or (i - count // 8) % 3 == 2}
+    if isinstance(layers, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+        return set(layers)
+    raise EdgecError(f"layers must be a list of layer indices or one of {list(LAYER_RULES)}; got {layers!r}")
+
+
+def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(), only=(),
+                 layers=None) -> list[Target]:
     """Eligible weights (2-D fp32 weights read as a linear's W), validated against the spec.
 
-    skip / only: weight-name substrings to leave out / to keep only (a per-tensor mix, as
-    llama.cpp's K-quant files are: e.g. only = ["layers.0.mlp.down_proj"] at 6 bits, then
-    another pass for the rest). Every target is checked before any is rewritten, so a group
-    size that does not divide some layer's K fails cleanly, naming the layer.
+    skip / only: weight-name substrings to leave out / to keep only; layers: only the weights of
+    these layers (see select_layers). Together they make a per-tensor mix, as llama.cpp's K-quant
+    files are: e.g. only = ["mlp.down_proj"], layers = "k-quant" at 6 bits, then another pass for
+    the rest. Every target is checked before any is rewritten, so a group size that does not
+    divide some layer's K fails cleanly, naming the layer.
     """
     skip = [skip] if isinstance(skip, str) else list(skip)
     only = [only] if isinstance(only, str) else list(only)
+    if layers is not None:
+        found = [layer_index(name) for name in graph.weight_values]
+        keep = select_layers(layers, max([i for i in found if i is not None], default=-1) + 1)
     excluded = set() if lm_head else lm_head_linears(graph)
     targets: dict[str, Target] = {}
     for n in graph.nodes:
@@ -95,7 +121,7 @@ def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(
         w = n.inputs[1]
         if w.kind != "weight" or w.dtype != "float32" or w.rank != 2 or any(s in w.name for s in skip):
             continue
-        if only and not any(s in w.name for s in only):
+        if (only and not any(s in w.name for s in only)) or (layers is not None and layer_index(w.name) not in keep):
             continue
         targets.setdefault(w.name, Target(w)).linears.append(n)
     for t in targets.values():
@@ -134,9 +160,11 @@ def summary(count: int, spec: QuantSpec, before: int, after: int, graph: Graph, 
 
 
 @register_pass("quantize", bits=4, group_size=128, symmetric=True, lm_head=False, lm_head_bits=None,
-               lm_head_group_size=None, skip=[], only=[], clip_search=False, clip_min=0.6, scales="fp32")
+               lm_head_group_size=None, skip=[], only=[], layers=None, clip_search=False, clip_min=0.6,
+               scales="fp32")
 def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_bits=None,
-             lm_head_group_size=None, clip_search=False, clip_min=0.6, scales="fp32", only=()) -> PassResult:
+             lm_head_group_size=None, clip_search=False, clip_min=0.6, scales="fp32", only=(),
+             layers=None) -> PassResult:
     """Weight-only round-to-nearest quantization of the linears (group-wise, sym or asym).
 
     clip_search: each group's range is searched for the least rounding error
@@ -145,7 +173,8 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
     clip_min: the narrowest range tried, as a fraction of the full one (1: no
     clipping, only the symmetric grid's extra code).
     scales: "fp32" (default) or "fp16", how the group scales are stored.
-    skip / only: weight-name substrings to leave out / to quantize only (see find_targets).
+    skip / only / layers: which weights (name substrings to leave out / to quantize only, layer
+    indices or "k-quant"; see find_targets).
 
     lm_head_bits / lm_head_group_size (with lm_head=True) give the logits
     projection its own format, e.g. int8 beside an int4 body: llama.cpp's Q4
@@ -162,7 +191,7 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
                               spec.group_size if lm_head_group_size is None else lm_head_group_size, symmetric,
                               scales)
     heads = lm_head_linears(graph) if lm_head else set()
-    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only)
+    targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
     before = graph.weights.total_bytes()
     extra = ", clipping searched" if clip_search else ""
     for t in targets:

@@ -634,3 +634,20 @@ def test_only_and_skip_make_a_per_tensor_mix(tiny, calib_file):
     assert bits.pop("model.layers.0.mlp.down_proj.weight") == 6
     assert set(bits.values()) == {4} and not any("layers.1.mlp" in k for k in bits)
     assert len(bits) == 14 - 1 - 3  # the 14 linears less the 6-bit one and layer 1's three MLP linears
+
+
+def test_layers_select_llama_cpp_k_quant_layers(tiny, calib_file):
+    """layers = "k-quant": llama.cpp's use_more_bits layers (first/last eighth, every third between); a
+    list of indices works too, and anything else is a one-line error."""
+    from edgec.passes.quantize import select_layers
+
+    assert sorted(select_layers("k-quant", 30)) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    assert select_layers("k-quant", 2) == {1}  # the tiny model: 2 // 8 = 0, so layer 1 (the last eighth)
+    g = compress(tiny, calib_file, [("quantize", {"bits": 6, "group_size": 32, "only": ["mlp.down_proj"],
+                                                  "layers": "k-quant"}),
+                                    ("quantize", {"bits": 4, "group_size": 32, "layers": [0]})])
+    bits = {n.inputs[0].name: n.attrs["bits"] for n in g.nodes if n.op == "dequantize"}
+    assert bits.pop("model.layers.1.mlp.down_proj.weight.q6") == 6
+    assert set(bits.values()) == {4} and all(".layers.0." in k for k in bits) and len(bits) == 7
+    with pytest.raises(EdgecError, match="layers must be a list of layer indices"):
+        compress(tiny, calib_file, [("quantize", {"bits": 4, "layers": "every-other"})])
