@@ -28,6 +28,8 @@ SYSTEMS = {
     "edgec-c-int4": {"kind": "edgec", "recipe": "int4", "no_fuse": False, "backend": "c"},
     "edgec-c-source": {"kind": "edgec", "recipe": "source", "no_fuse": False, "backend": "c"},
     "edgec-c-int4-g32": {"kind": "edgec", "recipe": "int4-rtn-g32-asym", "no_fuse": False, "backend": "c"},
+    # issue 14: the most accurate recipe at <= 6.2 bits per weight (GPTQ int5/int6 mix, fp16 scales)
+    "edgec-c-accurate": {"kind": "edgec", "recipe": "accurate", "no_fuse": False, "backend": "c"},
     "llama.cpp": {"kind": "llama", "ftype": None},
     "llama.cpp-q4_0": {"kind": "llama", "ftype": "Q4_0"},
     "llama.cpp-q4_k_m": {"kind": "llama", "ftype": "Q4_K_M"},
