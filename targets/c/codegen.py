@@ -15,6 +15,7 @@ naming it (UNSUPPORTED lists the IR ops with no C lowering).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,7 +149,7 @@ class CodeGen:
             if v.name not in self.weight_index:
                 self.weight_index[v.name] = len(self.weights)
                 self.weights.append(v.name)
-            return f"(({'const ' + ct} *)rt->w[{self.weight_index[v.name]}])"
+            return f"(({'const ' + ct} *)rt->w[@W{self.weight_index[v.name]}@])"  # final index: _order_weights
         return f"(({ct} *){self.var(v)})"
 
     def emit(self, line: str) -> None:
@@ -364,7 +365,18 @@ class CodeGen:
                 "#endif",
                 "};"]
 
+    def _order_weights(self, text: str) -> str:
+        """Put the weights the runtime widens at bind last in the table (= the file's order), and give the code
+        their final indices: a loader can then release the file's widened tail once the copies exist
+        (edgec_load does), so the packed bytes are not held twice."""
+        order = sorted(range(len(self.weights)), key=lambda i: (self.weights[i] in self.widened, i))
+        final = {old: new for new, old in enumerate(order)}
+        self.weights = [self.weights[i] for i in order]
+        self.weight_index = {n: i for i, n in enumerate(self.weights)}
+        return re.sub(r"@W(\d+)@", lambda m: str(final[int(m.group(1))]), text)
+
     def _source(self, symbols) -> str:
+        body = self._order_weights("\n".join(self.lines))
         names = ",\n    ".join(_c_string(n) for n in self.weights) or "0"
         infos = [self.g.weights.info(n) for n in self.weights]
         sizes = ", ".join(f"UINT64_C({i.nbytes})" for i in infos) or "0"
@@ -386,7 +398,7 @@ class CodeGen:
             *self.info, "",
             "int ec_graph_run(ec_rt *rt, const int64_t *syms, void *const *in, void *const *out, "
             "void *const *cache, int64_t cap) {",
-            *self.lines, "}", ""])
+            body, "}", ""])
 
     # -- helpers for op emitters ------------------------------------------------------------
     def alloc(self, v: Value) -> str:

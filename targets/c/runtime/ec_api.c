@@ -167,7 +167,7 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         ec_set_error(rt, "out of memory");
         return -1;
     }
-    uint64_t at = sizeof h, end = h.header_bytes;
+    uint64_t at = sizeof h, end = h.header_bytes, tail = 0;
     for (int i = 0; i < ec_model_n_weights; i++) {
         ec_weights_entry e;
         if (at + sizeof e > h.header_bytes) goto bad_table;
@@ -205,6 +205,10 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         }
         if (e.nbytes) end = e.offset + e.nbytes;
         w[i] = file + e.offset;
+        /* the widened tensors come last in the table (codegen's _order_weights): where they start, the file's
+           bytes are needed only until the copies exist */
+        if (ec_model_weight_widen[i] && !tail) tail = e.offset;
+        if (!ec_model_weight_widen[i]) tail = 0;
     }
     if (verify && ec_checksum(file + h.header_bytes, size - h.header_bytes) != h.checksum) {
         free(w);
@@ -222,6 +226,7 @@ int ec_rt_bind(ec_rt *rt, const uint8_t *file, uint64_t size, int verify) {
         return -1;
     }
     rt->w = w;
+    rt->release_from = tail;
     return 0;
 bad_table:
     free(w);

@@ -57,6 +57,7 @@ typedef struct {
     const void *const *w;     /* the model's weights, in the generated table's order (ec_rt_bind) */
     void *widened;            /* fp16 scales as float32, 3/5/6-bit codes as bytes, made at bind (ec_api.c) */
     int owns_widened;         /* 0 when shared from another context (ec_rt_bind_like) */
+    uint64_t release_from;    /* file offset from which every tensor was widened (0: none): unused after bind */
     int act_int8;             /* linear kernels quantize activations to int8 (faster, not bit-exact) */
     void *act;                /* scratch for quantized activations */
     size_t act_cap;

@@ -98,6 +98,15 @@ static int read_into_huge_pages(edgec_model *m, int fd, size_t size) {
     return 0;
 }
 
+/* Give back the pages of the file's tail that only held tensors now widened into copies (float16 scales,
+   3/5/6-bit codes): they are never read again, and keeping them would hold those bytes twice. */
+static void release_tail(edgec_model *m, uint64_t from) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t start = ((size_t)from + page - 1) / page * page;
+    if (!from || start >= m->size) return;
+    madvise((uint8_t *)m->map + start, m->size - start, MADV_DONTNEED);
+}
+
 /* the one-line message of a failed load or context creation, into the caller's err buffer (may be NULL) */
 static void error_out(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void error_out(char *err, size_t errlen, const char *fmt, ...) {
@@ -194,6 +203,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
         edgec_free(m);
         return NULL;
     }
+    release_tail(m, m->bound->release_from);
     snprintf(path, sizeof path, "%s/tokenizer/tokenizer.json", dir);
     char terr[256] = "";
     m->tok = ec_tokenizer_load(path, terr, sizeof terr);
