@@ -163,4 +163,6 @@ def test_default_model_keeps_its_q4_1_blocks(shared_data, tmp_path_factory):
     assert "Paris" in model.tokenizer.decode(model.generate(ids, max_new_tokens=8))
     r = evaluate(art, text=shared_data / "wikitext-2-raw" / "wiki.test.raw", max_tokens=8192)
     assert r.kl < 0.03 and r.top1_agreement > 0.9
-    assert 6.5 < r.bits_per_weight < 7.5
+    # Q4_1 linears (4 bits + fp16 scale and minimum + a zero byte per 32) and the Q8_0 head, their fp16
+    # fields stored as float16: about 6 bits a weight (float32 fields made it 6.8)
+    assert 5.5 < r.bits_per_weight < 6.3
