@@ -370,6 +370,25 @@ for _act in ("silu", "gelu", "gelu_tanh"):
         return g, seq_feeds(lo=-2, hi=2)
 
 
+for _act in ("silu", "gelu_tanh"):
+    @case(f"glu_{_act}_threshold")
+    def _glu_threshold(act=_act):
+        """CATS: about half of act(gate) under the threshold is zeroed."""
+        g = Graph()
+        gate, up = x_input(g, "gate"), x_input(g, "up")
+        g.outputs = [g.op("glu", gate, up, act=act, threshold=0.3)]
+        return g, [{"gate": rand(1, s, 8, lo=-2, hi=2), "up": rand(1, s, 8)} for s in (1, 5)]
+
+
+@case("sparsify")
+def _sparsify():
+    g = Graph()
+    x = x_input(g)
+    h = g.op("sparsify", x, threshold=0.5)  # about half of the values
+    g.outputs = [g.op("linear", h, g.add_weight("w", rand(6, 8))), g.op("sparsify", x, threshold=0.0)]
+    return g, seq_feeds()
+
+
 def _attention_case(heads, kv, *, past, window=0, softcap=0.0, d=8, dv=8):
     def build():
         g = Graph()

@@ -144,6 +144,7 @@ OP_CASES: dict[str, list] = {
     "neg": [([X3], {})], "sqrt": [([POS], {})], "rsqrt": [([POS], {})], "exp": [([X3], {})],
     "tanh": [([X3], {})], "sin": [([X3], {})], "cos": [([X3], {})], "relu": [([X3], {})],
     "sigmoid": [([X3], {})], "silu": [([X3], {})],
+    "sparsify": [([X3], {"threshold": 0.5}), ([T("float16", (1, "seq", 8))], {"threshold": 0.0})],
     "gelu": [([X3], {}), ([X3], {"approximate": "tanh"})],
     "cast": [([X3], {"dtype": "float16"}), ([T("int64", (1, "seq"), "int", 9)], {"dtype": F32}),
              ([X3], {"dtype": "int32"})],
@@ -181,7 +182,8 @@ OP_CASES: dict[str, list] = {
     "rms_norm": [([X3, T(F32, (8,))], {})],
     "rotary": [([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 8)), T(F32, (1, 1, "seq", 8))], {}),
                ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 4)), T(F32, (1, 1, "seq", 4))], {})],
-    "glu": [([X3, X3], {}), ([X3, X3], {"act": "gelu"}), ([X3, X3], {"act": "gelu_tanh"})],
+    "glu": [([X3, X3], {}), ([X3, X3], {"act": "gelu"}), ([X3, X3], {"act": "gelu_tanh"}),
+            ([X3, X3], {"threshold": 0.25})],
     # fused ops (edgec/ir/ops_fused.py)
     "add_rms_norm": [([X3, X3, T(F32, (8,))], {"eps": 1e-5})],
     "rotary_cached": [([T(F32, (1, 4, "seq", 8)), T("int64", (1, "seq"), "int", 16), T(F32, (16, 4)),
@@ -253,6 +255,10 @@ def test_inference_matches_reference(op, idx):
     ("rotary", [T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 10)), T(F32, (1, 1, "seq", 10))], {}),
     ("rotary", [T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 3)), T(F32, (1, 1, "seq", 3))], {}),
     ("glu", [X3, X3], {"act": "relu"}),
+    ("glu", [X3, X3], {"threshold": -0.1}),
+    ("sparsify", [X3], {"threshold": float("nan")}),
+    ("sparsify", [X3], {"threshold": True}),
+    ("sparsify", [T("int64", (1, "seq"))], {"threshold": 0.5}),
     ("attention", [T(F32, (1, 3, "seq", 8)), T(F32, (1, 2, "seq", 8)), T(F32, (1, 2, "seq", 8))], {"scale": 1.0}),
     ("attention", [T(F32, (1, 4, "seq", 8)), T(F32, (1, 2, "seq", 8)), T(F32, (1, 2, "seq", 8)),
                    T(F32, (1, 2, "past", 8))], {"scale": 1.0}),
@@ -326,6 +332,26 @@ def test_glu_matches_torch(act, fn):
     g, u = _randn(2, 3, 16) * 2, _randn(2, 3, 16)
     ours = get_op("glu").ref(g, u, act=act)
     np.testing.assert_allclose(ours, (fn(_t(g)) * _t(u)).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_glu_threshold_zeroes_small_activations_and_zero_is_off():
+    g, u = _randn(2, 3, 16) * 2, _randn(2, 3, 16)
+    ref = get_op("glu").ref
+    plain = ref(g, u, act="silu")
+    np.testing.assert_array_equal(ref(g, u, act="silu", threshold=0.0), plain)  # bit for bit
+    a = (F.silu(_t(g))).numpy()
+    cut = ref(g, u, act="silu", threshold=0.3)
+    small = np.abs(a) <= np.float32(0.3)
+    assert 0.2 < small.mean() < 0.8
+    assert (cut[small] == 0).all()
+    np.testing.assert_array_equal(cut[~small], plain[~small])
+
+
+def test_sparsify_compares_in_float32():
+    x = np.array([-0.3, 0.1, 0.2, -0.25, 0.0], np.float32)
+    np.testing.assert_array_equal(get_op("sparsify").ref(x, threshold=0.2), x * [1, 0, 0, 1, 0])  # 0.2 itself: zeroed
+    h = np.array([0.10009765625], np.float16)  # 0.10007 rounds to h in float16: a float16 comparison would zero it
+    assert np.float16(0.10007) == h[0] and get_op("sparsify").ref(h, threshold=0.10007)[0] == h[0]
 
 
 def _torch_rotate_half(x):

@@ -212,7 +212,7 @@ def test_raise_glu_exact_pattern(act, approximate, expect, swap):
     assert run_pass(g, "raise_glu").counts == {"glu": 1}
     run_pass(g, "dce")
     assert g.op_counts() == {"glu": 1}
-    assert g.nodes[0].attrs == {"act": expect}
+    assert g.nodes[0].attrs == {"act": expect, "threshold": 0.0}
     assert g.nodes[0].inputs == g.inputs
     assert_same_outputs(before, g, feeds_for(g))
 

@@ -167,6 +167,34 @@ def _gelu_op():
     return infer, ref
 
 
+def _check_threshold(op: str, t) -> None:
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise ValueError(f"{op}: threshold must be a finite number >= 0, got {t!r}")
+
+
+def keep_above(x: np.ndarray, threshold: float) -> np.ndarray:
+    """x where |x| > threshold, else 0. |x| is compared in float32, the threshold's type in every backend
+    (a float16 comparison would round the threshold)."""
+    return np.where(np.abs(x).astype(np.float32, copy=False) > np.float32(threshold), x, np.zeros((), x.dtype))
+
+
+@register("sparsify", attrs={"threshold": REQUIRED})
+def _sparsify():
+    """x where |x| > threshold else 0: TEAL's magnitude sparsity on the input of a linear."""
+
+    def infer(ins, a):
+        x = ins[0]
+        if not x.dtype.startswith("float"):
+            raise ValueError(f"sparsify takes a float tensor, not {x.dtype}")
+        _check_threshold("sparsify", a["threshold"])
+        return [(x.dtype, x.shape)]
+
+    def ref(x, threshold):
+        return keep_above(x, threshold)
+
+    return infer, ref
+
+
 @register("cast", attrs={"dtype": REQUIRED})
 def _cast():
     def infer(ins, a):
@@ -451,21 +479,28 @@ def _rotary():
     return infer, ref
 
 
-@register("glu", arity=(2, 2), attrs={"act": "silu"})
+@register("glu", arity=(2, 2), attrs={"act": "silu", "threshold": 0.0})
 def _glu():
-    """act(gate) * up: SwiGLU (act='silu') and GeGLU (act='gelu' / 'gelu_tanh')."""
+    """act(gate) * up: SwiGLU (act='silu') and GeGLU (act='gelu' / 'gelu_tanh').
+
+    threshold > 0 (CATS activation sparsity): act(gate) is zeroed where |act(gate)| <= threshold
+    before the product; 0.0 is off (the plain glu, bit for bit).
+    """
 
     def infer(ins, a):
         g, u = ins
         if a["act"] not in ("silu", "gelu", "gelu_tanh"):
             raise ValueError(f"glu: unknown activation {a['act']!r}")
+        _check_threshold("glu", a.get("threshold", 0.0))  # absent in graphs serialized before it existed
         return [(g.dtype, S.broadcast(g.shape, u.shape))]
 
-    def ref(g, u, act):
+    def ref(g, u, act, threshold=0.0):
         if act == "silu":
             y = _silu(g)
         else:
             y = _gelu(g, "tanh" if act == "gelu_tanh" else "none")
+        if threshold:
+            y = keep_above(y, threshold)
         return (y * u).astype(g.dtype)
 
     return infer, ref

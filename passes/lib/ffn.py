@@ -31,7 +31,7 @@ from .linears import (LINEAR_OPS, dense_weight, lm_head_nodes, own_weight, reinf
                       take_rows, takeable)
 
 ACTIVATIONS = {"relu", "gelu", "silu", "tanh", "sigmoid", "exp", "glu"}
-UNARY = {"relu", "gelu", "silu", "tanh", "sigmoid", "exp", "neg", "sqrt", "rsqrt", "cast", "sin", "cos"}
+UNARY = {"relu", "gelu", "silu", "tanh", "sigmoid", "exp", "neg", "sqrt", "rsqrt", "cast", "sin", "cos", "sparsify"}
 BINARY = {"add", "sub", "mul", "div", "pow", "maximum"}
 
 

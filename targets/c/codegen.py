@@ -743,7 +743,13 @@ class CodeGen:
             raise EdgecError(f"the C backend's glu takes equal shapes, got {gate.shape} and {up.shape}")
         self.alloc(o)
         self.emit(f"ec_glu_f32({self.ptr(o)}, {self.ptr(gate)}, {self.ptr(up)}, {numel_c(o.shape)}, "
-                  f"{GLU_ACT[n.attrs['act']]});")
+                  f"{GLU_ACT[n.attrs['act']]}, {_c_float(n.attrs.get('threshold', 0.0))});")
+
+    def op_sparsify(self, n: Node) -> None:
+        o = n.output
+        self.alloc(o)
+        self.emit(f"ec_sparsify_f32({self.ptr(o)}, {self.ptr(n.inputs[0])}, {numel_c(o.shape)}, "
+                  f"{_c_float(n.attrs['threshold'])});")
 
     def op_quantize_rows(self, n: Node) -> None:
         x = n.inputs[0]

@@ -63,6 +63,19 @@ def gelu(cx: OnnxContext, x: str, dtype: str, approximate: str, out: str | None 
     return cx.op("Mul", cx.op("Mul", x, c(0.5)), cx.op("Add", t, c(1.0)), out=out)
 
 
+def keep_above(cx: OnnxContext, x: str, dtype: str, threshold: float, out: str | None = None) -> str:
+    """x where |x| > threshold else 0 (sparsify, glu's threshold); |x| compared in float32 like the reference."""
+    a = cx.cast(cx.op("Abs", x), dtype, "float32")
+    keep = cx.op("Greater", a, cx.const(threshold, "float32"))
+    return cx.op("Where", keep, x, cx.const(0.0, dtype), out=out)
+
+
+@lowering("sparsify")
+def _sparsify(cx: OnnxContext, n: Node) -> None:
+    x = n.inputs[0]
+    keep_above(cx, x.name, x.dtype, n.attrs["threshold"], out=n.output.name)
+
+
 @lowering("silu")
 def _silu_op(cx: OnnxContext, n: Node) -> None:
     silu(cx, n.inputs[0].name, out=n.output.name)

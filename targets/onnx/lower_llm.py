@@ -15,7 +15,7 @@ from edgec.errors import UnsupportedModelError
 from edgec.ir import Node
 
 from .lower_context import INT64_MAX, OnnxContext, lowering, static
-from .lower_generic import gelu, silu
+from .lower_generic import gelu, keep_above, silu
 
 
 @lowering("embedding")
@@ -111,6 +111,8 @@ def _glu(cx: OnnxContext, n: Node) -> None:
         a = gelu(cx, gs, dt, "tanh" if act == "gelu_tanh" else "none")
     else:
         raise UnsupportedModelError(f"ONNX target: glu act={act!r}")
+    if n.attrs.get("threshold", 0.0):
+        a = keep_above(cx, a, dt, n.attrs["threshold"])
     dst = cx.sink(n.output, dt)
     cx.op("Mul", a, us, out=dst)
     cx.land(dst, n.output, dt)

@@ -186,11 +186,26 @@ def _rms_norm(c, n):
     return [R.nn.rms_norm(c[x], wr, axes=[-1], epsilon=float(n.attrs["eps"]))]
 
 
+def _keep_above(x, dtype: str, threshold: float):
+    """x where |x| > threshold else 0 (sparsify, glu's threshold); |x| compared in float32 like the reference."""
+    a = R.abs(x) if dtype == "float32" else R.astype(R.abs(x), "float32")
+    keep = R.greater(a, relax.const(np.float32(threshold), "float32"))
+    return R.where(keep, x, relax.const(np.zeros((), dtype), dtype))
+
+
+@lowering("sparsify")
+def _sparsify(c, n):
+    x = n.inputs[0]
+    return [_keep_above(c[x], x.dtype, n.attrs["threshold"])]
+
+
 @lowering("glu")
 def _glu(c, n):
     g, u = (c[v] for v in n.inputs)
-    act = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh}[n.attrs["act"]]
-    return [R.multiply(act(g), u)]
+    act = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh}[n.attrs["act"]](g)
+    if n.attrs.get("threshold", 0.0):
+        act = _keep_above(act, n.inputs[0].dtype, n.attrs["threshold"])
+    return [R.multiply(act, u)]
 
 
 @lowering("rotary")

@@ -202,13 +202,31 @@ void ec_unary_f32(int op, float *out, const float *x, int64_t n) {
     }
 }
 
-void ec_glu_f32(float *out, const float *g, const float *u, int64_t n, int act) {
+void ec_glu_f32(float *out, const float *g, const float *u, int64_t n, int act, float threshold) {
+    if (threshold > 0.0f) {  /* CATS: the small activations are zeroed before the product */
+        if (act == EC_SILU) {
+            for (int64_t i = 0; i < n; i++) {
+                float a = silu(g[i]);
+                out[i] = fabsf(a) > threshold ? a * u[i] : 0.0f;
+            }
+        } else {
+            for (int64_t i = 0; i < n; i++) {
+                float a = act_f32(act, g[i]);
+                out[i] = fabsf(a) > threshold ? a * u[i] : 0.0f;
+            }
+        }
+        return;
+    }
     switch (act) {  /* one loop per activation, so each vectorizes */
     case EC_SILU: for (int64_t i = 0; i < n; i++) out[i] = silu(g[i]) * u[i]; break;
     case EC_GELU_TANH: for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(g[i]) * u[i]; break;
     case EC_RELU: for (int64_t i = 0; i < n; i++) out[i] = (g[i] > 0 ? g[i] : 0.0f) * u[i]; break;
     default: for (int64_t i = 0; i < n; i++) out[i] = act_f32(act, g[i]) * u[i];
     }
+}
+
+void ec_sparsify_f32(float *out, const float *x, int64_t n, float threshold) {
+    for (int64_t i = 0; i < n; i++) out[i] = fabsf(x[i]) > threshold ? x[i] : 0.0f;
 }
 
 static double load_as_double(const void *x, int dt, int64_t i) {

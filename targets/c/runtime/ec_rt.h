@@ -133,7 +133,10 @@ void ec_rotary_f32(float *out, const float *x, const float *cos, const float *si
 /* the same with half-width tables [positions, r/2] looked up by pos [b, s] */
 void ec_rotary_cached_f32(float *out, const float *x, const int64_t *pos, const float *cos, const float *sin,
                           int64_t table_rows, int64_t b, int64_t h, int64_t s, int64_t d, int64_t r);
-void ec_glu_f32(float *out, const float *g, const float *u, int64_t n, int act);
+/* act(g) * u; with threshold > 0 (CATS) act(g) counts as 0 where |act(g)| <= threshold */
+void ec_glu_f32(float *out, const float *g, const float *u, int64_t n, int act, float threshold);
+/* x where |x| > threshold, else 0 (TEAL); out may be x */
+void ec_sparsify_f32(float *out, const float *x, int64_t n, float threshold);
 void ec_quantize_rows(int8_t *q, float *scale, const float *x, int64_t rows, int64_t d);
 void ec_dequantize_rows(float *out, const int8_t *q, const float *scale, int64_t rows, int64_t d);
 void ec_linear_w8a8(ec_rt *rt, float *y, const float *x, const int8_t *wq, const float *wscale, const float *bias,
