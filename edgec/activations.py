@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -296,14 +295,9 @@ def static_hot_set_verdict(profile: ActivationProfile) -> tuple[bool, str]:
 
 def default_calib_path() -> Path:
     """WikiText-2's validation split under $EDGEC_DATA_DIR, else ../shared/data beside the repo or the cwd."""
-    env = os.environ.get("EDGEC_DATA_DIR")
-    roots = [Path(env)] if env else [Path(__file__).resolve().parents[2] / "shared" / "data",
-                                     Path.cwd().parent / "shared" / "data"]
-    for root in roots:
-        if (root / WIKITEXT_VALID).is_file():
-            return root / WIKITEXT_VALID
-    raise EdgecError(f"no calibration text: {WIKITEXT_VALID} not found under "
-                     f"{' or '.join(dict.fromkeys(str(r) for r in roots))}; set EDGEC_DATA_DIR or pass --calib FILE")
+    from .eval import shared_data_file
+
+    return shared_data_file(WIKITEXT_VALID, "calibration text", "--calib FILE")
 
 
 def profile_model(model: str | None, text: str, samples: int = DEFAULT_SAMPLES, seqlen: int = DEFAULT_SEQLEN,

@@ -63,16 +63,22 @@ class EvalResult:
 
 
 # -- text ---------------------------------------------------------------------------
-def default_text_path() -> Path:
-    """wiki.test.raw under $EDGEC_DATA_DIR if set, else ../shared/data beside the repo or the cwd."""
+def shared_data_file(rel: str, what: str, option: str) -> Path:
+    """`rel` under $EDGEC_DATA_DIR if set, else ../shared/data beside the repo or the cwd; a one-line
+    error naming `what` is missing and `option`, the flag that passes it instead."""
     env = os.environ.get("EDGEC_DATA_DIR")
     roots = [Path(env)] if env else [Path(__file__).resolve().parents[2] / "shared" / "data",
                                      Path.cwd().parent / "shared" / "data"]
     for root in roots:
-        if (root / WIKITEXT_TEST).is_file():
-            return root / WIKITEXT_TEST
-    raise EdgecError(f"no evaluation text: {WIKITEXT_TEST} not found under "
-                     f"{' or '.join(dict.fromkeys(str(r) for r in roots))}; set EDGEC_DATA_DIR or pass --text FILE")
+        if (root / rel).is_file():
+            return root / rel
+    raise EdgecError(f"no {what}: {rel} not found under "
+                     f"{' or '.join(dict.fromkeys(str(r) for r in roots))}; set EDGEC_DATA_DIR or pass {option}")
+
+
+def default_text_path() -> Path:
+    """wiki.test.raw under $EDGEC_DATA_DIR if set, else ../shared/data beside the repo or the cwd."""
+    return shared_data_file(WIKITEXT_TEST, "evaluation text", "--text FILE")
 
 
 def read_eval_text(path: str | Path | None) -> tuple[Path, str]:
