@@ -162,6 +162,12 @@ class LayerProfile:
         total = a.sum()
         return float(a[:max(1, round(top * self.neurons))].sum() / total) if total > 0 else 0.0
 
+    def hot_order(self) -> np.ndarray:
+        """Neuron order, most active first: by how often |h| exceeds the layer's 50%-sparsity threshold, ties
+        (and ReLU models' always-zero neurons) by mean |h|; stable, so equal neurons keep their order."""
+        active = self.active[self.sparsities.index(SKEW_SPARSITY)]
+        return np.lexsort((-self.mean_abs, -active)).astype(np.int64)
+
     def summary(self) -> dict:
         return {"name": self.name, "neurons": self.neurons, "zero_fraction": self.zero_fraction,
                 "mass_share": {f"top{round(100 * f)}": self.mass_share(f) for f in TOP},

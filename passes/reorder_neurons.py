@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec.activations import PROFILE_FILE, SKEW_SPARSITY, ActivationProfile, check_matches, \
+from edgec.activations import PROFILE_FILE, ActivationProfile, check_matches, \
     profile_activations, static_hot_set_verdict
 from edgec.errors import EdgecError
 from edgec.ir import Graph
@@ -27,22 +27,17 @@ from .lib.ffn import find_ffns, take_channels
 from .registry import PassResult, register_pass
 
 
-def hot_first(layer) -> np.ndarray:
-    """Neuron order, most active first: by how often |h| exceeds the layer's 50%-sparsity threshold, ties
-    (and ReLU models' always-zero neurons) by mean |h|; stable, so equal neurons keep their order."""
-    active = layer.active[layer.sparsities.index(SKEW_SPARSITY)]
-    return np.lexsort((-layer.mean_abs, -active)).astype(np.int64)
-
-
 def _permuted(layer, order: np.ndarray):
     layer.fired, layer.mean_abs, layer.abs_max = layer.fired[order], layer.mean_abs[order], layer.abs_max[order]
     layer.active = layer.active[:, order]
     return layer
 
 
-@register_pass("reorder_neurons", needs_calibration=True, profile="")
-def reorder_neurons(graph: Graph, ctx, profile="") -> PassResult:
-    """Permute each FFN's neurons most-active first (outputs unchanged); store the profile and the verdict."""
+@register_pass("reorder_neurons", needs_calibration=True, profile="", permute=True)
+def reorder_neurons(graph: Graph, ctx, profile="", permute=True) -> PassResult:
+    """Permute each FFN's neurons most-active first (outputs unchanged); store the profile and the verdict.
+    permute = false only measures and stores the profile (for a down projection already quantized along the
+    neurons, e.g. a GGUF source's: hot/cold offloading reads the hot set from the profile instead)."""
     ffns = find_ffns(graph)
     if not ffns:
         raise EdgecError(f"reorder_neurons: found no FFN in this {graph.facts.architecture or 'model'} graph")
@@ -62,13 +57,15 @@ def reorder_neurons(graph: Graph, ctx, profile="") -> PassResult:
         prof = profile_activations(graph, ctx.windows(), progress=ctx.progress, sha256=sha,
                                    calibration={"source": str(ctx.calib.source)})
     moved = 0
-    for ffn, layer in zip(ffns, prof.layers):
-        order = hot_first(layer)
+    for ffn, layer in zip(ffns, prof.layers if permute else []):
+        order = layer.hot_order()
         moved += int((order != np.arange(len(order))).sum())
         take_channels(graph, ffn, order)
         _permuted(layer, order)
     graph.attachments[PROFILE_FILE] = prof.to_json()
     pays, why = static_hot_set_verdict(prof)
     verdict = "pays" if pays else "does not pay"
-    return PassResult(f"reordered {len(ffns)} FFNs hot-first ({moved} neurons moved); static hot set {verdict}: "
+    did = f"reordered {len(ffns)} FFNs hot-first ({moved} neurons moved)" if permute else \
+        f"profiled {len(ffns)} FFNs (order kept)"
+    return PassResult(f"{did}; static hot set {verdict}: "
                       f"{why}", {"ffns": len(ffns), "moved": moved, "hot_set_pays": int(pays)})

@@ -359,7 +359,7 @@ def _rotary():
     return g, feeds
 
 
-for _act in ("silu", "gelu", "gelu_tanh"):
+for _act in ("silu", "gelu", "gelu_tanh", "relu"):
     @case(f"glu_{_act}")
     def _glu(act=_act):
         g = Graph()

@@ -182,7 +182,7 @@ OP_CASES: dict[str, list] = {
     "rms_norm": [([X3, T(F32, (8,))], {})],
     "rotary": [([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 8)), T(F32, (1, 1, "seq", 8))], {}),
                ([T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 4)), T(F32, (1, 1, "seq", 4))], {})],
-    "glu": [([X3, X3], {}), ([X3, X3], {"act": "gelu"}), ([X3, X3], {"act": "gelu_tanh"}),
+    "glu": [([X3, X3], {}), ([X3, X3], {"act": "gelu"}), ([X3, X3], {"act": "gelu_tanh"}), ([X3, X3], {"act": "relu"}),
             ([X3, X3], {"threshold": 0.25})],
     # fused ops (edgec/ir/ops_fused.py)
     "add_rms_norm": [([X3, X3, T(F32, (8,))], {"eps": 1e-5})],
@@ -254,7 +254,7 @@ def test_inference_matches_reference(op, idx):
     ("concat", [X3, T(F32, (1, "seq"))], {"axis": 1}),
     ("rotary", [T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 10)), T(F32, (1, 1, "seq", 10))], {}),
     ("rotary", [T(F32, (1, 4, "seq", 8)), T(F32, (1, 1, "seq", 3)), T(F32, (1, 1, "seq", 3))], {}),
-    ("glu", [X3, X3], {"act": "relu"}),
+    ("glu", [X3, X3], {"act": "tanh"}),
     ("glu", [X3, X3], {"threshold": -0.1}),
     ("sparsify", [X3], {"threshold": float("nan")}),
     ("sparsify", [X3], {"threshold": True}),
@@ -326,7 +326,7 @@ def test_gelu_matches_torch(approximate):
     np.testing.assert_allclose(ours, F.gelu(_t(x), approximate=approximate).numpy(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("act, fn", [("silu", F.silu), ("gelu", F.gelu),
+@pytest.mark.parametrize("act, fn", [("silu", F.silu), ("gelu", F.gelu), ("relu", F.relu),
                                      ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"))])
 def test_glu_matches_torch(act, fn):
     g, u = _randn(2, 3, 16) * 2, _randn(2, 3, 16)

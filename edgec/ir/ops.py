@@ -481,7 +481,7 @@ def _rotary():
 
 @register("glu", arity=(2, 2), attrs={"act": "silu", "threshold": 0.0})
 def _glu():
-    """act(gate) * up: SwiGLU (act='silu') and GeGLU (act='gelu' / 'gelu_tanh').
+    """act(gate) * up: SwiGLU (act='silu'), GeGLU (act='gelu' / 'gelu_tanh') and ReGLU (act='relu').
 
     threshold > 0 (CATS activation sparsity): act(gate) is zeroed where |act(gate)| <= threshold
     before the product; 0.0 is off (the plain glu, bit for bit).
@@ -489,7 +489,7 @@ def _glu():
 
     def infer(ins, a):
         g, u = ins
-        if a["act"] not in ("silu", "gelu", "gelu_tanh"):
+        if a["act"] not in ("silu", "gelu", "gelu_tanh", "relu"):
             raise ValueError(f"glu: unknown activation {a['act']!r}")
         _check_threshold("glu", a.get("threshold", 0.0))  # absent in graphs serialized before it existed
         return [(g.dtype, S.broadcast(g.shape, u.shape))]
@@ -497,6 +497,8 @@ def _glu():
     def ref(g, u, act, threshold=0.0):
         if act == "silu":
             y = _silu(g)
+        elif act == "relu":
+            y = np.maximum(g, 0).astype(g.dtype)
         else:
             y = _gelu(g, "tanh" if act == "gelu_tanh" else "none")
         if threshold:

@@ -29,6 +29,15 @@ class CBackend(Backend):
         "kv_cache": Option(str, "fp32", "how the in-place KV cache stores a float cache: fp32, or fp16 (half "
                            "the memory; new rows rounded to fp16 once, attention widens them on the fly); "
                            "recipe int8-kv's cache is int8 either way", stage="build", choices=("fp32", "fp16")),
+        "memory_budget": Option(str, "", "hot/cold offloading: hold the weights in this much memory (60MB, 1.5GiB, or "
+                                "50% of the weights); cold FFN neurons go to cold.bin, read on demand (edgec/offload.py)",
+                                stage="build"),
+        "offload": Option(str, "sparse", "with memory_budget: sparse (read the cold neurons a token activates; the "
+                          "gate stays resident) or stream (read every cold neuron: the dense-streaming baseline)",
+                          stage="build", choices=("sparse", "stream")),
+        "cold_io": Option(str, "direct", "how cold.bin is read: direct (O_DIRECT where the file system allows, so "
+                          "the page cache does not hide the reads) or cached", stage="run",
+                          choices=("direct", "cached")),
     }
 
     def check(self, device, recipe, options: dict) -> dict:
@@ -52,6 +61,10 @@ class CBackend(Backend):
         tc = toolchain_for(device)
         if progress:
             progress("generating C")
+        offload = None
+        if options.get("memory_budget"):
+            graph, offload = plan_and_lower(graph, out_dir, device, options["memory_budget"],
+                                            options.get("offload") or "sparse", progress)
         gen = generate(graph, kv_cache=options.get("kv_cache") or "fp32")
         src = out_dir / SOURCE_DIR
         sources = copy_runtime(src)
@@ -79,8 +92,12 @@ class CBackend(Backend):
             "context_length": graph.facts.context_length,
             "vocab_size": logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None,
         }
+        if offload is not None:
+            meta["offload"] = offload
         (out_dir / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
         files = [META_FILE, FILE, *built, PUBLIC_HEADER, *[f"{SOURCE_DIR}/{s}" for s in sources + ["model.c"]]]
+        if offload is not None:
+            files.append(offload["file"])
         return {"files": files, "weights": weights, "toolchain": {"cc": tc.cc, "flags": meta["flags"]}}
 
     traces_ops = True  # open(trace_dir=...) then executor.op_trace(): the runtime's own per-op timers
@@ -90,6 +107,41 @@ class CBackend(Backend):
 
         return CExecutor(files, interface=interface, threads=threads, trace_dir=trace_dir,
                          options=self.resolve(self.run_options(options or {})))
+
+
+def plan_and_lower(graph, out_dir, device, budget: str, mode: str, progress=None):
+    """Plan hot/cold offloading under `budget` (edgec/offload.py) and lower it (targets/c/offload.py): the graph
+    to generate and c.json's "offload" entry. A budget below the resident minimum fails here, naming it."""
+    from edgec.activations import PROFILE_FILE, ActivationProfile
+    from edgec.offload import gpu_split, parse_budget, plan_offload
+
+    from .offload import COLD_FILE, costs, find_gated, lower, transposed_down
+
+    parse_budget(budget)  # a malformed size fails before any work
+    say = progress or (lambda msg: None)
+    gated, why = find_gated(graph)
+    if not gated:
+        raise EdgecError("memory_budget: no FFN of this model can be offloaded (" + ("; ".join(why[:2]) or "none found")
+                         + "); build without --memory-budget")
+    say(f"planning hot/cold offloading of {len(gated)} FFNs under {budget}")
+    downs = [transposed_down(f.down_w) for f in gated]
+    cost, other = costs(graph, gated, downs, mode)
+    layers = [None] * len(gated)
+    if PROFILE_FILE in graph.attachments:
+        prof = ActivationProfile.from_json(graph.attachments[PROFILE_FILE])
+        if len(prof.layers) > max(f.index for f in gated):
+            layers = [prof.layers[f.index] if prof.layers[f.index].neurons == f.neurons else None for f in gated]
+    # exact zeros (ReLU at threshold 0) are what the profile's firing counts measure; a CATS threshold is
+    # estimated at the profile's 40% sparsity
+    sparsity = [None if f.glu.attrs["act"] == "relu" and not f.glu.attrs.get("threshold") else 0.4 for f in gated]
+    plan = plan_offload(cost, other, budget, mode, profiles=layers, sparsity=sparsity)
+    say(f"writing {COLD_FILE}: {sum(len(p.cold) for p in plan.ffns)} cold neurons")
+    lowered, size = lower(graph, plan, [f.index for f in gated], downs, out_dir)
+    meta = {"file": COLD_FILE, "bytes": size, "plan": plan.report(), "not_offloaded": why,
+            "down_requantized": any(not d.f16 for d in downs)}
+    if getattr(device, "kind", "") == "gpu":
+        meta["gpu_split"] = gpu_split(plan, device)
+    return lowered, meta
 
 
 def _spec(v) -> dict:

@@ -51,7 +51,14 @@ def _load(code: bytes):
     lib.ec_rt_op_kind.restype = ctypes.c_char_p
     lib.ec_rt_timers.argtypes = [_P, _P, _P]
     lib.ec_graph_run.argtypes = [_P, _P, _P, _P, _P, ctypes.c_int64]
+    lib.ec_rt_open_cold.argtypes = [_P, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint64]
+    lib.ec_rt_cold_stats.argtypes = [_P, _P]
+    lib.ec_rt_cold_reset.argtypes = [_P]
     return lib
+
+
+COLD_STATS = ("bytes_read", "reads", "bundles_read", "cache_hits", "neurons_computed", "neurons", "cache_bytes",
+              "direct", "ffn_calls")  # offload.h's ec_rt_cold_stats, in order
 
 
 class CExecutor:
@@ -95,6 +102,12 @@ class CExecutor:
         # the manifest's SHA-256 already verified the file; the library checks header and table
         if self.lib.ec_rt_bind(self.rt, self._weights.ctypes.data, size, 0) != 0:
             raise ArtifactError(self.lib.ec_rt_error(self.rt).decode())
+        self.offload = self.meta.get("offload")
+        if self.offload:  # hot/cold: the cold neurons are read from cold.bin on demand
+            direct = int((options.get("cold_io") or "direct") == "direct")
+            if self.lib.ec_rt_open_cold(self.rt, files.path(self.offload["file"]).encode(), direct,
+                                        int(self.offload["bytes"])) != 0:
+                raise ArtifactError(self.lib.ec_rt_error(self.rt).decode())
         sig = self.meta["signature"]
         self.specs = {s["name"]: (s["dtype"], tuple(s["shape"])) for s in sig["inputs"] + sig["outputs"]}
         self.input_names = [s["name"] for s in sig["inputs"]]
@@ -112,6 +125,17 @@ class CExecutor:
         self.lib.ec_rt_timers(self.rt, ns.ctypes.data, calls.ctypes.data)
         return {self.lib.ec_rt_op_kind(i).decode(): (int(calls[i]), ns[i] / 1e3)
                 for i in range(self.lib.ec_rt_op_kinds())}
+
+    def cold_stats(self, reset: bool = False) -> dict[str, int]:
+        """A hot/cold artifact's counters since load or the last reset (COLD_STATS); {} for other artifacts."""
+        if not self.offload:
+            return {}
+        out = np.zeros(len(COLD_STATS), np.uint64)
+        with self._lock:
+            self.lib.ec_rt_cold_stats(self.rt, out.ctypes.data)
+            if reset:
+                self.lib.ec_rt_cold_reset(self.rt)
+        return {k: int(v) for k, v in zip(COLD_STATS, out)}
 
     def _profiled_library(self, files, trace_dir) -> bytes:
         """The artifact's library if it has the timers, else one compiled with them from model/src/."""

@@ -107,6 +107,8 @@ def _glu(cx: OnnxContext, n: Node) -> None:
     dt, (gs, us) = cx.promote(g, u)
     if act == "silu":
         a = silu(cx, gs)
+    elif act == "relu":
+        a = cx.op("Relu", gs)
     elif act in ("gelu", "gelu_tanh"):
         a = gelu(cx, gs, dt, "tanh" if act == "gelu_tanh" else "none")
     else:

@@ -202,7 +202,7 @@ def _sparsify(c, n):
 @lowering("glu")
 def _glu(c, n):
     g, u = (c[v] for v in n.inputs)
-    act = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh}[n.attrs["act"]](g)
+    act = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh, "relu": R.nn.relu}[n.attrs["act"]](g)
     if n.attrs.get("threshold", 0.0):
         act = _keep_above(act, n.inputs[0].dtype, n.attrs["threshold"])
     return [R.multiply(act, u)]

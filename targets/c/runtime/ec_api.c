@@ -32,6 +32,7 @@ void ec_rt_free(ec_rt *rt) {
     ec_pool_free(rt->pool);
     ec_bufs_free(rt->bufs);
     free(rt->act);
+    ec_cold_free(rt);
     free((void *)rt->w);
     if (rt->owns_widened) free(rt->widened);
     free(rt);
@@ -55,7 +56,7 @@ uint64_t ec_rt_widened_bytes(void) {
 
 /* codes of `bits` bits, a little-endian bit stream (edgec.ir.quant.pack; every row a whole number of bytes,
    so the tensor is one stream) -> one byte each */
-static void unpack_codes(const uint8_t *p, uint64_t bytes, int bits, uint8_t *out) {
+void ec_unpack_codes(const uint8_t *p, uint64_t bytes, int bits, uint8_t *out) {
     uint64_t acc = 0, n = 0;
     int have = 0;
     const uint64_t mask = ((uint64_t)1 << bits) - 1;
@@ -85,7 +86,7 @@ static int widen(ec_rt *rt, const void **w) {
             float *f = (float *)at;
             for (uint64_t j = 0; j < ec_model_weight_bytes[i] / 2; j++) f[j] = ec_f16_to_f32(h[j]);
         } else {
-            unpack_codes(w[i], ec_model_weight_bytes[i], kind, at);
+            ec_unpack_codes(w[i], ec_model_weight_bytes[i], kind, at);
         }
         w[i] = at;
         at += widened_size(i);

@@ -61,12 +61,16 @@ typedef struct {
     int act_int8;             /* linear kernels quantize activations to int8 (faster, not bit-exact) */
     void *act;                /* scratch for quantized activations */
     size_t act_cap;
+    struct ec_cold *cold;     /* cold.bin and the cold neurons' caches (offload.c), for models that offload */
     int64_t timer_ns[64];     /* per op kind, when compiled with EC_PROFILE */
     int64_t timer_calls[64];
     char err[256];            /* the last error's message */
 } ec_rt;
 
 void ec_set_error(ec_rt *rt, const char *fmt, ...);
+void ec_cold_free(ec_rt *rt);  /* offload.c */
+/* codes of `bits` bits, one little-endian bit stream of `bytes` bytes (edgec.ir.quant.pack) -> a byte each */
+void ec_unpack_codes(const uint8_t *p, uint64_t bytes, int bits, uint8_t *out);
 /* Python's slice(start, end, step).indices(dim)[0] */
 int64_t ec_slice_start(int64_t dim, int64_t start, int64_t end, int64_t step);
 
@@ -85,6 +89,8 @@ typedef struct {
     const int *cache_dtype;                       /* EC_F32, EC_F16 (kv_cache=fp16), EC_I8 (int8 KV; its scales
                                                      are caches of their own: EC_F32 with dim 1) */
     int act_int8;                                 /* the build's default for ec_rt_new */
+    int n_offload;                                /* FFNs whose cold neurons are in cold.bin (offload.h) */
+    uint64_t cold_bytes;                          /* cold.bin's size */
 } ec_model_info;
 
 /* generated in model.c */

@@ -85,6 +85,12 @@ int edgec_length(const edgec_ctx *c);          /* tokens in the cache */
    (head_dim x element bytes + scale bytes): 4 and 0 for fp32, 2 and 0 for fp16 (kv_cache=fp16),
    1 and 4 for int8 (recipe int8-kv) */
 size_t edgec_cache_bytes(const edgec_ctx *c);
+/* Hot/cold models (built with a memory budget): counters of the cold neurons read from model/cold.bin since the
+   context was made: [0] bytes read from storage, [1] reads, [2] neuron bundles read, [3] bundle cache hits,
+   [4] neurons computed, [5] neurons in the offloaded FFNs, [6] cache bytes, [7] 1 if read with O_DIRECT,
+   [8] offloaded FFN calls. All 0 for other models. */
+#define EDGEC_COLD_STATS 9
+void edgec_cold_stats(const edgec_ctx *c, uint64_t out[EDGEC_COLD_STATS]);
 
 /* Append ids to the cache and compute the logits of the last one (edgec_logits). */
 int edgec_prefill(edgec_ctx *c, const int32_t *ids, int n);

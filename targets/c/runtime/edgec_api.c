@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ec_rt.h"
+#include "offload.h"
 #include "tokenizer.h"
 
 struct edgec_model {
@@ -27,6 +28,7 @@ struct edgec_model {
     edgec_options opt;
     int context;
     char tok_err[300];  /* why there is no tokenizer (ids still work) */
+    char cold_path[4096];  /* model/cold.bin, for models that offload cold neurons (offload.h) */
 };
 
 struct edgec_ctx {
@@ -184,6 +186,7 @@ edgec_model *edgec_load(const char *dir, const edgec_options *options, char *err
     }
     m->size = size;
     m->opt = opt;
+    snprintf(m->cold_path, sizeof m->cold_path, "%s/model/cold.bin", dir);
     if (!opt.huge_pages || read_into_huge_pages(m, fd, size) != 0) {
         void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
@@ -261,6 +264,12 @@ edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen) {
     c->cache = calloc((size_t)(mi->n_caches ? mi->n_caches : 1), sizeof(void *));
     c->logits = calloc((size_t)mi->vocab, sizeof(float));
     int ok = c->rt && c->cache && c->logits && ec_rt_bind_like(c->rt, m->bound) == 0;
+    /* hot/cold: each context reads cold.bin through its own descriptor and caches, bypassing the page cache */
+    if (ok && mi->n_offload > 0 && ec_rt_open_cold(c->rt, m->cold_path, 1, mi->cold_bytes) != 0) {
+        error_out(err, errlen, "cannot create a context: %s", c->rt->err);
+        edgec_context_free(c);
+        return NULL;
+    }
     for (int i = 0; ok && i < mi->n_caches; i++) {
         size_t bytes = (size_t)(mi->cache_heads[i] * c->cap * mi->cache_dim[i]) * ec_dtype_size(mi->cache_dtype[i]);
         c->cache[i] = calloc(bytes ? bytes : 1, 1);
@@ -285,6 +294,8 @@ void edgec_context_free(edgec_ctx *c) {
 }
 
 const char *edgec_error(const edgec_ctx *c) { return c ? c->err : "no context"; }
+
+void edgec_cold_stats(const edgec_ctx *c, uint64_t out[EDGEC_COLD_STATS]) { ec_rt_cold_stats(c->rt, out); }
 void edgec_reset(edgec_ctx *c) { c->len = 0; }
 int edgec_length(const edgec_ctx *c) { return (int)c->len; }
 size_t edgec_cache_bytes(const edgec_ctx *c) { return c->cache_bytes; }

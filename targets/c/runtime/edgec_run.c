@@ -4,7 +4,8 @@
  *             [--ids 1,2,3]
  * --memory-budget: the weights plus the KV cache, e.g. 200MB, 1.5GiB (the cache gets the rows that fit)
  * --ids: the prompt as token ids instead of -p; prints the generated ids (tests, models without a tokenizer)
- * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr. */
+ * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr (and, for a hot/cold model,
+ * what it read from cold.bin). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,9 +147,17 @@ int main(int argc, char **argv) {
     printf("\n");
     int rc = 0;
     if (made < 0) { fprintf(stderr, "edgec-run: error: %s\n", edgec_error(c)); rc = 1; }
-    else if (stats)
+    else if (stats) {
         fprintf(stderr, "prefill %.1f tokens/s, decode %.1f tokens/s (%d tokens, kernels %s)\n", st[0], st[1], made,
                 edgec_kernels());
+        uint64_t cs[EDGEC_COLD_STATS];
+        edgec_cold_stats(c, cs);
+        if (cs[8])  /* a hot/cold model: what it read from cold.bin (prompt and generated tokens together) */
+            fprintf(stderr, "cold: %llu bytes read in %llu reads (%s), %llu bundles read, %llu cache hits, "
+                    "%.1f%% of the offloaded neurons computed, cache %.1f MB\n", (unsigned long long)cs[0],
+                    (unsigned long long)cs[1], cs[7] ? "O_DIRECT" : "page cache", (unsigned long long)cs[2],
+                    (unsigned long long)cs[3], cs[5] ? 100.0 * (double)cs[4] / (double)cs[5] : 0.0, cs[6] / 1e6);
+    }
     edgec_context_free(c);
     edgec_free(m);
     free(ids);

@@ -1,0 +1,435 @@
+/* edgec embedded C runtime: hot/cold neuron offloading (see offload.h for the contract).
+ *
+ * Per FFN and context, the cache is `slots` rows of each part, laid out as the kernels read weights
+ * (codes [slots, kp*bits/8], float scales/zeros/mins [slots, groups], or halves [slots, k]), so a list
+ * of slots is a list of rows of an ec_qweight and sparse_ffn.h's row kernels run on it unchanged.
+ * Slots are kept in least-recently-used order; the bundles one chunk of work needs are pinned while
+ * it runs. Misses are read in ascending file order, adjacent ones in one pread.
+ */
+#define _GNU_SOURCE
+#include "offload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define EC_BLOCK 4096u               /* O_DIRECT's unit: offsets, lengths and buffers in whole blocks */
+#define EC_BOUNCE (1u << 20)         /* one read's buffer: at most 1 MiB (or one bundle's blocks) */
+#define EC_MAX_FFNS 1024
+
+typedef struct {
+    int slots, parts;
+    int32_t *slot_of;                /* [cold] -> slot, or -1 */
+    int32_t *owner;                  /* [slots] -> cold bundle, or -1 */
+    int32_t *prev, *next, head, tail; /* LRU list of slots, head = most recent */
+    uint32_t *pin, epoch;            /* slot pinned for the current chunk where pin == epoch */
+    uint8_t *mem;                    /* every part's arrays, one allocation */
+    ec_qweight q[3];
+    ec_ffn_rows rows[3];
+} ec_cache;
+
+struct ec_cold {
+    int fd, direct;
+    uint8_t *bounce;
+    size_t bounce_cap;
+    ec_cache *cache[EC_MAX_FFNS];
+    uint64_t stats[EC_COLD_STATS];
+};
+
+/* ------------------------------------------------------------------ the file */
+int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes) {
+    ec_cold_free(rt);
+    struct ec_cold *c = calloc(1, sizeof *c);
+    if (!c) {
+        ec_set_error(rt, "out of memory");
+        return -1;
+    }
+    c->fd = -1;
+#ifdef O_DIRECT
+    if (direct) {
+        c->fd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        c->direct = c->fd >= 0;
+    }
+#endif
+    if (c->fd < 0) c->fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (c->fd < 0 || fstat(c->fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < min_bytes) {
+        ec_set_error(rt, "cannot read the cold weights %s: %s; rebuild the artifact", path,
+                     c->fd < 0 ? strerror(errno) : "not a regular file of the size the model needs");
+        if (c->fd >= 0) close(c->fd);
+        free(c);
+        return -1;
+    }
+#ifdef POSIX_FADV_RANDOM
+    if (!c->direct) posix_fadvise(c->fd, 0, 0, POSIX_FADV_RANDOM);
+#endif
+    c->stats[7] = (uint64_t)c->direct;
+    rt->cold = c;
+    return 0;
+}
+
+void ec_cold_free(ec_rt *rt) {
+    struct ec_cold *c = rt->cold;
+    if (!c) return;
+    for (int i = 0; i < EC_MAX_FFNS; i++) {
+        ec_cache *k = c->cache[i];
+        if (!k) continue;
+        free(k->slot_of);
+        free(k->owner);
+        free(k->prev);
+        free(k->next);
+        free(k->pin);
+        free(k->mem);
+        free(k);
+    }
+    if (c->fd >= 0) close(c->fd);
+    free(c->bounce);
+    free(c);
+    rt->cold = NULL;
+}
+
+void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out) {
+    for (int i = 0; i < EC_COLD_STATS; i++) out[i] = rt->cold ? rt->cold->stats[i] : 0;
+}
+
+void ec_rt_cold_reset(ec_rt *rt) {
+    if (!rt->cold) return;
+    for (int i = 0; i < EC_COLD_STATS; i++)
+        if (i != 6 && i != 7) rt->cold->stats[i] = 0;
+}
+
+/* ------------------------------------------------------------------ the cache */
+static size_t round64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* cached bytes of one row of part p: codes as the kernels read them, then float scales, zeros, mins */
+static size_t codes_bytes(const ec_cold_part *p) {
+    int bits = p->bits == 3 || p->bits == 5 || p->bits == 6 ? 8 : p->bits;
+    return (size_t)p->kp * (size_t)bits / 8;
+}
+
+static ec_cache *cache_of(ec_rt *rt, const ec_offload_ffn *f) {
+    struct ec_cold *c = rt->cold;
+    if (f->id < 0 || f->id >= EC_MAX_FFNS) return NULL;
+    if (c->cache[f->id]) return c->cache[f->id];
+    ec_cache *k = calloc(1, sizeof *k);
+    if (!k) return NULL;
+    const int s = f->slots > 0 ? f->slots : 1;
+    k->slots = s;
+    k->parts = f->n_parts;
+    size_t total = 0, at[3][4];
+    for (int p = 0; p < f->n_parts; p++) {
+        const ec_cold_part *q = &f->part[p];
+        if (q->f16) {
+            at[p][0] = total;
+            total += round64((size_t)s * (size_t)q->k * 2);
+            continue;
+        }
+        at[p][0] = total;
+        total += round64((size_t)s * codes_bytes(q));
+        at[p][1] = total;
+        total += round64((size_t)s * (size_t)q->groups * 4);
+        at[p][2] = total;
+        total += round64((size_t)s * (size_t)q->groups);
+        at[p][3] = total;
+        if (q->has_mins) total += round64((size_t)s * (size_t)q->groups * 4);
+    }
+    k->mem = aligned_alloc(64, total ? total : 64);
+    k->slot_of = malloc((size_t)(f->cold > 0 ? f->cold : 1) * sizeof(int32_t));
+    k->owner = malloc((size_t)s * sizeof(int32_t));
+    k->prev = malloc((size_t)s * sizeof(int32_t));
+    k->next = malloc((size_t)s * sizeof(int32_t));
+    k->pin = calloc((size_t)s, sizeof(uint32_t));
+    if (!k->mem || !k->slot_of || !k->owner || !k->prev || !k->next || !k->pin) {
+        free(k->mem); free(k->slot_of); free(k->owner); free(k->prev); free(k->next); free(k->pin); free(k);
+        return NULL;
+    }
+    memset(k->mem, 0, total ? total : 64);  /* the pages are the budget: touch them now, not mid-token */
+    for (int i = 0; i < f->cold; i++) k->slot_of[i] = -1;
+    for (int i = 0; i < s; i++) {
+        k->owner[i] = -1;
+        k->prev[i] = i - 1;
+        k->next[i] = i + 1 < s ? i + 1 : -1;
+    }
+    k->head = 0;
+    k->tail = s - 1;
+    for (int p = 0; p < f->n_parts; p++) {
+        const ec_cold_part *q = &f->part[p];
+        if (q->f16) {
+            k->rows[p] = (ec_ffn_rows){NULL, (const uint16_t *)(k->mem + at[p][0]), q->k};
+            continue;
+        }
+        int bits = q->bits == 3 || q->bits == 5 || q->bits == 6 ? 8 : q->bits;
+        k->q[p] = (ec_qweight){bits, q->group, q->k, q->kp, q->groups, k->mem + at[p][0],
+                               (const float *)(k->mem + at[p][1]), k->mem + at[p][2],
+                               q->has_mins ? (const float *)(k->mem + at[p][3]) : NULL};
+        k->rows[p] = (ec_ffn_rows){&k->q[p], NULL, q->k};
+    }
+    c->cache[f->id] = k;
+    c->stats[6] += total;
+    return k;
+}
+
+static void lru_unlink(ec_cache *k, int s) {
+    if (k->prev[s] >= 0) k->next[k->prev[s]] = k->next[s];
+    else k->head = k->next[s];
+    if (k->next[s] >= 0) k->prev[k->next[s]] = k->prev[s];
+    else k->tail = k->prev[s];
+}
+
+static void lru_front(ec_cache *k, int s) {
+    if (k->head == s) return;
+    lru_unlink(k, s);
+    k->prev[s] = -1;
+    k->next[s] = k->head;
+    if (k->head >= 0) k->prev[k->head] = s;
+    k->head = s;
+    if (k->tail < 0) k->tail = s;
+}
+
+/* the bundle's stored bytes of part p -> cache row s */
+static void widen_halves(const uint8_t *src, float *dst, int n) {
+    for (int i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, src + 2 * (size_t)i, 2);
+        dst[i] = ec_f16_to_f32(h);
+    }
+}
+
+static const uint8_t *copy_part(ec_cache *k, int p, const ec_cold_part *q, const uint8_t *src, int s) {
+    if (q->f16) {
+        memcpy((uint16_t *)k->rows[p].f16 + (size_t)s * q->k, src, (size_t)q->k * 2);
+        return src + (size_t)q->k * 2;
+    }
+    ec_qweight *w = &k->q[p];
+    const size_t stored = (size_t)q->kp * (size_t)q->bits / 8, sc = q->scale_half ? 2 : 4;
+    uint8_t *codes = (uint8_t *)w->packed + (size_t)s * codes_bytes(q);
+    if (w->bits != q->bits) ec_unpack_codes(src, stored, q->bits, codes);
+    else memcpy(codes, src, stored);
+    src += stored;
+    float *scales = (float *)w->scales + (size_t)s * q->groups;
+    if (q->scale_half) widen_halves(src, scales, q->groups);
+    else memcpy(scales, src, (size_t)q->groups * 4);
+    src += (size_t)q->groups * sc;
+    memcpy((uint8_t *)w->zeros + (size_t)s * q->groups, src, (size_t)q->groups);
+    src += q->groups;
+    if (q->has_mins) {
+        float *mins = (float *)w->mins + (size_t)s * q->groups;
+        if (q->scale_half) widen_halves(src, mins, q->groups);
+        else memcpy(mins, src, (size_t)q->groups * 4);
+        src += (size_t)q->groups * sc;
+    }
+    return src;
+}
+
+static int read_full(int fd, uint8_t *buf, size_t n, uint64_t off) {
+    size_t done = 0;
+    while (done < n) {
+        ssize_t got = pread(fd, buf + done, n - done, (off_t)(off + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return -1;
+        done += (size_t)got;
+    }
+    return 0;
+}
+
+/* Bundles want[0..n) (ascending cold indices) -> slots[0..n): hits pinned and moved to the front, misses
+   given the least recently used unpinned slots and read. n <= the cache's slots. */
+static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t *want, int n, int32_t *slots) {
+    struct ec_cold *c = rt->cold;
+    k->epoch++;
+    int misses = 0;
+    for (int i = 0; i < n; i++) {
+        int s = k->slot_of[want[i]];
+        slots[i] = s;
+        if (s >= 0) {
+            k->pin[s] = k->epoch;
+            lru_front(k, s);
+        } else {
+            misses++;
+        }
+    }
+    c->stats[3] += (uint64_t)(n - misses);
+    if (!misses) return 0;
+    int victim = k->tail;
+    for (int i = 0; i < n; i++) {
+        if (slots[i] >= 0) continue;
+        while (victim >= 0 && k->pin[victim] == k->epoch) victim = k->prev[victim];
+        int s = victim;  /* exists: n <= slots */
+        victim = k->prev[s];
+        if (k->owner[s] >= 0) k->slot_of[k->owner[s]] = -1;
+        k->owner[s] = want[i];
+        k->slot_of[want[i]] = s;
+        k->pin[s] = k->epoch;
+        slots[i] = -2 - s;  /* to read */
+    }
+    const uint64_t B = f->bundle, align = c->direct ? EC_BLOCK : 1;
+    size_t need = (size_t)((B + 2 * EC_BLOCK + EC_BLOCK - 1) / EC_BLOCK * EC_BLOCK);
+    size_t cap = need > EC_BOUNCE ? need : EC_BOUNCE;
+    if (c->bounce_cap < cap) {
+        free(c->bounce);
+        c->bounce = aligned_alloc(EC_BLOCK, cap);
+        c->bounce_cap = c->bounce ? cap : 0;
+        if (!c->bounce) {
+            ec_set_error(rt, "out of memory for the cold weights' read buffer");
+            return -1;
+        }
+    }
+    for (int i = 0; i < n;) {
+        if (slots[i] >= 0) {
+            i++;
+            continue;
+        }
+        /* one read: misses i .. j-1 whose blocks are adjacent and fit the buffer */
+        uint64_t lo = (f->offset + (uint64_t)want[i] * B) / align * align, hi = 0;
+        int j = i;
+        for (; j < n; j++) {
+            if (slots[j] >= 0) continue;
+            uint64_t a = f->offset + (uint64_t)want[j] * B;
+            uint64_t e = (a + B + align - 1) / align * align;
+            if (j > i && (a / align * align > hi || e - lo > c->bounce_cap)) break;
+            hi = e;
+        }
+        if (read_full(c->fd, c->bounce, (size_t)(hi - lo), lo) != 0) {
+            ec_set_error(rt, "reading the cold weights failed (%s); is cold.bin intact?", strerror(errno));
+            return -1;
+        }
+        c->stats[0] += hi - lo;
+        c->stats[1]++;
+        for (int t = i; t < j; t++) {
+            if (slots[t] >= 0) continue;
+            int s = -2 - slots[t];
+            const uint8_t *src = c->bounce + (f->offset + (uint64_t)want[t] * B - lo);
+            for (int p = 0; p < f->n_parts; p++) src = copy_part(k, p, &f->part[p], src, s);
+            lru_front(k, s);
+            slots[t] = s;
+            c->stats[2]++;
+        }
+        i = j;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ compute */
+static float act_of(int act, float v) {
+    switch (act) {
+    case EC_RELU: return v > 0.f ? v : 0.f;
+    case EC_GELU: return (float)(0.5 * v * (1.0 + erf((double)v * 0.70710678118654752440)));
+    case EC_GELU_TANH: {
+        const float c = 0.7978845608028654f;
+        return 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+    }
+    default: return v / (1.0f + expf(-v));
+    }
+}
+
+static void dots(const ec_ffn_rows *w, const float *x, const int32_t *rows, int n, float *out) {
+    if (w->q) ec_rows_dot_q(x, w->q, rows, n, out);
+    else ec_rows_dot_f16(x, w->f16, w->k, rows, n, out);
+}
+
+typedef struct {
+    const ec_offload_ffn *f;
+    const ec_ffn_rows *gate, *up, *down;  /* the rows of this piece: resident, or the cache's */
+    const float *x;                       /* one row [d] */
+    const int32_t *rows;                  /* rows of the weights above, n of them */
+    const int32_t *neuron;                /* the neuron of each, for a (sparse mode) */
+    const float *a;                       /* act(gate) by neuron, [inter] (sparse mode) */
+    float *h;                             /* [n] */
+    float *y;                             /* [d] */
+    int n;
+} piece_job;
+
+/* h over list entries [b, e): act(g) * up, zero where |act(g)| <= threshold (the glu's rule) */
+static void job_h(void *arg, int64_t b, int64_t e) {
+    piece_job *j = arg;
+    const int n = (int)(e - b);
+    float g[64];
+    dots(j->up, j->x, j->rows + b, n, j->h + b);
+    for (int i0 = 0; i0 < n; i0 += 64) {
+        int len = n - i0 < 64 ? n - i0 : 64;
+        if (j->gate) dots(j->gate, j->x, j->rows + b + i0, len, g);
+        for (int i = 0; i < len; i++) {
+            float a = j->gate ? act_of(j->f->act, g[i]) : j->a[j->neuron[b + i0 + i]];
+            j->h[b + i0 + i] = fabsf(a) > j->f->threshold ? a * j->h[b + i0 + i] : 0.f;
+        }
+    }
+}
+
+static void job_down(void *arg, int64_t b, int64_t e) {
+    piece_job *j = arg;
+    if (j->down->q) ec_rows_axpy_q_cols(j->h, j->down->q, j->rows, j->n, j->y, (int)b, (int)e);
+    else ec_rows_axpy_f16_cols(j->h, j->down->f16, j->down->k, j->rows, j->n, j->y, (int)b, (int)e);
+}
+
+/* y += down over the listed rows of one piece (hot rows or cache slots) */
+static void piece(ec_rt *rt, piece_job *j) {
+    if (j->n <= 0) return;
+    ec_parallel(rt->pool, j->n, 16, job_h, j);
+    ec_parallel(rt->pool, j->f->d, 32, job_down, j);
+}
+
+int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y, int64_t m) {
+    if (!rt->cold) {
+        ec_set_error(rt, "this model reads cold weights from cold.bin, which is not open (ec_rt_open_cold)");
+        return -1;
+    }
+    ec_cache *k = cache_of(rt, f);
+    if (!k) {
+        ec_set_error(rt, "out of memory for the cold neurons' cache");
+        return -1;
+    }
+    struct ec_cold *c = rt->cold;
+    const int I = f->inter, D = f->d;
+    float *a = NULL;
+    if (!f->stream) {  /* the whole gate, then act: who is active */
+        a = ec_get(rt, (size_t)m * (size_t)I * sizeof(float));
+        if (f->gate.q) ec_linear_q_mt(rt, a, x, f->gate.q, NULL, m, I);
+        else ec_linear_f16_mt(rt, a, x, f->gate.f16, NULL, m, D, I);
+        for (int64_t i = 0; i < m * I; i++) a[i] = act_of(f->act, a[i]);
+    }
+    const int most = f->hot > f->cold ? f->hot : f->cold;
+    int32_t *list = ec_get(rt, (size_t)(most > 0 ? most : 1) * 4 * 3);
+    int32_t *neuron = list + most, *slots = neuron + most;
+    float *h = ec_get(rt, (size_t)(most > 0 ? most : 1) * sizeof(float));
+    int rc = 0;
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * D, *ar = a ? a + r * I : NULL;
+        float *yr = y + r * D;
+        memset(yr, 0, (size_t)D * sizeof(float));
+        c->stats[8]++;
+        c->stats[5] += (uint64_t)I;
+        /* hot rows: the active ones */
+        int n = 0;
+        for (int p = 0; p < f->hot; p++)
+            if (!ar || fabsf(ar[f->hot_idx[p]]) > f->threshold) {
+                list[n] = p;
+                neuron[n++] = f->hot_idx[p];
+            }
+        piece_job j = {f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, xr, list, neuron, ar, h, yr, n};
+        piece(rt, &j);
+        c->stats[4] += (uint64_t)n;
+        /* cold bundles: the active ones, a cache-full at a time */
+        n = 0;
+        for (int q = 0; q < f->cold; q++)
+            if (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold) list[n++] = q;
+        c->stats[4] += (uint64_t)n;
+        for (int b = 0; b < n; b += k->slots) {
+            int len = n - b < k->slots ? n - b : k->slots;
+            if ((rc = fetch(rt, f, k, list + b, len, slots)) != 0) goto done;
+            for (int i = 0; i < len; i++) neuron[i] = f->cold_idx[list[b + i]];
+            int g = f->stream ? 0 : -1;  /* the cache's parts: [gate,] up, down_t */
+            piece_job jc = {f, f->stream ? &k->rows[0] : NULL, &k->rows[g + 1], &k->rows[g + 2], xr, slots, neuron,
+                            ar, h, yr, len};
+            piece(rt, &jc);
+        }
+    }
+done:
+    ec_put(rt, h);
+    ec_put(rt, list);
+    if (a) ec_put(rt, a);
+    return rc;
+}

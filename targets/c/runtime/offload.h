@@ -1,0 +1,69 @@
+/* edgec embedded C runtime: hot/cold neuron offloading (PowerInfer, "LLM in a flash").
+ *
+ * An offloaded FFN keeps its hot neurons resident (rows of the weights file) and its cold ones in
+ * cold.bin, one bundle per neuron: the neuron's stored rows of [gate,] up and the transposed down
+ * projection (edgec/offload.py plans which are which; targets/c/offload.py writes the bundles). A
+ * token reads the bundles of the cold neurons it activates through a per-FFN LRU cache of `slots`
+ * bundles, with pread on a descriptor opened with O_DIRECT where the file system allows it (so the
+ * page cache does not hide the reads; each read covers whole 4 KiB blocks, and adjacent bundles are
+ * read together). What counts as active:
+ *   sparse  the gate is resident and computed in full; neuron j is active where |act(g_j)| > threshold
+ *           (ReLU's exact zeros at threshold 0; CATS above it); h_j = 0 elsewhere, as the IR's glu
+ *   stream  every neuron (the dense-streaming baseline: the same bundles, cache and reads)
+ * Both compute what the graph's glu -> down computes, within float rounding.
+ */
+#ifndef EC_OFFLOAD_H
+#define EC_OFFLOAD_H
+
+#include <stdint.h>
+
+#include "ec_rt.h"
+#include "sparse_ffn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* How one weight's row is stored in a bundle (the cache holds it widened, as the kernels read it). */
+typedef struct {
+    int f16;                          /* 1: k IEEE halves; 0: quantized (ec_qweight's row) */
+    int bits, group, k, kp, groups;   /* stored code width (3/5/6 are widened to bytes in the cache) */
+    int scale_half, has_mins;         /* scales and mins stored as halves (cached as float); mins present */
+} ec_cold_part;
+
+typedef struct {
+    int id;                           /* index among the model's offloaded FFNs (its cache in a context) */
+    int d, inter, hot, cold;          /* model width, neurons; hot + cold == inter */
+    int act;                          /* EC_SILU, EC_GELU, EC_GELU_TANH or EC_RELU */
+    float threshold;                  /* the glu's: |act(g)| <= threshold counts as 0 */
+    int stream;                       /* 1: every neuron active (dense streaming) */
+    const int32_t *hot_idx, *cold_idx; /* neuron of hot row p, of cold bundle c (ascending) */
+    ec_ffn_rows gate;                 /* sparse: all `inter` rows in neuron order; stream: the hot rows */
+    ec_ffn_rows up, down_t;           /* the hot rows (down_t: row p = column hot_idx[p] of down) */
+    uint64_t offset;                  /* bundle c at offset + c * bundle in cold.bin */
+    uint32_t bundle;
+    int n_parts;                      /* stream: gate, up, down_t; sparse: up, down_t */
+    ec_cold_part part[3];
+    int slots;                        /* bundles this FFN's cache holds (>= 1) */
+} ec_offload_ffn;
+
+/* y [m, d] = down(glu(gate x, up x)) for x [m, d]; 0, or -1 with the error in rt (no cold file, a read failed). */
+int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y, int64_t m);
+
+/* Open the artifact's cold.bin for rt (each context reads through its own descriptor and caches).
+ * direct: try O_DIRECT first. min_bytes: the file must be at least this long. 0, or -1 with the error. */
+int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes);
+
+/* Counters since the file was opened (or reset):
+ * [0] bytes read from storage  [1] read calls  [2] bundles read  [3] bundle cache hits
+ * [4] neurons computed (hot + cold)  [5] neurons considered  [6] cache bytes allocated  [7] 1: O_DIRECT
+ * [8] FFN calls (one per offloaded FFN per row) */
+#define EC_COLD_STATS 9
+void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out);
+void ec_rt_cold_reset(ec_rt *rt);
+void ec_cold_free(ec_rt *rt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
