@@ -131,6 +131,16 @@ def _recipe_help() -> str:
               "tvm: tune_minutes=M (MetaSchedule on this machine, log kept in model/tune/), "
               "tune_log=ARTIFACT (reuse its tuning log); c: int8_activations, huge_pages, profile=1 (per-op "
               "timers). Unknown keys are refused with the valid ones listed.")
+@click.option("--memory-budget", default=None, metavar="SIZE",
+              help="Hot/cold neuron offloading (C backend): hold the weights in SIZE of memory (60MB, 1.5GiB, or "
+              "50%% of the weights); cold FFN neurons are read from model/cold.bin on demand. With --calib the "
+              "activation profile picks the hot neurons.")
+@click.option("--offload", type=click.Choice(["sparse", "stream"]), default=None,
+              help="With --memory-budget: sparse (default: read only the cold neurons a token activates) or "
+              "stream (read every cold neuron each token: the dense-streaming baseline).")
+@click.option("--sparsity-budget", default=None, metavar="PCT",
+              help="CATS activation sparsity: per-layer thresholds chosen for this perplexity increase on the "
+              "calibration text (e.g. 5%%); needs --calib.")
 @click.option("--force", is_flag=True, help="Replace an existing edgec artifact at OUTPUT even if it holds "
               "files edgec did not put there (they are deleted). Never replaces anything that is not a "
               "verified edgec artifact.")
@@ -141,7 +151,7 @@ def _recipe_help() -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @user_errors
 def build(model, output, device, backend, recipe, calib, calib_samples, calib_seqlen, dump_ir, no_fuse,
-          max_context, backend_opts, force, sign, quiet, as_json):
+          max_context, backend_opts, memory_budget, offload, sparsity_budget, force, sign, quiet, as_json):
     """Compile MODEL (a Hugging Face folder, a .gguf file, or nothing for the
     embedded SmolLM2-135M-Instruct) into an artifact."""
     _quiet_libraries(quiet or as_json)
@@ -152,7 +162,8 @@ def build(model, output, device, backend, recipe, calib, calib_samples, calib_se
     out = do_build(model, output, device=device, backend=backend, recipe=recipe,
                    progress=_progress(quiet or as_json), dump_ir=dump_ir, calib=calib,
                    calib_samples=calib_samples, calib_seqlen=calib_seqlen, fuse=not no_fuse,
-                   max_context=max_context, backend_options=list(backend_opts), force=force, sign=sign)
+                   max_context=max_context, backend_options=list(backend_opts), force=force, sign=sign,
+                   memory_budget=memory_budget, offload=offload, sparsity_budget=sparsity_budget)
     m = load_manifest(out, verify=False)
     if as_json:
         click.echo(json.dumps({"artifact": str(out), "total_size": m["total_size"],

@@ -163,7 +163,11 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
     spare = total - minimum
     active = [(_activity(p, s) if mode == "sparse" else None) for p, s in zip(profiles, sparsity)]
     # hot neurons: most active first across all FFNs (without a profile: each FFN's first neurons, evenly)
-    hot_share = spare if mode == "stream" else spare * (1 - CACHE_SHARE)
+    everything = sum(c.neurons * c.hot for c in costs)  # every neuron hot: nothing to read, no caches
+    if everything <= total - fixed:
+        spare = hot_share = total - fixed
+    else:
+        hot_share = spare if mode == "stream" else spare * (1 - CACHE_SHARE)
     keys = []
     for i, (c, p) in enumerate(zip(costs, profiles)):
         f = _frequency(p, c.neurons)
@@ -188,7 +192,7 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
         slots = min(min_slots[i], len(cold))
         if mode == "sparse" and len(cold) and weights_e.sum() > 0:
             slots += int(left * weights_e[i] / weights_e.sum() // c.slot)
-        slots = max(1, min(slots, len(cold)))
+        slots = max(1, min(slots, len(cold))) if len(cold) else 0
         cache += slots * c.slot
         plans.append(FFNPlan(c.name, hot_sets[i].astype(np.int32), cold.astype(np.int32), slots, exp[i]))
     resident = fixed + used

@@ -152,7 +152,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
           progress: Progress | None = None, dump_ir: str | Path | None = None,
           force: bool = False, sign=None, calib: str | Path | None = None, calib_samples: int | None = None,
           calib_seqlen: int | None = None, fuse: bool = True, max_context: int | None = None,
-          backend_options: dict | list[str] | None = None) -> Path:
+          backend_options: dict | list[str] | None = None, memory_budget: str | None = None,
+          offload: str | None = None, sparsity_budget: str | float | None = None) -> Path:
     """Compile MODEL for DEVICE and write the artifact; returns its path (fuse=False: no FUSE phase).
 
     max_context caps the context length (default: the model's) and with it the KV cache.
@@ -160,6 +161,9 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     profile's and the recipe's [backend.<name>] tables; e.g. TVM's {"tune_minutes": 5}. An
     existing OUTPUT is replaced only if it is a verified edgec artifact with nothing else in it
     (force: extra files allowed). sign: see signing_key (default: the user's own key).
+    memory_budget / offload: hot/cold neuron offloading (the C backend's options of those names; with
+    calibration text, the activation profile that picks the hot neurons is measured too).
+    sparsity_budget: CATS activation sparsity chosen for this perplexity increase ("5%" or 0.05).
     """
     from .artifact import check_output, clean_stale
     from .frontend import resolve_source
@@ -171,6 +175,8 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
     be = get_backend(backend or dev.default_backend)
     source = resolve_source(None if model is None else str(model))
     rec = load_recipe(recipe or default_recipe(source, dev))
+    backend_options = _with_offload(be, rec, backend_options, memory_budget, offload, sparsity_budget,
+                                    calib is not None)
     options = be.check(dev, rec, backend_options_for(be, dev, rec, backend_options))
     if max_context is not None:
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 1:
@@ -190,6 +196,38 @@ def build(model: str | Path | None = None, output: str | Path | None = None, dev
                    sign=False if key is None else key, started=t_start, options=options)
     say(f"wrote {out} in {time.perf_counter() - t_start:.1f}s")
     return out
+
+
+def _share(text, what: str) -> float:
+    """`5%` or 0.05 -> 0.05."""
+    s = str(text).strip()
+    try:
+        v = float(s[:-1]) / 100 if s.endswith("%") else float(s)
+    except ValueError:
+        raise EdgecError(f"{what} {text!r} is not a share: give a percentage (5%) or a fraction (0.05)") from None
+    if not 0 < v < 10:
+        raise EdgecError(f"{what} {text!r} must be above 0% (and below 1000%)")
+    return v
+
+
+def _with_offload(be, rec, given, memory_budget, offload, sparsity_budget, calibrated: bool):
+    """The build's backend options with --memory-budget/--offload, and the recipe with --sparsity-budget's cats
+    pass and, for a sparse offload with calibration text, the profile pass that ranks the neurons."""
+    if sparsity_budget is not None:
+        rec.passes.append(("cats", {"budget": _share(sparsity_budget, "sparsity budget")}))
+    if memory_budget is None and offload is None:
+        return given
+    if "memory_budget" not in be.options:
+        raise EdgecError(f"--memory-budget offloads cold neurons in edgec's C runtime; the {be.name} backend does not: "
+                         "add --backend c")
+    if memory_budget is None:
+        raise EdgecError("--offload needs --memory-budget SIZE (60MB, or 50% of the weights)")
+    extra = {"memory_budget": str(memory_budget), **({"offload": offload} if offload else {})}
+    if (offload or "sparse") == "sparse" and calibrated and not any(n == "reorder_neurons" for n, _ in rec.passes):
+        rec.passes.append(("reorder_neurons", {"permute": False}))  # the profile the planner ranks neurons by
+    if isinstance(given, (list, tuple)):
+        return [*given, *(f"{k}={v}" for k, v in extra.items())]
+    return {**(given or {}), **extra}
 
 
 def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress: Progress | None = None,

@@ -1,4 +1,4 @@
-"""The C backend's hot/cold lowering: each planned gated FFN becomes one `ffn_offload` call.
+"""The C backend's hot/cold lowering: each planned gated FFN with cold neurons becomes one `ffn_offload` call.
 
 On a copy of the graph (the caller's stays as it is), every FFN the planner (edgec/offload.py) splits
 is replaced by a node `ffn_offload(x, gate, up_hot, down_t_hot, hot_idx, cold_idx)` that only this
@@ -249,7 +249,10 @@ def lower(graph: Graph, plan, gated_ids: list[int], downs: list[Rows], out_dir: 
     gated = {f.index: f for f in find_gated(g)[0]}
     offset = 0
     with open(Path(out_dir) / COLD_FILE, "wb") as fh:
-        for k, (i, p, dt) in enumerate(zip(gated_ids, plan.ffns, downs)):
+        k = 0
+        for i, p, dt in zip(gated_ids, plan.ffns, downs):
+            if not len(p.cold):
+                continue  # the budget holds all of this FFN: it stays as it was
             f = gated[i]
             stream = plan.mode == "stream"
             hot, cold = p.hot, p.cold
@@ -288,5 +291,6 @@ def lower(graph: Graph, plan, gated_ids: list[int], downs: list[Rows], out_dir: 
                 if n is not f.down and n in g.nodes:
                     g.nodes.remove(n)
             offset += size + pad
+            k += 1
     dce(g)
     return g, offset

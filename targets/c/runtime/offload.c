@@ -236,7 +236,7 @@ static int read_full(int fd, uint8_t *buf, size_t n, uint64_t off) {
     return 0;
 }
 
-/* Bundles want[0..n) (ascending cold indices) -> slots[0..n): hits pinned and moved to the front, misses
+/* Bundles want[0..n) (the misses among them in ascending order) -> slots[0..n): hits pinned and moved to the front, misses
    given the least recently used unpinned slots and read. n <= the cache's slots. */
 static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t *want, int n, int32_t *slots) {
     struct ec_cold *c = rt->cold;
@@ -412,10 +412,13 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
         piece_job j = {f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, xr, list, neuron, ar, h, yr, n};
         piece(rt, &j);
         c->stats[4] += (uint64_t)n;
-        /* cold bundles: the active ones, a cache-full at a time */
+        /* cold bundles: the active ones, a cache-full at a time, those in the cache first (so a list longer than
+           the cache does not evict what it is about to use: plain LRU over a cycle would never hit) */
         n = 0;
         for (int q = 0; q < f->cold; q++)
-            if (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold) list[n++] = q;
+            if (k->slot_of[q] >= 0 && (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold)) list[n++] = q;
+        for (int q = 0; q < f->cold; q++)
+            if (k->slot_of[q] < 0 && (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold)) list[n++] = q;
         c->stats[4] += (uint64_t)n;
         for (int b = 0; b < n; b += k->slots) {
             int len = n - b < k->slots ? n - b : k->slots;
