@@ -767,7 +767,7 @@ class CodeGen:
         parts = ", ".join("{%d, %d, %d, %d, %d, %d, %d, %d}" % (p["f16"], p["bits"], p["group"], p["k"], p["kp"],
                                                              p["groups"], p["scale_half"], p["has_mins"])
                           for p in a["parts"])
-        idx = {r: (self.ptr(ins[r]) if r in ins else "NULL") for r in ("hot_idx", "cold_idx")}
+        idx = {r: (self.ptr(ins[r]) if r in ins else "NULL") for r in ("hot_idx", "cold_idx", "pred_a", "pred_b")}
         act = GLU_ACT[a["act"]]
         self.alloc(o)
         name = f"off{a['id']}"
@@ -775,7 +775,8 @@ class CodeGen:
                   f"{_c_float(a['threshold'])}, {a['stream']}, {idx['hot_idx']}, {idx['cold_idx']}, "
                   f"{self._ffn_rows(ins.get('gate'), d)}, {self._ffn_rows(ins.get('up'), d)}, "
                   f"{self._ffn_rows(ins.get('down_t'), d)}, UINT64_C({a['offset']}), {a['bundle']}u, {len(a['parts'])}, "
-                  f"{{{parts}}}, {a['slots']}}};")
+                  f"{{{parts}}}, {a['slots']}, {idx['pred_a']}, {idx['pred_b']}, {a.get('rank', 0)}, "
+                  f"{_c_float(a.get('tau', 0.0))}}};")
         self.emit(f"if (ec_ffn_offload(rt, &{name}, {self.ptr(x)}, {self.ptr(o)}, ({numel_c(x.shape)}) / {d}) != 0) "
                   "return -1;")
 

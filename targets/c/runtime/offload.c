@@ -384,55 +384,67 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
     }
     struct ec_cold *c = rt->cold;
     const int I = f->inter, D = f->d;
-    float *a = NULL;
+    float *a = NULL, *score = NULL;
     if (!f->stream) {  /* the whole gate, then act: who is active */
         a = ec_get(rt, (size_t)m * (size_t)I * sizeof(float));
         if (f->gate.q) ec_linear_q_mt(rt, a, x, f->gate.q, NULL, m, I);
         else ec_linear_f16_mt(rt, a, x, f->gate.f16, NULL, m, D, I);
         for (int64_t i = 0; i < m * I; i++) a[i] = act_of(f->act, a[i]);
+    } else if (f->pred_a) {  /* the predictor's scores: B (A x) */
+        float *z = ec_get(rt, (size_t)m * (size_t)f->rank * sizeof(float));
+        score = ec_get(rt, (size_t)m * (size_t)I * sizeof(float));
+        ec_linear_f16_mt(rt, z, x, f->pred_a, NULL, m, D, f->rank);
+        ec_linear_f16_mt(rt, score, z, f->pred_b, NULL, m, f->rank, I);
+        ec_put(rt, z);
     }
+#define EC_ON(r, j) (a ? fabsf(a[(r) * I + (j)]) > f->threshold : score ? score[(r) * I + (j)] > f->tau : 1)
     const int most = f->hot > f->cold ? f->hot : f->cold;
     int32_t *list = ec_get(rt, (size_t)(most > 0 ? most : 1) * 4 * 3);
     int32_t *neuron = list + most, *slots = neuron + most;
     float *h = ec_get(rt, (size_t)(most > 0 ? most : 1) * sizeof(float));
     int rc = 0;
-    for (int64_t r = 0; r < m; r++) {
+    for (int64_t r = 0; r < m; r++) {  /* hot rows: each row's active ones */
         const float *xr = x + r * D, *ar = a ? a + r * I : NULL;
         float *yr = y + r * D;
         memset(yr, 0, (size_t)D * sizeof(float));
         c->stats[8]++;
         c->stats[5] += (uint64_t)I;
-        /* hot rows: the active ones */
         int n = 0;
         for (int p = 0; p < f->hot; p++)
-            if (!ar || fabsf(ar[f->hot_idx[p]]) > f->threshold) {
+            if (EC_ON(r, f->hot_idx[p])) {
                 list[n] = p;
                 neuron[n++] = f->hot_idx[p];
             }
         piece_job j = {f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, xr, list, neuron, ar, h, yr, n};
         piece(rt, &j);
         c->stats[4] += (uint64_t)n;
-        /* cold bundles: the active ones, a cache-full at a time, those in the cache first (so a list longer than
-           the cache does not evict what it is about to use: plain LRU over a cycle would never hit) */
-        n = 0;
-        for (int q = 0; q < f->cold; q++)
-            if (k->slot_of[q] >= 0 && (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold)) list[n++] = q;
-        for (int q = 0; q < f->cold; q++)
-            if (k->slot_of[q] < 0 && (!ar || fabsf(ar[f->cold_idx[q]]) > f->threshold)) list[n++] = q;
-        c->stats[4] += (uint64_t)n;
-        for (int b = 0; b < n; b += k->slots) {
-            int len = n - b < k->slots ? n - b : k->slots;
-            if ((rc = fetch(rt, f, k, list + b, len, slots)) != 0) goto done;
-            for (int i = 0; i < len; i++) neuron[i] = f->cold_idx[list[b + i]];
-            int g = f->stream ? 0 : -1;  /* the cache's parts: [gate,] up, down_t */
-            piece_job jc = {f, f->stream ? &k->rows[0] : NULL, &k->rows[g + 1], &k->rows[g + 2], xr, slots, neuron,
-                            ar, h, yr, len};
+        for (int q = 0; q < f->cold; q++) c->stats[4] += (uint64_t)EC_ON(r, f->cold_idx[q]);
+    }
+    /* cold bundles active in any row, a cache-full at a time (each read once for all rows), those in the cache
+       first (so a list longer than the cache does not evict what it is about to use: LRU over a cycle never hits) */
+    int n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int q = 0; q < f->cold; q++) {
+            if ((k->slot_of[q] >= 0) != (pass == 0)) continue;
+            int on = 0;
+            for (int64_t r = 0; r < m && !on; r++) on = EC_ON(r, f->cold_idx[q]);
+            if (on) list[n++] = q;
+        }
+#undef EC_ON
+    for (int b = 0; b < n; b += k->slots) {
+        int len = n - b < k->slots ? n - b : k->slots;
+        if ((rc = fetch(rt, f, k, list + b, len, slots)) != 0) break;
+        for (int i = 0; i < len; i++) neuron[i] = f->cold_idx[list[b + i]];
+        int g = f->stream ? 0 : -1;  /* the cache's parts: [gate,] up, down_t */
+        for (int64_t r = 0; r < m; r++) {  /* a neuron off in this row gets h = 0 (job_h's rule) */
+            piece_job jc = {f, f->stream ? &k->rows[0] : NULL, &k->rows[g + 1], &k->rows[g + 2], x + r * D, slots,
+                            neuron, a ? a + r * I : NULL, h, y + r * D, len};
             piece(rt, &jc);
         }
     }
-done:
     ec_put(rt, h);
     ec_put(rt, list);
     if (a) ec_put(rt, a);
+    if (score) ec_put(rt, score);
     return rc;
 }

@@ -9,7 +9,9 @@
  * read together). What counts as active:
  *   sparse  the gate is resident and computed in full; neuron j is active where |act(g_j)| > threshold
  *           (ReLU's exact zeros at threshold 0; CATS above it); h_j = 0 elsewhere, as the IR's glu
- *   stream  every neuron (the dense-streaming baseline: the same bundles, cache and reads)
+ *   stream  every neuron (the dense-streaming baseline: the same bundles, cache and reads), or with a predictor
+ *           (a low-rank sketch of the gate, passes/predictor.py) the neurons it predicts active; the gate rows
+ *           are in the bundles and a candidate still counts as active only where |act(g)| > threshold
  * Both compute what the graph's glu -> down computes, within float rounding.
  */
 #ifndef EC_OFFLOAD_H
@@ -45,6 +47,9 @@ typedef struct {
     int n_parts;                      /* stream: gate, up, down_t; sparse: up, down_t */
     ec_cold_part part[3];
     int slots;                        /* bundles this FFN's cache holds (>= 1) */
+    const uint16_t *pred_a, *pred_b;  /* stream mode with a predictor: halves A [rank, d], B [inter, rank]; */
+    int rank;                         /* neuron j is a candidate where (B A x)_j > tau, and only candidates */
+    float tau;                        /* are read and computed (NULL: every neuron, dense streaming) */
 } ec_offload_ffn;
 
 /* y [m, d] = down(glu(gate x, up x)) for x [m, d]; 0, or -1 with the error in rt (no cold file, a read failed). */
