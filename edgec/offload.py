@@ -120,24 +120,23 @@ def _frequency(profile, neurons: int) -> np.ndarray | None:
     return key
 
 
-def _activity(profile, threshold_sparsity: float | None) -> np.ndarray | None:
-    """Per neuron, the fraction of tokens it is active at the layer's offload threshold (the profile's
-    stored sparsity nearest to it; exact zeros for ReLU)."""
+def _activity(profile, neurons: int, read_share: float | None) -> np.ndarray | None:
+    """Per neuron, the fraction of tokens it is read: `read_share` (a predictor's candidates) when given, else
+    how often the profile saw it non-zero (ReLU's zeros, or a CATS threshold's: the profile runs after it)."""
+    if read_share is not None:
+        return np.full(neurons, float(read_share))
     if profile is None:
         return None
-    if threshold_sparsity is None:
-        return profile.fired / max(profile.tokens, 1)
-    i = int(np.argmin([abs(s - threshold_sparsity) for s in profile.sparsities]))
-    return profile.active[i] / max(profile.tokens, 1)
+    return profile.fired / max(profile.tokens, 1)
 
 
 def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mode: str = "sparse",
-                 profiles: list | None = None, sparsity: list[float | None] | None = None) -> Plan:
+                 profiles: list | None = None, read_share: list[float | None] | None = None) -> Plan:
     """The split of every FFN under `budget`; EdgecError naming the resident minimum when it cannot hold it.
 
     other: resident bytes outside the offloadable FFNs. profiles: the activation profile's layer for each
-    FFN (edgec.activations.LayerProfile), or None. sparsity: per FFN, the activation sparsity its threshold
-    gives (None: exact zeros only), for the expected reads."""
+    FFN (edgec.activations.LayerProfile), or None. read_share: per FFN, the share of its neurons a token reads
+    when known (a predictor's candidates; None: from the profile), for the expected reads and the caches."""
     if mode not in MODES:
         raise EdgecError(f"offload mode {mode!r} is not one of {list(MODES)}")
     if not costs:
@@ -147,7 +146,7 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
     kind, value = parse_budget(budget)
     total = int(value * weights) if kind == "share" else int(value)
     profiles = profiles or [None] * len(costs)
-    sparsity = sparsity or [None] * len(costs)
+    read_share = read_share or [None] * len(costs)
     fixed = other + sum(c.fixed for c in costs)
     min_slots = [min(MIN_SLOTS, c.neurons) for c in costs]
     minimum = fixed + sum(s * c.slot for s, c in zip(min_slots, costs))
@@ -161,7 +160,8 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
                          f"--memory-budget to at least {_mb(minimum).replace(' ', '')}"
                          + (" or use offload=stream" if mode == "sparse" else ""))
     spare = total - minimum
-    active = [(_activity(p, s) if mode == "sparse" else None) for p, s in zip(profiles, sparsity)]
+    active = [(_activity(p, c.neurons, s) if mode == "sparse" else None)
+              for p, c, s in zip(profiles, costs, read_share)]
     # hot neurons: most active first across all FFNs (without a profile: each FFN's first neurons, evenly)
     everything = sum(c.neurons * c.hot for c in costs)  # every neuron hot: nothing to read, no caches
     if everything <= total - fixed:

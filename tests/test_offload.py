@@ -219,3 +219,36 @@ def test_aarch64_offload_under_qemu_matches_x86(relu_llama, tmp_path):
     x86 = edgec.build(relu_llama, tmp_path / "x86", backend="c", recipe="int8", memory_budget="90%")
     arm = edgec.build(relu_llama, tmp_path / "arm", device="rpi5", backend="c", recipe="int8", memory_budget="90%")
     assert ids(arm, [QEMU]) == ids(x86)
+
+
+def test_predictor_reads_only_candidates_and_misses_little(relu_llama, dense, tmp_path):
+    """passes/predictor.py: the gate leaves memory, candidates are read with their gate rows."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(np.random.default_rng(0).choice(["a", "b c", "the", "dog.", "xyz", "Hello"], 6000)))
+    recipe = tmp_path / "p.toml"
+    recipe.write_text('name = "pred"\n[calibration]\nsamples = 16\nseqlen = 128\n\n[[passes]]\nname = "fp16_weights"\n'
+                      '\n[[passes]]\nname = "predictor"\nrank = 0.25\nrecall = 0.99\n')
+    art = edgec.build(relu_llama, tmp_path / "pred", backend="c", recipe=str(recipe), calib=calib, memory_budget="60%")
+    meta = offload_meta(art)
+    preds = meta["predictors"]
+    assert len(preds) == 2 and all(p["rank"] == 16 and p["recall"] > 0.97 for p in preds)
+    assert all(p["active"] < p["candidates"] < 1 for p in preds)
+    report = json.loads((art / "report.json").read_text())
+    assert any(r["pass"] == "predictor" and "held-out recall" in r["summary"] for r in report["passes"])
+    hot, ref = edgec.load(art), edgec.load(dense("fp16"))
+    a, b = hot.logits(IDS), ref.logits(IDS)
+    assert np.abs(a - b).max() < 0.05 * np.abs(b).max()  # a missed active neuron is the only error
+    s = hot.executor.cold_stats()
+    assert s["neurons_computed"] < s["neurons"]  # only candidates
+    # the same recipe without a memory budget computes the dense model: the graph is unchanged
+    plain = edgec.build(relu_llama, tmp_path / "plain", backend="c", recipe=str(recipe), calib=calib)
+    np.testing.assert_array_equal(edgec.load(plain).logits(IDS), b)
+
+
+def test_predictor_needs_a_relu_model(tiny_llama, tmp_path):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("some text to calibrate on. " * 200)
+    recipe = tmp_path / "p.toml"
+    recipe.write_text('name = "pred"\n[calibration]\nsamples = 2\nseqlen = 64\n\n[[passes]]\nname = "predictor"\n')
+    with pytest.raises(EdgecError, match="needs ReLU-gated FFNs"):
+        edgec.build(tiny_llama, tmp_path / "x", backend="c", recipe=str(recipe), calib=calib)

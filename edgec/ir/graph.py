@@ -95,6 +95,9 @@ class Graph:
         # files the artifact carries beside the model, by name (e.g. activations.json, the neuron profile a
         # pass measured); the pipeline writes them at the artifact's root, where the manifest lists them
         self.attachments: dict[str, str] = {}
+        # what a pass leaves for a backend's lowering that no op reads, by kind, e.g. "predictors": the FFN
+        # active-neuron predictors of passes/predictor.py by glu output name (hot/cold offloading uses them)
+        self.annotations: dict[str, dict] = {}
         self._names: set[str] = set()
         self._counter = itertools.count()
 

@@ -131,14 +131,14 @@ def plan_and_lower(graph, out_dir, device, budget: str, mode: str, progress=None
         prof = ActivationProfile.from_json(graph.attachments[PROFILE_FILE])
         if len(prof.layers) > max(f.index for f in gated):
             layers = [prof.layers[f.index] if prof.layers[f.index].neurons == f.neurons else None for f in gated]
-    # exact zeros (ReLU at threshold 0) are what the profile's firing counts measure; a CATS threshold is
-    # estimated at the profile's 40% sparsity
-    sparsity = [None if f.glu.attrs["act"] == "relu" and not f.glu.attrs.get("threshold") else 0.4 for f in gated]
-    plan = plan_offload(cost, other, budget, mode, profiles=layers, sparsity=sparsity)
+    share = [f.predictor["candidates"] if f.predictor else None for f in gated]
+    plan = plan_offload(cost, other, budget, mode, profiles=layers, read_share=share)
     say(f"writing {COLD_FILE}: {sum(len(p.cold) for p in plan.ffns)} cold neurons")
     lowered, size = lower(graph, plan, [f.index for f in gated], downs, out_dir)
     meta = {"file": COLD_FILE, "bytes": size, "plan": plan.report(), "not_offloaded": why,
-            "down_requantized": any(not d.f16 for d in downs)}
+            "down_requantized": any(not d.f16 for d in downs),
+            "predictors": [{k: f.predictor[k] for k in ("rank", "tau", "recall", "candidates", "active")}
+                           for f in gated if f.predictor]}
     if getattr(device, "kind", "") == "gpu":
         meta["gpu_split"] = gpu_split(plan, device)
     return lowered, meta

@@ -40,7 +40,7 @@ GLU_ACT = {"silu": "EC_SILU", "gelu": "EC_GELU", "gelu_tanh": "EC_GELU_TANH", "r
 ALIASES = {"reshape", "unsqueeze"}  # same bytes, new shape
 COPIES = ALIASES | {"permute", "slice", "expand", "concat", "split", "last_rows", "embedding", "const", "cast"}
 WIDENED_BITS = (3, 5, 6)  # packed code widths the runtime widens to bytes at bind (see CodeGen._codes_ptr)
-NATIVE_F16 = COPIES | {"linear"}  # ops that move float16 tensors as they are; the rest compute in float32
+NATIVE_F16 = COPIES | {"linear", "ffn_offload"}  # ops that take float16 tensors as they are; the rest compute in float32
 
 
 KV_FORMS = ("fp32", "fp16")  # the backend option kv_cache: how a float KV cache is stored

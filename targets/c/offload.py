@@ -30,7 +30,6 @@ from .codegen import GLU_ACT, WIDENED_BITS
 
 COLD_FILE = "cold.bin"
 BLOCK = 4096
-ROLES = ("x", "gate", "up", "down_t", "hot_idx", "cold_idx")
 
 
 @dataclass
@@ -94,6 +93,7 @@ class Gated:
     gate: Rows
     up: Rows
     down_w: Rows                  # as stored: [D, I]
+    predictor: dict | None = None  # passes/predictor.py's, when it ran: candidates are read, the gate is not kept
 
     @property
     def neurons(self) -> int:
@@ -168,7 +168,8 @@ def find_gated(graph: Graph) -> tuple[list[Gated], list[str]]:
             why.append(f"{name}: activation {glu.attrs['act']!r}")
             continue
         removed = list({id(n): n for n in [*g_nodes, *u_nodes, glu, ffn.down]}.values())
-        found.append(Gated(i, x, glu, ffn.down, removed, gate, up, down))
+        pred = graph.annotations.get("predictors", {}).get(glu.output.name)
+        found.append(Gated(i, x, glu, ffn.down, removed, gate, up, down, pred))
     return found, why
 
 
@@ -190,8 +191,11 @@ def costs(graph: Graph, gated: list[Gated], downs: list[Rows], mode: str):
     out = []
     for f, dt in zip(gated, downs):
         n = f.neurons
-        parts = ([f.gate] if mode == "stream" else []) + [f.up, dt]
-        fixed = 4 * n + (n * f.gate.memory_row() if mode == "sparse" else 0)
+        streamed = mode == "stream" or f.predictor is not None  # the gate rows travel with the neuron
+        parts = ([f.gate] if streamed else []) + [f.up, dt]
+        fixed = 4 * n + (n * f.gate.memory_row() if not streamed else 0)
+        if f.predictor is not None and mode == "sparse":
+            fixed += f.predictor["a"].nbytes + f.predictor["b"].nbytes
         dense = n * (f.gate.memory_row() + f.up.memory_row()) + f.down_w.arrays[0].shape[0] * f.down_w.memory_row()
         out.append(FFNCost(f.down.inputs[1].name, n, sum(p.stored_row() for p in parts),
                            sum(p.memory_row() for p in parts), sum(p.memory_row() for p in parts), fixed, dense))
@@ -254,7 +258,8 @@ def lower(graph: Graph, plan, gated_ids: list[int], downs: list[Rows], out_dir: 
             if not len(p.cold):
                 continue  # the budget holds all of this FFN: it stays as it was
             f = gated[i]
-            stream = plan.mode == "stream"
+            pred = f.predictor if plan.mode == "sparse" else None
+            stream = plan.mode == "stream" or pred is not None
             hot, cold = p.hot, p.cold
             parts = ([f.gate] if stream else []) + [f.up, dt]
             bundles = np.concatenate([r.take(cold).bundle_bytes() for r in parts], axis=1) if len(cold) else \
@@ -278,10 +283,14 @@ def lower(graph: Graph, plan, gated_ids: list[int], downs: list[Rows], out_dir: 
                 ins["hot_idx"] = g.add_weight(f"{name}.hot_idx", hot.astype(np.int32))
             if len(cold):
                 ins["cold_idx"] = g.add_weight(f"{name}.cold_idx", cold.astype(np.int32))
+            if pred is not None:
+                ins["pred_a"] = g.add_weight(f"{name}.pred_a", np.ascontiguousarray(pred["a"], np.float16))
+                ins["pred_b"] = g.add_weight(f"{name}.pred_b", np.ascontiguousarray(pred["b"], np.float16))
             attrs = {"id": k, "d": int(f.x.shape[-1]), "inter": f.neurons, "hot": int(len(hot)),
                      "cold": int(len(cold)), "act": f.glu.attrs["act"],
                      "threshold": float(f.glu.attrs.get("threshold", 0.0) or 0.0), "stream": int(stream),
                      "offset": offset, "bundle": bundle, "parts": [r.part() for r in parts], "slots": int(p.slots),
+                     "rank": int(pred["rank"]) if pred else 0, "tau": float(pred["tau"]) if pred else 0.0,
                      "roles": list(ins)}
             node = Node("ffn_offload", list(ins.values()), [f.down.output], attrs)
             f.down.output.producer = node
