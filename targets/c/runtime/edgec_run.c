@@ -20,9 +20,20 @@ static int usage(const char *why) {
     return 2;
 }
 
+/* the cold-read counters when the first token arrives (the prompt's prefill is done, no decode step yet) */
+typedef struct {
+    edgec_ctx *ctx;
+    int seen;
+    uint64_t at_first[EDGEC_COLD_STATS];
+} run_state;
+
+static void first_token(run_state *s) {
+    if (s && s->ctx && !s->seen++) edgec_cold_stats(s->ctx, s->at_first);
+}
+
 static int print_token(const char *bytes, int len, int32_t id, void *user) {
     (void)id;
-    (void)user;
+    first_token(user);
     fwrite(bytes, 1, (size_t)len, stdout);
     fflush(stdout);
     return 0;
@@ -31,7 +42,7 @@ static int print_token(const char *bytes, int len, int32_t id, void *user) {
 static int print_id(const char *bytes, int len, int32_t id, void *user) {
     (void)bytes;
     (void)len;
-    (void)user;
+    first_token(user);
     printf("%d ", id);
     return 0;
 }
@@ -139,10 +150,11 @@ int main(int argc, char **argv) {
     if (!c) { fprintf(stderr, "edgec-run: error: %s\n", err); edgec_free(m); free(ids); return 1; }
     double st[2] = {0, 0};
     int made;
+    run_state rs = {c, 0, {0}};
     if (idlist) {
-        made = edgec_generate_ids(c, ids, k, n, &smp, print_id, NULL, st);
+        made = edgec_generate_ids(c, ids, k, n, &smp, print_id, &rs, st);
     } else {
-        made = edgec_generate(c, prompt, chat, n, &smp, print_token, NULL, st);
+        made = edgec_generate(c, prompt, chat, n, &smp, print_token, &rs, st);
     }
     printf("\n");
     int rc = 0;
@@ -152,11 +164,17 @@ int main(int argc, char **argv) {
                 edgec_kernels());
         uint64_t cs[EDGEC_COLD_STATS];
         edgec_cold_stats(c, cs);
-        if (cs[8])  /* a hot/cold model: what it read from cold.bin (prompt and generated tokens together) */
+        if (cs[8]) {  /* a hot/cold model: what it read from cold.bin, in all and per decode step */
+            const uint64_t *f = rs.at_first;
+            const double steps = made > 1 ? made - 1 : 1;  /* decode steps after the first token */
             fprintf(stderr, "cold: %llu bytes read in %llu reads (%s), %llu bundles read, %llu cache hits, "
-                    "%.1f%% of the offloaded neurons computed, cache %.1f MB\n", (unsigned long long)cs[0],
+                    "%.1f%% of the offloaded neurons computed, cache %.1f MB; per decode step: %.0f bytes, "
+                    "%.1f bundles, %.1f hits, %.1f%% computed\n", (unsigned long long)cs[0],
                     (unsigned long long)cs[1], cs[7] ? "O_DIRECT" : "page cache", (unsigned long long)cs[2],
-                    (unsigned long long)cs[3], cs[5] ? 100.0 * (double)cs[4] / (double)cs[5] : 0.0, cs[6] / 1e6);
+                    (unsigned long long)cs[3], cs[5] ? 100.0 * (double)cs[4] / (double)cs[5] : 0.0, cs[6] / 1e6,
+                    (double)(cs[0] - f[0]) / steps, (double)(cs[2] - f[2]) / steps, (double)(cs[3] - f[3]) / steps,
+                    cs[5] > f[5] ? 100.0 * (double)(cs[4] - f[4]) / (double)(cs[5] - f[5]) : 0.0);
+        }
     }
     edgec_context_free(c);
     edgec_free(m);
