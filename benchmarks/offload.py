@@ -12,7 +12,7 @@ Two models, C artifacts built with `edgec build --backend c --memory-budget B% [
   sparse offload keeps the gate resident and reads the cold neurons a token activates; its hot neurons
   come from the activation profile measured on the WikiText-2 validation text. llama.cpp runs the same
   GGUF with its mmap under a cgroup-v1 memory limit that leaves it the same share of the weights.
-- synthetic: a ReLU-gated Llama of a 7B-like width ratio (d 1024, FFN 4096, 8 layers, vocab 4096), random
+- synthetic: a ReLU-gated Llama with ReluLLaMA-7B's FFN ratio (d 2048, FFN 5632, 4 layers, vocab 4096), random
   weights whose gates have a rank-64 structure, 90% activation sparsity (a CATS threshold on the ReLU),
   4-bit g32 weights, and passes/predictor.py's rank-64 predictor (recall 0.99 on held-out calibration
   tokens). No real ReLU LLM is available offline: this stands for the ReLU-fied models PowerInfer targets.
@@ -63,7 +63,7 @@ def synthetic_model(path: Path, log: Log) -> Path:
     from tiny import tiny_tokenizer
 
     log.say("making the synthetic ReLU model")
-    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=2048, intermediate_size=5632, num_hidden_layers=4,
                                    num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
                                    hidden_act="relu", tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
                                    eos_token_id=2)
@@ -130,7 +130,7 @@ def evaluate(info: dict, args, text: Path | None, log: Log) -> dict | None:
     if out.exists():
         return json.loads(out.read_text())
     log.say(f"evaluating {info['name']}")
-    extra = ["--text", str(text), "--no-reference"] if text else []
+    extra = ["--no-reference"] if text else []  # a random model: its own perplexity only
     p = edgec("eval", info["path"], "--max-tokens", str(args.max_tokens), "--threads", str(args.threads), "--json",
               "-q", *extra)
     if p.returncode:
@@ -220,7 +220,7 @@ def part(name: str, args, log: Log) -> dict:
             arts.append(build(work, f"cats-{b}" if b < 100 else "cats-dense", model, cats, b, "sparse", calib, log))
     else:
         model = str(synthetic_model(work / "model", log))
-        text = data_dir() / "wikitext-2" / "test.txt"
+        text = True
         rec = recipe(work, "synthetic", SYNTH, 16, 256)
         for b in args.budgets:
             arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, rec, b, "stream", calib, log))

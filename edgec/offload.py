@@ -153,7 +153,8 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
     if total < minimum:
         gates = sum(c.fixed for c in costs)
         what = (f"attention, embeddings, norms and head {_mb(other)}, "
-                + (f"the gates sparse mode computes in full {_mb(gates)}, " if mode == "sparse" else "")
+                + (f"what each FFN keeps to select its neurons (the gate computed in full, or a predictor) "
+                   f"{_mb(gates)}, " if mode == "sparse" else "")
                 + f"caches of {MIN_SLOTS} bundles per FFN {_mb(minimum - fixed)}")
         raise EdgecError(f"memory budget {_mb(total)} ({total / weights:.0%} of the weights' {_mb(weights)}) is below "
                          f"the resident minimum of {_mb(minimum)} ({minimum / weights:.0%}: {what}); raise "

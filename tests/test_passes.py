@@ -204,7 +204,7 @@ def glu_graph(act="silu", approximate="none", swap=False, second_user=False, u_s
 
 
 @pytest.mark.parametrize("act, approximate, expect", [("silu", "none", "silu"), ("gelu", "none", "gelu"),
-                                                      ("gelu", "tanh", "gelu_tanh")])
+                                                      ("gelu", "tanh", "gelu_tanh"), ("relu", "none", "relu")])
 @pytest.mark.parametrize("swap", [False, True])
 def test_raise_glu_exact_pattern(act, approximate, expect, swap):
     g = glu_graph(act, approximate, swap)
@@ -217,7 +217,7 @@ def test_raise_glu_exact_pattern(act, approximate, expect, swap):
     assert_same_outputs(before, g, feeds_for(g))
 
 
-@pytest.mark.parametrize("kw", [dict(second_user=True), dict(act="relu"), dict(act="sigmoid"),
+@pytest.mark.parametrize("kw", [dict(second_user=True), dict(act="tanh"), dict(act="sigmoid"),
                                 dict(u_shape=(1, 1, 16))], ids=str)
 def test_raise_glu_near_misses(kw):
     g = glu_graph(**kw)
