@@ -152,8 +152,8 @@ def decode(art: str, tokens: int, threads: int) -> dict:
     out, err, rss = peak_rss(cmd)
     m = re.search(r"decode ([\d.]+) tokens/s", err)
     c = COLD.search(err)
-    return {"tok_s": float(m.group(1)), "bytes": int(c.group(1)) if c else 0, "computed": float(c.group(4)) if c else
-            100.0, "rss_mb": rss, "text": out}
+    return {"tok_s": float(m.group(1)), "bytes": int(c.group(1)) if c else 0, "bundles": float(c.group(2)) if c else 0.0,
+            "computed": float(c.group(4)) if c else 100.0, "rss_mb": rss, "text": out}
 
 
 def peak_rss(cmd: list[str]) -> tuple[str, str, float]:
@@ -191,14 +191,20 @@ def llama_limited(gguf: Path, limit: int | None, args, cg: str) -> dict:
     (d / "memory.max_usage_in_bytes").write_text("0")
     subprocess.run(["sync"])
     Path("/proc/sys/vm/drop_caches").write_text("1")  # start cold: the file's pages come from storage
-    stat0 = _memstat(d)
+    stat0, in0 = _memstat(d), _pgpgin()
     cmd = ["sh", "-c", f'echo $$ > {d}/cgroup.procs && exec "$0" "$@"', sys.executable, "-c", LLAMA, str(gguf),
            str(args.tokens), str(args.threads), PROMPT]
     out, _, rss = peak_rss(cmd)
-    stat1 = _memstat(d)
+    stat1, in1 = _memstat(d), _pgpgin()
     return {"tok_s": float(re.search(r"decode ([\d.]+)", out).group(1)), "rss_mb": rss,
             "peak_mb": int((d / "memory.max_usage_in_bytes").read_text()) / 1e6,
-            "pgmajfault": stat1.get("total_pgmajfault", 0) - stat0.get("total_pgmajfault", 0)}
+            "pgmajfault": stat1.get("total_pgmajfault", 0) - stat0.get("total_pgmajfault", 0),
+            "read_mb": (in1 - in0) / 1e3}  # the whole machine's reads from storage during the run (load included)
+
+
+def _pgpgin() -> int:
+    """KB read from block devices since boot (/proc/vmstat)."""
+    return next(int(ln.split()[1]) for ln in Path("/proc/vmstat").read_text().splitlines() if ln.startswith("pgpgin "))
 
 
 def _memstat(d: Path) -> dict:
@@ -251,8 +257,8 @@ def part(name: str, args, log: Log) -> dict:
 
 
 def table(res: dict, kind: str) -> str:
-    rows = ["| system | budget | perplexity | decode tok/s (median) | cold MB read per token | neurons computed "
-            "| peak RSS MB | resident + cache MB |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| system | budget | perplexity | decode tok/s (median) | MB read per token (of which bundles) "
+            "| neurons computed | peak RSS MB | resident + cache MB |", "|---|---|---|---|---|---|---|---|"]
     for a in res["arts"]:
         ev = res["evals"].get(a["name"])
         label = f"{a['budget']}%"
@@ -262,12 +268,14 @@ def table(res: dict, kind: str) -> str:
         runs = res["runs"][a["name"]]
         plan = (a.get("offload") or {}).get("plan") or {}
         held = f"{plan['resident_mb'] + plan['cache_mb']:.1f}" if plan else f"{a['weights_bytes'] / 1e6:.1f} (all)"
+        bundle = plan["cold_file_mb"] / plan["cold_neurons"] if plan.get("cold_neurons") else 0.0
+        useful = median([x["bundles"] for x in runs]) * bundle
         rows.append(f"| {a['name']} | {label} | {ev['perplexity']:.3f} | {median([x['tok_s'] for x in runs]):.1f} | "
-                    f"{median([x['bytes'] for x in runs]) / 1e6:.2f} | {median([x['computed'] for x in runs]):.1f}% | "
-                    f"{max(x['rss_mb'] for x in runs):.0f} | {held} |")
+                    f"{median([x['bytes'] for x in runs]) / 1e6:.2f} ({useful:.2f}) | "
+                    f"{median([x['computed'] for x in runs]):.1f}% | {max(x['rss_mb'] for x in runs):.0f} | {held} |")
     for b, runs in sorted(res["llama"].items(), reverse=True):
         rows.append(f"| llama.cpp (mmap, cgroup) | {b}% | (28.28) | {median([x['tok_s'] for x in runs]):.1f} | "
-                    f"{median([x['pgmajfault'] for x in runs]) * 4096 / args_tokens(res) / 1e6:.2f} (page-ins) | "
+                    f"{median([x['read_mb'] for x in runs]) / args_tokens(res):.2f} (page-ins, load included) | "
                     f"100% | {max(x['rss_mb'] for x in runs):.0f} | cgroup peak "
                     f"{max(x['peak_mb'] for x in runs):.0f} |")
     return "\n".join(rows)

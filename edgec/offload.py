@@ -159,7 +159,7 @@ def plan_offload(costs: list[FFNCost], other: int, budget: str | int | float, mo
         raise EdgecError(f"memory budget {_mb(total)} ({total / weights:.0%} of the weights' {_mb(weights)}) is below "
                          f"the resident minimum of {_mb(minimum)} ({minimum / weights:.0%}: {what}); raise "
                          f"--memory-budget to at least {_mb(minimum).replace(' ', '')}"
-                         + (" or use offload=stream" if mode == "sparse" else ""))
+                         + (" or use --offload stream" if mode == "sparse" else ""))
     spare = total - minimum
     active = [(_activity(p, c.neurons, s) if mode == "sparse" else None)
               for p, c, s in zip(profiles, costs, read_share)]
