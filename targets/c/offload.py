@@ -10,8 +10,9 @@ per FFN (each FFN's bundles start on a 4 KiB boundary):
 each row as the format stores it: fp16 halves, or a quantized row's codes, scales, zero points and
 mins (edgec.ir.quant's layout). The down projection is stored transposed (neuron-major) so a neuron's
 column is one row: fp16 exactly; a quantized one (groups along the neurons) is dequantized and
-quantized again along the model width with the same bits and group size (asymmetric, searched
-ranges): within quantization error of the source, not bit-exact (the build report says so).
+quantized again along the model width with two more bits (DOWN_BITS) and the same group size
+(asymmetric, searched ranges): within quantization error of the source, not bit-exact (c.json's
+`down_requantized` says so).
 """
 from __future__ import annotations
 
@@ -173,15 +174,23 @@ def find_gated(graph: Graph) -> tuple[list[Gated], list[str]]:
     return found, why
 
 
+# the width a quantized down projection is stored again with, transposed: two bits more than its own (capped at
+# 8), so the second rounding adds ~1/16 of the first's error (measured on SmolLM2's Q4_1 down projections at
+# 4 bits: perplexity 28.25 -> 29.43 with three quarters of the neurons' columns requantized; see RESULTS.md)
+DOWN_BITS = {2: 4, 3: 5, 4: 6, 5: 8, 6: 8, 8: 8}
+
+
 def transposed_down(d: Rows) -> Rows:
-    """The down projection neuron-major [I, D]: fp16 exactly, a quantized one quantized again along D."""
+    """The down projection neuron-major [I, D]: fp16 exactly, a quantized one quantized again along D with
+    DOWN_BITS[bits] bits."""
     if d.f16:
         return Rows([np.ascontiguousarray(d.arrays[0].T)])
     mins = d.arrays[3] if len(d.arrays) > 3 else None
     w = dequantize(*d.arrays[:3], d.bits, d.group_size, d.k, mins=mins)  # [D, I] float32
-    spec = QuantSpec(d.bits, d.group_size, symmetric=False, scale_dtype=d.arrays[1].dtype.name)
+    bits = DOWN_BITS[d.bits]
+    spec = QuantSpec(bits, d.group_size, symmetric=False, scale_dtype=d.arrays[1].dtype.name)
     packed, scales, zeros = quantize_rtn(np.ascontiguousarray(w.T), spec, search=True)
-    return Rows([packed, scales.astype(d.arrays[1].dtype), zeros], d.bits, d.group_size, w.shape[0])
+    return Rows([packed, scales.astype(d.arrays[1].dtype), zeros], bits, d.group_size, w.shape[0])
 
 
 def costs(graph: Graph, gated: list[Gated], downs: list[Rows], mode: str):

@@ -372,6 +372,58 @@ static void piece(ec_rt *rt, piece_job *j) {
     ec_parallel(rt->pool, j->f->d, 32, job_down, j);
 }
 
+/* ------------------------------------------------------------------ prefill: several rows at once */
+#define EC_PREFILL_ROWS 4  /* from this many rows on, pieces run as matrix products over all rows */
+
+/* rows of w (resident rows or cache slots) as float [n, k] */
+static void widen_rows(const ec_ffn_rows *w, const int32_t *rows, int n, float *out) {
+    for (int i = 0; i < n; i++) {
+        float *o = out + (size_t)i * (size_t)w->k;
+        if (w->q) {
+            ec_dequant_row(w->q, rows[i], o);
+        } else {
+            const uint16_t *r = w->f16 + (size_t)rows[i] * (size_t)w->k;
+            for (int t = 0; t < w->k; t++) o[t] = ec_f16_to_f32(r[t]);
+        }
+    }
+}
+
+/* y [m, d] += down over the listed rows of one piece for every row of x [m, d]: gate and up as products with the
+   listed rows (the resident ones in their own kernels when every row is listed), h by the glu's rule (a: the
+   resident gate's act by neuron, sparse mode), down as a product with the rows transposed. */
+static void piece_rows(ec_rt *rt, const ec_offload_ffn *f, const ec_ffn_rows *gate, const ec_ffn_rows *up,
+                       const ec_ffn_rows *down, const int32_t *rows, const int32_t *neuron, int n, const float *x,
+                       const float *a, float *y, int64_t m) {
+    if (n <= 0) return;
+    const int D = f->d, I = f->inter;
+    float *w = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
+    float *u = ec_get(rt, (size_t)m * (size_t)n * sizeof(float));
+    float *g = gate ? ec_get(rt, (size_t)m * (size_t)n * sizeof(float)) : NULL;
+    widen_rows(up, rows, n, w);
+    ec_linear_f32_mt(rt, u, x, w, NULL, m, D, n);
+    if (gate) {
+        widen_rows(gate, rows, n, w);
+        ec_linear_f32_mt(rt, g, x, w, NULL, m, D, n);
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int i = 0; i < n; i++) {
+            float av = g ? act_of(f->act, g[r * n + i]) : a[r * I + neuron[i]];
+            u[r * n + i] = fabsf(av) > f->threshold ? av * u[r * n + i] : 0.f;
+        }
+    widen_rows(down, rows, n, w);  /* [n, d] -> [d, n]: down as a linear over the n neurons */
+    float *wt = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < D; t++) wt[(size_t)t * n + i] = w[(size_t)i * D + t];
+    float *part = ec_get(rt, (size_t)m * (size_t)D * sizeof(float));
+    ec_linear_f32_mt(rt, part, u, wt, NULL, m, n, D);
+    for (int64_t i = 0; i < m * D; i++) y[i] += part[i];
+    ec_put(rt, part);
+    ec_put(rt, wt);
+    if (g) ec_put(rt, g);
+    ec_put(rt, u);
+    ec_put(rt, w);
+}
+
 int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y, int64_t m) {
     if (!rt->cold) {
         ec_set_error(rt, "this model reads cold weights from cold.bin, which is not open (ec_rt_open_cold)");
@@ -403,7 +455,25 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
     int32_t *neuron = list + most, *slots = neuron + most;
     float *h = ec_get(rt, (size_t)(most > 0 ? most : 1) * sizeof(float));
     int rc = 0;
-    for (int64_t r = 0; r < m; r++) {  /* hot rows: each row's active ones */
+    const int batched = m >= EC_PREFILL_ROWS;
+    if (batched) {  /* hot rows: the ones active in any row, as products over all rows */
+        memset(y, 0, (size_t)m * (size_t)D * sizeof(float));
+        int n = 0;
+        for (int p = 0; p < f->hot; p++) {
+            int on = 0;
+            for (int64_t r = 0; r < m && !on; r++) on = EC_ON(r, f->hot_idx[p]);
+            if (on) {
+                list[n] = p;
+                neuron[n++] = f->hot_idx[p];
+            }
+        }
+        piece_rows(rt, f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, list, neuron, n, x, a, y, m);
+        c->stats[8] += (uint64_t)m;
+        c->stats[5] += (uint64_t)m * (uint64_t)I;
+        for (int64_t r = 0; r < m; r++)
+            for (int j = 0; j < I; j++) c->stats[4] += (uint64_t)EC_ON(r, j);
+    }
+    for (int64_t r = 0; r < m && !batched; r++) {  /* hot rows: each row's active ones */
         const float *xr = x + r * D, *ar = a ? a + r * I : NULL;
         float *yr = y + r * D;
         memset(yr, 0, (size_t)D * sizeof(float));
@@ -436,6 +506,11 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
         if ((rc = fetch(rt, f, k, list + b, len, slots)) != 0) break;
         for (int i = 0; i < len; i++) neuron[i] = f->cold_idx[list[b + i]];
         int g = f->stream ? 0 : -1;  /* the cache's parts: [gate,] up, down_t */
+        if (batched) {
+            piece_rows(rt, f, f->stream ? &k->rows[0] : NULL, &k->rows[g + 1], &k->rows[g + 2], slots, neuron, len, x,
+                       a, y, m);
+            continue;
+        }
         for (int64_t r = 0; r < m; r++) {  /* a neuron off in this row gets h = 0 (job_h's rule) */
             piece_job jc = {f, f->stream ? &k->rows[0] : NULL, &k->rows[g + 1], &k->rows[g + 2], x + r * D, slots,
                             neuron, a ? a + r * I : NULL, h, y + r * D, len};
