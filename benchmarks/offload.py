@@ -12,7 +12,7 @@ Two models, C artifacts built with `edgec build --backend c --memory-budget B% [
   sparse offload keeps the gate resident and reads the cold neurons a token activates; its hot neurons
   come from the activation profile measured on the WikiText-2 validation text. llama.cpp runs the same
   GGUF with its mmap under a cgroup-v1 memory limit that leaves it the same share of the weights.
-- synthetic: a ReLU-gated Llama with ReluLLaMA-7B's FFN ratio (d 2048, FFN 5632, 4 layers, vocab 4096), random
+- synthetic: a ReLU-gated Llama with ReluLLaMA-7B's FFN ratio (d 2048, FFN 5632, 4 layers, vocab 512), random
   weights whose gates have a rank-64 structure, 90% activation sparsity (a CATS threshold on the ReLU),
   4-bit g32 weights, and passes/predictor.py's rank-64 predictor (recall 0.99 on held-out calibration
   tokens). No real ReLU LLM is available offline: this stands for the ReLU-fied models PowerInfer targets.
@@ -63,7 +63,7 @@ def synthetic_model(path: Path, log: Log) -> Path:
     from tiny import tiny_tokenizer
 
     log.say("making the synthetic ReLU model")
-    cfg = transformers.LlamaConfig(vocab_size=4096, hidden_size=2048, intermediate_size=5632, num_hidden_layers=4,
+    cfg = transformers.LlamaConfig(vocab_size=512, hidden_size=2048, intermediate_size=5632, num_hidden_layers=4,
                                    num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=2048,
                                    hidden_act="relu", tie_word_embeddings=True, pad_token_id=0, bos_token_id=1,
                                    eos_token_id=2)
@@ -145,9 +145,11 @@ def evaluate(info: dict, args, text: Path | None, log: Log) -> dict | None:
 COLD = re.compile(r"per decode step: (\d+) bytes, ([\d.]+) bundles, ([\d.]+) hits, ([\d.]+)% computed")
 
 
-def decode(art: str, tokens: int, threads: int) -> dict:
-    """One edgec-run: decode tokens/s, cold bytes per decode step, peak RSS (MB)."""
-    cmd = [str(Path(art) / "model" / "edgec-run"), art, "-p", PROMPT, "-n", str(tokens), "--stats", "--threads",
+def decode(art: str, tokens: int, threads: int, ids: list[int] | None = None) -> dict:
+    """One edgec-run of PROMPT (or token ids: the synthetic model's test tokenizer has no C twin): decode
+    tokens/s, cold bytes per decode step, peak RSS (MB)."""
+    prompt = ["--ids", ",".join(map(str, ids))] if ids else ["-p", PROMPT]
+    cmd = [str(Path(art) / "model" / "edgec-run"), art, *prompt, "-n", str(tokens), "--stats", "--threads",
            str(threads)]
     out, err, rss = peak_rss(cmd)
     m = re.search(r"decode ([\d.]+) tokens/s", err)
@@ -157,13 +159,13 @@ def decode(art: str, tokens: int, threads: int) -> dict:
 
 
 def peak_rss(cmd: list[str]) -> tuple[str, str, float]:
-    """Run cmd; (stdout, stderr, peak RSS in MB) from its rusage."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.stdout.read(), proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"{' '.join(cmd[:3])}: {err[-2000:]}")
-    return out, err, usage.ru_maxrss / 1e3
+    """Run cmd under GNU time; (stdout, stderr, peak RSS in MB). Not this process's wait4: a child forked
+    from a Python that has imported torch reports the parent's pages as its peak."""
+    proc = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb %M", *cmd], capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])}: {proc.stderr[-2000:]}")
+    kb = re.findall(r"maxrss_kb (\d+)", proc.stderr)
+    return proc.stdout, proc.stderr, int(kb[-1]) / 1e3
 
 
 LLAMA = """
@@ -216,7 +218,7 @@ def part(name: str, args, log: Log) -> dict:
     work = args.work / name
     work.mkdir(parents=True, exist_ok=True)
     calib = data_dir() / "wikitext-2" / "valid.txt"
-    arts = []
+    arts, ids = [], None
     if name == "smollm2":
         model, text = None, None
         src = recipe(work, "source", SOURCE, 16, 256)
@@ -232,6 +234,7 @@ def part(name: str, args, log: Log) -> dict:
             arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, rec, b, "stream", calib, log))
             if b < 100:
                 arts.append(build(work, f"predict-{b}", model, rec, b, "sparse", calib, log))
+        ids = [5, 17, 33, 8, 41, 2, 60, 12]
     evals = {a["name"]: evaluate(a, args, text, log) for a in arts}
     runs: dict[str, list] = {a["name"]: [] for a in arts if "path" in a}
     llama: dict[int, list] = {}
@@ -247,7 +250,7 @@ def part(name: str, args, log: Log) -> dict:
         log.say(f"round {r + 1}/{args.rounds}")
         for a in arts:
             if "path" in a:
-                runs[a["name"]].append(decode(a["path"], args.tokens, args.threads))
+                runs[a["name"]].append(decode(a["path"], args.tokens, args.threads, ids))
         for b in llama:
             limit = None if b >= 100 else int(rest + b / 100 * gguf.stat().st_size)
             llama[b].append(llama_limited(gguf, limit, args, "edgec-bench"))
