@@ -314,18 +314,6 @@ static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t 
 }
 
 /* ------------------------------------------------------------------ compute */
-static float act_of(int act, float v) {
-    switch (act) {
-    case EC_RELU: return v > 0.f ? v : 0.f;
-    case EC_GELU: return (float)(0.5 * v * (1.0 + erf((double)v * 0.70710678118654752440)));
-    case EC_GELU_TANH: {
-        const float c = 0.7978845608028654f;
-        return 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
-    }
-    default: return v / (1.0f + expf(-v));
-    }
-}
-
 static void dots(const ec_ffn_rows *w, const float *x, const int32_t *rows, int n, float *out) {
     if (w->q) ec_rows_dot_q(x, w->q, rows, n, out);
     else ec_rows_dot_f16(x, w->f16, w->k, rows, n, out);
@@ -353,7 +341,7 @@ static void job_h(void *arg, int64_t b, int64_t e) {
         int len = n - i0 < 64 ? n - i0 : 64;
         if (j->gate) dots(j->gate, j->x, j->rows + b + i0, len, g);
         for (int i = 0; i < len; i++) {
-            float a = j->gate ? act_of(j->f->act, g[i]) : j->a[j->neuron[b + i0 + i]];
+            float a = j->gate ? ec_ffn_act(j->f->act, g[i]) : j->a[j->neuron[b + i0 + i]];
             j->h[b + i0 + i] = fabsf(a) > j->f->threshold ? a * j->h[b + i0 + i] : 0.f;
         }
     }
@@ -407,7 +395,7 @@ static void piece_rows(ec_rt *rt, const ec_offload_ffn *f, const ec_ffn_rows *ga
     }
     for (int64_t r = 0; r < m; r++)
         for (int i = 0; i < n; i++) {
-            float av = g ? act_of(f->act, g[r * n + i]) : a[r * I + neuron[i]];
+            float av = g ? ec_ffn_act(f->act, g[r * n + i]) : a[r * I + neuron[i]];
             u[r * n + i] = fabsf(av) > f->threshold ? av * u[r * n + i] : 0.f;
         }
     widen_rows(down, rows, n, w);  /* [n, d] -> [d, n]: down as a linear over the n neurons */
@@ -441,7 +429,7 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
         a = ec_get(rt, (size_t)m * (size_t)I * sizeof(float));
         if (f->gate.q) ec_linear_q_mt(rt, a, x, f->gate.q, NULL, m, I);
         else ec_linear_f16_mt(rt, a, x, f->gate.f16, NULL, m, D, I);
-        for (int64_t i = 0; i < m * I; i++) a[i] = act_of(f->act, a[i]);
+        for (int64_t i = 0; i < m * I; i++) a[i] = ec_ffn_act(f->act, a[i]);
     } else if (f->pred_a) {  /* the predictor's scores: B (A x) */
         float *z = ec_get(rt, (size_t)m * (size_t)f->rank * sizeof(float));
         score = ec_get(rt, (size_t)m * (size_t)I * sizeof(float));

@@ -523,7 +523,7 @@ void ec_rows_axpy_f16_cols(const float *h, const uint16_t *w, int k, const int32
 }
 
 /* ============================================================================ the FFN */
-static float act_of(int act, float v) {
+float ec_ffn_act(int act, float v) {
     switch (act) {
     case EC_RELU: return v > 0.f ? v : 0.f;
     case EC_GELU: return (float)(0.5 * v * (1.0 + erf((double)v * 0.70710678118654752440)));
@@ -556,14 +556,14 @@ static void job_gate_up(void *arg, int64_t b, int64_t e) {
     const int n = (int)(e - b);
     dots(&j->f->gate, j->x, j->list + b, 0, n, j->a + b);
     dots(&j->f->up, j->x, j->list + b, 0, n, j->h + b);
-    for (int i = (int)b; i < (int)e; i++) j->h[i] *= (j->a[i] = act_of(j->f->act, j->a[i]));
+    for (int i = (int)b; i < (int)e; i++) j->h[i] *= (j->a[i] = ec_ffn_act(j->f->act, j->a[i]));
 }
 
 /* CATS: act(g) of neurons [b, e) */
 static void job_gate_all(void *arg, int64_t b, int64_t e) {
     ffn_job *j = arg;
     dots(&j->f->gate, j->x, NULL, (int)b, (int)(e - b), j->a + b);
-    for (int i = (int)b; i < (int)e; i++) j->a[i] = act_of(j->f->act, j->a[i]);
+    for (int i = (int)b; i < (int)e; i++) j->a[i] = ec_ffn_act(j->f->act, j->a[i]);
 }
 
 /* CATS: list entries [b, e) (a already compacted to the list): h = a * u */

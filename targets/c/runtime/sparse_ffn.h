@@ -55,6 +55,9 @@ typedef struct {
     ec_ffn_rows down_t;    /* Wd transposed: [I, D], row j = Wd[:, j] */
 } ec_ffn_weights;
 
+/* act(v) for EC_SILU, EC_GELU, EC_GELU_TANH or EC_RELU, as the FFN kernels compute it. */
+float ec_ffn_act(int act, float v);
+
 /* Bytes of scratch ec_ffn_sparse needs for I neurons (any alignment of 4 is enough). */
 size_t ec_ffn_sparse_scratch(int inter);
 
