@@ -412,6 +412,56 @@ static void piece_rows(ec_rt *rt, const ec_offload_ffn *f, const ec_ffn_rows *ga
     ec_put(rt, w);
 }
 
+/* out [m, n] = x [m, d] times every row of resident weights w, with the linear kernels */
+static void rows_linear(ec_rt *rt, const ec_ffn_rows *w, const float *x, int64_t m, int n, float *out) {
+    if (w->q) ec_linear_q_mt(rt, out, x, w->q, NULL, m, n);
+    else ec_linear_f16_mt(rt, out, x, w->f16, NULL, m, w->k, n);
+}
+
+/* y [m, d] = the hot neurons' part (y is overwritten): gate (stream mode) and up of every hot neuron with the
+   resident kernels (int8 activations where the build uses them, as the dense FFN), h by the glu's rule (a: the
+   resident gate's act by neuron, sparse mode), then down over each row's non-zero h (decode) or as one product
+   with the rows transposed (prefill). The hot part needs no predictor: every hot neuron is computed. */
+static void hot_part(ec_rt *rt, const ec_offload_ffn *f, const float *x, const float *a, float *y, int64_t m,
+                     int32_t *list, float *hbuf) {
+    const int H = f->hot, D = f->d, I = f->inter;
+    memset(y, 0, (size_t)m * (size_t)D * sizeof(float));
+    if (H <= 0) return;
+    float *u = ec_get(rt, (size_t)m * (size_t)H * sizeof(float));
+    float *g = f->stream ? ec_get(rt, (size_t)m * (size_t)H * sizeof(float)) : NULL;
+    rows_linear(rt, &f->up, x, m, H, u);
+    if (g) rows_linear(rt, &f->gate, x, m, H, g);
+    for (int64_t r = 0; r < m; r++)
+        for (int p = 0; p < H; p++) {
+            float av = g ? ec_ffn_act(f->act, g[r * H + p]) : a[r * I + f->hot_idx[p]];
+            u[r * H + p] = fabsf(av) > f->threshold ? av * u[r * H + p] : 0.f;
+        }
+    if (m < EC_PREFILL_ROWS) {
+        for (int64_t r = 0; r < m; r++) {
+            int n = 0;
+            for (int p = 0; p < H; p++)
+                if (u[r * H + p] != 0.f) {
+                    list[n] = p;
+                    hbuf[n++] = u[r * H + p];
+                }
+            piece_job j = {f, NULL, NULL, &f->down_t, NULL, list, NULL, NULL, hbuf, y + r * D, n};
+            if (n) ec_parallel(rt->pool, D, 32, job_down, &j);
+        }
+    } else {
+        float *w = ec_get(rt, (size_t)H * (size_t)D * sizeof(float));
+        float *wt = ec_get(rt, (size_t)H * (size_t)D * sizeof(float));
+        for (int p = 0; p < H; p++) list[p] = p;
+        widen_rows(&f->down_t, list, H, w);
+        for (int p = 0; p < H; p++)
+            for (int t = 0; t < D; t++) wt[(size_t)t * H + p] = w[(size_t)p * D + t];
+        ec_linear_f32_mt(rt, y, u, wt, NULL, m, H, D);
+        ec_put(rt, wt);
+        ec_put(rt, w);
+    }
+    if (g) ec_put(rt, g);
+    ec_put(rt, u);
+}
+
 int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y, int64_t m) {
     if (!rt->cold) {
         ec_set_error(rt, "this model reads cold weights from cold.bin, which is not open (ec_rt_open_cold)");
@@ -444,38 +494,11 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
     float *h = ec_get(rt, (size_t)(most > 0 ? most : 1) * sizeof(float));
     int rc = 0;
     const int batched = m >= EC_PREFILL_ROWS;
-    if (batched) {  /* hot rows: the ones active in any row, as products over all rows */
-        memset(y, 0, (size_t)m * (size_t)D * sizeof(float));
-        int n = 0;
-        for (int p = 0; p < f->hot; p++) {
-            int on = 0;
-            for (int64_t r = 0; r < m && !on; r++) on = EC_ON(r, f->hot_idx[p]);
-            if (on) {
-                list[n] = p;
-                neuron[n++] = f->hot_idx[p];
-            }
-        }
-        piece_rows(rt, f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, list, neuron, n, x, a, y, m);
-        c->stats[8] += (uint64_t)m;
-        c->stats[5] += (uint64_t)m * (uint64_t)I;
-        for (int64_t r = 0; r < m; r++)
-            for (int j = 0; j < I; j++) c->stats[4] += (uint64_t)EC_ON(r, j);
-    }
-    for (int64_t r = 0; r < m && !batched; r++) {  /* hot rows: each row's active ones */
-        const float *xr = x + r * D, *ar = a ? a + r * I : NULL;
-        float *yr = y + r * D;
-        memset(yr, 0, (size_t)D * sizeof(float));
+    hot_part(rt, f, x, a, y, m, list, h);
+    for (int64_t r = 0; r < m; r++) {
         c->stats[8]++;
         c->stats[5] += (uint64_t)I;
-        int n = 0;
-        for (int p = 0; p < f->hot; p++)
-            if (EC_ON(r, f->hot_idx[p])) {
-                list[n] = p;
-                neuron[n++] = f->hot_idx[p];
-            }
-        piece_job j = {f, f->stream ? &f->gate : NULL, &f->up, &f->down_t, xr, list, neuron, ar, h, yr, n};
-        piece(rt, &j);
-        c->stats[4] += (uint64_t)n;
+        c->stats[4] += (uint64_t)f->hot;  /* every hot neuron is computed; cold ones where selected */
         for (int q = 0; q < f->cold; q++) c->stats[4] += (uint64_t)EC_ON(r, f->cold_idx[q]);
     }
     /* cold bundles active in any row, a cache-full at a time (each read once for all rows), those in the cache
