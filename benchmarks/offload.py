@@ -239,7 +239,7 @@ def part(name: str, args, log: Log) -> dict:
     runs: dict[str, list] = {a["name"]: [] for a in arts if "path" in a}
     llama: dict[int, list] = {}
     gguf = None
-    if name == "smollm2" and not args.no_llama and CGROUP.is_dir() and os.access(CGROUP, os.W_OK):
+    if name == "smollm2" and args.rounds and not args.no_llama and CGROUP.is_dir() and os.access(CGROUP, os.W_OK):
         from edgec.frontend.source import default_model_path
 
         gguf = default_model_path()
@@ -292,7 +292,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--parts", default="smollm2,synthetic")
     ap.add_argument("--budgets", default="100,75,50,25")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="decode rounds (0: builds and evaluations only)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
@@ -308,8 +308,9 @@ def main() -> None:
         results[name] = part(name, args, log)
         results[name]["tokens"] = args.tokens
         (args.work / f"{name}.results.json").write_text(json.dumps(results[name], indent=1, default=str))
-        print(table(results[name], name))
-    if args.no_write:
+        if args.rounds:
+            print(table(results[name], name))
+    if args.no_write or not args.rounds:
         return
     cmd = "python benchmarks/offload.py " + " ".join(sys.argv[1:])
     body = [f"Command: `{cmd.strip()}` (commit {git_rev()}, {time.strftime('%Y-%m-%d')}, "

@@ -277,3 +277,20 @@ def test_real_model_holds_its_budget(tmp_path):
     kv = 30 * 2 * 3 * 64 * 4 * 256  # SmolLM2's fp32 KV cache at 256 rows
     assert rss <= plan["budget_mb"] * 1e6 + kv + 30e6, (rss, plan)
     assert rss < rss_dense - 0.15 * plan["weights_mb"] * 1e6
+
+
+def test_a_damaged_cold_file_is_refused(relu_llama, tmp_path):
+    art = edgec.build(relu_llama, tmp_path / "hc", backend="c", recipe="fp16", memory_budget="70%")
+    cold = art / "model" / "cold.bin"
+    data = cold.read_bytes()
+    cold.write_bytes(data[: len(data) // 2])
+    with pytest.raises(edgec.ArtifactError):
+        edgec.load(art)  # the manifest's hashes
+    # the library on its own (edgec-run: no manifest) refuses a cold file shorter than the model needs
+    proc = subprocess.run([str(art / "model" / "edgec-run"), str(art), "--ids", "5,17,33", "-n", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "cannot read the cold weights" in proc.stderr and "rebuild" in proc.stderr
+    cold.unlink()
+    proc = subprocess.run([str(art / "model" / "edgec-run"), str(art), "--ids", "5,17,33", "-n", "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "cold.bin" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
