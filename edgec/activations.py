@@ -39,11 +39,6 @@ from .errors import EdgecError
 
 FORMAT = 1
 PROFILE_FILE = "activations.json"  # where an artifact holds its profile (at its root, listed in the manifest)
-EDGES = 10.0 ** (np.arange(-70, 31) / 10)  # |h| bin edges: 10 per decade, 1e-7 .. 1e3
-# Bins: 0 holds exact zeros, 1 is (0, EDGES[0]), b in 2..n is [EDGES[b-2], EDGES[b-1]), n+1 is [EDGES[-1], inf).
-BINS = len(EDGES) + 2
-_LO = np.concatenate([[0.0, 0.0], EDGES])
-_HI = np.concatenate([[0.0], EDGES, [np.inf]])
 SPARSITIES = (0.25, 0.4, 0.5, 0.7)  # the stored per-layer thresholds zero these fractions of |h|
 TOP = (0.1, 0.2, 0.5)  # neuron fractions whose mass share is reported
 SKEW_SPARSITY, SKEW_TOP = 0.5, 0.2  # the skew figure: share of active events of the top 20% at 50% sparsity
@@ -52,43 +47,66 @@ DEFAULT_SAMPLES, DEFAULT_SEQLEN = 16, 256
 WIKITEXT_VALID = "wikitext-2/valid.txt"
 
 
-def _bin(a: np.ndarray) -> np.ndarray:
-    """The bin of each |h| value (see EDGES)."""
-    return np.searchsorted(EDGES, a, side="right") + (a > 0)
+class LogBins:
+    """Log-spaced histogram bins of |x| and the thresholds read back from them: one definition for the
+    activation profile (10 bins a decade) and the sparsity passes' thresholds (passes/sparsity.py, 200).
+
+    Bin 0 holds exact zeros, 1 is (0, edges[0]), b in 2..n is [edges[b-2], edges[b-1]), n+1 is
+    [edges[-1], inf); inside a bin the values are taken as spread log-uniformly (linearly in bin 1).
+    """
+
+    def __init__(self, lo_log10: int, hi_log10: int, per_decade: int):
+        self.lo_log10, self.per_decade = lo_log10, per_decade
+        self.edges = 10.0 ** (np.arange(lo_log10 * per_decade, hi_log10 * per_decade + 1) / per_decade)
+        self.bins = len(self.edges) + 2
+        self._lo = np.concatenate([[0.0, 0.0], self.edges])
+        self._hi = np.concatenate([[0.0], self.edges, [np.inf]])
+
+    def bin(self, a: np.ndarray) -> np.ndarray:
+        """The bin of each value of a (a >= 0)."""
+        return np.searchsorted(self.edges, a, side="right") + (a > 0)
+
+    def histogram(self, x: np.ndarray) -> np.ndarray:
+        """Counts [bins] of |x| over all of x's elements."""
+        a = np.abs(np.asarray(x, np.float64)).ravel()
+        return np.bincount(self.bin(a), minlength=self.bins)
+
+    def below(self, hist: np.ndarray, t: float) -> np.ndarray:
+        """How many values of histograms hist [..., bins] are <= t, interpolated inside t's bin."""
+        hist = np.asarray(hist, np.float64)
+        if t < 0:
+            return np.zeros(hist.shape[:-1])
+        if t == 0:
+            return hist[..., 0]
+        b = int(self.bin(np.float64(t)))
+        full = hist[..., :b].sum(-1)
+        if b == 1:
+            frac = t / self.edges[0]
+        elif b == self.bins - 1:
+            frac = 0.0  # the open top bin: its values are taken as above t
+        else:
+            frac = math.log(t / self._lo[b]) / math.log(self._hi[b] / self._lo[b])
+        return full + frac * hist[..., b]
+
+    def quantile(self, hist: np.ndarray, s: float) -> float:
+        """The threshold t with a fraction s of the values <= t (inverse of below(); 0 if the zeros alone reach s)."""
+        hist = np.asarray(hist, np.float64)
+        target = s * hist.sum()
+        if target <= hist[0]:
+            return 0.0
+        cum = np.cumsum(hist)
+        b = min(int(np.searchsorted(cum, target, side="left")), self.bins - 1)
+        frac = (target - cum[b - 1]) / hist[b] if hist[b] else 1.0
+        if b == 1:
+            return float(frac * self.edges[0])
+        if b == self.bins - 1:
+            return float(self.edges[-1])
+        return float(self._lo[b] * (self._hi[b] / self._lo[b]) ** frac)
 
 
-def below(hist: np.ndarray, t: float) -> np.ndarray:
-    """How many values of histograms hist [..., BINS] are <= t, interpolated log-linearly inside t's bin."""
-    hist = np.asarray(hist, np.float64)
-    if t < 0:
-        return np.zeros(hist.shape[:-1])
-    if t == 0:
-        return hist[..., 0]
-    b = int(_bin(np.float64(t)))
-    full = hist[..., :b].sum(-1)
-    if b == 1:
-        frac = t / EDGES[0]
-    elif b == BINS - 1:
-        frac = 0.0  # the open top bin: its values are taken as above t
-    else:
-        frac = math.log(t / _LO[b]) / math.log(_HI[b] / _LO[b])
-    return full + frac * hist[..., b]
-
-
-def quantile(hist: np.ndarray, s: float) -> float:
-    """The |h| threshold t with a fraction s of the values <= t (inverse of below(); 0 if the zeros alone reach s)."""
-    hist = np.asarray(hist, np.float64)
-    target = s * hist.sum()
-    if target <= hist[0]:
-        return 0.0
-    cum = np.cumsum(hist)
-    b = min(int(np.searchsorted(cum, target, side="left")), BINS - 1)
-    frac = (target - cum[b - 1]) / hist[b] if hist[b] else 1.0
-    if b == 1:
-        return float(frac * EDGES[0])
-    if b == BINS - 1:
-        return float(EDGES[-1])
-    return float(_LO[b] * (_HI[b] / _LO[b]) ** frac)
+LOG_BINS = LogBins(-7, 3, 10)  # the profile's |h| bins: 10 per decade, 1e-7 .. 1e3
+EDGES, BINS = LOG_BINS.edges, LOG_BINS.bins
+below, quantile = LOG_BINS.below, LOG_BINS.quantile
 
 
 class _Accumulator:
@@ -107,7 +125,7 @@ class _Accumulator:
         self.fired += (a > 0).sum(0)
         self.abs_sum += a.sum(0)
         np.maximum(self.abs_max, a.max(0), out=self.abs_max)
-        flat = _bin(a) + np.arange(self.size) * BINS
+        flat = LOG_BINS.bin(a) + np.arange(self.size) * BINS
         self.hist += np.bincount(flat.ravel(), minlength=self.size * BINS).reshape(self.size, BINS)
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgec.activations import LogBins
 from edgec.calibration import run_calibration
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
@@ -53,48 +54,13 @@ from .lib.linears import LINEAR_OPS, lm_head_nodes
 from .registry import PassResult, register_pass
 
 STEPS = 6  # bisection steps of the budget search: 8 perplexity runs in all (dense, the top, 6 halvings)
-PER_DECADE = 200
-EDGES = 10.0 ** (np.arange(-8 * PER_DECADE, 4 * PER_DECADE + 1) / PER_DECADE)  # |x| bin edges, 1e-8 .. 1e4
-# Bins as in edgec.activations: 0 holds exact zeros, 1 is (0, EDGES[0]), b in 2..n is [EDGES[b-2], EDGES[b-1]),
-# n+1 is [EDGES[-1], inf).
-BINS = len(EDGES) + 2
-
-
-def histogram(x: np.ndarray) -> np.ndarray:
-    """Counts [BINS] of |x| over all of x's elements."""
-    a = np.abs(np.asarray(x, np.float64)).ravel()
-    return np.bincount(np.searchsorted(EDGES, a, side="right") + (a > 0), minlength=BINS)
-
-
-def quantile(hist: np.ndarray, s: float) -> float:
-    """The |x| threshold t with a fraction s of the counted values <= t (log-linear inside a bin; 0 when the
-    exact zeros alone reach s)."""
-    target = s * hist.sum()
-    if target <= hist[0]:
-        return 0.0
-    cum = np.cumsum(hist)
-    b = min(int(np.searchsorted(cum, target, side="left")), BINS - 1)
-    frac = (target - cum[b - 1]) / hist[b] if hist[b] else 1.0
-    if b == 1:
-        return float(frac * EDGES[0])
-    if b == BINS - 1:
-        return float(EDGES[-1])
-    return float(EDGES[b - 2] * (EDGES[b - 1] / EDGES[b - 2]) ** frac)
+LOG_BINS = LogBins(-8, 4, 200)  # |x| bins, 200 per decade from 1e-8 to 1e4: thresholds within ~1.2% of exact
+BINS = LOG_BINS.bins
 
 
 def below(hist: np.ndarray, t: float) -> float:
-    """The fraction of the counted values <= t (inverse of quantile)."""
-    total = max(int(hist.sum()), 1)
-    if t <= 0:
-        return float(hist[0] / total)
-    b = int(np.searchsorted(EDGES, t, side="right")) + 1
-    if b == 1:
-        frac = t / EDGES[0]
-    elif b == BINS - 1:
-        frac = 0.0
-    else:
-        frac = math.log(t / EDGES[b - 2]) / math.log(EDGES[b - 1] / EDGES[b - 2])
-    return float((hist[:b].sum() + frac * hist[b]) / total)
+    """The fraction of the counted values <= t (inverse of LOG_BINS.quantile)."""
+    return float(LOG_BINS.below(hist, t) / max(int(hist.sum()), 1))
 
 
 @dataclass(eq=False)
@@ -117,7 +83,7 @@ class Site:
         """The histogram of |value| (|act(gate)|) over every window's value."""
         self.hist = np.zeros(BINS, np.int64)
         for x in windows:
-            self.hist += histogram(x if self.act is None else get_op("glu").ref(x, np.ones_like(x), act=self.act))
+            self.hist += LOG_BINS.histogram(x if self.act is None else get_op("glu").ref(x, np.ones_like(x), act=self.act))
 
     def set(self, t: float) -> None:
         self.threshold = float(t)
@@ -242,7 +208,7 @@ def _calibrate(graph: Graph, sites: list[Site], windows, s: float, say, label: s
     def visit(node, inputs):
         site = at[node]
         site.count([ins[0] for ins in inputs])
-        site.set(quantile(site.hist, s))
+        site.set(LOG_BINS.quantile(site.hist, s))
 
     run_calibration(graph, windows, lambda n: n in at, visit, say, f"{label} at {s:.1%}")
 
