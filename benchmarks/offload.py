@@ -93,11 +93,21 @@ def recipe(work: Path, name: str, body: str, samples: int, seqlen: int) -> Path:
 
 
 def build(work: Path, name: str, model: str | None, rec: Path, budget: int, mode: str, calib: Path | None,
-          log: Log) -> dict:
-    """The artifact WORK/name, or why its budget cannot be held (the build's one-line error)."""
+          log: Log, known: dict | None = None) -> dict:
+    """The artifact WORK/name, or why its budget cannot be held (the build's one-line error). known: a plan of
+    the same recipe and mode already built; a budget under its resident minimum (which does not depend on the
+    budget) is reported from it without a build that would fail only after every pass has run."""
     art, done = work / name, work / f"{name}.build.json"
     if done.exists():
         return json.loads(done.read_text())
+    if known and budget / 100 * known["weights_mb"] < known["minimum_mb"]:
+        info = {"name": name, "budget": budget, "mode": mode, "seconds": 0.0,
+                "error": f"memory budget {budget / 100 * known['weights_mb']:.1f} MB ({budget}% of the weights' "
+                         f"{known['weights_mb']:.1f} MB) is below the resident minimum of {known['minimum_mb']:.1f} MB "
+                         f"({known['minimum_mb'] / known['weights_mb']:.0%}; from {known['name']}'s plan)"}
+        done.write_text(json.dumps(info))
+        log.say(f"{name}: {info['error']}")
+        return info
     log.say(f"building {name}")
     args = ["build", *([model] if model else []), "--backend", "c", "--recipe", str(rec), "-o", str(art), "--force",
             "-q"]
@@ -121,6 +131,15 @@ def build(work: Path, name: str, model: str | None, rec: Path, budget: int, mode
     done.write_text(json.dumps(info))
     log.say(f"{name}: {info.get('error') or 'built'} ({info['seconds']} s)")
     return info
+
+
+def _known(arts: list[dict], prefix: str) -> dict | None:
+    """The plan of an artifact built so far whose name starts with prefix, with its name."""
+    for a in arts:
+        plan = (a.get("offload") or {}).get("plan")
+        if plan and a["name"].startswith(prefix):
+            return {**plan, "name": a["name"]}
+    return None
 
 
 def evaluate(info: dict, args, text: Path | None, log: Log) -> dict | None:
@@ -224,16 +243,19 @@ def part(name: str, args, log: Log) -> dict:
         src = recipe(work, "source", SOURCE, 16, 256)
         cats = recipe(work, "cats32", SOURCE + "\n" + CATS.format(s=0.32), 16, 256)
         for b in args.budgets:
-            arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, src, b, "stream", None, log))
-            arts.append(build(work, f"cats-{b}" if b < 100 else "cats-dense", model, cats, b, "sparse", calib, log))
+            arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, src, b, "stream", None, log,
+                              _known(arts, "stream")))
+            arts.append(build(work, f"cats-{b}" if b < 100 else "cats-dense", model, cats, b, "sparse", calib, log,
+                              _known(arts, "cats")))
     else:
         model = str(synthetic_model(work / "model", log))
         text = True
         rec = recipe(work, "synthetic", SYNTH, 16, 256)
         for b in args.budgets:
-            arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, rec, b, "stream", calib, log))
+            arts.append(build(work, f"stream-{b}" if b < 100 else "dense", model, rec, b, "stream", calib, log,
+                              _known(arts, "stream")))
             if b < 100:
-                arts.append(build(work, f"predict-{b}", model, rec, b, "sparse", calib, log))
+                arts.append(build(work, f"predict-{b}", model, rec, b, "sparse", calib, log, _known(arts, "predict")))
         ids = [5, 17, 33, 8, 41, 2, 60, 12]
     evals = {a["name"]: evaluate(a, args, text, log) for a in arts}
     runs: dict[str, list] = {a["name"]: [] for a in arts if "path" in a}
