@@ -5,7 +5,8 @@ contract: every bad input is an error code and a one-line message from the C API
 A tiny artifact's own sources (model/src: its model.c and the runtime, its kernel flags and defines) are
 compiled instrumented (-O1, warnings as errors) into tests/c/api_main.c, a driver of the whole C API, and
 into edgec-run; the tokenizer driver runs on SmolLM2's tokenizer.json. Each must exit 0 with nothing from a
-sanitizer on stderr, for an fp32 and an int4 artifact (int4-rtn: quantized linears on int8 activations).
+sanitizer on stderr, for an fp32 and an int4 artifact (int4-rtn: quantized linears on int8 activations), and
+for int4 hot/cold artifacts (cold neurons read from cold.bin through the runtime's caches).
 (The loaders' fuzzing: test_fuzz_c_loaders.py.)
 """
 from __future__ import annotations
@@ -48,9 +49,15 @@ def san(tmp_path_factory):
     require_sanitizers(tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=["fp32", "int4"])
+# hot/cold: int4 with its cold FFN neurons read from cold.bin (sparse: the resident gate selects them; stream:
+# every one, through a cache smaller than a layer's cold part)
+HOTCOLD = {"hotcold-sparse": {"memory_budget": "92%"}, "hotcold-stream": {"memory_budget": "90%", "offload": "stream"}}
+
+
+@pytest.fixture(scope="module", params=["fp32", "int4", *HOTCOLD])
 def art(request, san, tiny_llama, tmp_path_factory):
-    return c_artifact(tmp_path_factory, tiny_llama, {"fp32": "fp32", "int4": "int4-rtn"}[request.param])
+    recipe = {"fp32": "fp32"}.get(request.param, "int4-rtn")
+    return c_artifact(tmp_path_factory, tiny_llama, recipe, **HOTCOLD.get(request.param, {}))
 
 
 @pytest.fixture(scope="module")

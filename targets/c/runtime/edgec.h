@@ -79,7 +79,7 @@ int edgec_detokenize(const edgec_model *m, const int32_t *ids, int n, char *out,
 edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen);
 void edgec_context_free(edgec_ctx *c);
 const char *edgec_error(const edgec_ctx *c);
-void edgec_reset(edgec_ctx *c);                /* empty the KV cache */
+void edgec_reset(edgec_ctx *c);                /* empty the KV cache (and a hot/cold model's neuron caches) */
 int edgec_length(const edgec_ctx *c);          /* tokens in the cache */
 /* The KV cache's bytes, allocated when the context was made: layers x 2 x kv_heads x context x
    (head_dim x element bytes + scale bytes): 4 and 0 for fp32, 2 and 0 for fp16 (kv_cache=fp16),

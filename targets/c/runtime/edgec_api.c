@@ -296,7 +296,10 @@ void edgec_context_free(edgec_ctx *c) {
 const char *edgec_error(const edgec_ctx *c) { return c ? c->err : "no context"; }
 
 void edgec_cold_stats(const edgec_ctx *c, uint64_t out[EDGEC_COLD_STATS]) { ec_rt_cold_stats(c->rt, out); }
-void edgec_reset(edgec_ctx *c) { c->len = 0; }
+void edgec_reset(edgec_ctx *c) {
+    c->len = 0;
+    ec_rt_cold_drop(c->rt);  /* a hot/cold model's cached neurons too: a reset context computes as a fresh one */
+}
 int edgec_length(const edgec_ctx *c) { return (int)c->len; }
 size_t edgec_cache_bytes(const edgec_ctx *c) { return c->cache_bytes; }
 const float *edgec_logits(const edgec_ctx *c) { return c->logits; }

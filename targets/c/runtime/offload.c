@@ -96,6 +96,22 @@ void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out) {
     for (int i = 0; i < EC_COLD_STATS; i++) out[i] = rt->cold ? rt->cold->stats[i] : 0;
 }
 
+void ec_rt_cold_drop(ec_rt *rt) {
+    if (!rt->cold) return;
+    for (int i = 0; i < EC_MAX_FFNS; i++) {
+        ec_cache *k = rt->cold->cache[i];
+        if (!k) continue;
+        for (int s = 0; s < k->slots; s++) {
+            if (k->owner[s] >= 0) k->slot_of[k->owner[s]] = -1;
+            k->owner[s] = -1;
+            k->prev[s] = s - 1;
+            k->next[s] = s + 1 < k->slots ? s + 1 : -1;
+        }
+        k->head = 0;
+        k->tail = k->slots - 1;
+    }
+}
+
 void ec_rt_cold_reset(ec_rt *rt) {
     if (!rt->cold) return;
     for (int i = 0; i < EC_COLD_STATS; i++)
@@ -501,16 +517,23 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
         c->stats[4] += (uint64_t)f->hot;  /* every hot neuron is computed; cold ones where selected */
         for (int q = 0; q < f->cold; q++) c->stats[4] += (uint64_t)EC_ON(r, f->cold_idx[q]);
     }
-    /* cold bundles active in any row, a cache-full at a time (each read once for all rows), those in the cache
-       first (so a list longer than the cache does not evict what it is about to use: LRU over a cycle never hits) */
+    /* cold bundles active in any row, a cache-full at a time (each read once for all rows). In ascending order
+       when they fit the cache (the sum's order then never depends on what was cached); when they do not, those
+       in the cache first, so the list does not evict what it is about to use (LRU over a cycle never hits). */
     int n = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int q = 0; q < f->cold; q++) {
-            if ((k->slot_of[q] >= 0) != (pass == 0)) continue;
-            int on = 0;
-            for (int64_t r = 0; r < m && !on; r++) on = EC_ON(r, f->cold_idx[q]);
-            if (on) list[n++] = q;
-        }
+    for (int q = 0; q < f->cold; q++) {
+        int on = 0;
+        for (int64_t r = 0; r < m && !on; r++) on = EC_ON(r, f->cold_idx[q]);
+        if (on) list[n++] = q;
+    }
+    if (n > k->slots) {
+        int hits = 0;
+        for (int i = 0; i < n; i++)
+            if (k->slot_of[list[i]] >= 0) slots[hits++] = list[i];
+        for (int i = 0; i < n; i++)
+            if (k->slot_of[list[i]] < 0) slots[hits++] = list[i];
+        memcpy(list, slots, (size_t)n * sizeof(int32_t));
+    }
 #undef EC_ON
     for (int b = 0; b < n; b += k->slots) {
         int len = n - b < k->slots ? n - b : k->slots;

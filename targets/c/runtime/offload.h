@@ -66,6 +66,10 @@ int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes)
 #define EC_COLD_STATS 9
 void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out);
 void ec_rt_cold_reset(ec_rt *rt);
+/* Empty the caches (a reset context then computes bit for bit as a fresh one). Results are the same whatever the
+ * caches hold whenever a token's active cold neurons fit its FFN's cache; when they do not, cached neurons are
+ * used first and the float sum follows that order (a difference at rounding level). */
+void ec_rt_cold_drop(ec_rt *rt);
 void ec_cold_free(ec_rt *rt);
 
 #ifdef __cplusplus
