@@ -181,8 +181,8 @@ runs of the reference ops on the last 4 of the {args.calib_samples} calibration 
 - The budget holds on the held-out calibration windows it was searched on ({args.calib_samples // 4} x
   {args.calib_seqlen} tokens), not on the test text: so few tokens under-estimate the loss; more
   `--calib-samples` narrows the gap (not measured here).
-- The C runtime computes the zeros but does not skip them yet: these artifacts decode at the dense speed. The
-  speed-up needs kernels that skip the weight columns of zero inputs (hot/cold offloading, the issue's next part).
+- These artifacts compute the zeros (they decode at the dense speed); a build with `--memory-budget` skips
+  CATS' zeros in the cold neurons it reads (hot/cold offloading: the section on it below).
 """
     write_section(TITLE, body)
     log.say("wrote benchmarks/RESULTS.md")
