@@ -18,7 +18,8 @@
 #include <unistd.h>
 
 #define EC_BLOCK 4096u               /* O_DIRECT's unit: offsets, lengths and buffers in whole blocks */
-#define EC_BOUNCE (1u << 20)         /* one read's buffer: at most 1 MiB (or one bundle's blocks) */
+#define EC_BOUNCE (1u << 20)         /* the read buffer: 1 MiB (or one bundle's blocks), outside the budget */
+#define EC_SPAN (EC_BOUNCE / 4)      /* one read: at most a quarter of it, so long streams also run 4 reads at once */
 #define EC_MAX_FFNS 1024
 
 typedef struct {
@@ -32,8 +33,11 @@ typedef struct {
     ec_ffn_rows rows[3];
 } ec_cache;
 
+#define EC_IO_THREADS 8      /* reads in flight at once (threads blocked in pread cost no CPU) */
+
 struct ec_cold {
     int fd, direct;
+    ec_pool *io;                     /* the threads that read spans concurrently */
     uint8_t *bounce;
     size_t bounce_cap;
     ec_cache *cache[EC_MAX_FFNS];
@@ -68,6 +72,13 @@ int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes)
     if (!c->direct) posix_fadvise(c->fd, 0, 0, POSIX_FADV_RANDOM);
 #endif
     c->stats[7] = (uint64_t)c->direct;
+    c->io = ec_pool_new(EC_IO_THREADS);
+    if (!c->io) {
+        ec_set_error(rt, "cannot start the threads that read the cold weights");
+        close(c->fd);
+        free(c);
+        return -1;
+    }
     rt->cold = c;
     return 0;
 }
@@ -87,6 +98,7 @@ void ec_cold_free(ec_rt *rt) {
         free(k);
     }
     if (c->fd >= 0) close(c->fd);
+    ec_pool_free(c->io);
     free(c->bounce);
     free(c);
     rt->cold = NULL;
@@ -252,6 +264,41 @@ static int read_full(int fd, uint8_t *buf, size_t n, uint64_t off) {
     return 0;
 }
 
+typedef struct {
+    uint64_t lo, hi;  /* the file range one read covers */
+    size_t at;        /* where it lands in the buffer */
+    int i, j;         /* the want[] entries it holds (misses among them) */
+} ec_span;
+
+typedef struct {
+    struct ec_cold *c;
+    const ec_offload_ffn *f;
+    ec_cache *k;
+    const int32_t *want;
+    const int32_t *slots;  /* -2 - slot for the misses */
+    const ec_span *sp;
+    int failed;            /* errno of a failed read */
+} io_job;
+
+/* spans [b, e): read, then copy each missed bundle into its slot (slots differ: no two spans share one) */
+static void job_read(void *arg, int64_t b, int64_t e) {
+    io_job *j = arg;
+    const uint64_t B = j->f->bundle;
+    for (int64_t t = b; t < e; t++) {
+        const ec_span *s = &j->sp[t];
+        uint8_t *buf = j->c->bounce + s->at;
+        if (read_full(j->c->fd, buf, (size_t)(s->hi - s->lo), s->lo) != 0) {
+            j->failed = errno ? errno : EIO;
+            continue;
+        }
+        for (int i = s->i; i < s->j; i++) {
+            if (j->slots[i] >= 0) continue;
+            const uint8_t *src = buf + (j->f->offset + (uint64_t)j->want[i] * B - s->lo);
+            for (int p = 0; p < j->f->n_parts; p++) src = copy_part(j->k, p, &j->f->part[p], src, -2 - j->slots[i]);
+        }
+    }
+}
+
 /* Bundles want[0..n) (the misses among them in ascending order) -> slots[0..n): hits pinned and moved to the front, misses
    given the least recently used unpinned slots and read. n <= the cache's slots. */
 static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t *want, int n, int32_t *slots) {
@@ -294,39 +341,57 @@ static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t 
             return -1;
         }
     }
+    /* the misses as spans: adjacent blocks in one read, each at most EC_SPAN (or one bundle) long */
+    const uint64_t span_cap = need > EC_SPAN ? need : EC_SPAN;
+    ec_span *sp = ec_get(rt, (size_t)n * sizeof *sp);
+    int ns = 0;
     for (int i = 0; i < n;) {
         if (slots[i] >= 0) {
             i++;
             continue;
         }
-        /* one read: misses i .. j-1 whose blocks are adjacent and fit the buffer */
         uint64_t lo = (f->offset + (uint64_t)want[i] * B) / align * align, hi = 0;
         int j = i;
         for (; j < n; j++) {
             if (slots[j] >= 0) continue;
             uint64_t a = f->offset + (uint64_t)want[j] * B;
             uint64_t e = (a + B + align - 1) / align * align;
-            if (j > i && (a / align * align > hi || e - lo > c->bounce_cap)) break;
+            if (j > i && (a / align * align > hi || e - lo > span_cap)) break;
             hi = e;
         }
-        if (read_full(c->fd, c->bounce, (size_t)(hi - lo), lo) != 0) {
-            ec_set_error(rt, "reading the cold weights failed (%s); is cold.bin intact?", strerror(errno));
-            return -1;
-        }
-        c->stats[0] += hi - lo;
-        c->stats[1]++;
-        for (int t = i; t < j; t++) {
-            if (slots[t] >= 0) continue;
-            int s = -2 - slots[t];
-            const uint8_t *src = c->bounce + (f->offset + (uint64_t)want[t] * B - lo);
-            for (int p = 0; p < f->n_parts; p++) src = copy_part(k, p, &f->part[p], src, s);
-            lru_front(k, s);
-            slots[t] = s;
-            c->stats[2]++;
-        }
+        sp[ns++] = (ec_span){lo, hi, 0, i, j};
         i = j;
     }
-    return 0;
+    /* batches of spans that fill the buffer at most, read concurrently by the I/O threads (storage serves
+       several reads at once: 4 KiB O_DIRECT reads here went from 56 MB/s one at a time to 270 with 8) */
+    int rc = 0;
+    for (int b = 0; b < ns && !rc;) {
+        size_t total = 0;
+        int e = b;
+        for (; e < ns && (e == b || total + (size_t)(sp[e].hi - sp[e].lo) <= c->bounce_cap); e++) {
+            sp[e].at = total;
+            total += (size_t)(sp[e].hi - sp[e].lo);
+        }
+        io_job jb = {c, f, k, want, slots, sp + b, 0};
+        ec_parallel(c->io, e - b, 1, job_read, &jb);
+        if (jb.failed) {
+            ec_set_error(rt, "reading the cold weights failed (%s); is cold.bin intact?", strerror(jb.failed));
+            rc = -1;
+        }
+        for (int t = b; t < e; t++) {
+            c->stats[0] += sp[t].hi - sp[t].lo;
+            c->stats[1]++;
+            for (int i = sp[t].i; i < sp[t].j; i++)
+                if (slots[i] < 0) {  /* read by this batch: now the most recently used */
+                    slots[i] = -2 - slots[i];
+                    lru_front(k, slots[i]);
+                    c->stats[2]++;
+                }
+        }
+        b = e;
+    }
+    ec_put(rt, sp);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ compute */
