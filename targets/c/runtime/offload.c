@@ -268,6 +268,7 @@ typedef struct {
     uint64_t lo, hi;  /* the file range one read covers */
     size_t at;        /* where it lands in the buffer */
     int i, j;         /* the want[] entries it holds (misses among them) */
+    int err;          /* errno of its failed read (0: read), set by the thread that read it */
 } ec_span;
 
 typedef struct {
@@ -276,8 +277,7 @@ typedef struct {
     ec_cache *k;
     const int32_t *want;
     const int32_t *slots;  /* -2 - slot for the misses */
-    const ec_span *sp;
-    int failed;            /* errno of a failed read */
+    ec_span *sp;
 } io_job;
 
 /* spans [b, e): read, then copy each missed bundle into its slot (slots differ: no two spans share one) */
@@ -285,10 +285,10 @@ static void job_read(void *arg, int64_t b, int64_t e) {
     io_job *j = arg;
     const uint64_t B = j->f->bundle;
     for (int64_t t = b; t < e; t++) {
-        const ec_span *s = &j->sp[t];
+        ec_span *s = &j->sp[t];
         uint8_t *buf = j->c->bounce + s->at;
         if (read_full(j->c->fd, buf, (size_t)(s->hi - s->lo), s->lo) != 0) {
-            j->failed = errno ? errno : EIO;
+            s->err = errno ? errno : EIO;
             continue;
         }
         for (int i = s->i; i < s->j; i++) {
@@ -359,7 +359,7 @@ static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t 
             if (j > i && (a / align * align > hi || e - lo > span_cap)) break;
             hi = e;
         }
-        sp[ns++] = (ec_span){lo, hi, 0, i, j};
+        sp[ns++] = (ec_span){lo, hi, 0, i, j, 0};
         i = j;
     }
     /* batches of spans that fill the buffer at most, read concurrently by the I/O threads (storage serves
@@ -372,13 +372,13 @@ static int fetch(ec_rt *rt, const ec_offload_ffn *f, ec_cache *k, const int32_t 
             sp[e].at = total;
             total += (size_t)(sp[e].hi - sp[e].lo);
         }
-        io_job jb = {c, f, k, want, slots, sp + b, 0};
+        io_job jb = {c, f, k, want, slots, sp + b};
         ec_parallel(c->io, e - b, 1, job_read, &jb);
-        if (jb.failed) {
-            ec_set_error(rt, "reading the cold weights failed (%s); is cold.bin intact?", strerror(jb.failed));
-            rc = -1;
-        }
         for (int t = b; t < e; t++) {
+            if (sp[t].err && !rc) {
+                ec_set_error(rt, "reading the cold weights failed (%s); is cold.bin intact?", strerror(sp[t].err));
+                rc = -1;
+            }
             c->stats[0] += sp[t].hi - sp[t].lo;
             c->stats[1]++;
             for (int i = sp[t].i; i < sp[t].j; i++)
@@ -457,14 +457,39 @@ static void widen_rows(const ec_ffn_rows *w, const int32_t *rows, int n, float *
     }
 }
 
-/* y [m, d] += down over the listed rows of one piece for every row of x [m, d]: gate and up as products with the
-   listed rows (the resident ones in their own kernels when every row is listed), h by the glu's rule (a: the
-   resident gate's act by neuron, sparse mode), down as a product with the rows transposed. */
+/* u [m, n] <- h = act(g) * u, zero where |act(g)| <= threshold (the glu's rule); act(g) from g [m, n] when
+   given, else the resident gate's act by neuron: a [m, inter] at neuron[i] (sparse mode) */
+static void glu_rule(const ec_offload_ffn *f, const float *g, const float *a, const int32_t *neuron, float *u,
+                     int64_t m, int n) {
+    for (int64_t r = 0; r < m; r++)
+        for (int i = 0; i < n; i++) {
+            float av = g ? ec_ffn_act(f->act, g[r * n + i]) : a[r * f->inter + neuron[i]];
+            u[r * n + i] = fabsf(av) > f->threshold ? av * u[r * n + i] : 0.f;
+        }
+}
+
+/* out [m, d] = h [m, n] times the listed rows of the transposed down projection (widened, then transposed
+   to [d, n]: a linear over the n neurons) */
+static void down_product(ec_rt *rt, const ec_ffn_rows *down, const int32_t *rows, int n, const float *h, int64_t m,
+                         float *out) {
+    const int D = down->k;
+    float *w = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
+    float *wt = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
+    widen_rows(down, rows, n, w);
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < D; t++) wt[(size_t)t * n + i] = w[(size_t)i * D + t];
+    ec_linear_f32_mt(rt, out, h, wt, NULL, m, n, D);
+    ec_put(rt, wt);
+    ec_put(rt, w);
+}
+
+/* y [m, d] += down over the listed rows of one piece (cache slots) for every row of x [m, d]: gate and up as
+   products with the listed rows, h by the glu's rule, then down_product. */
 static void piece_rows(ec_rt *rt, const ec_offload_ffn *f, const ec_ffn_rows *gate, const ec_ffn_rows *up,
                        const ec_ffn_rows *down, const int32_t *rows, const int32_t *neuron, int n, const float *x,
                        const float *a, float *y, int64_t m) {
     if (n <= 0) return;
-    const int D = f->d, I = f->inter;
+    const int D = f->d;
     float *w = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
     float *u = ec_get(rt, (size_t)m * (size_t)n * sizeof(float));
     float *g = gate ? ec_get(rt, (size_t)m * (size_t)n * sizeof(float)) : NULL;
@@ -474,23 +499,14 @@ static void piece_rows(ec_rt *rt, const ec_offload_ffn *f, const ec_ffn_rows *ga
         widen_rows(gate, rows, n, w);
         ec_linear_f32_mt(rt, g, x, w, NULL, m, D, n);
     }
-    for (int64_t r = 0; r < m; r++)
-        for (int i = 0; i < n; i++) {
-            float av = g ? ec_ffn_act(f->act, g[r * n + i]) : a[r * I + neuron[i]];
-            u[r * n + i] = fabsf(av) > f->threshold ? av * u[r * n + i] : 0.f;
-        }
-    widen_rows(down, rows, n, w);  /* [n, d] -> [d, n]: down as a linear over the n neurons */
-    float *wt = ec_get(rt, (size_t)n * (size_t)D * sizeof(float));
-    for (int i = 0; i < n; i++)
-        for (int t = 0; t < D; t++) wt[(size_t)t * n + i] = w[(size_t)i * D + t];
+    ec_put(rt, w);
+    glu_rule(f, g, a, neuron, u, m, n);
     float *part = ec_get(rt, (size_t)m * (size_t)D * sizeof(float));
-    ec_linear_f32_mt(rt, part, u, wt, NULL, m, n, D);
+    down_product(rt, down, rows, n, u, m, part);
     for (int64_t i = 0; i < m * D; i++) y[i] += part[i];
     ec_put(rt, part);
-    ec_put(rt, wt);
     if (g) ec_put(rt, g);
     ec_put(rt, u);
-    ec_put(rt, w);
 }
 
 /* out [m, n] = x [m, d] times every row of resident weights w, with the linear kernels */
@@ -505,18 +521,14 @@ static void rows_linear(ec_rt *rt, const ec_ffn_rows *w, const float *x, int64_t
    with the rows transposed (prefill). The hot part needs no predictor: every hot neuron is computed. */
 static void hot_part(ec_rt *rt, const ec_offload_ffn *f, const float *x, const float *a, float *y, int64_t m,
                      int32_t *list, float *hbuf) {
-    const int H = f->hot, D = f->d, I = f->inter;
+    const int H = f->hot, D = f->d;
     memset(y, 0, (size_t)m * (size_t)D * sizeof(float));
     if (H <= 0) return;
     float *u = ec_get(rt, (size_t)m * (size_t)H * sizeof(float));
     float *g = f->stream ? ec_get(rt, (size_t)m * (size_t)H * sizeof(float)) : NULL;
     rows_linear(rt, &f->up, x, m, H, u);
     if (g) rows_linear(rt, &f->gate, x, m, H, g);
-    for (int64_t r = 0; r < m; r++)
-        for (int p = 0; p < H; p++) {
-            float av = g ? ec_ffn_act(f->act, g[r * H + p]) : a[r * I + f->hot_idx[p]];
-            u[r * H + p] = fabsf(av) > f->threshold ? av * u[r * H + p] : 0.f;
-        }
+    glu_rule(f, g, a, f->hot_idx, u, m, H);
     if (m < EC_PREFILL_ROWS) {
         for (int64_t r = 0; r < m; r++) {
             int n = 0;
@@ -529,15 +541,8 @@ static void hot_part(ec_rt *rt, const ec_offload_ffn *f, const float *x, const f
             if (n) ec_parallel(rt->pool, D, 32, job_down, &j);
         }
     } else {
-        float *w = ec_get(rt, (size_t)H * (size_t)D * sizeof(float));
-        float *wt = ec_get(rt, (size_t)H * (size_t)D * sizeof(float));
         for (int p = 0; p < H; p++) list[p] = p;
-        widen_rows(&f->down_t, list, H, w);
-        for (int p = 0; p < H; p++)
-            for (int t = 0; t < D; t++) wt[(size_t)t * H + p] = w[(size_t)p * D + t];
-        ec_linear_f32_mt(rt, y, u, wt, NULL, m, H, D);
-        ec_put(rt, wt);
-        ec_put(rt, w);
+        down_product(rt, &f->down_t, list, H, u, m, y);
     }
     if (g) ec_put(rt, g);
     ec_put(rt, u);
