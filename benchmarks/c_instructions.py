@@ -13,8 +13,8 @@ difference: per decoded token = (I(n2) - I(n1)) / (n2 - n1).
 - x86-64: `valgrind --tool=callgrind` (valgrind has no AVX-512, so the x86 row is the `x86-avx2`
   device's AVX2 build; exact and repeatable for the same binary and inputs).
 - aarch64 (rpi5: Cortex-A76, NEON dotprod; pixel8: armv8.2-a+dotprod+fp16+i8mm): the static
-  `edgec-run` under qemu-aarch64 with a small instruction-counting TCG plugin (qemu_insn_count.c,
-  compiled here; Debian's qemu-user ships none). Guest instructions, exact and repeatable.
+  `edgec-run` under qemu-aarch64 with a small instruction-counting TCG plugin (edgec/qemu_insn_count.c,
+  compiled by edgec.insns; Debian's qemu-user ships none). Guest instructions, exact and repeatable.
 
 Also reported: each `edgec-run`'s size (the aarch64 ones are statically linked).
 Unless --no-write the table goes to benchmarks/RESULTS.md.
@@ -37,7 +37,6 @@ from decode_prepare import source_hash  # noqa: E402
 
 TITLE = "C runtime: instructions per decoded token, x86-64 and aarch64 (issue 15)"
 DATA = Path(os.environ.get("EDGEC_DATA_DIR", ROOT.parent / "shared" / "data"))
-PLUGIN_SRC = Path(__file__).with_name("qemu_insn_count.c")
 PROMPT_TOKENS = 32
 
 
@@ -63,31 +62,15 @@ def prompt_ids(artifact: Path) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids[:PROMPT_TOKENS]
 
 
-def plugin(work: Path) -> Path:
-    so = work / "qemu_insn_count.so"
-    if not so.exists() or so.stat().st_mtime < PLUGIN_SRC.stat().st_mtime:
-        subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", str(PLUGIN_SRC), "-o", str(so)],
-                       check=True)
-    return so
-
-
 def count(artifact: Path, ids: list[int], n: int, aarch64: bool, work: Path) -> tuple[int, int]:
-    """(instructions of the whole run, tokens generated)."""
-    run = [str(artifact / "model" / "edgec-run"), str(artifact), "--ids", ",".join(map(str, ids)), "-n", str(n),
-           "--threads", "1"]
-    if aarch64:
-        cmd = ["qemu-aarch64", "-plugin", str(plugin(work)), *run]
-        pattern = r"edgec-insns (\d+)"
-    else:
-        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *run]
-        pattern = r"Collected : (\d+)"
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed: {proc.stderr.strip()[-400:]}")
-    found = re.search(pattern, proc.stderr)
-    if not found:
-        raise SystemExit(f"no instruction count in the output of {cmd[0]}: {proc.stderr.strip()[-400:]}")
-    return int(found.group(1)), len(proc.stdout.split())
+    """(instructions of the whole run, tokens generated): edgec.insns, which `edgec profile` uses too."""
+    from edgec.errors import EdgecError
+    from edgec.insns import count as count_insns
+
+    try:
+        return count_insns(artifact, ids, n, aarch64)
+    except EdgecError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main() -> None:

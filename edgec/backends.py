@@ -14,7 +14,9 @@ A backend is a `Backend` subclass in edgec.targets.<name>.backend, exported ther
   out_dir (the artifact's model/) and returns metadata for the manifest ({"files": [...], ...}).
 - `open(files, interface, options, threads)`: an `Executor` (edgec.executor) over the verified files.
 - `traces_ops`: True if `open(..., trace_dir=DIR)` gives an executor whose `op_trace()` returns,
-  per run, (wall microseconds, op type -> [calls, kernel microseconds]) (`edgec profile`).
+  per run, (wall microseconds, "op type@where" -> [calls, kernel microseconds]) (`edgec profile`);
+  `where` is a layer label (edgec.ir.cost.layer_labels), a node name that begins with the IR node's
+  first output name (`name/...`), or empty when the backend cannot tell.
 """
 from __future__ import annotations
 

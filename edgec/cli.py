@@ -311,19 +311,47 @@ def eval_(target, reference, no_reference, text, max_tokens, window, threads, qu
 @click.option("--new-tokens", default=32, show_default=True, type=click.IntRange(2),
               help="Greedy tokens generated (decode steps = this - 1).")
 @click.option("--threads", default=None, type=int, help="Threads for the backend.")
+@click.option("--device", "devices", multiple=True, metavar="NAME",
+              help="Also estimate for this device profile (repeatable; see `edgec devices`). This machine is "
+              "always estimated beside its measurement.")
+@click.option("--lengths", default="16,64,256", show_default=True, metavar="N,N,...",
+              help="Prompt lengths for prefill and decode speed against the context ('' for none).")
+@click.option("--html", "html", type=click.Path(path_type=Path), default=None, metavar="OUT.html",
+              help="Also write a self-contained HTML report with plots (each plot also saved as a PNG beside it).")
+@click.option("--instructions/--no-instructions", default=None,
+              help="Count instructions per decoded token under qemu (aarch64 C builds; default: when the "
+              "artifact cannot run here).")
 @click.option("--top", default=12, show_default=True, type=click.IntRange(1), help="Op types listed per phase.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @trust_options
 @user_errors
-def profile(artifact, prompt_tokens, new_tokens, threads, top, as_json, trust, allow_unsigned):
-    """Prefill and decode speed of ARTIFACT, and which operators the time goes to
-    (onnxruntime's per-node profiler for ONNX artifacts; the C runtime's per-op timers for C artifacts)."""
+def profile(artifact, prompt_tokens, new_tokens, threads, devices, lengths, html, instructions, top, as_json, quiet,
+            trust, allow_unsigned):
+    """Prefill and decode speed of ARTIFACT on this machine, which operators and layers the time goes to
+    (onnxruntime's profiler, the C runtime's timers, the Relax VM's hook), peak memory, and its place on
+    this machine's measured roofline; with roofline estimates for this machine and each --device."""
     _quiet_libraries()
     from .profile import format_profile
     from .profile import profile as run_profile
 
+    if html is not None:
+        from .report import check_html_path
+
+        check_html_path(html)
+    try:
+        lens = [int(x) for x in lengths.split(",") if x.strip()]
+    except ValueError:
+        raise EdgecError(f"--lengths must be whole numbers separated by commas, got {lengths!r}") from None
+    if any(n < 1 for n in lens):
+        raise EdgecError(f"--lengths must be positive, got {lengths!r}")
     p = run_profile(artifact, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads,
-                    trusted_keys=trust, allow_unsigned=allow_unsigned)
+                    trusted_keys=trust, allow_unsigned=allow_unsigned, lengths=lens, devices=devices,
+                    instructions=instructions, progress=_progress(quiet or as_json))
+    if html is not None:
+        from .report import write_profile_html
+
+        write_profile_html(p.to_dict(), html)
     click.echo(json.dumps(p.to_dict()) if as_json else format_profile(p, top))
 
 
@@ -402,11 +430,21 @@ def activations(target, calib, samples, seqlen, plot_path, quiet, as_json):
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--measure", is_flag=True, help="Measure this machine's memory bandwidth and peak compute now "
+              "(a few seconds; cached, and used by `host` from then on).")
+@click.option("--threads", default=None, type=int, help="Threads for --measure (default: every CPU).")
 @user_errors
-def devices(as_json):
-    """List the device profiles."""
+def devices(as_json, measure, threads):
+    """List the device profiles (`host`: this machine, its bandwidth and int8 peak as measured)."""
     from .devices import get_device, list_devices
 
+    if measure:
+        from .hostperf import host_figures
+
+        h = host_figures(threads, refresh=True, progress=_progress(as_json))
+        if not as_json:
+            click.echo(f"host: {h.bandwidth_gbs:.1f} GB/s, {h.peak_fp32_gflops:.0f} fp32 GFLOP/s, "
+                       f"{h.peak_int8_gops:.0f} int8 GOP/s on {h.threads} threads ({h.cpu})")
     devs = [get_device(n) for n in list_devices()]
     if as_json:
         click.echo(json.dumps([d.to_dict() for d in devs], indent=2))
@@ -426,6 +464,113 @@ def recipes():
 
     for name, desc in list_recipes().items():
         click.echo(f"{name:20s} {desc}")
+
+
+def _compare_options(fn):
+    """Quality and speed options `compare` and `sweep` share (their rows are the same table)."""
+    from .compare import SPEED_NEW, SPEED_PROMPT
+
+    for option in reversed([
+        click.option("--eval", "do_eval", is_flag=True, help="Evaluate now (perplexity, and KL against the source "
+                     "model when it is here); the result is recorded for later runs."),
+        click.option("--text", type=click.Path(path_type=Path), default=None, help="Evaluation text (default: "
+                     "WikiText-2's test split from $EDGEC_DATA_DIR or ../shared/data); for compare without --eval: "
+                     "show only evaluations recorded on this text."),
+        click.option("--window", type=click.IntRange(2), default=512, show_default=True, help="Tokens per window."),
+        click.option("--max-tokens", type=int, default=None, help="Evaluate only this token prefix, in whole windows."),
+        click.option("--prompt-tokens", type=click.IntRange(1), default=SPEED_PROMPT, show_default=True,
+                     help="Prompt length of the speed run (measured or estimated)."),
+        click.option("--new-tokens", type=click.IntRange(2), default=SPEED_NEW, show_default=True,
+                     help="Greedy tokens of the speed run."),
+        click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress on stderr."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--device", "devices", multiple=True, metavar="NAME",
+              help="A row per artifact for this device (repeatable): host is measured here, others estimated. "
+              "Default: measured here when the artifact runs here, else estimated for the device it was built for.")
+@_compare_options
+@click.option("--html", type=click.Path(path_type=Path), default=None, metavar="OUT.html",
+              help="Also write a self-contained HTML report with the quality-vs-speed chart (and its PNG beside it).")
+@click.option("--threads", default=None, type=int, help="Threads for the backend.")
+@trust_options
+@user_errors
+def compare(artifacts, devices, do_eval, text, window, max_tokens, prompt_tokens, new_tokens, as_json, quiet, html,
+            threads, trust, allow_unsigned):
+    """ARTIFACTS side by side: size, bits per weight, perplexity and KL (with --eval, or as recorded by an
+    earlier `edgec eval`/--eval), decode and prefill speed (measured or estimated), and the Pareto front of
+    speed against quality per device. An artifact that fails gets a row with its error (exit status 1)."""
+    _quiet_libraries(quiet or as_json)
+    from .compare import compare as run_compare
+    from .compare import format_compare
+    from .limits import useful_threads
+
+    if html is not None:
+        from .report import check_html_path
+
+        check_html_path(html)
+    result = run_compare(artifacts, devices, evaluate=do_eval, text=text, window=window, max_tokens=max_tokens,
+                         prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=useful_threads(threads),
+                         trusted_keys=trust, allow_unsigned=allow_unsigned, progress=_progress(quiet or as_json))
+    if html is not None:
+        from .report import write_compare_html
+
+        write_compare_html(result, html)
+    click.echo(json.dumps(result) if as_json else format_compare(result))
+    if any(r["error"] for r in result["rows"]):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--model", default=None, help="A Hugging Face folder or .gguf (default: the embedded SmolLM2-135M).")
+@click.option("--recipes", required=True, metavar="A,B,...", help="Recipes (names or files), comma-separated.")
+@click.option("--devices", default="host", show_default=True, metavar="X,Y,...",
+              help="Device profiles, comma-separated; host is measured here, others estimated.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Sweep folder: cells/<recipe>@<device>/{artifact,result.json}, sweep.json, sweep.html "
+              "(default: build/sweep-<model>). Cells already done there for the same inputs are reused.")
+@click.option("--profile", "do_profile", is_flag=True, help="Speed of every cell (host: measured; else estimated).")
+@_compare_options
+@click.option("--html", type=click.Path(path_type=Path), default=None, metavar="OUT.html",
+              help="The HTML report (default: DIR/sweep.html).")
+@click.option("--calib", default=None, help="Calibration text for calibrated recipes (gptq, awq, ...).")
+@click.option("--calib-samples", type=int, default=None, help="Calibration windows (default 128).")
+@click.option("--calib-seqlen", type=int, default=None, help="Tokens per calibration window (default 512).")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="Run on the Ray cluster at this address (`ray start --head` prints it; the model, calibration "
+              "text and DIR must be at the same paths on every node). Default: a local Ray on this machine.")
+@click.option("--cpus-per-cell", type=click.IntRange(1), default=1, show_default=True,
+              help="Ray CPUs per cell; its build, eval and speed run use that many threads.")
+@click.option("--memory-per-cell", type=float, default=None, metavar="GB",
+              help="Ray memory per cell, so a node runs only as many builds as its RAM holds (docs/sweep.md).")
+@user_errors
+def sweep(model, recipes, devices, output, do_profile, do_eval, text, window, max_tokens, prompt_tokens, new_tokens,
+          as_json, quiet, html, calib, calib_samples, calib_seqlen, address, cpus_per_cell, memory_per_cell):
+    """Build (and with --eval/--profile evaluate and time) every recipe for every device as Ray tasks, then
+    print the compare table of all cells. A failed cell does not stop the others (exit status 1); run the
+    same command again to retry the failed cells and reuse the others."""
+    _quiet_libraries(quiet or as_json)
+    _on_sigterm()
+    from .compare import format_compare
+    from .sweep import sweep as run_sweep
+
+    data = run_sweep(model, recipes, devices, output, evaluate=do_eval, text=text, window=window,
+                     max_tokens=max_tokens, profile=do_profile, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                     calib=calib, calib_samples=calib_samples, calib_seqlen=calib_seqlen, address=address,
+                     cpus_per_cell=cpus_per_cell, memory_per_cell_gb=memory_per_cell, html=html,
+                     progress=_progress(quiet or as_json))
+    counts = {s: sum(c["status"] == s for c in data["cells"]) for s in ("ok", "cached", "failed")}
+    if not (quiet or as_json):
+        click.echo(f"{len(data['cells'])} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()) +
+                   f"; {Path(data['output']) / 'sweep.json'}", err=True)
+    click.echo(json.dumps(data) if as_json else format_compare(data["compare"]))
+    if counts["failed"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

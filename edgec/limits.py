@@ -92,12 +92,24 @@ def useful_threads(n: int | None, what: str = "--threads") -> int | None:
     """
     if n is None:
         return None
-    n = check_int(n, what, 1)
+    return min(check_int(n, what, 1), available_cpus())
+
+
+def _affinity() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return min(n, max(cpus, 1))
+        return max(1, os.cpu_count() or 1)
+
+
+# Taken when edgec is imported: TVM's thread pool pins the calling thread to one core once it runs,
+# after which the thread's own affinity no longer says what the process may use.
+_CPUS = _affinity()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (what a backend uses when no thread count is given)."""
+    return _CPUS
 
 
 def check_context(config, where: str) -> int:

@@ -243,6 +243,7 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
 
     from .frontend import model_hash
     from .ir import format_graph
+    from .ir.cost import COSTS_FILE, cost_table
 
     say = progress or (lambda msg: None)
     dev, be, rec = device, backend, recipe
@@ -260,6 +261,8 @@ def write_artifact(imported, pm, out: Path, *, device, backend, recipe, progress
         say("writing tokenizer and build report")
         imported.tokenizer.save_pretrained(w.dir / "tokenizer")
         (w.dir / "graph.txt").write_text(format_graph(graph) + "\n")
+        # per node: weight bytes, FLOPs and bytes moved per run (edgec profile's roofline, edgec.estimate)
+        (w.dir / COSTS_FILE).write_text(json.dumps(cost_table(graph)) + "\n")
         report = {
             "fuse": graph.facts.fused,
             "passes": [r.to_dict() for r in pm.records],

@@ -11,6 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # edgec signs every artifact with the user's key, created on first use in the config folder:
 # the tests' own folder, never the developer's ~/.config/edgec
 os.environ["EDGEC_CONFIG_DIR"] = tempfile.mkdtemp(prefix="edgec-test-config-")
+# measured host figures and recorded evaluations: the tests' own cache, never ~/.cache/edgec
+os.environ["EDGEC_CACHE_DIR"] = tempfile.mkdtemp(prefix="edgec-test-cache-")
+# the estimator calibrates each backend on a tiny random model (seconds); the slow SmolLM2 check uses the real one
+os.environ.setdefault("EDGEC_CALIBRATION_MODEL", "tiny")
 
 SHARED_DATA = Path(os.environ.get("EDGEC_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

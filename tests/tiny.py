@@ -5,15 +5,12 @@ tokenizer, so the frontend sees exactly what a user's model folder holds.
 """
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import torch
 import transformers
 
-VOCAB_CHARS = string.ascii_letters + string.digits + " .,:;!?'-\n"
-SPECIALS = ["<unk>", "<s>", "</s>"]
-VOCAB = len(SPECIALS) + len(VOCAB_CHARS)
+from edgec.synthetic import SPECIALS, VOCAB, VOCAB_CHARS, char_tokenizer  # noqa: F401 (the tests import them from here)
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt2", "opt",
          "gpt_neox", "stablelm"]
@@ -50,16 +47,7 @@ def tiny_config(arch: str):
 
 
 def tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-
-    vocab = {t: i for i, t in enumerate(SPECIALS + list(VOCAB_CHARS))}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<unk>",
-        chat_template="{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                      "{% if add_generation_prompt %}assistant: {% endif %}")
+    return char_tokenizer()
 
 
 def save_tiny(arch: str, path: Path, seed: int = 0) -> Path:

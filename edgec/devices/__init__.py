@@ -119,7 +119,8 @@ def _load(path: Path) -> Device:
 
 
 def _detect_host(template: Device) -> Device:
-    """Fill the host template with what this machine reports; bandwidth stays an estimate."""
+    """Fill the host template with what this machine reports, and with its measured bandwidth and int8 peak
+    where they have been measured (edgec.hostperf); otherwise those stay the template's estimates."""
     cores = _cores()
     features = _cpu_features()
     ghz = _max_clock_ghz()
@@ -131,7 +132,7 @@ def _detect_host(template: Device) -> Device:
     except ImportError:
         physical = cores
     compute_cores = max(1, min(cores, physical))
-    return dataclasses.replace(
+    host = dataclasses.replace(
         template,
         cpu_triple=_triple(),
         cpu_features=features,
@@ -141,6 +142,15 @@ def _detect_host(template: Device) -> Device:
         peak_fp16_tflops=round(compute_cores * ghz * fp16_flops / 1000, 3),
         estimated=tuple(sorted(set(template.estimated) | {"memory_bandwidth_gbs"})),
     )
+    from edgec.hostperf import cached_figures  # measured by `edgec profile` or `edgec devices --measure`
+
+    measured = cached_figures()
+    if measured is None:
+        return host
+    return dataclasses.replace(host, memory_bandwidth_gbs=measured.bandwidth_gbs,
+                               peak_int8_tops=round(measured.peak_int8_gops / 1000, 3),
+                               estimated=tuple(e for e in host.estimated
+                                               if e not in ("memory_bandwidth_gbs", "peak_int8_tops")))
 
 
 def _cores() -> int:

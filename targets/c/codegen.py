@@ -23,8 +23,11 @@ import numpy as np
 from edgec.errors import EdgecError, UnsupportedModelError
 from edgec.ir import Graph, Node, Value
 from edgec.ir import shapes as S
+from edgec.ir.cost import layer_labels
 from edgec.ir.ops import INT_MAX
 from edgec.ir.quant import PackedLayout
+
+MAX_TIMERS = 1024  # ec_rt.h EC_MAX_TIMERS: op kind x layer timers of an EC_PROFILE build
 
 UNSUPPORTED = {"gqa", "gqa_packed"}  # the ONNX backend's prelower forms: the C backend keeps `attention`
 
@@ -295,11 +298,15 @@ class CodeGen:
         for v in g.outputs:
             root = self.alias_root.get(id(v), v)
             last[id(root)] = len(g.nodes)
+        layers = layer_labels(g)  # the timers are per op kind and layer: `edgec profile` splits time per layer
         for i, n in enumerate(g.nodes):
             if id(n) in self.folded:
                 continue
             self.emit(f"/* {n.op} -> {', '.join(o.name for o in n.outputs)} */")
-            kind = self.op_kinds.setdefault(n.op, len(self.op_kinds))
+            timer = f"{n.op}@{layers[i]}"
+            if timer not in self.op_kinds and len(self.op_kinds) >= MAX_TIMERS - 1:
+                timer = "other@other"  # a model with more op kinds x layers than timers: the rest share one
+            kind = self.op_kinds.setdefault(timer, len(self.op_kinds))
             self.emit(f"EC_TIME_BEGIN(tm{i});")
             if n.op not in NATIVE_F16 and any(v.dtype == "float16" for v in list(n.inputs) + list(n.outputs)):
                 self._via_f32(n)

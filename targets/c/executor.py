@@ -119,9 +119,10 @@ class CExecutor:
         self._lock = threading.Lock()  # one runtime context: one call at a time
 
     def op_times(self) -> dict[str, tuple[int, float]]:
-        """op kind -> (calls, total microseconds) since load: an EC_PROFILE build's timers (backend
-        option profile=true), zeros otherwise."""
-        ns, calls = np.zeros(64, np.int64), np.zeros(64, np.int64)
+        """"op@layer" (e.g. "linear@3", "embedding@embed") -> (calls, total microseconds) since load: an
+        EC_PROFILE build's timers (backend option profile=true), zeros otherwise."""
+        kinds = self.lib.ec_rt_op_kinds()
+        ns, calls = np.zeros(max(1, kinds), np.int64), np.zeros(max(1, kinds), np.int64)
         self.lib.ec_rt_timers(self.rt, ns.ctypes.data, calls.ctypes.data)
         return {self.lib.ec_rt_op_kind(i).decode(): (int(calls[i]), ns[i] / 1e3)
                 for i in range(self.lib.ec_rt_op_kinds())}
@@ -169,7 +170,7 @@ class CExecutor:
 
     def op_trace(self) -> list[tuple[float, dict[str, list[float]]]]:
         """Per run since load, in order (opened with trace_dir): (wall microseconds,
-        op kind -> [calls, microseconds]); the runtime's EC_PROFILE timers."""
+        "op@layer" -> [calls, microseconds]); the runtime's EC_PROFILE timers."""
         if self._trace is None:
             raise EdgecError("op_trace() needs the executor opened with trace_dir")
         return list(self._trace)

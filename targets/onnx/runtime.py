@@ -172,7 +172,8 @@ class OnnxExecutor:
 
     def op_trace(self) -> list[tuple[float, dict[str, list[float]]]]:
         """Ends onnxruntime's profiler (opened with profile_prefix); per run, in order:
-        (wall microseconds, op type -> [calls, kernel microseconds])."""
+        (wall microseconds, "op type@node name" -> [calls, kernel microseconds]); a node's name starts
+        with the IR node it was lowered from (lower_context.py), so time can be split per layer."""
         events = json.loads(Path(self.session.end_profiling()).read_text())
         runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
         out = [(float(b - a), defaultdict(lambda: [0, 0.0])) for a, b in runs]
@@ -183,7 +184,8 @@ class OnnxExecutor:
             i = int(np.searchsorted(starts, e["ts"], side="right")) - 1
             if i < 0 or e["ts"] > runs[i][1]:
                 continue
-            acc = out[i][1][e.get("args", {}).get("op_name", "?")]
+            node = e["name"][:-len("_kernel_time")]
+            acc = out[i][1][f'{e.get("args", {}).get("op_name", "?")}@{node}']
             acc[0] += 1
             acc[1] += float(e["dur"])
         return out

@@ -28,10 +28,13 @@ class TvmBackend(Backend):
         return compile_graph(graph, out_dir, device=device, tune_minutes=options.get("tune_minutes") or 0.0,
                              tune_log=options.get("tune_log"), progress=progress)
 
-    def open(self, files, *, interface=None, options=None, threads=None):
+    traces_ops = True  # open(trace_dir=...) then executor.op_trace(): the Relax VM's instrument hook
+
+    def open(self, files, *, interface=None, options=None, threads=None, trace_dir=None):
         from .runtime import TvmExecutor
 
-        return TvmExecutor(files, threads=threads, options=self.run_options(options or {}), interface=interface)
+        return TvmExecutor(files, threads=threads, options=self.run_options(options or {}), interface=interface,
+                           trace=trace_dir is not None)
 
 
 BACKEND = TvmBackend()

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
+from contextlib import contextmanager
 
 import numpy as np
 import tvm
@@ -56,9 +59,10 @@ class TvmExecutor:
     """
 
     def __init__(self, model_dir, *, threads: int | None = None, options: dict | None = None,
-                 interface: ModelInterface | None = None):
+                 interface: ModelInterface | None = None, trace: bool = False):
         """model_dir: a folder, or an artifact's verified model/ files (edgec.artifact.VerifiedFiles);
-        interface: the manifest's (default: tvm.json's signature)."""
+        interface: the manifest's (default: tvm.json's signature); trace: time every kernel the VM calls
+        (op_trace())."""
         files = as_files(model_dir)
         self.threads = threads
         try:
@@ -91,11 +95,23 @@ class TvmExecutor:
         self.context_length = self.meta.get("context_length")
         self.vocab_size = self.meta.get("vocab_size")
         self._decode = "decode" in self.meta["functions"]
+        self._tracer = _KernelTracer(self.vm) if trace else None
 
     def call(self, args: list, seq: int) -> list:
         """Run on device tensors (graph inputs in order); returns device tensors (graph outputs in order)."""
         fn = "decode" if self._decode and seq == 1 else "prefill"
-        return list(self.vm[fn](*args, self.params))
+        if self._tracer is None:
+            return list(self.vm[fn](*args, self.params))
+        with self._tracer.run():
+            return list(self.vm[fn](*args, self.params))
+
+    def op_trace(self) -> list[tuple[float, dict[str, list[float]]]]:
+        """Per run since load (opened with trace=True): (wall microseconds, kernel -> [calls, microseconds]);
+        kernels are TVM's fused functions by name without their numbers (fused_linear_add),
+        the VM's own calls summed as "vm builtins"."""
+        if self._tracer is None:
+            raise EdgecError("op_trace() needs the executor opened with trace_dir")
+        return list(self._tracer.runs)
 
     def sequence(self, capacity: int):
         """A KV cache that stays in TVM tensors between steps (see edgec.executor.Sequence)."""
@@ -112,6 +128,41 @@ class TvmExecutor:
         seq = feeds["input_ids"].shape[-1] if "input_ids" in feeds else None
         outs = self.call(args, seq)
         return {name: o.numpy() for name, o in zip(self.output_names, outs)}
+
+
+class _KernelTracer:
+    """Times every call the Relax VM makes (its instrument hook runs before and after each), per run.
+    The hook's own cost lands in the run's wall time, outside the kernels' times."""
+
+    def __init__(self, vm):
+        self.runs: list[tuple[float, dict[str, list[float]]]] = []
+        self._current: dict[str, list[float]] | None = None
+        self._start: dict[str, int] = {}
+        vm.set_instrument(self._hook)
+
+    @staticmethod
+    def kernel(name: str) -> str:
+        return "vm builtins" if name.startswith("vm.") else re.sub(r"\d+", "", name)
+
+    def _hook(self, func, name, before, ret, *args):
+        if self._current is not None:
+            if before:
+                self._start[name] = time.perf_counter_ns()
+            else:
+                acc = self._current.setdefault(self.kernel(name), [0, 0.0])
+                acc[0] += 1
+                acc[1] += (time.perf_counter_ns() - self._start.pop(name, time.perf_counter_ns())) / 1e3
+        return 0  # carry on
+
+    @contextmanager
+    def run(self):
+        self._current = {}
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.runs.append(((time.perf_counter() - t0) * 1e6, self._current))
+            self._current = None
 
 
 class _TvmSequence:

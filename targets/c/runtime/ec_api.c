@@ -123,11 +123,12 @@ const char *ec_rt_kernels(void) { return ec_linear_path(); }
 extern const int ec_model_n_op_kinds;
 extern const char *const ec_model_op_kinds[];
 
-/* The per-op-kind timers of an EC_PROFILE build (zeros otherwise): kind i is ec_rt_op_kind(i). */
+/* The timers of an EC_PROFILE build (zeros otherwise), per op kind and layer: kind i is ec_rt_op_kind(i),
+ * e.g. "linear@3" (codegen.py names them). */
 int ec_rt_op_kinds(void) { return ec_model_n_op_kinds; }
 const char *ec_rt_op_kind(int i) { return i >= 0 && i < ec_model_n_op_kinds ? ec_model_op_kinds[i] : ""; }
 void ec_rt_timers(const ec_rt *rt, int64_t *ns, int64_t *calls) {
-    for (int i = 0; i < ec_model_n_op_kinds && i < 64; i++) {
+    for (int i = 0; i < ec_model_n_op_kinds && i < EC_MAX_TIMERS; i++) {
         ns[i] = rt->timer_ns[i];
         calls[i] = rt->timer_calls[i];
     }

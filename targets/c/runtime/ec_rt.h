@@ -25,6 +25,9 @@ extern "C" {
 #define EC_WEIGHTS_MAGIC "EDGECWT1"
 #define EC_WEIGHTS_VERSION 1u
 
+/* timers of an EC_PROFILE build: one per op kind and layer ("linear@3"; the generated ec_model_op_kinds[]) */
+#define EC_MAX_TIMERS 1024
+
 typedef struct {
     char magic[8];
     uint32_t version, n_tensors;
@@ -62,8 +65,8 @@ typedef struct {
     void *act;                /* scratch for quantized activations */
     size_t act_cap;
     struct ec_cold *cold;     /* cold.bin and the cold neurons' caches (offload.c), for models that offload */
-    int64_t timer_ns[64];     /* per op kind, when compiled with EC_PROFILE */
-    int64_t timer_calls[64];
+    int64_t timer_ns[EC_MAX_TIMERS];     /* per op kind and layer, when compiled with EC_PROFILE */
+    int64_t timer_calls[EC_MAX_TIMERS];
     char err[256];            /* the last error's message */
 } ec_rt;
 
@@ -179,7 +182,7 @@ void ec_linear_q_mt(ec_rt *rt, float *y, const float *x, const ec_qweight *w, co
 
 #ifdef EC_PROFILE
 int64_t ec_now_ns(void);
-/* per op kind (the generated ec_model_op_kinds[] names them): time and calls, only in EC_PROFILE builds */
+/* per op kind and layer (the generated ec_model_op_kinds[] names them): time and calls, only in EC_PROFILE builds */
 #define EC_TIME_BEGIN(t) int64_t t = ec_now_ns()
 #define EC_TIME_END(rt, t, kind) ((rt)->timer_ns[kind] += ec_now_ns() - t, (rt)->timer_calls[kind]++)
 #else

@@ -1,10 +1,10 @@
-/* A QEMU TCG plugin that counts the guest instructions a program executes (benchmarks/c_instructions.py).
+/* A QEMU TCG plugin that counts the guest instructions a program executes (edgec/insns.py).
  *
  *   qemu-aarch64 -plugin ./qemu_insn_count.so ./program ...   ->  "edgec-insns N" on stderr at exit
  *
- * Debian's qemu-user is built with plugin support but ships no plugins, so this one is compiled by the
- * benchmark. It declares the few functions of QEMU's stable plugin API it uses (API version 1, QEMU 4.2
- * and later): at translation each block gets an inline "add its instruction count to a counter" op, so
+ * Debian's qemu-user is built with plugin support but ships no plugins, so edgec compiles this one (into
+ * its cache folder). It declares the few functions of QEMU's stable plugin API it uses (API version 1,
+ * QEMU 4.2 and later): at translation each block gets an inline "add its instruction count to a counter" op, so
  * the count costs one add per executed block and is exact and repeatable. */
 #include <stddef.h>
 #include <stdint.h>
