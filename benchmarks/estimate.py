@@ -55,6 +55,22 @@ def perplexity(art: Path, tokens: int, log: Log) -> float:
     return r.perplexity
 
 
+def _int8_flags() -> str:
+    """The CPU's int8 matrix extensions as /proc/cpuinfo names them (they set the int8 peak)."""
+    try:
+        flags = set(next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    found = [f for f in ("amx_int8", "avx512_vnni", "avx_vnni", "asimddp", "i8mm") if f in flags]
+    return ", ".join(found) or "none"
+
+
+def _calibration_models() -> str:
+    from edgec.estimate import CALIBRATION_SHAPES
+    return " and ".join(f"a random Llama d={m['hidden']}, {m['layers']} layers, FFN {m['ffn']}"
+                        for m in CALIBRATION_SHAPES["default"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="onnx,c")
@@ -93,9 +109,9 @@ def main() -> None:
              f"Machine: {machine()}; {args.threads} threads.", "",
              f"This machine's roofline, measured by edgec.hostperf: {roof.bandwidth_gbs:.1f} GB/s streaming read, "
              f"{roof.peak_fp32_gflops:.0f} fp32 GFLOP/s (BLAS), {roof.peak_int8_gops:.0f} int8 GOP/s "
-             "(onnxruntime MatMulInteger; this CPU has AMX).", "",
-             "Backend efficiency (the share of that roofline each backend reached on the calibration model, a "
-             "random Llama d=768, 24 layers, FFN 2048, int4, which shares no shape with SmolLM2): "
+             f"(onnxruntime MatMulInteger; CPU int8 extensions: {_int8_flags()}).", "",
+             "Backend efficiency (the share of that roofline each backend reached on the calibration models, "
+             + _calibration_models() + ", int4, which share no shape with SmolLM2): "
              + "; ".join(f"{b}: decode {eff[b]['decode']:.3f}, prefill {eff[b]['prefill']:.3f}" for b in backends)
              + ".", "",
              f"SmolLM2-135M `int4` (RTN, g128, int8 head), {PROMPT}-token prompt, {NEW} new tokens; measured = median "

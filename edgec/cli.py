@@ -1,4 +1,4 @@
-"""The `edgec` command line: build, run, eval, inspect, profile, activations, devices, recipes.
+"""The `edgec` command line: build, run, eval, inspect, profile, compare, sweep, activations, devices, recipes.
 
 Every command maps onto the Python API (edgec.build, edgec.load, edgec.evaluate). User errors
 (EdgecError) print one line to stderr and exit 2; progress goes to stderr so

@@ -262,8 +262,13 @@ def evaluate(target=None, reference=None, text: str | Path | None = None, max_to
     threads: for the artifact's backend and torch (None = their defaults).
     trusted_keys, allow_unsigned: as for edgec.load.
     """
-    return evaluate_many([target], reference, text, max_tokens, window, progress, threads,
-                         trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)[0]
+    r = evaluate_many([target], reference, text, max_tokens, window, progress, threads,
+                      trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)[0]
+    if r.target_kind == "artifact":  # `edgec compare` shows it later without evaluating again
+        from .compare import record_eval
+
+        record_eval(target, r)
+    return r
 
 
 def evaluate_many(targets: list, reference=None, text: str | Path | None = None,

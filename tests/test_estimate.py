@@ -127,14 +127,29 @@ def test_estimate_scales_with_the_roof(imported):
     assert compute["bound"]["compute"] > 0.9
 
 
+def test_calibration_fit_separates_efficiency_from_per_node_cost():
+    from edgec.estimate import _fit
+
+    # measured = roofline / 0.8 + nodes * 2 us, on a wide and a narrow model
+    points = [(r, n, r / 0.8 + n * 0.002) for r, n in ((3.0, 200), (2.0, 500))]
+    assert _fit(points) == (0.8, 2.0)
+    assert _fit([(3.0, 200, 2.0), (2.0, 500, 1.5)])[0] == 1.0  # faster than the roof: clamped
+    eff, per_node = _fit([(3.0, 200, 9.0), (2.0, 500, 6.0)])  # no per-node cost in these: none is invented
+    assert per_node == 0.0 and eff == pytest.approx(1 / 3, abs=1e-3)
+
+
 def test_estimates_for_devices(arts):
     host = estimate(arts["onnx"], "host", allow_unsigned=True)
     rpi5 = estimate(arts["onnx"], "rpi5", allow_unsigned=True)
     assert host.label == rpi5.label == "estimate" and host.decode_tok_s > 0 and rpi5.prefill_tok_s > 0
     assert rpi5.bandwidth_gbs == 17.07 and "rpi5.toml" in rpi5.sources["bandwidth_gbs"]
     assert "measured on this machine" in host.sources["bandwidth_gbs"]
-    assert "calibration model" in host.sources["efficiency"]
+    assert "fitted on two random Llamas" in host.sources["efficiency"]
     assert 0 < host.efficiency["decode"] <= 1 and 0 < host.efficiency["prefill"] <= 1
+    assert host.efficiency["node_us"]["decode"] >= 0
+    # a Pi's core is slower than this machine's: its per-node costs are scaled up (said in the sources)
+    assert rpi5.efficiency["node_us"]["decode"] >= host.efficiency["node_us"]["decode"]
+    assert "per-node costs x" in rpi5.sources["efficiency"] or rpi5.efficiency["node_us"]["decode"] == 0
     assert rpi5.weights_mb == host.weights_mb and rpi5.kv_mb > 0
     assert rpi5.memory_mb == pytest.approx(rpi5.weights_mb + rpi5.kv_mb)
     with pytest.raises(edgec.EdgecError, match="unknown device 'rpi9'"):
