@@ -24,6 +24,9 @@ Skew figures per layer:
   layer), rank neurons by how often they stay active, and take the share of
   the active events that the top 20% carry. 20% means no skew at all; a
   static hot set of 20% of the neurons covers that share of the work.
+
+Mixture-of-experts layers (the IR's `moe` op) get a second, coarser profile: how many tokens the
+router sent to each expert (ExpertLayerProfile), the frequency by which experts can be kept resident.
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ PROFILE_FILE = "activations.json"  # where an artifact holds its profile (at its
 SPARSITIES = (0.25, 0.4, 0.5, 0.7)  # the stored per-layer thresholds zero these fractions of |h|
 TOP = (0.1, 0.2, 0.5)  # neuron fractions whose mass share is reported
 SKEW_SPARSITY, SKEW_TOP = 0.5, 0.2  # the skew figure: share of active events of the top 20% at 50% sparsity
+EXPERT_TOP = (0.25, 0.5)  # expert fractions whose share of the routings is reported
 HOT_SET_PAYS = 0.5  # a static hot set pays when its 20% of the neurons carry at least half the active events
 DEFAULT_SAMPLES, DEFAULT_SEQLEN = 16, 256
 WIKITEXT_VALID = "wikitext-2/valid.txt"
@@ -194,17 +198,65 @@ class LayerProfile:
 
 
 @dataclass(eq=False)
+class ExpertLayerProfile:
+    """One MoE layer: how many of `tokens` calibration tokens the router sent to each expert."""
+
+    name: str  # the moe op's input in the graph
+    tokens: int
+    top_k: int
+    routed: np.ndarray  # [experts] tokens routed to each expert (sums to tokens * top_k)
+
+    @property
+    def experts(self) -> int:
+        return len(self.routed)
+
+    def frequency(self) -> np.ndarray:
+        """Per expert: the share of tokens that use it (top_k/E on average)."""
+        return self.routed / max(self.tokens, 1)
+
+    def resident_share(self, fraction: float) -> float:
+        """The share of routings served by the most often routed `fraction` of the experts."""
+        r = np.sort(self.routed)[::-1]
+        total = r.sum()
+        return float(r[:max(1, round(fraction * self.experts))].sum() / total) if total > 0 else 0.0
+
+    def summary(self) -> dict:
+        return {"name": self.name, "experts": self.experts, "top_k": self.top_k, "tokens": self.tokens,
+                "frequency": [round(float(f), 6) for f in self.frequency()],
+                "resident_share": {f"top{round(100 * f)}": self.resident_share(f) for f in EXPERT_TOP}}
+
+
+class _RoutingCounter:
+    """Counts the experts a moe node's router picks for each row it sees (collect's Stats protocol)."""
+
+    def __init__(self, graph, node):
+        self.node, self.router = node, np.asarray(graph.weight(node.inputs[1]))
+        self.tokens, self.routed = 0, np.zeros(node.inputs[1].shape[0], np.int64)
+
+    def add(self, x: np.ndarray) -> None:
+        from .ir.ops_moe import route
+
+        a = self.node.attrs
+        rows = np.asarray(x).reshape(-1, x.shape[-1])
+        _, idx = route(rows, self.router, a["top_k"], a["scoring"], a["normalize"])
+        self.tokens += rows.shape[0]
+        self.routed += np.bincount(idx.ravel(), minlength=len(self.routed))
+
+
+@dataclass(eq=False)
 class ActivationProfile:
     """Per FFN layer (graph order), per neuron: firing frequency and |h| statistics; see the module docstring."""
 
     layers: list[LayerProfile]
     model: dict = field(default_factory=dict)  # sha256 (or None), architecture, layers, neurons
     calibration: dict = field(default_factory=dict)  # source, windows, seqlen, tokens
+    experts: list[ExpertLayerProfile] = field(default_factory=list)  # per MoE layer (graph order)
 
     def summary(self) -> dict:
         pays, reason = static_hot_set_verdict(self)
         return {"model": self.model, "calibration": self.calibration,
                 "layers": [layer.summary() for layer in self.layers],
+                "experts": [e.summary() for e in self.experts],
                 "verdict": {"static_hot_set_pays": pays, "reason": reason}}
 
     def to_json(self) -> str:
@@ -217,7 +269,9 @@ class ActivationProfile:
             "sparsities": list(self.layers[0].sparsities) if self.layers else list(SPARSITIES),
             "layers": [{"name": l.name, "tokens": l.tokens, "fired": l.fired.tolist(), "mean_abs": g(l.mean_abs),
                         "abs_max": g(l.abs_max), "hist": l.hist.tolist(), "thresholds": l.thresholds,
-                        "active": np.rint(l.active).astype(np.int64).tolist()} for l in self.layers]})
+                        "active": np.rint(l.active).astype(np.int64).tolist()} for l in self.layers],
+            "experts": [{"name": e.name, "tokens": e.tokens, "top_k": e.top_k, "routed": e.routed.tolist()}
+                        for e in self.experts]})
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = "activation profile") -> "ActivationProfile":
@@ -239,7 +293,9 @@ class ActivationProfile:
                         or p.active.shape != (len(sp), k) or len(p.thresholds) != len(sp):
                     raise EdgecError(f"{where}: layer {p.name} has arrays of inconsistent sizes")
                 layers.append(p)
-            return cls(layers, dict(d["model"]), dict(d["calibration"]))
+            experts = [ExpertLayerProfile(str(e["name"]), int(e["tokens"]), int(e["top_k"]),
+                                          np.asarray(e["routed"], np.int64)) for e in d.get("experts", [])]
+            return cls(layers, dict(d["model"]), dict(d["calibration"]), experts)
         except EdgecError:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -268,10 +324,12 @@ def profile_activations(graph, windows, sparsities=SPARSITIES, progress: Callabl
     if not len(windows):
         raise EdgecError("no calibration windows to profile activations on")
     ffns = find_ffns(graph)
-    if not ffns:
+    moes = [n for n in graph.nodes if n.op == "moe"]
+    if not ffns and not moes:
         raise EdgecError(f"found no FFN in this {graph.facts.architecture or 'model'} graph: nothing to profile")
     acc = {f.hidden: _Accumulator(f.size) for f in ffns}
-    collect(graph, windows, acc, progress, label="profiling activations")
+    routing = {n.inputs[0]: _RoutingCounter(graph, n) for n in moes}
+    collect(graph, windows, {**acc, **routing}, progress, label="profiling activations")
     layers = []
     for f in ffns:
         a = acc[f.hidden]
@@ -281,7 +339,8 @@ def profile_activations(graph, windows, sparsities=SPARSITIES, progress: Callabl
         layers.append(LayerProfile(f.hidden.name, a.tokens, a.fired, a.abs_sum / max(a.tokens, 1), a.abs_max,
                                    hist, sparsities, thresholds, active))
     calib = {"windows": len(windows), "tokens": int(sum(len(w) for w in windows)), **(calibration or {})}
-    return ActivationProfile(layers, model_identity(graph, sha256), calib)
+    experts = [ExpertLayerProfile(x.name, c.tokens, c.node.attrs["top_k"], c.routed) for x, c in routing.items()]
+    return ActivationProfile(layers, model_identity(graph, sha256), calib, experts)
 
 
 def check_matches(profile: ActivationProfile, graph, sha256: str | None = None) -> None:
@@ -356,12 +415,23 @@ def format_table(profile: ActivationProfile) -> str:
              + " ".join(f"{'t@' + str(round(100 * s)) + '%':>8}" for s in (profile.layers[0].sparsities
                                                                        if profile.layers else SPARSITIES))
              + f" {'skew':>6}"]
+    if not profile.layers:
+        lines[2:] = []  # a pure MoE model: no dense FFN table
     for i, l in enumerate(profile.layers):
         lines.append(f"{i:>5} {l.neurons:>7} {l.zero_fraction:>6.1%} "
                      + " ".join(f"{l.mass_share(f):>6.1%}" for f in TOP) + "  "
                      + " ".join(f"{t:>8.3g}" for t in l.thresholds) + f" {l.active_share():>6.1%}")
     pays, why = static_hot_set_verdict(profile)
     lines.append(f"static hot set: {'pays' if pays else 'does not pay'}: {why}")
+    if profile.experts:
+        lines += ["experts: per MoE layer, the share of routings served by the most often routed 25/50% of the "
+                  "experts, and the most and least often routed expert's share of tokens",
+                  f"{'layer':>5} {'experts':>7} {'top_k':>5} {'res25':>6} {'res50':>6} {'max':>6} {'min':>6}"]
+        for i, e in enumerate(profile.experts):
+            f = e.frequency()
+            lines.append(f"{i:>5} {e.experts:>7} {e.top_k:>5} "
+                         + " ".join(f"{e.resident_share(t):>6.1%}" for t in EXPERT_TOP)
+                         + f" {f.max():>6.1%} {f.min():>6.1%}")
     return "\n".join(lines)
 
 

@@ -13,7 +13,8 @@ for _m in pkgutil.iter_modules(__path__):
 # The fixed phases every build runs; a recipe's passes go between RAISE and FUSE
 # (compression wants the separate q/k/v and gate/up linears that FUSE merges).
 CANONICALIZE = [("dce", {}), ("fold_constants", {}), ("dce", {})]
-RAISE = [("raise_rms_norm", {}), ("raise_rotary", {}), ("raise_glu", {}), ("dce", {})]
+RAISE = [("raise_moe", {}), ("raise_rms_norm", {}), ("raise_interleaved_rotary", {}), ("raise_rotary", {}),
+         ("raise_glu", {}), ("dce", {})]
 FUSE = [("fuse_linears", {}), ("fuse_add_rms_norm", {}), ("fuse_rotary", {}), ("dce", {})]
 LOWER = [("kv_cache", {})]
 

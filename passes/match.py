@@ -31,6 +31,16 @@ def last_axis(v: Value, axis: int) -> bool:
     return axis % v.rank == v.rank - 1
 
 
+def slice_of(v: Value, x: Value, start: int, end, step: int = 1) -> bool:
+    """v == x[..., start:end:step] (an end at or past the last axis's size matches its size)."""
+    s = producer(v, "slice")
+    if s is None or s.inputs[0] is not x or not last_axis(x, s.attrs["axis"]) or s.attrs["step"] != step:
+        return False
+    e = s.attrs["end"]
+    end_ok = e == end or (end == x.shape[-1] and e >= x.shape[-1])
+    return s.attrs["start"] == start and end_ok
+
+
 def replace(graph: Graph, old: Node, new: Node) -> None:
     """Put `new` where `old` was and route old's single output to it."""
     graph.insert_before(old, new)

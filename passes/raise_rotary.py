@@ -9,17 +9,8 @@ the first cos.shape[-1] dims and passes the rest through.
 from edgec.ir import Graph
 from edgec.ir.ops import INT_MAX
 
-from .match import last_axis, producer, replace
+from .match import last_axis, producer, replace, slice_of
 from .registry import PassResult, register_pass
-
-
-def _slice_of(v, x, start, end):
-    s = producer(v, "slice")
-    if s is None or s.inputs[0] is not x or not last_axis(x, s.attrs["axis"]) or s.attrs["step"] != 1:
-        return False
-    e = s.attrs["end"]
-    end_ok = e == end or (end == x.shape[-1] and e >= x.shape[-1])
-    return s.attrs["start"] == start and end_ok
 
 
 def _rotate_half_of(v):
@@ -35,7 +26,7 @@ def _rotate_half_of(v):
     if not isinstance(d, int) or d % 2:
         return None
     h = d // 2
-    if _slice_of(neg.inputs[0], x, h, d) and _slice_of(cat.inputs[1], x, 0, h):
+    if slice_of(neg.inputs[0], x, h, d) and slice_of(cat.inputs[1], x, 0, h):
         return x
     return None
 
@@ -68,7 +59,7 @@ def _match_partial(node):
         return None
     x = head.inputs[0]
     r = rot.inputs[0].shape[-1]
-    if _slice_of(rot.inputs[0], x, 0, r) and _slice_of(node.inputs[1], x, r, INT_MAX):
+    if slice_of(rot.inputs[0], x, 0, r) and slice_of(node.inputs[1], x, r, INT_MAX):
         return x, rot.inputs[1], rot.inputs[2]
     return None
 

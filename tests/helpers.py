@@ -168,3 +168,27 @@ def smollm2_gguf() -> Path:
     if not ggufs:
         pytest.skip(f"no GGUF file in {folder}")
     return ggufs[0]
+
+
+# ----------------------------------------------------------------------------- against transformers
+def eager_logits(model, ids=IDS) -> np.ndarray:
+    """transformers' logits [len(ids), vocab] for one sequence."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def assert_greedy_matches_transformers(hf_model, artifact, prompt=IDS[:5], new_tokens: int = 16) -> None:
+    """`new_tokens` greedy tokens of the artifact (with its KV cache) equal transformers' `generate`."""
+    import torch
+
+    import edgec
+
+    ours = edgec.load(artifact).generate(list(prompt), max_new_tokens=new_tokens, stop_at_eos=False)
+    hf_model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        theirs = hf_model.generate(torch.tensor([list(prompt)]), max_new_tokens=new_tokens, do_sample=False,
+                                   pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(ours) == new_tokens
+    assert ours == theirs

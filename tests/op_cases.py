@@ -202,6 +202,51 @@ def _mean():
     return g, seq_feeds()
 
 
+@case("sum")
+def _sum():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("sum", x, axes=[-1], keepdim=True), g.op("sum", x, axes=[0, 2])]
+    return g, seq_feeds()
+
+
+@case("topk")
+def _topk():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = list(g.add_node("topk", [x], {"k": 3}).outputs)
+    return g, seq_feeds()
+
+
+def _experts_weights(g, experts=4, hidden=8, inter=3):
+    return (g.add_weight("gate_up", rand(experts, 2 * inter, hidden)),
+            g.add_weight("down", rand(experts, hidden, inter)))
+
+
+@case("moe")
+def _moe():
+    """Router and experts; several tokens so that prefill groups reach several experts."""
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 8))
+    gate_up, down = _experts_weights(g)
+    router = g.add_weight("router", rand(4, 8, lo=-3, hi=3))
+    g.outputs = [g.op("moe", x, router, gate_up, down, top_k=2),
+                 g.op("moe", x, router, gate_up, down, top_k=1, normalize=False, act="gelu_tanh")]
+    return g, [{"x": rand(s, 8)} for s in (1, 6)]
+
+
+@case("moe_experts")
+def _moe_experts():
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 8))
+    index = g.add_input("index", "int64", ("seq", 2))
+    weight = g.add_input("weight", "float32", ("seq", 2))
+    gate_up, down = _experts_weights(g)
+    g.outputs = [g.op("moe_experts", x, index, weight, gate_up, down, act="silu")]
+    return g, [{"x": rand(s, 8), "index": R.integers(0, 4, (s, 2)), "weight": rand(s, 2, lo=0, hi=1)}
+               for s in (1, 6)]
+
+
 @case("softmax")
 def _softmax():
     g = Graph()

@@ -21,12 +21,12 @@ from edgec.ir import interpret
 from edgec.passes import PassManager
 from edgec.pipeline import compile_ir, write_artifact
 from edgec.recipes import load_recipe
-from helpers import BACKENDS, IDS, model_feeds
+from helpers import BACKENDS, IDS, assert_greedy_matches_transformers, eager_logits, model_feeds
 from tiny import ARCHS, save_tiny
 
 TOL = 1e-4
 # ONNX (every device's default backend) and the reference backend (no compile) in the fast run. TVM
-# compiles each model for 10-25 s (all 11 pass, +2.5 min on 2 cores), so it is `slow`: `pytest` runs it,
+# compiles each model for 10-25 s (all 14 pass, about +3 min on 2 cores), so it is `slow`: `pytest` runs it,
 # `-m "not slow"` does not.
 FAST = ("onnx", "reference")
 ARTIFACT_BACKENDS = [b if b in FAST else pytest.param(b, marks=pytest.mark.slow) for b in BACKENDS]
@@ -60,11 +60,6 @@ def artifact(built, request):
     return built.artifacts[backend]
 
 
-def eager_logits(model, ids):
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
 def test_interpreter_matches_transformers(built):
     ref = eager_logits(built.eager, IDS)
     out = interpret(built.graph, model_feeds(built.graph, IDS))["logits"][0]
@@ -81,16 +76,7 @@ def test_artifact_matches_transformers(built, artifact):
 
 
 def test_greedy_generation_with_kv_cache_matches_transformers(built, artifact):
-    model = edgec.load(artifact)
-    prompt = IDS[:5]
-    ours = model.generate(prompt, max_new_tokens=16, stop_at_eos=False)
-    hf = built.eager
-    hf.generation_config.eos_token_id = None
-    with torch.no_grad():
-        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
-                             pad_token_id=0)[0, len(prompt):].tolist()
-    assert len(ours) == 16
-    assert ours == theirs
+    assert_greedy_matches_transformers(built.eager, artifact)
 
 
 def test_raising_found_the_patterns(built):
@@ -99,10 +85,11 @@ def test_raising_found_the_patterns(built):
     ops["rotary"] = ops.get("rotary", 0) + ops.get("rotary_cached", 0)
     ops["rms_norm"] = ops.get("rms_norm", 0) + ops.get("add_rms_norm", 0)
     assert ops["attention"] == 2
-    rotary_archs = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt_neox", "stablelm"}
+    rotary_archs = {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt_neox", "stablelm",
+                    "cohere", "gptj", "falcon"}
     if built.arch in rotary_archs:
         assert ops.get("rotary") == 4  # q and k in 2 layers
     if built.arch in {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"}:
         assert ops.get("rms_norm", 0) >= 5
-    if built.arch in {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "stablelm"}:
+    if built.arch in {"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "stablelm", "cohere"}:
         assert ops.get("glu") == 2

@@ -151,6 +151,14 @@ OP_CASES: dict[str, list] = {
     "mean": [([X3], {"axes": [-1], "keepdim": True}), ([X3], {"axes": [0, 2]}),
              ([T(F32, (2, "seq", 4, 6))], {"axes": [1], "keepdim": False})],
     "softmax": [([X3], {}), ([X3], {"axis": 1})],
+    "sum": [([X3], {"axes": [-1], "keepdim": True}), ([X3], {"axes": [0, 2]})],
+    # mixture of experts (edgec/ir/ops_moe.py): 4 experts, hidden 8, expert FFN 3
+    "topk": [([X3], {"k": 3}), ([T(F32, ("seq", 4))], {"k": 2, "axis": 1})],
+    "moe_experts": [([T(F32, ("seq", 8)), T("int64", ("seq", 2), "int", 4), T(F32, ("seq", 2), "positive"),
+                      T(F32, (4, 6, 8)), T(F32, (4, 8, 3))], {"act": "silu"})],
+    "moe": [([T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))], {"top_k": 2}),
+            ([X3, T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
+             {"top_k": 1, "normalize": False, "act": "gelu_tanh"})],
     "reshape": [([T(F32, (1, "seq", 64))], {"shape": [1, -1, 4, 16]}),
                 ([T(F32, (2, "seq", 4, 16))], {"shape": [0, 0, 64]}),
                 ([T(F32, (2, 3, 4))], {"shape": [4, 6]})],
@@ -266,6 +274,14 @@ def test_inference_matches_reference(op, idx):
     ("expand", [T(F32, (3, 4))], {"shape": [4]}),
     ("slice", [X3], {"axis": 1, "start": -2}),
     ("slice", [X3], {"axis": 1, "start": 4, "end": 2}),
+    ("topk", [X3], {"k": 9}),
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))], {"top_k": 5}),
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
+     {"top_k": 2, "scoring": "sigmoid"}),
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 4))], {"top_k": 2}),
+    ("moe", [T(F32, ("seq", 8)), T(F32, (3, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))], {"top_k": 2}),
+    ("moe_experts", [T(F32, ("seq", 8)), T("int64", ("seq", 2)), T(F32, ("seq", 2)), T(F32, (4, 6, 8)),
+                     T(F32, (4, 8, 3))], {"act": "tanh"}),
 ])
 def test_inference_rejects_bad_inputs(op, specs, attrs):
     opdef = get_op(op)

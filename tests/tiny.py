@@ -13,7 +13,7 @@ import transformers
 from edgec.synthetic import SPECIALS, VOCAB, VOCAB_CHARS, char_tokenizer  # noqa: F401 (the tests import them from here)
 
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt2", "opt",
-         "gpt_neox", "stablelm"]
+         "gpt_neox", "stablelm", "cohere", "gptj", "falcon"]
 
 
 def tiny_config(arch: str):
@@ -30,6 +30,17 @@ def tiny_config(arch: str):
                                       max_position_embeddings=128, word_embed_proj_dim=64,
                                       pad_token_id=0, bos_token_id=1, eos_token_id=2,
                                       init_std=0.2)
+    if arch == "gptj":  # interleaved RoPE on the first half of each head (rotary_dim < head_dim)
+        return transformers.GPTJConfig(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                       rotary_dim=8, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    if arch == "falcon":  # falcon-7b's layout: fused QKV, multi-query, parallel attention + MLP, RoPE
+        return transformers.FalconConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, max_position_embeddings=128,
+                                         new_decoder_architecture=False, multi_query=True,
+                                         parallel_attn=True, alibi=False, bias=False,
+                                         bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    if arch == "cohere":  # interleaved RoPE, bias-free LayerNorm, parallel attention + MLP, logit_scale
+        return transformers.CohereConfig(logit_scale=0.5, **c)
     if arch == "gpt_neox":
         c.pop("num_key_value_heads")
         return transformers.GPTNeoXConfig(rotary_pct=0.25, **c)

@@ -186,6 +186,15 @@ def _embedding(im, node, args, kw):
     return im.graph.op("embedding", args[0], args[1])
 
 
+@handles("aten.index.Tensor")
+def _index(im, node, args, kw):
+    """table[ids] on a constant 2-D table (GPT-J's sin/cos rows at the positions) is an embedding."""
+    x, idx = args[0], args[1]
+    if x.kind != "weight" or x.rank != 2 or len(idx) != 1 or not isinstance(idx[0], Value):
+        im.fail(node, "advanced indexing other than rows of a constant table")
+    return im.graph.op("embedding", x, idx[0])
+
+
 @handles("aten.linear.default")
 def _linear(im, node, args, kw):
     x, w = args[:2]
@@ -208,7 +217,12 @@ def _addmm(im, node, args, kw):
 
 @handles("aten.matmul.default", "aten.bmm.default", "aten.mm.default")
 def _matmul(im, node, args, kw):
-    return im.graph.op("matmul", args[0], args[1])
+    """x @ W.T of a weight W (Falcon's FalconLinear) is a linear, so the passes see it as one."""
+    x, y = args[0], args[1]
+    t = y.producer
+    if t is not None and t.op == "permute" and t.attrs["perm"] == [1, 0] and t.inputs[0].kind == "weight":
+        return im.graph.op("linear", x, t.inputs[0])
+    return im.graph.op("matmul", x, y)
 
 
 @handles("aten.gelu.default")
@@ -229,7 +243,7 @@ def _softmax(im, node, args, kw):
 
 
 @handles("aten.view.default", "aten.reshape.default", "aten._unsafe_view.default",
-         "aten.squeeze.dim", "aten.squeeze.dims", "aten.flatten.using_ints")
+         "aten.squeeze.dim", "aten.squeeze.dims", "aten.flatten.using_ints", "aten.unflatten.int")
 def _reshape(im, node, args, kw):
     return im.graph.op("reshape", args[0], shape=im.static_shape(node, -1))
 
@@ -247,6 +261,12 @@ def _transpose(im, node, args, kw):
 def _permute(im, node, args, kw):
     x = args[0]
     return im.graph.op("permute", x, perm=[p % x.rank for p in args[1]])
+
+
+@handles("aten.numpy_T.default", "aten.t.default")
+def _reverse_axes(im, node, args, kw):
+    x = args[0]
+    return im.graph.op("permute", x, perm=list(range(x.rank))[::-1])
 
 
 @handles("aten.unsqueeze.default")
@@ -268,6 +288,21 @@ def _expand(im, node, args, kw):
         else:
             im.fail(node, "expand of a size-1 dim to the symbolic sequence length")
     return im.graph.op("expand", x, shape=shape)
+
+
+@handles("aten.repeat_interleave.self_int")
+def _repeat_interleave(im, node, args, kw):
+    """Each element `repeats` times along `dim`: unsqueeze after it, expand, merge (interleaved RoPE tables)."""
+    x, repeats = args[0], args[1]
+    dim = args[2] if len(args) > 2 else kw.get("dim")
+    if dim is None or not isinstance(repeats, int):
+        im.fail(node, "repeat_interleave without a dim or with tensor repeats")
+    axis = dim % x.rank
+    g = im.graph
+    u = g.op("unsqueeze", x, axis=axis + 1)
+    shape = [d if isinstance(d, int) else -1 for d in u.shape]
+    shape[axis + 1] = repeats
+    return g.op("reshape", g.op("expand", u, shape=shape), shape=im.static_shape(node, -1))
 
 
 def _sym_bound(im, node, x, axis, v, default):
@@ -302,6 +337,17 @@ def _select(im, node, args, kw):
     return im.graph.op("reshape", s, shape=im.static_shape(node, -1))
 
 
+@handles("aten.unbind.int")
+def _unbind(im, node, args, kw):
+    x = args[0]
+    axis = (args[1] if len(args) > 1 else kw.get("dim", 0)) % x.rank
+    n = x.shape[axis]
+    if not isinstance(n, int):
+        im.fail(node, "unbind along the sequence axis")
+    shape = [d if isinstance(d, int) else -1 for i, d in enumerate(x.shape) if i != axis]
+    return [im.graph.op("reshape", s, shape=shape) for s in _slices(im, x, axis, [1] * n)]
+
+
 @handles("aten.cat.default")
 def _cat(im, node, args, kw):
     dtype, _ = im.meta(node)
@@ -309,6 +355,15 @@ def _cat(im, node, args, kw):
     xs = [x for x in xs if 0 not in x.shape]
     axis = args[1] if len(args) > 1 else kw.get("dim", 0)
     return xs[0] if len(xs) == 1 else im.graph.op("concat", *xs, axis=axis % xs[0].rank)
+
+
+@handles("aten.stack.default")
+def _stack(im, node, args, kw):
+    dtype, _ = im.meta(node)
+    xs = [im.tensor(x, dtype) for x in args[0]]
+    axis = (args[1] if len(args) > 1 else kw.get("dim", 0)) % (xs[0].rank + 1)
+    xs = [im.graph.op("unsqueeze", x, axis=axis) for x in xs]
+    return xs[0] if len(xs) == 1 else im.graph.op("concat", *xs, axis=axis)
 
 
 def _split_points(x, axis, sizes):
@@ -355,11 +410,53 @@ def _layer_norm(im, node, args, kw):
     return im.graph.op("layer_norm", *ins, eps=float(eps))
 
 
+@handles("aten.add_.Tensor", "aten.mul_.Tensor", "aten.div_.Tensor")
+def _inplace_binary(im, node, args, kw):
+    """`a += b` (Falcon's parallel attention + MLP): the functional op, if nothing later reads the old `a`."""
+    n = node.next
+    while n.op != "output":
+        if node.args[0] in n.all_input_nodes:
+            im.fail(node, "an in-place op whose input is read again afterwards")
+        n = n.next
+    dtype, _ = im.meta(node)
+    if kw.get("alpha", 1) != 1:
+        im.fail(node, "add_ with alpha != 1")
+    a, b = (im.tensor(x, dtype) for x in args[:2])
+    return im.graph.op(_BINARY[str(node.target).replace("_.", ".")], a, b)
+
+
 @handles("edgec.attention.default")
 def _attention(im, node, args, kw):
     q, k, v, scale, softcap, window = args
     return im.graph.op("attention", q, k, v, scale=float(scale), softcap=float(softcap),
                        window=int(window))
+
+
+# -- mixture of experts: the router's reductions and top-k, and edgec's experts op (frontend/moe.py);
+# passes/raise_moe.py folds them into one `moe` op
+@handles("aten.sum.dim_IntList")
+def _sum(im, node, args, kw):
+    dims = args[1] if len(args) > 1 else kw.get("dim")
+    keep = args[2] if len(args) > 2 else kw.get("keepdim", False)
+    if dims is None or kw.get("dtype") is not None:
+        im.fail(node, "sum over every axis or with a dtype")
+    return im.graph.op("sum", args[0], axes=list(dims), keepdim=bool(keep))
+
+
+@handles("aten.topk.default")
+def _topk(im, node, args, kw):
+    x, k = args[0], args[1]
+    axis = args[2] if len(args) > 2 else kw.get("dim", -1)
+    largest = args[3] if len(args) > 3 else kw.get("largest", True)
+    if not largest:
+        im.fail(node, "top-k of the smallest values")
+    return tuple(im.graph.add_node("topk", [x], {"k": int(k), "axis": int(axis)}).outputs)
+
+
+@handles("edgec.moe_experts.default")
+def _moe_experts(im, node, args, kw):
+    x, index, weight, gate_up, down, act = args
+    return im.graph.op("moe_experts", x, index, weight, gate_up, down, act=act)
 
 
 def to_ir(ep: torch.export.ExportedProgram, arch: str) -> Graph:

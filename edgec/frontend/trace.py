@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UnsupportedModelError
-from . import attention
+from . import attention, moe
 from .source import VERIFIED_ARCHITECTURES
 
 EXAMPLE_SEQ = 7
@@ -33,9 +33,18 @@ def context_length(config) -> int:
     return 2048
 
 
+def check_variant(config, arch: str) -> None:
+    """Refuse variants edgec's attention op cannot express before tracing them: an ALiBi model
+    (Falcon's config.alibi) puts its position bias in the attention mask, which the op never takes."""
+    if getattr(config, "alibi", False):
+        raise UnsupportedModelError(f"architecture {arch!r} with ALiBi position bias (config.alibi) is not supported")
+
+
 def export(model) -> torch.export.ExportedProgram:
     arch = getattr(model.config, "model_type", type(model).__name__)
+    check_variant(model.config, arch)
     set_attention(model)
+    moe.set_experts(model)
     max_seq = max(EXAMPLE_SEQ + 1, context_length(model.config))
     seq = torch.export.Dim("seq", min=1, max=max_seq)
     vocab = int(model.get_input_embeddings().weight.shape[0])

@@ -121,6 +121,8 @@ def _node_cost(node, w: _Weights, bind: dict) -> tuple[float, float, float]:
         tables = _gathered(node, w, bind)  # gqa_packed's rotary tables
         return 0.0, float(kv + tables + sum(_bytes(v, bind) for v in fresh) + _bytes(out, bind)), \
             4.0 * q_numel * bind["__ctx"]
+    if op == "moe":
+        return _moe_cost(node, w, bind, out_bytes)
     if op == "rotary_cached":  # x, positions, cos table, sin table: the rows at the positions are read
         x = node.inputs[0]
         return 0.0, float(_gathered(node, w, bind) + _bytes(x, bind) + out_bytes), \
@@ -128,6 +130,18 @@ def _node_cost(node, w: _Weights, bind: dict) -> tuple[float, float, float]:
     weight = sum(w.of(v) for v in node.inputs)
     act_in = sum(_bytes(v, bind) for v in acts)
     return float(weight), float(act_in + out_bytes), float(_FLOPS_PER_ELEMENT.get(op, 1) * out_numel)
+
+
+def _moe_cost(node, w: _Weights, bind: dict, out_bytes: int) -> tuple[float, float, float]:
+    """A moe layer reads its router once and, per token, the top_k experts it routes to: k/E of the
+    expert weights per token. Exact for a decode step (k distinct experts); for a prompt it counts
+    every token's experts as if none were shared (an upper bound; prefill is compute-bound anyway)."""
+    x, router, gate_up, down = node.inputs
+    experts, hidden, inter = gate_up.shape[0], down.shape[1], down.shape[2]
+    tokens, k = _numel(x.shape, bind) / hidden, node.attrs["top_k"]
+    weight = w.of(router) + tokens * k / experts * (w.of(gate_up) + w.of(down))
+    flops = tokens * (2.0 * hidden * experts + k * 6.0 * hidden * inter)
+    return float(weight), float(_bytes(x, bind) + out_bytes), flops
 
 
 def _gathered(node, w: _Weights, bind: dict) -> float:

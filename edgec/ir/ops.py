@@ -207,16 +207,30 @@ def _cast():
 
 
 # ---------------------------------------------------------------- reductions
+def _reduce_infer(ins, a):
+    """A reduction over a["axes"] (kept as size 1 with a["keepdim"])."""
+    x = ins[0]
+    axes = {_norm_axis(i, x.rank) for i in a["axes"]}
+    shape = [1 if i in axes else d for i, d in enumerate(x.shape) if a["keepdim"] or i not in axes]
+    return [(x.dtype, tuple(shape))]
+
+
 @register("mean", attrs={"axes": REQUIRED, "keepdim": False})
 def _mean():
-    def infer(ins, a):
-        x = ins[0]
-        axes = {_norm_axis(i, x.rank) for i in a["axes"]}
-        shape = [1 if i in axes else d for i, d in enumerate(x.shape) if a["keepdim"] or i not in axes]
-        return [(x.dtype, tuple(shape))]
+    infer = _reduce_infer
 
     def ref(x, axes, keepdim):
         return np.mean(x, axis=tuple(axes), keepdims=keepdim, dtype=np.float32 if x.dtype == np.float16 else None).astype(x.dtype)
+
+    return infer, ref
+
+
+@register("sum", attrs={"axes": REQUIRED, "keepdim": False})
+def _sum():
+    infer = _reduce_infer
+
+    def ref(x, axes, keepdim):
+        return np.sum(x, axis=tuple(axes), keepdims=keepdim).astype(x.dtype)
 
     return infer, ref
 

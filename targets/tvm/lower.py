@@ -368,6 +368,52 @@ def _linear_w8a8(c, n):
 
 
 # ----------------------------------------------------------------------------- driver
+# ----------------------------------------------------------------------------- mixture of experts
+@lowering("sum")
+def _sum(c, n):
+    return [R.sum(c[n.inputs[0]], axis=list(n.attrs["axes"]), keepdims=bool(n.attrs["keepdim"]))]
+
+
+@lowering("topk")
+def _topk(c, n):
+    x = n.inputs[0]
+    both = c.emit(R.topk(c[x], k=n.attrs["k"], axis=n.attrs["axis"] % x.rank, ret_type="both", largest=True,
+                         dtype="int64"))
+    return [relax.TupleGetItem(both, 0), relax.TupleGetItem(both, 1)]
+
+
+def _experts(c, x, index, weight, gate_up: Value, down: Value, act: str):
+    """sum_k weight[t,k] * expert_{index[t,k]}(x[t]) for x [T,H]: the chosen experts' weights gathered
+    per token and two batched matmuls (a decode step reads only its top-k experts)."""
+    inter = down.shape[2]
+    h = c.emit(R.matmul(R.take(c[gate_up], index, axis=0), R.expand_dims(x, [1, 3])))   # [T,k,2I,1]
+    parts = c.emit(R.split(h, [inter], axis=2))
+    fn = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh, "relu": R.nn.relu}[act]
+    a = R.multiply(fn(relax.TupleGetItem(parts, 0)), relax.TupleGetItem(parts, 1))
+    y = c.emit(R.matmul(R.take(c[down], index, axis=0), a))                              # [T,k,H,1]
+    return R.sum(R.multiply(y, R.expand_dims(weight, [2, 3])), axis=[1, 3])
+
+
+@lowering("moe_experts")
+def _moe_experts(c, n):
+    x, index, weight, gate_up, down = n.inputs
+    w = c[weight] if weight.dtype == x.dtype else R.astype(c[weight], x.dtype)
+    return [_experts(c, c[x], c[index], w, gate_up, down, n.attrs["act"])]
+
+
+@lowering("moe")
+def _moe(c, n):
+    x, router, gate_up, down = n.inputs
+    if x.rank != 2:
+        raise UnsupportedModelError(f"TVM target: moe over a rank-{x.rank} input (expected [tokens, hidden])")
+    scores = c.emit(R.nn.softmax(R.matmul(c[x], R.permute_dims(c[router], [1, 0])), axis=-1))
+    both = c.emit(R.topk(scores, k=n.attrs["top_k"], axis=1, ret_type="both", largest=True, dtype="int64"))
+    weight, index = relax.TupleGetItem(both, 0), relax.TupleGetItem(both, 1)
+    if n.attrs["normalize"]:
+        weight = c.emit(R.divide(weight, R.sum(weight, axis=[1], keepdims=True)))
+    return [_experts(c, c[x], index, weight, gate_up, down, n.attrs["act"])]
+
+
 def _relax_name(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 
