@@ -230,15 +230,14 @@ class _RoutingCounter:
     """Counts the experts a moe node's router picks for each row it sees (collect's Stats protocol)."""
 
     def __init__(self, graph, node):
-        self.node, self.router = node, np.asarray(graph.weight(node.inputs[1]))
+        self.graph, self.node = graph, node
         self.tokens, self.routed = 0, np.zeros(node.inputs[1].shape[0], np.int64)
 
     def add(self, x: np.ndarray) -> None:
-        from .ir.ops_moe import route
+        from .ir.ops_moe import node_route
 
-        a = self.node.attrs
         rows = np.asarray(x).reshape(-1, x.shape[-1])
-        _, idx = route(rows, self.router, a["top_k"], a["scoring"], a["normalize"])
+        _, idx = node_route(self.graph, self.node, rows)
         self.tokens += rows.shape[0]
         self.routed += np.bincount(idx.ravel(), minlength=len(self.routed))
 

@@ -134,10 +134,12 @@ def _recipe_help() -> str:
 @click.option("--memory-budget", default=None, metavar="SIZE",
               help="Hot/cold neuron offloading (C backend): hold the weights in SIZE of memory (60MB, 1.5GiB, or "
               "50%% of the weights); cold FFN neurons are read from model/cold.bin on demand. With --calib the "
-              "activation profile picks the hot neurons.")
+              "activation profile picks the hot neurons. Mixture-of-experts models: whole experts, the most often "
+              "routed ones (the profile's) resident, the rest read through a cache of expert slots.")
 @click.option("--offload", type=click.Choice(["sparse", "stream"]), default=None,
               help="With --memory-budget: sparse (default: read only the cold neurons a token activates) or "
-              "stream (read every cold neuron each token: the dense-streaming baseline).")
+              "stream (read every cold neuron each token: the dense-streaming baseline; for experts: no expert "
+              "resident, every routed one read each call).")
 @click.option("--sparsity-budget", default=None, metavar="PCT",
               help="CATS activation sparsity: per-layer thresholds chosen for this perplexity increase on the "
               "calibration text (e.g. 5%%); needs --calib.")

@@ -30,7 +30,8 @@ from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quan
 
 from .gptq import gptq_hessian
 from .lib.activations import collect_sequential
-from .quantize import Target, check_clip_min, find_targets, make_spec, replace_weight, summary
+from .quantize import (Target, check_clip_min, expert_weights, find_targets, make_spec, quantize_experts,
+                       replace_weight, summary, weight_selector)
 from .registry import PassResult, register_pass
 
 
@@ -123,6 +124,7 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
     if int(grid) < 1:
         raise EdgecError(f"awq: grid must be >= 1, got {grid}")
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
+    experts = expert_weights(graph, spec, weight_selector(graph, skip, only, layers))  # checked before any work
     before = graph.weights.total_bytes()
     # A weight read by several linears cannot take one input scaling: plain RTN for it.
     single = [t for t in targets if len(t.linears) == 1]
@@ -166,11 +168,17 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
             codes, scales, zeros, _ = rtn(w, spec)
             packed = pack(codes, spec.bits)
         replace_weight(graph, t, packed, scales, zeros, spec)
+    # MoE experts: no per-expert activation scaling yet (a scale folded into the norm before a moe layer would
+    # also scale its router); they are rounded to nearest, each expert on its own
+    n_experts = quantize_experts(graph, experts, spec)
     graph.prune_weights()
     extra = (f", output error {np.mean(gains):.2f}x of RTN, scales folded into "
              f"{folds['norm']} norms + {folds['glu']} up projections, {folds['mul']} mul" if gains else "")
+    if n_experts:
+        extra += f", {n_experts} MoE expert weights rounded to nearest (no per-expert AWQ yet)"
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     counts = {"linears": count, "bytes_before": before, "bytes_after": after, "folded_norms": folds["norm"],
+              "quantized_expert_weights": n_experts,
               "folded_up": folds["glu"], "muls": folds["mul"]}
     if gains:
         counts["error_vs_rtn"] = float(np.mean(gains))

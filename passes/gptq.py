@@ -11,6 +11,13 @@ before it runs, so every layer is calibrated on the outputs of the
 already-quantized layers before it.
 Linears that read the same input (q/k/v, gate/up) share one Hessian and are
 quantized together as one row-stacked matrix (GPTQ is row-independent).
+
+MoE experts (the `moe` op's gate_up [E,2I,H] and down [E,H,I]): each expert is
+calibrated on the tokens its router sends to it. gate_up's Hessian is that of
+those tokens' inputs; down's that of act(gate x) * up x computed with the
+already-quantized gate_up. An expert routed fewer than EXPERT_MIN_TOKENS
+calibration tokens has no usable Hessian and is rounded to nearest (the
+pass's summary counts them): more calibration text reaches more experts.
 """
 from __future__ import annotations
 
@@ -21,11 +28,12 @@ import torch
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph
-from edgec.ir.quant import (QuantSpec, dequantize_codes, pack, pad_columns, padded_k, params_from_range, quantize_rtn,
-                            search_range)
+from edgec.ir.quant import (QuantSpec, dequantize_codes, group_params, pack, pad_columns, padded_k, params_from_range,
+                            quantize_rtn, quantize_with, search_range)
 
 from .lib.activations import Stats, collect_sequential
-from .quantize import check_clip_min, find_targets, make_spec, replace_weight, summary
+from .quantize import (check_clip_min, expert_weights, find_targets, make_spec, replace_experts, replace_weight,
+                       summary, weight_selector)
 from .registry import PassResult, register_pass
 
 
@@ -142,6 +150,53 @@ def gptq_quantize(w: np.ndarray, h: torch.Tensor, spec: QuantSpec, *, act_order:
     return pad_columns(Q.to(torch.uint8).numpy(), groups * g, zeros[:, -1:]), scales.numpy(), zeros
 
 
+EXPERT_MIN_TOKENS = 8
+
+
+def gptq_experts(graph: Graph, node, xs: list[np.ndarray], spec: QuantSpec, which=(2, 3), **gptq_opts) -> dict:
+    """GPTQ of one moe layer's experts on the calibration rows xs routed to each, for the expert inputs
+    `which` (gate_up: 2, down: 3; the other stays fp32). Writes the dequantized weights back (later layers
+    see this one quantized) and returns {input index: (packed, scales, zeros)}, plus "rtn": the experts
+    too rarely routed to calibrate."""
+    from edgec.ir.ops_moe import expert_act, node_route
+
+    x = np.concatenate([np.asarray(a, np.float32).reshape(-1, a.shape[-1]) for a in xs])
+    a = node.attrs
+    _, idx = node_route(graph, node, x)
+    gate_up = np.asarray(graph.weight(node.inputs[2]), np.float32)
+    down = np.asarray(graph.weight(node.inputs[3]), np.float32)
+    inter = down.shape[2]
+    parts = {2: [], 3: []}
+    rtn = 0
+    for e in range(gate_up.shape[0]):
+        xe = x[(idx == e).any(1)]
+        rare = len(xe) < EXPERT_MIN_TOKENS
+        rtn += rare
+        with single_thread():
+            if 2 in which:
+                q = _rtn_codes(gate_up[e], spec) if rare else gptq_quantize(gate_up[e], hessian([xe]), spec, **gptq_opts)
+                parts[2].append(q)
+            if 3 in which:
+                gu = dequantize_codes(*parts[2][-1], gate_up.shape[2]) if 2 in which else gate_up[e]
+                h = xe @ gu.T
+                parts[3].append(_rtn_codes(down[e], spec) if rare else gptq_quantize(
+                    down[e], hessian([expert_act(h[:, :inter], a["act"]) * h[:, inter:]]), spec, **gptq_opts))
+    out = {"rtn": rtn}
+    for i, w in ((2, gate_up), (3, down)):
+        if i not in which:
+            continue
+        codes, scales, zeros = (np.concatenate([p[j] for p in parts[i]]) for j in range(3))
+        graph.weights[node.inputs[i].name] = dequantize_codes(codes, scales, zeros, w.shape[2]).reshape(w.shape)
+        out[i] = (pack(codes, spec.bits), scales, zeros)
+    return out
+
+
+def _rtn_codes(w: np.ndarray, spec: QuantSpec):
+    """Round-to-nearest as gptq_quantize returns it: (codes u8 [N, Kp] unpacked, scales, zeros)."""
+    scales, zeros = group_params(w, spec)
+    return quantize_with(w, scales, zeros, spec), scales, zeros
+
+
 def output_error(w: np.ndarray, w_hat: np.ndarray, h: torch.Tensor) -> float:
     """Relative layer output error ||X(W - W^)^T||^2 / ||X W^T||^2, from the Hessian alone."""
     W = torch.from_numpy(np.asarray(w, np.float32))
@@ -161,6 +216,10 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
     if not 0 < float(damp) < 1 or int(block_size) < 1:
         raise EdgecError(f"gptq: damp must be in (0, 1) and block_size >= 1; got damp={damp}, block_size={block_size}")
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
+    chosen = weight_selector(graph, skip, only, layers)
+    moes = {}  # moe node -> the expert input indices to quantize (both, or as skip/only choose)
+    for node, i in expert_weights(graph, spec, chosen):
+        moes.setdefault(node, []).append(i)
     before = graph.weights.total_bytes()
     # A weight read by several linears (rare) has no single Hessian: plain RTN for it.
     single = [t for t in targets if len(t.linears) == 1]
@@ -191,7 +250,19 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
         ctx.progress(f"gptq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
                      f"relative output error {errors[-1]:.2e}")
 
-    collect_sequential(graph, ctx.windows(), by_node, visit, hessian=True)
+    opts = dict(act_order=act_order, damp=float(damp), block_size=int(block_size), clip_search=bool(clip_search),
+                clip_min=float(clip_min))
+    experts: dict = {}
+
+    def visit_moe(node, xs):
+        experts[node] = gptq_experts(graph, node, xs, spec, moes[node], **opts)
+        ctx.progress(f"gptq: experts of {node.output.name} ({experts[node]['rtn']} rounded to nearest: "
+                     f"fewer than {EXPERT_MIN_TOKENS} calibration tokens)")
+
+    collect_sequential(graph, ctx.windows(), by_node, visit, raw={n: visit_moe for n in moes}, hessian=True)
+    for node, done in experts.items():
+        for i in moes[node]:
+            replace_experts(graph, node, i, *done[i], spec)
     for t in targets:
         if t.name not in results:  # weights read by several linears
             results[t.name] = quantize_rtn(np.asarray(graph.weight(t.value), np.float32), spec)
@@ -199,8 +270,12 @@ def gptq(graph: Graph, ctx, bits, group_size, symmetric, act_order, damp, block_
     graph.prune_weights()
     extra = (" (act_order)" if act_order else "") + (", clipping searched on diag(H)" if clip_search else "") + (
         f", mean relative output error {np.mean(errors):.2e}" if errors else "")
+    if experts:
+        rtn = sum(d["rtn"] for d in experts.values())
+        extra += f", the experts of {len(experts)} MoE layers per expert ({rtn} rarely routed experts rounded to nearest)"
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
-    counts = {"linears": count, "bytes_before": before, "bytes_after": after}
+    counts = {"linears": count, "bytes_before": before, "bytes_after": after,
+              "expert_layers": len(experts), "experts_rtn": sum(d["rtn"] for d in experts.values())}
     if errors:
         counts["output_error"] = float(np.mean(errors))
     return PassResult(summary(count, spec, before, after, graph, lm_head, extra), counts)

@@ -98,6 +98,22 @@ def select_layers(layers, count: int) -> set[int]:
     raise EdgecError(f"layers must be a list of layer indices or one of {list(LAYER_RULES)}; got {layers!r}")
 
 
+def weight_selector(graph: Graph, skip=(), only=(), layers=None):
+    """name -> bool: is a weight of this name chosen by the skip / only / layers options (see find_targets)."""
+    skip = [skip] if isinstance(skip, str) else list(skip)
+    only = [only] if isinstance(only, str) else list(only)
+    keep = None
+    if layers is not None:
+        found = [layer_index(name) for name in graph.weight_values]
+        keep = select_layers(layers, max([i for i in found if i is not None], default=-1) + 1)
+
+    def chosen(name: str) -> bool:
+        return (not any(s in name for s in skip) and (not only or any(s in name for s in only))
+                and (keep is None or layer_index(name) in keep))
+
+    return chosen
+
+
 def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(), only=(),
                  layers=None) -> list[Target]:
     """Eligible weights (2-D fp32 weights read as a linear's W), validated against the spec.
@@ -108,25 +124,64 @@ def find_targets(graph: Graph, spec: QuantSpec, *, lm_head: bool = False, skip=(
     the rest. Every target is checked before any is rewritten, so a group size that does not
     divide some layer's K fails cleanly, naming the layer.
     """
-    skip = [skip] if isinstance(skip, str) else list(skip)
-    only = [only] if isinstance(only, str) else list(only)
-    if layers is not None:
-        found = [layer_index(name) for name in graph.weight_values]
-        keep = select_layers(layers, max([i for i in found if i is not None], default=-1) + 1)
+    chosen = weight_selector(graph, skip, only, layers)
     excluded = set() if lm_head else lm_head_linears(graph)
     targets: dict[str, Target] = {}
     for n in graph.nodes:
         if n.op != "linear" or n in excluded:
             continue
         w = n.inputs[1]
-        if w.kind != "weight" or w.dtype != "float32" or w.rank != 2 or any(s in w.name for s in skip):
-            continue
-        if (only and not any(s in w.name for s in only)) or (layers is not None and layer_index(w.name) not in keep):
+        if w.kind != "weight" or w.dtype != "float32" or w.rank != 2 or not chosen(w.name):
             continue
         targets.setdefault(w.name, Target(w)).linears.append(n)
     for t in targets.values():
         spec.check(int(t.shape[1]), what=f"linear {t.name!r}")
     return list(targets.values())
+
+
+def expert_weights(graph: Graph, spec: QuantSpec, chosen=lambda name: True) -> list[tuple[Node, int]]:
+    """(moe node, input index) of each fp32 expert weight (gate_up [E,2I,H], down [E,H,I]) to quantize,
+    checked against the spec (K: the last axis)."""
+    found = []
+    for n in graph.nodes:
+        if n.op != "moe":
+            continue
+        for i in (2, 3):
+            w = n.inputs[i]
+            if w.kind == "weight" and w.dtype == "float32" and w.rank == 3 and chosen(w.name):
+                spec.check(int(w.shape[2]), what=f"expert weight {w.name!r}")
+                found.append((n, i))
+    return found
+
+
+def quantize_experts(graph: Graph, found: list[tuple[Node, int]], spec: QuantSpec, *, search: bool = False,
+                     clip_min: float = 0.6) -> int:
+    """Round-to-nearest quantization of MoE expert weights, each expert's rows on their own (per-row
+    groups never cross rows, so stacking the experts' rows [E*R, K] quantizes each expert apart)."""
+    for node, i in found:
+        w = node.inputs[i]
+        flat = np.asarray(graph.weight(w), np.float32).reshape(-1, int(w.shape[2]))
+        replace_experts(graph, node, i, *quantize_rtn(flat, spec, search=search and spec.bits < 8, clip_min=clip_min),
+                        spec)
+    return len(found)
+
+
+def replace_experts(graph: Graph, node: Node, i: int, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
+                    spec: QuantSpec) -> None:
+    """Make moe `node` read its expert weight i (fp32 [E, R, K]) as reshape(dequantize(packed rows
+    [E*R, ...]), [E, R, K]): the interpreter runs it as is, and a backend gathers the packed rows of the
+    routed experts only (targets/onnx/lower_quant.py)."""
+    w = node.inputs[i]
+    experts, rows, k = (int(d) for d in w.shape)
+    p = graph.add_weight(f"{w.name}.q{spec.bits}", np.ascontiguousarray(packed, np.uint8))
+    s = graph.add_weight(f"{w.name}.scales", storable_scales(scales, spec).astype(spec.scale_dtype))
+    z = graph.add_weight(f"{w.name}.zeros", np.ascontiguousarray(zeros, np.uint8))
+    dq = graph.make_node("dequantize", [p, s, z], {"bits": spec.bits, "group_size": spec.check(k), "k": k},
+                         name=f"{w.name}.dq")
+    shaped = graph.make_node("reshape", [dq.output], {"shape": [experts, rows, k]}, name=f"{w.name}.experts")
+    graph.insert_before(node, dq)
+    graph.insert_before(node, shaped)
+    node.inputs = [shaped.output if j == i else v for j, v in enumerate(node.inputs)]
 
 
 def replace_weight(graph: Graph, target: Target, packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray,
@@ -192,6 +247,7 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
                               scales)
     heads = lm_head_linears(graph) if lm_head else set()
     targets = find_targets(graph, spec, lm_head=lm_head, skip=skip, only=only, layers=layers)
+    experts = expert_weights(graph, spec, weight_selector(graph, skip, only, layers))
     before = graph.weights.total_bytes()
     extra = ", clipping searched" if clip_search else ""
     for t in targets:
@@ -202,7 +258,11 @@ def quantize(graph: Graph, bits, group_size, symmetric, lm_head, skip, lm_head_b
         w = np.asarray(graph.weight(t.value), np.float32)
         replace_weight(graph, t, *quantize_rtn(w, sp, search=bool(clip_search) and sp.bits < 8,
                                                clip_min=float(clip_min)), sp, share_embedding=True)
+    n_experts = quantize_experts(graph, experts, spec, search=bool(clip_search), clip_min=float(clip_min))
+    if n_experts:
+        extra += f", {n_experts} MoE expert weights (every expert)"
     graph.prune_weights()
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     return PassResult(summary(count, spec, before, after, graph, lm_head, extra),
-                      {"quantized_linears": count, "bytes_before": before, "bytes_after": after})
+                      {"quantized_linears": count, "quantized_expert_weights": n_experts,
+                       "bytes_before": before, "bytes_after": after})

@@ -1,16 +1,30 @@
-"""Raise a mixture-of-experts layer: router (linear, softmax, top-k, renormalisation) + experts -> moe.
+"""Raise a mixture-of-experts layer: the router's ops + the experts -> one moe op.
 
 The frontend imports each MoE layer as the router's ordinary ops feeding one `moe_experts` node
 (edgec.frontend.moe). Folding the router in gives every backend one op that owns the whole layer, so
-a runtime can route, compute only the chosen experts and count how often each is chosen. A router
-this pass does not recognise fails the build naming what it found: the backends lower `moe`, not
-arbitrary routing code.
+a runtime can route, compute only the chosen experts and count how often each is chosen. The routers
+recognised are those whose every op the `moe` op's attributes account for (edgec/ir/ops_moe.py):
+
+- top-k over softmax or sigmoid scores, the weights being the chosen scores (Mixtral, Qwen-MoE), or
+  the scores gathered back after choosing by scores + a bias, optionally among the best groups of
+  experts (DeepSeek-V3's grouped top-k); then optionally divided by their sum and scaled;
+- Phi-MoE's sparsemixer (two top-1 picks, each weighted by a softmax masked by relative distance).
+
+Anything else fails the build naming the op found where the router was expected: the backends lower
+`moe`, not arbitrary routing code.
 """
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, Node, Value
 
-from .match import producer, replace
+from .match import producer, replace, scalar
 from .registry import PassResult, register_pass
+
+SUPPORTED = ("softmax or sigmoid scores with top-k (optionally a score bias, DeepSeek-V3's grouped top-k, "
+             "renormalisation and scaling) and Phi-MoE's sparsemixer")
+
+
+class _NoMatch(Exception):
+    """The router differs from every kind raise_moe knows; the message names where."""
 
 
 def _through_casts(v: Value) -> Value:
@@ -36,35 +50,175 @@ def _describe(v: Value) -> str:
     return f"{n.op}" if n is not None else f"{v.kind} {v.name}"
 
 
-def _router(node: Node) -> dict:
-    """The moe attributes and router weight of a moe_experts node, or UnsupportedModelError."""
+def _node(v: Value, op: str, role: str, **attrs) -> Node:
+    """The `op` node making v (past casts) with these attrs ("axis"/"axes" counted from the end), or
+    _NoMatch naming what makes v instead."""
+    v = _through_casts(v)
+    n = producer(v, op)
+    if n is not None:
+        rank = n.inputs[0].rank
+        for k, want in attrs.items():
+            got = n.attrs[k]
+            if k == "axis":
+                got, want = got % rank, want % rank
+            elif k == "axes":
+                got, want = sorted(a % rank for a in got), sorted(a % rank for a in want)
+            if got != want:
+                n = None
+                break
+    if n is None:
+        raise _NoMatch(f"the router's {role} comes from {_describe(v)}, not {op}"
+                       + (f"({', '.join(f'{k}={w}' for k, w in attrs.items())})" if attrs else ""))
+    return n
+
+
+def _const(graph: Graph, v: Value, role: str) -> float:
+    c = scalar(graph, _through_casts(v))
+    if c is None:
+        raise _NoMatch(f"the router's {role} is {_describe(v)}, not a constant")
+    return c
+
+
+def _is(a: Value, b: Value, role: str) -> None:
+    if _through_casts(a) is not _through_casts(b):
+        raise _NoMatch(f"the router's {role} is not the value it should be")
+
+
+def _logits(graph: Graph, v: Value, x: Value) -> Value:
+    """The router weight of logits v = linear(x, router) (no bias), x the experts' input."""
+    linear = _node(v, "linear", "logits")
+    if len(linear.inputs) != 2 or linear.inputs[1].kind != "weight" or not _same_rows(linear.inputs[0], x):
+        raise _NoMatch("the router's logits are not a bias-free linear of the experts' input")
+    return linear.inputs[1]
+
+
+def _weights(graph: Graph, w: Value, index: Value, choose: Node) -> tuple[dict, Value]:
+    """(attrs, the scores the weights are read from) for the experts' weights w: the chosen scores,
+    optionally divided by their sum (+ a negligible epsilon), optionally times a constant."""
+    a = {"normalize": False, "routed_scaling": 1.0}
+    w = _through_casts(w)
+    if (mul := producer(w, "mul")) is not None:
+        a["routed_scaling"], w = _const(graph, mul.inputs[1], "weight scale"), _through_casts(mul.inputs[0])
+    if (div := producer(w, "div")) is not None:
+        total = _through_casts(div.inputs[1])
+        if (eps := producer(total, "add")) is not None:
+            if abs(_const(graph, eps.inputs[1], "normalisation epsilon")) > 1e-12:
+                raise _NoMatch("the router's normalisation adds a non-negligible epsilon")
+            total = eps.inputs[0]
+        _is(_node(total, "sum", "normaliser", axes=[-1], keepdim=True).inputs[0], div.inputs[0], "normaliser's input")
+        a["normalize"], w = True, _through_casts(div.inputs[0])
+    if w is choose.outputs[0]:
+        return a, choose.inputs[0]
+    gather = _node(w, "gather", "expert weights", axis=-1)
+    _is(gather.inputs[1], index, "gathered index")
+    return a, gather.inputs[0]
+
+
+def _groups(graph: Graph, fill: Node) -> tuple[dict, Value]:
+    """({n_group, topk_group}, the unmasked choice scores) of DeepSeek-V3's group mask: the experts
+    outside the topk_group groups with the best sums of two best scores set to -inf."""
+    if fill.attrs["value"] != float("-inf"):
+        raise _NoMatch(f"the router masks experts with {fill.attrs['value']}, not -inf")
+    choice = _through_casts(fill.inputs[0])
+    mask = _node(_node(fill.inputs[1], "logical_not", "expert mask").inputs[0], "cast", "group mask", dtype="bool")
+    rows = _node(mask.inputs[0], "reshape", "group mask")
+    spread = _node(rows.inputs[0], "expand", "group mask")
+    groups, size = spread.output.shape[1:]
+    scatter = _node(_node(spread.inputs[0], "unsqueeze", "group mask", axis=-1).inputs[0], "scatter",
+                    "group mask", axis=-1, value=1.0)
+    _node(scatter.inputs[0], "full_like", "group mask", value=0.0)
+    best = _node(scatter.inputs[1], "topk", "chosen groups", axis=-1)
+    _is(best.outputs[1], scatter.inputs[1], "chosen groups")
+    total = _node(best.inputs[0], "sum", "group scores", axes=[-1], keepdim=False)
+    top2 = _node(total.inputs[0], "topk", "group scores", k=2, axis=-1)
+    _is(top2.outputs[0], total.inputs[0], "group scores")
+    split = _node(top2.inputs[0], "reshape", "group scores")
+    if (rows.output.shape[1:] != choice.shape[1:] or spread.output.shape != split.output.shape
+            or split.output.shape[1:] != (groups, size) or groups * size != choice.shape[-1]):
+        raise _NoMatch("the router's group mask does not split the experts into consecutive groups")
+    _is(split.inputs[0], choice, "grouped scores")
+    return {"n_group": groups, "topk_group": best.attrs["k"]}, choice
+
+
+def _topk_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, list[Value]]:
+    """Top-k over softmax/sigmoid scores (+ bias, grouped) -> (moe attrs, [router, bias?])."""
+    choose = _node(index, "topk", "expert indices", axis=-1)
+    if choose.outputs[1] is not _through_casts(index):
+        raise _NoMatch("the expert indices are not a top-k's indices")
+    attrs, scores = _weights(graph, weight, index, choose)
+    attrs["top_k"] = choose.attrs["k"]
+    choice = _through_casts(choose.inputs[0])
+    if (fill := producer(choice, "masked_fill")) is not None:
+        groups, choice = _groups(graph, fill)
+        attrs.update(groups)
+    extra = []
+    if choice is not _through_casts(scores):
+        add = _node(choice, "add", "choice scores")
+        bias = add.inputs[1]
+        if bias.kind != "weight" or bias.rank != 1:
+            raise _NoMatch(f"the router adds {_describe(bias)} to its scores, not a per-expert weight")
+        _is(add.inputs[0], scores, "biased scores")
+        extra = [bias]
+    scores = _through_casts(scores)
+    if (n := producer(scores, "softmax")) is not None and n.attrs["axis"] % scores.rank == scores.rank - 1:
+        attrs["scoring"] = "softmax"
+    elif (n := producer(scores, "sigmoid")) is not None:
+        attrs["scoring"] = "sigmoid"
+    else:
+        raise _NoMatch(f"the router's scores come from {_describe(scores)}, not softmax or sigmoid")
+    return attrs, [_logits(graph, n.inputs[0], x), *extra]
+
+
+def _pick(graph: Graph, w: Value, i: Value, masked: Value, logits: Value) -> float:
+    """One sparsemixer pick: w = softmax(masked without the experts farther than a threshold from the
+    best)[i], (best, i) = the top-1 of masked. Returns the threshold (2 * jitter_eps)."""
+    best = _node(i, "topk", "sparsemixer pick", k=1, axis=-1)
+    _is(best.outputs[1], i, "sparsemixer index")
+    _is(best.inputs[0], masked, "sparsemixer's picked scores")
+    gather = _node(w, "gather", "sparsemixer weight", axis=-1)
+    _is(gather.inputs[1], i, "sparsemixer index")
+    fill = _node(_node(gather.inputs[0], "softmax", "sparsemixer weight", axis=-1).inputs[0], "masked_fill",
+                 "sparsemixer mask", value=float("-inf"))
+    _is(fill.inputs[0], masked, "sparsemixer's masked scores")
+    far = _node(fill.inputs[1], "greater", "sparsemixer mask")
+    div = _node(far.inputs[0], "div", "sparsemixer distance")
+    sub = _node(div.inputs[0], "sub", "sparsemixer distance")
+    factor = _node(div.inputs[1], "maximum", "sparsemixer distance")
+    for v, want, role in ((sub.inputs[0], best.outputs[0], "best score"), (sub.inputs[1], logits, "distance"),
+                          (_node(factor.inputs[0], "abs", "sparsemixer scale").inputs[0], logits, "scale"),
+                          (factor.inputs[1], best.outputs[0], "scale floor")):
+        _is(v, want, f"sparsemixer {role}")
+    return _const(graph, far.inputs[1], "sparsemixer threshold")
+
+
+def _sparsemixer_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, list[Value]]:
+    """Phi-MoE's sparsemixer (top-2) -> (moe attrs, [router])."""
+    picks = _node(index, "concat", "expert indices", axis=-1)
+    weights = _node(weight, "concat", "expert weights", axis=-1)
+    if len(picks.inputs) != 2 or len(weights.inputs) != 2:
+        raise _NoMatch("the sparsemixer does not pick two experts")
+    logits = _through_casts(_node(picks.inputs[0], "topk", "first expert", k=1, axis=-1).inputs[0])
+    rest = _node(picks.inputs[1], "topk", "second expert", k=1, axis=-1).inputs[0]
+    scatter = _node(rest, "scatter", "second expert's scores", axis=-1, value=float("-inf"))
+    _is(scatter.inputs[0], logits, "second expert's scores")
+    _is(scatter.inputs[1], picks.inputs[0], "first expert excluded")
+    t1 = _pick(graph, weights.inputs[0], picks.inputs[0], logits, logits)
+    t2 = _pick(graph, weights.inputs[1], picks.inputs[1], scatter.output, logits)
+    if t1 != t2 or t1 < 0:
+        raise _NoMatch(f"the sparsemixer's two thresholds differ ({t1}, {t2})")
+    attrs = {"top_k": 2, "scoring": "sparsemixer", "normalize": False, "jitter_eps": t1 / 2}
+    return attrs, [_logits(graph, logits, x)]
+
+
+def _router(graph: Graph, node: Node) -> tuple[dict, list[Value]]:
+    """The moe attributes and router inputs ([router, bias?]) of a moe_experts node."""
     x, index, weight = node.inputs[:3]
-    where = f"MoE layer at {node.outputs[0].name}"
-    topk = producer(index, "topk")
-    if topk is None or topk.outputs[1] is not index or topk.attrs["axis"] % topk.inputs[0].rank != topk.inputs[0].rank - 1:
-        raise UnsupportedModelError(f"{where}: expert indices come from {_describe(index)}, not a top-k over "
-                                    "the router's scores; this router kind is not supported")
-    w = _through_casts(weight)
-    normalize = False
-    if w is not topk.outputs[0]:
-        div = producer(w, "div")
-        total = producer(div.inputs[1], "sum") if div is not None else None
-        if (div is None or _through_casts(div.inputs[0]) is not topk.outputs[0] or total is None
-                or _through_casts(total.inputs[0]) is not topk.outputs[0] or not total.attrs["keepdim"]
-                or [a % 2 for a in total.attrs["axes"]] != [1]):
-            raise UnsupportedModelError(f"{where}: expert weights come from {_describe(w)}, not the top-k "
-                                        "scores (optionally divided by their sum); this router kind is not supported")
-        normalize = True
-    scores = _through_casts(topk.inputs[0])
-    softmax = producer(scores, "softmax")
-    if softmax is None or softmax.attrs["axis"] % scores.rank != scores.rank - 1:
-        raise UnsupportedModelError(f"{where}: router scores come from {_describe(scores)}; supported scoring: "
-                                    "softmax over the experts (sigmoid and grouped routers are not supported yet)")
-    linear = producer(_through_casts(softmax.inputs[0]), "linear")
-    if linear is None or len(linear.inputs) != 2 or linear.inputs[1].kind != "weight" or not _same_rows(linear.inputs[0], x):
-        raise UnsupportedModelError(f"{where}: the router's logits are not a bias-free linear of the experts' "
-                                    "input; this router kind is not supported")
-    return {"router": linear.inputs[1], "top_k": topk.attrs["k"], "normalize": normalize}
+    kind = _sparsemixer_router if producer(_through_casts(index), "concat") is not None else _topk_router
+    try:
+        return kind(graph, x, index, weight)
+    except _NoMatch as e:
+        raise UnsupportedModelError(f"MoE layer at {node.outputs[0].name}: {e}; this router kind is not "
+                                    f"supported (supported: {SUPPORTED})") from None
 
 
 @register_pass("raise_moe")
@@ -72,10 +226,9 @@ def raise_moe(graph: Graph) -> PassResult:
     """Fold each MoE layer's router and experts into one moe op."""
     count = 0
     for node in [n for n in graph.nodes if n.op == "moe_experts"]:
-        r = _router(node)
+        attrs, router = _router(graph, node)
         x, _, _, gate_up, down = node.inputs
-        replace(graph, node, graph.make_node("moe", [x, r["router"], gate_up, down],
-                                             {"top_k": r["top_k"], "scoring": "softmax",
-                                              "normalize": r["normalize"], "act": node.attrs["act"]}))
+        replace(graph, node, graph.make_node("moe", [x, router[0], gate_up, down, *router[1:]],
+                                             {**attrs, "act": node.attrs["act"]}))
         count += 1
     return PassResult(f"raised {count} moe", {"moe": count})

@@ -39,7 +39,7 @@ def reorder_neurons(graph: Graph, ctx, profile="", permute=True) -> PassResult:
     permute = false only measures and stores the profile (for a down projection already quantized along the
     neurons, e.g. a GGUF source's: hot/cold offloading reads the hot set from the profile instead)."""
     ffns = find_ffns(graph)
-    if not ffns:
+    if not ffns and not any(n.op == "moe" for n in graph.nodes):  # a MoE model: its routing profile only
         raise EdgecError(f"reorder_neurons: found no FFN in this {graph.facts.architecture or 'model'} graph")
     sha = None
     if ctx.source is not None:
@@ -67,5 +67,7 @@ def reorder_neurons(graph: Graph, ctx, profile="", permute=True) -> PassResult:
     verdict = "pays" if pays else "does not pay"
     did = f"reordered {len(ffns)} FFNs hot-first ({moved} neurons moved)" if permute else \
         f"profiled {len(ffns)} FFNs (order kept)"
+    if prof.experts:  # what hot/cold offloading of experts ranks them by
+        did += f", the routing of {len(prof.experts)} MoE layers"
     return PassResult(f"{did}; static hot set {verdict}: "
                       f"{why}", {"ffns": len(ffns), "moved": moved, "hot_set_pays": int(pays)})

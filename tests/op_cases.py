@@ -218,9 +218,9 @@ def _topk():
     return g, seq_feeds()
 
 
-def _experts_weights(g, experts=4, hidden=8, inter=3):
-    return (g.add_weight("gate_up", rand(experts, 2 * inter, hidden)),
-            g.add_weight("down", rand(experts, hidden, inter)))
+def _experts_weights(g, experts=4, hidden=8, inter=3, prefix=""):
+    return (g.add_weight(f"{prefix}gate_up", rand(experts, 2 * inter, hidden)),
+            g.add_weight(f"{prefix}down", rand(experts, hidden, inter)))
 
 
 @case("moe")
@@ -235,6 +235,26 @@ def _moe():
     return g, [{"x": rand(s, 8)} for s in (1, 6)]
 
 
+@case("moe_routers")
+def _moe_routers():
+    """The other router kinds: DeepSeek-V3's (sigmoid, score bias, best 2 of 4 groups, renormalised,
+    scaled), plain sigmoid top-k, and Phi-MoE's sparsemixer (two router rows 1% apart, so that both
+    of its picks sometimes mix two experts)."""
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 8))
+    gate_up, down = _experts_weights(g, experts=8)
+    router = g.add_weight("router", rand(8, 8, lo=-1.5, hi=1.5))
+    bias = g.add_weight("bias", rand(8, lo=-0.3, hi=0.3))
+    rows = rand(4, 8, lo=-3, hi=3)
+    mixer = g.add_weight("mixer", np.concatenate([rows[:1] * 1.01, rows]))
+    g.outputs = [g.op("moe", x, router, gate_up, down, bias, top_k=3, scoring="sigmoid", n_group=4, topk_group=2,
+                      routed_scaling=2.5),
+                 g.op("moe", x, router, gate_up, down, top_k=2, scoring="sigmoid", normalize=False),
+                 g.op("moe", x, mixer, *_experts_weights(g, experts=5, prefix="mixer_"), top_k=2, scoring="sparsemixer",
+                      normalize=False, jitter_eps=0.01)]
+    return g, [{"x": rand(s, 8)} for s in (1, 6)]
+
+
 @case("moe_experts")
 def _moe_experts():
     g = Graph()
@@ -245,6 +265,69 @@ def _moe_experts():
     g.outputs = [g.op("moe_experts", x, index, weight, gate_up, down, act="silu")]
     return g, [{"x": rand(s, 8), "index": R.integers(0, 4, (s, 2)), "weight": rand(s, 2, lo=0, hi=1)}
                for s in (1, 6)]
+
+
+# router ops (edgec/ir/ops_moe.py): what transformers' routers are imported as
+@case("gather")
+def _gather():
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 6))
+    index = g.add_input("index", "int64", ("seq", 2))
+    g.outputs = [g.op("gather", x, index, axis=1)]
+    return g, [{"x": rand(s, 6), "index": R.integers(0, 6, (s, 2))} for s in (1, 5)]
+
+
+@case("scatter")
+def _scatter():
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 6))
+    index = g.add_input("index", "int64", ("seq", 2))
+    g.outputs = [g.op("scatter", x, index, axis=1, value=float("-inf")), g.op("scatter", x, index, axis=-1, value=1.0)]
+    return g, [{"x": rand(s, 6), "index": R.integers(0, 6, (s, 2))} for s in (1, 5)]
+
+
+def _above(g, x, threshold=0.25):
+    return g.op("greater", x, g.op("const", value=threshold, dtype="float32"))
+
+
+@case("greater")
+def _greater_case():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("cast", _above(g, x), dtype="float32"),
+                 g.op("cast", g.op("greater", x, g.add_weight("w", rand(8))), dtype="float32")]
+    return g, seq_feeds()
+
+
+@case("masked_fill")
+def _masked_fill_case():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("masked_fill", x, _above(g, x), value=float("-inf"))]
+    return g, seq_feeds()
+
+
+@case("logical_not")
+def _logical_not_case():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("cast", g.op("logical_not", _above(g, x)), dtype="float32")]
+    return g, seq_feeds()
+
+
+@case("full_like")
+def _full_like_case():
+    g = Graph()
+    x = x_input(g)
+    g.outputs = [g.op("full_like", x, value=0.0), g.op("add", x, g.op("full_like", x, value=2.5))]
+    return g, seq_feeds()
+
+
+@case("abs")
+def _abs_case():
+    g = Graph()
+    g.outputs = [g.op("abs", x_input(g))]
+    return g, seq_feeds()
 
 
 @case("softmax")

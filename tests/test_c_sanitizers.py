@@ -156,6 +156,38 @@ def test_edgec_run_under_sanitizers(art, tmp_path_factory, tmp_path):
         assert len(proc.stderr.splitlines()) == (2 if code == 2 else 1), proc.stderr
 
 
+# mixture of experts (runtime/moe.c): every expert resident, and cold experts read from cold.bin through the
+# context's expert slots (sparse: an LRU reused between calls; stream: every routed expert read each call)
+MOE = {"moe": {}, "moe-sparse": {"memory_budget": "70%"}, "moe-stream": {"memory_budget": "70%", "offload": "stream"}}
+
+
+@pytest.mark.parametrize("kind", list(MOE))
+def test_moe_under_sanitizers(kind, san, tmp_path_factory, tmp_path):
+    """A tiny Mixtral's edgec-run instrumented: its greedy tokens equal the optimized program's, with the routers'
+    experts and with a routing trace (EDGEC_MOE_TRACE, which also runs a prompt longer than the slots)."""
+    import numpy as np
+
+    from edgec.offload import write_routing_trace
+    from tiny_moe import save_tiny_moe
+
+    key = tmp_path_factory.getbasetemp() / "san-mixtral"
+    hf = key if (key / "config.json").exists() else save_tiny_moe("mixtral", key)
+    art = c_artifact(tmp_path_factory, hf, "fp16", **MOE[kind])
+    exe = program(tmp_path_factory, art, "edgec-run", None)
+    rng = np.random.default_rng(0)
+    trace = write_routing_trace(tmp_path / "t.bin", np.stack([[rng.permutation(4)[:2] for _ in range(2)]
+                                                              for _ in range(40)]), 4)
+    ids = ",".join(map(str, IDS * 3))
+    for extra in ({}, {"EDGEC_MOE_TRACE": str(trace)}):
+        env = {**san_env(leaks=lsan_works(tmp_path_factory)), **extra}
+        proc = run_clean([exe, art, "--ids", ids, "-n", "10", "--threads", "2", "--stats"], env=env)
+        assert proc.returncode == 0, proc.stderr
+        plain = subprocess.run([art / "model" / "edgec-run", art, "--ids", ids, "-n", "10", "--threads", "2"],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, **extra})
+        assert plain.returncode == 0 and proc.stdout.split() == plain.stdout.split() and len(plain.stdout.split()) == 10
+        assert ("experts: " in proc.stderr) == (kind != "moe")
+
+
 def test_tokenizer_under_sanitizers(san, tmp_path_factory, tmp_path, text_file):
     """tests/c/tokenizer_main.c on SmolLM2's tokenizer: Hugging Face's ids, every byte back."""
     from tokenizers import Tokenizer

@@ -147,9 +147,14 @@ def test_estimates_for_devices(arts):
     assert "fitted on two random Llamas" in host.sources["efficiency"]
     assert 0 < host.efficiency["decode"] <= 1 and 0 < host.efficiency["prefill"] <= 1
     assert host.efficiency["node_us"]["decode"] >= 0
-    # a Pi's core is slower than this machine's: its per-node costs are scaled up (said in the sources)
-    assert rpi5.efficiency["node_us"]["decode"] >= host.efficiency["node_us"]["decode"]
-    assert "per-node costs x" in rpi5.sources["efficiency"] or rpi5.efficiency["node_us"]["decode"] == 0
+    # per-node costs scale by one core's fp32 peak here over the Pi's (said in the sources); which is
+    # faster depends on this machine's measured peak, so the test checks the rule, not a direction
+    from edgec.estimate import backend_efficiency, device_roof, node_scale
+    from edgec.devices import get_device
+
+    scale = node_scale(device_roof(get_device("rpi5")), backend_efficiency("onnx").get("core_gflops", 0.0))
+    assert rpi5.efficiency["node_us"]["decode"] == pytest.approx(host.efficiency["node_us"]["decode"] * scale)
+    assert f"per-node costs x{scale:.2f}" in rpi5.sources["efficiency"] or scale == 1.0
     assert rpi5.weights_mb == host.weights_mb and rpi5.kv_mb > 0
     assert rpi5.memory_mb == pytest.approx(rpi5.weights_mb + rpi5.kv_mb)
     with pytest.raises(edgec.EdgecError, match="unknown device 'rpi9'"):

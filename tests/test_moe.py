@@ -3,7 +3,8 @@
 As test_architectures.py does for dense models: the IR interpreter and every backend that lowers
 `moe` against transformers' eager model (max abs diff <= 1e-4), greedy generation with the KV cache
 against transformers' `generate`; backends that do not lower `moe` yet must refuse at build time
-naming the op. Plus the routing op itself and the router kinds raise_moe refuses.
+naming the op, and backends that lower softmax routers only must refuse the other kinds. Plus the
+routing op itself (against transformers' own routers) and the router kinds raise_moe refuses.
 """
 import copy
 import dataclasses
@@ -19,17 +20,32 @@ from edgec.backends import get_backend
 from edgec.devices import get_device
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, interpret
-from edgec.ir.ops_moe import route, run_experts
+from edgec.ir.ops_moe import ROUTING_ATTRS, route, run_experts
 from edgec.passes import PassManager
 from edgec.pipeline import compile_ir, write_artifact
 from edgec.recipes import load_recipe
 from helpers import IDS, assert_greedy_matches_transformers, eager_logits, model_feeds, run_pass
-from tiny_moe import MOE_ARCHS, save_tiny_moe
+from tiny_moe import MOE_ARCHS, REFUSED_ARCHS, ROUTERS, save_tiny_moe
 
 TOL = 1e-4
 # TVM compiles each model for 10-25 s: `slow`, as in test_architectures.py
-LOWERS_MOE = ["onnx", "reference", pytest.param("tvm", marks=pytest.mark.slow)]
-REFUSES_MOE = ("c",)
+BACKENDS = ["onnx", "reference", "c", "tvm"]
+# backends whose moe serves softmax routers only: other router kinds are refused at build time
+SOFTMAX_ROUTERS_ONLY = ("c",)
+
+
+def _serves(backend: str, arch: str) -> bool:
+    return backend not in SOFTMAX_ROUTERS_ONLY or ROUTERS[arch]["scoring"] == "softmax"
+
+
+def _pairs(keep):
+    """(arch, backend) params, `built` indirect; TVM's are slow."""
+    return [pytest.param(a, b, marks=[pytest.mark.slow] if b == "tvm" else [], id=f"{a}-{b}")
+            for a in MOE_ARCHS for b in BACKENDS if keep(b, a)]
+
+
+SERVED = _pairs(_serves)  # every backend on every router kind it lowers
+REFUSED = _pairs(lambda b, a: not _serves(b, a))  # and the router kinds a backend lacks
 
 
 @pytest.fixture(scope="module", params=MOE_ARCHS)
@@ -53,20 +69,21 @@ def _write(built, backend: str):
                           backend=get_backend(backend), recipe=built.recipe)
 
 
-@pytest.fixture(params=LOWERS_MOE)
-def artifact(built, request):
+def _artifact(built, backend: str):
     """`built` written as an artifact by one backend, once per module."""
-    if request.param not in built.artifacts:
-        built.artifacts[request.param] = _write(built, request.param)
-    return built.artifacts[request.param]
+    if backend not in built.artifacts:
+        built.artifacts[backend] = _write(built, backend)
+    return built.artifacts[backend]
 
 
 def test_router_and_experts_raised_into_one_moe_op_per_layer(built):
     ops = built.graph.op_counts()
     assert ops.get("moe") == 2
-    assert not {"topk", "moe_experts", "softmax"} & set(ops)
-    norm = {"mixtral": True, "qwen2_moe": False, "qwen3_moe": True}[built.arch]
-    assert all(n.attrs["normalize"] is norm and n.attrs["top_k"] == 2 for n in built.graph.nodes if n.op == "moe")
+    assert not {"topk", "moe_experts", "softmax", "gather", "scatter", "masked_fill", "full_like"} & set(ops)
+    want = ROUTERS[built.arch]
+    for n in (n for n in built.graph.nodes if n.op == "moe"):
+        assert {k: n.attrs[k] for k in want} == want
+        assert len(n.inputs) == (5 if built.arch == "deepseek_v3" else 4)  # + the score correction bias
 
 
 def test_interpreter_matches_transformers(built):
@@ -75,23 +92,33 @@ def test_interpreter_matches_transformers(built):
     assert np.abs(out - ref).max() <= TOL
 
 
-def test_artifact_matches_transformers(built, artifact):
-    model = edgec.load(artifact)
+@pytest.mark.parametrize("built, backend", SERVED, indirect=["built"])
+def test_artifact_matches_transformers(built, backend):
+    model = edgec.load(_artifact(built, backend))
     ref = eager_logits(built.eager, IDS)
     out = model.logits(IDS)
     assert out.shape == ref.shape
     assert np.abs(out - ref).max() <= TOL
 
 
-def test_greedy_generation_with_kv_cache_matches_transformers(built, artifact):
-    assert_greedy_matches_transformers(built.eager, artifact)
+@pytest.mark.parametrize("built, backend", SERVED, indirect=["built"])
+def test_greedy_generation_with_kv_cache_matches_transformers(built, backend):
+    assert_greedy_matches_transformers(built.eager, _artifact(built, backend))
 
 
-@pytest.mark.parametrize("backend", REFUSES_MOE)
-def test_backends_without_moe_refuse_at_build_time(built, backend, tmp_path):
+@pytest.mark.parametrize("built, backend", REFUSED, indirect=["built"])
+def test_backends_refuse_router_kinds_they_lack(built, backend):
     with pytest.raises(UnsupportedModelError, match="'moe'"):
         _write(built, backend)
     assert not (built.dir / backend).exists()
+
+
+@pytest.mark.parametrize("arch", sorted(REFUSED_ARCHS))
+def test_unsupported_moe_architectures_fail_at_build_time_naming_why(arch, tmp_path):
+    save_tiny_moe(arch, tmp_path / "hf")
+    with pytest.raises(UnsupportedModelError, match=REFUSED_ARCHS[arch]) as e:
+        compile_ir(str(tmp_path / "hf"), load_recipe("fp32"))
+    assert "\n" not in str(e.value)
 
 
 # -- the op and the pass ------------------------------------------------------------------------
@@ -130,19 +157,59 @@ def _router_graph(scoring_op: str) -> Graph:
     return g
 
 
-def test_raise_moe_keeps_the_graph_equal():
-    g = _router_graph("softmax")
+@pytest.mark.parametrize("scoring", ["softmax", "sigmoid"])
+def test_raise_moe_keeps_the_graph_equal(scoring):
+    g = _router_graph(scoring)
     feeds = {"x": np.random.default_rng(2).standard_normal((5, 8)).astype(np.float32)}
     before = interpret(g, feeds)["y"]
     assert run_pass(g, "raise_moe")["moe"] == 1
     run_pass(g, "dce")
     assert g.op_counts() == {"moe": 1}
     assert np.abs(interpret(g, feeds)[g.outputs[0].name] - before).max() < 1e-5
+    assert next(iter(g.nodes)).attrs["scoring"] == scoring
 
 
 def test_raise_moe_refuses_a_router_it_does_not_know():
-    with pytest.raises(UnsupportedModelError, match="sigmoid.*not supported"):
-        run_pass(_router_graph("sigmoid"), "raise_moe")
+    with pytest.raises(UnsupportedModelError, match="scores come from tanh.*router kind is not supported"):
+        run_pass(_router_graph("tanh"), "raise_moe")
+
+
+def test_route_matches_transformers_deepseek_v3_router():
+    """Sigmoid scores, the bias choosing only, the best 2 of 4 groups by their two best biased scores,
+    renormalised and scaled: route() against transformers' DeepseekV3TopkRouter."""
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3TopkRouter
+
+    from tiny_moe import tiny_moe_config
+
+    config = tiny_moe_config("deepseek_v3")
+    router = DeepseekV3TopkRouter(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        router.weight.normal_(0, 0.5)
+        router.e_score_correction_bias.normal_(0, 0.3)
+        x = torch.randn(64, config.hidden_size)
+        _, want_w, want_i = router(x)
+    want_w, want_i = want_w.numpy(), want_i.numpy()
+    routing = dict(ROUTERS["deepseek_v3"])
+    w, idx = route(x.numpy(), router.weight.detach().numpy(), routing.pop("top_k"), **routing,
+                   bias=router.e_score_correction_bias.numpy())
+    order = np.argsort(want_i, 1)  # transformers' top-k is unsorted
+    assert (np.sort(idx, 1) == np.take_along_axis(want_i, order, 1)).all()
+    assert np.abs(np.take_along_axis(w, np.argsort(idx, 1), 1) - np.take_along_axis(want_w, order, 1)).max() < 1e-6
+
+
+def test_route_matches_transformers_sparsemixer():
+    """Phi-MoE's router at inference: route(scoring="sparsemixer") against transformers' sparsemixer."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    logits = torch.randn(256, 6) * torch.tensor([1.0, 0.01, 3.0, 0.2, 1.0, 1.0])  # some within 2 eps
+    want_w, want_i = sparsemixer(logits, jitter_eps=0.01, training=False)
+    eye = np.eye(6, dtype=np.float32)  # x @ eye.T: the logits themselves
+    routing = dict(ROUTERS["phimoe"])
+    w, idx = route(logits.numpy(), eye, routing.pop("top_k"), **routing)
+    assert (idx == want_i.numpy()).all()
+    assert np.abs(w - want_w.numpy()).max() < 1e-6
+    assert set(ROUTERS["phimoe"]) <= set(ROUTING_ATTRS)
 
 
 def test_cost_table_counts_only_the_routed_experts_per_token():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -62,6 +63,15 @@ def fp32(tiny_llama, tmp_path_factory):
 @needs_tvm
 def test_fp32_logits_and_decode_match_interpreter(fp32):
     check_prefill_and_decode(*fp32)
+
+
+@needs_tvm
+def test_running_with_one_thread_leaves_the_process_cpus_alone(fp32):
+    """TVM pins the calling thread while configuring its pool; edgec restores it, or every runtime started
+    later in the process (onnxruntime, the C runtime) would run on that one core."""
+    before = os.sched_getaffinity(0)
+    edgec.load(fp32[1], threads=1).generate([5, 6, 7], max_new_tokens=2, stop_at_eos=False)
+    assert os.sched_getaffinity(0) == before
 
 
 @needs_tvm

@@ -410,14 +410,19 @@ def _layer_norm(im, node, args, kw):
     return im.graph.op("layer_norm", *ins, eps=float(eps))
 
 
-@handles("aten.add_.Tensor", "aten.mul_.Tensor", "aten.div_.Tensor")
-def _inplace_binary(im, node, args, kw):
-    """`a += b` (Falcon's parallel attention + MLP): the functional op, if nothing later reads the old `a`."""
+def _not_read_later(im, node) -> None:
+    """An in-place op imports as its functional form only if nothing after it reads the old input."""
     n = node.next
     while n.op != "output":
         if node.args[0] in n.all_input_nodes:
             im.fail(node, "an in-place op whose input is read again afterwards")
         n = n.next
+
+
+@handles("aten.add_.Tensor", "aten.mul_.Tensor", "aten.div_.Tensor")
+def _inplace_binary(im, node, args, kw):
+    """`a += b` (Falcon's parallel attention + MLP): the functional op, if nothing later reads the old `a`."""
+    _not_read_later(im, node)
     dtype, _ = im.meta(node)
     if kw.get("alpha", 1) != 1:
         im.fail(node, "add_ with alpha != 1")
@@ -430,6 +435,52 @@ def _attention(im, node, args, kw):
     q, k, v, scale, softcap, window = args
     return im.graph.op("attention", q, k, v, scale=float(scale), softcap=float(softcap),
                        window=int(window))
+
+
+def _converted(im, n):
+    """The IR value of fx node n, converted (with what it needs) now if the liveness walk skipped it."""
+    if n not in im.env:
+        if n.op != "call_function":
+            im.fail(n, "a value copied into a buffer needs an input the logits do not use")
+        for a in n.all_input_nodes:
+            _converted(im, a)
+        im.env[n] = im.convert(n)
+    return im.env[n]
+
+
+@handles("aten.new_empty.default")
+def _new_empty(im, node, args, kw):
+    """An empty tensor filled slice by slice with copy_ (DeepSeek's MLA key: each head's nope part, then
+    the shared rope part) is the concat of what is copied in. The copies have no users, so the liveness
+    walk skipped them and their sources: those are converted here."""
+    dtype, shape = im.meta(node)
+    order = {n: i for i, n in enumerate(node.graph.nodes)}
+    pieces, readers = [], []  # pieces: (start, end, axis, the copy_ into that slice)
+    for view in node.users:
+        copies = [u for u in view.users if str(u.target) == "aten.copy_.default" and u.args[0] is view]
+        if str(view.target) != "aten.slice.Tensor" or len(copies) != 1 or len(view.users) != 1:
+            readers.append(view)
+            continue
+        axis, start, end, step = (list(view.args[1:]) + [0, 0, None, 1][len(view.args) - 1:])[:4]
+        axis %= len(shape)
+        end = shape[axis] if end is None else end
+        if step != 1 or not all(isinstance(v, int) for v in (start, end, shape[axis])):
+            im.fail(view, "a strided or sequence-long slice of an empty tensor")
+        pieces.append((start, min(end, shape[axis]), axis, copies[0]))
+    pieces.sort(key=lambda p: p[0])
+    axis = pieces[0][2] if pieces else None
+    tiled = (bool(pieces) and {p[2] for p in pieces} == {axis} and pieces[0][0] == 0
+             and pieces[-1][1] == shape[axis] and all(a[1] == b[0] for a, b in zip(pieces, pieces[1:])))
+    if not tiled or any(order[r] < order[p[3]] for r in readers for p in pieces):
+        im.fail(node, "an empty tensor not filled by copies into consecutive slices along one axis before it is read")
+    srcs = []
+    for start, end, _, copy in pieces:
+        src = im.tensor(_converted(im, copy.args[1]), dtype)
+        want = tuple(end - start if i == axis else d for i, d in enumerate(shape))
+        if src.shape != want:
+            im.fail(copy, f"a copy of {src.shape} into a slice of {want}")
+        srcs.append(src)
+    return srcs[0] if len(srcs) == 1 else im.graph.op("concat", *srcs, axis=axis)
 
 
 # -- mixture of experts: the router's reductions and top-k, and edgec's experts op (frontend/moe.py);
@@ -457,6 +508,103 @@ def _topk(im, node, args, kw):
 def _moe_experts(im, node, args, kw):
     x, index, weight, gate_up, down, act = args
     return im.graph.op("moe_experts", x, index, weight, gate_up, down, act=act)
+
+
+# DeepSeek-V3's grouped top-k masks the experts of the groups it drops (zeros_like, scatter_, masked_fill)
+# and reads the chosen experts' scores back (gather); Phi-MoE's sparsemixer picks by max and masks by a
+# relative distance (abs, clamp, gt).
+@handles("aten.max.dim")
+def _max_dim(im, node, args, kw):
+    """(values, indices) of the largest along a dim: a top-1."""
+    x = args[0]
+    axis = (args[1] if len(args) > 1 else kw["dim"]) % x.rank
+    values, index = im.graph.add_node("topk", [x], {"k": 1, "axis": axis}).outputs
+    if args[2] if len(args) > 2 else kw.get("keepdim", False):
+        return values, index
+    dims = [d if isinstance(d, int) else -1 for d in values.shape[:axis] + values.shape[axis + 1:]]
+    return tuple(im.graph.op("reshape", v, shape=dims) for v in (values, index))
+
+
+@handles("aten.gather.default")
+def _gather(im, node, args, kw):
+    x, dim, index = args[:3]
+    if kw.get("sparse_grad"):
+        im.fail(node, "gather with sparse_grad")
+    return im.graph.op("gather", x, index, axis=dim % x.rank)
+
+
+@handles("aten.scatter.value", "aten.scatter_.value")
+def _scatter(im, node, args, kw):
+    x, dim, index, value = args[:4]
+    if str(node.target).endswith("_.value"):
+        _not_read_later(im, node)
+    return im.graph.op("scatter", x, index, axis=dim % x.rank, value=float(value))
+
+
+@handles("aten.masked_fill.Scalar")
+def _masked_fill(im, node, args, kw):
+    return im.graph.op("masked_fill", args[0], args[1], value=float(args[2]))
+
+
+@handles("aten.gt.Scalar", "aten.gt.Tensor")
+def _greater(im, node, args, kw):
+    x = args[0]
+    return im.graph.op("greater", x, im.tensor(args[1], x.dtype))
+
+
+@handles("aten.abs.default")
+def _abs(im, node, args, kw):
+    return im.graph.op("abs", args[0])
+
+
+@handles("aten.bitwise_not.default", "aten.logical_not.default")
+def _logical_not(im, node, args, kw):
+    if args[0].dtype != "bool":
+        im.fail(node, f"bitwise not of {args[0].dtype}")
+    return im.graph.op("logical_not", args[0])
+
+
+@handles("aten.zeros_like.default", "aten.ones_like.default", "aten.full_like.default")
+def _full_like(im, node, args, kw):
+    value = {"aten.zeros_like.default": 0.0, "aten.ones_like.default": 1.0}.get(str(node.target))
+    dtype, _ = im.meta(node)
+    if dtype != args[0].dtype:
+        im.fail(node, f"{node.target} changing the dtype to {dtype}")
+    return im.graph.op("full_like", args[0], value=float(args[1]) if value is None else value)
+
+
+@handles("aten.clamp.Tensor", "aten.clamp_min.Tensor")
+def _clamp_min(im, node, args, kw):
+    """clamp(x, min=m) with a tensor m: maximum(x, m)."""
+    x, low = args[0], args[1] if len(args) > 1 else kw.get("min")
+    if (args[2] if len(args) > 2 else kw.get("max")) is not None or low is None:
+        im.fail(node, "clamp with an upper bound")
+    return im.graph.op("maximum", x, im.tensor(low, x.dtype))
+
+
+@handles("aten.concat.default")
+def _concat(im, node, args, kw):
+    return _cat(im, node, args, kw)
+
+
+# Phi-MoE's rotary embedding computes its inverse frequencies in forward: constants
+@handles("aten.arange.start_step", "aten.arange.start", "aten.arange.default")
+def _arange(im, node, args, kw):
+    if not all(isinstance(a, (int, float)) for a in args):
+        im.fail(node, "arange with a bound that depends on the input")
+    dtype, _ = im.meta(node)
+    return im.const(np.arange(*args).astype(dtype).tolist(), dtype)
+
+
+@handles("aten.pow.Scalar")
+def _pow_scalar(im, node, args, kw):
+    dtype, _ = im.meta(node)
+    return im.graph.op("pow", im.tensor(args[0], dtype), args[1])
+
+
+@handles("aten.reciprocal.default")
+def _reciprocal(im, node, args, kw):
+    return im.graph.op("div", im.tensor(1.0, args[0].dtype), args[0])
 
 
 def to_ir(ep: torch.export.ExportedProgram, arch: str) -> Graph:

@@ -18,7 +18,6 @@ import torch
 from ..errors import UnsupportedModelError
 
 EXPERTS_IMPLEMENTATION = "edgec"
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
 def _act(x: torch.Tensor, act: str) -> torch.Tensor:

@@ -71,6 +71,8 @@ class _Weights:
         if v.kind == "weight":
             return self.graph.weights.info(v.name).nbytes
         p = v.producer
+        if p is not None and p.op == "reshape":  # quantized MoE experts: reshape(dequantize(...))
+            return self.of(p.inputs[0])
         if p is not None and p.op == "dequantize":
             # codes at `bits` each, whether the IR holds them packed or one per byte (backends pack them)
             codes = self.of(p.inputs[0])
@@ -84,7 +86,7 @@ class _Weights:
         for v in node.inputs:
             if v.kind == "weight":
                 out.append(v.name)
-            elif v.producer is not None and v.producer.op == "dequantize":
+            elif v.producer is not None and v.producer.op in ("dequantize", "reshape"):
                 out += self.names(v.producer)
         return out
 
@@ -136,10 +138,10 @@ def _moe_cost(node, w: _Weights, bind: dict, out_bytes: int) -> tuple[float, flo
     """A moe layer reads its router once and, per token, the top_k experts it routes to: k/E of the
     expert weights per token. Exact for a decode step (k distinct experts); for a prompt it counts
     every token's experts as if none were shared (an upper bound; prefill is compute-bound anyway)."""
-    x, router, gate_up, down = node.inputs
+    x, router, gate_up, down = node.inputs[:4]
     experts, hidden, inter = gate_up.shape[0], down.shape[1], down.shape[2]
     tokens, k = _numel(x.shape, bind) / hidden, node.attrs["top_k"]
-    weight = w.of(router) + tokens * k / experts * (w.of(gate_up) + w.of(down))
+    weight = w.of(router) + sum(w.of(b) for b in node.inputs[4:]) + tokens * k / experts * (w.of(gate_up) + w.of(down))
     flops = tokens * (2.0 * hidden * experts + k * 6.0 * hidden * inter)
     return float(weight), float(_bytes(x, bind) + out_bytes), flops
 
@@ -191,8 +193,7 @@ def node_costs(graph) -> list[dict]:
                       for s in S.symbols_of(d)}
                      | {s for n in graph.nodes for v in n.outputs for d in v.shape if not isinstance(d, int)
                         for s in S.symbols_of(d)})
-    folded = {id(n) for n in graph.nodes if n.op == "dequantize"
-              and all(c.op in ("linear", "embedding", "linear_w8a8") for c in _consumers(graph, n))}
+    folded = {id(n) for n in graph.nodes if n.op == "dequantize" and all(_reads_packed(graph, c) for c in _consumers(graph, n))}
     rows = []
     for node, layer in zip(graph.nodes, labels):
         if id(node) in folded or node.op in _VIEWS:
@@ -213,6 +214,14 @@ def node_costs(graph) -> list[dict]:
 
 def _round(c) -> list[float]:
     return [float(round(x, 3)) for x in c]
+
+
+def _reads_packed(graph, node) -> bool:
+    """Does `node` read a dequantize's packed weight itself (every backend fuses the two): a linear or an
+    embedding, or the reshape that makes quantized MoE experts [E, R, K] for moe ops."""
+    if node.op == "reshape":
+        return all(c.op == "moe" for c in _consumers(graph, node))
+    return node.op in ("linear", "embedding", "linear_w8a8")
 
 
 def _consumers(graph, node) -> list:

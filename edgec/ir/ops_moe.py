@@ -4,23 +4,28 @@
   router's choice before raise_moe folds it).
 - moe_experts(x[T,H], index[T,k] int64, weight[T,k], gate_up[E,2I,H], down[E,H,I], act): the routed
   experts of one layer as the frontend imports them (edgec.frontend.moe).
-- moe(x[...,H], router[E,H], gate_up[E,2I,H], down[E,H,I], top_k, scoring, normalize, act): router
-  and experts in one op (passes/raise_moe.py makes it): scores = softmax(x @ router.T) (scoring
-  "softmax"), the top_k experts by score, their scores divided by their sum when `normalize`, and
-  sum_k score_k * down[e_k] @ (act(gate[e_k] x) * up[e_k] x). Only routed experts are computed.
+- moe(x[...,H], router[E,H], gate_up[E,2I,H], down[E,H,I], bias[E]?; top_k, scoring, normalize, act,
+  n_group, topk_group, routed_scaling, jitter_eps): router and experts in one op (passes/raise_moe.py
+  makes it), see `route`; then sum_k weight_k * down[e_k] @ (act(gate[e_k] x) * up[e_k] x). Only
+  routed experts are computed.
+- Router ops (gather, scatter, masked_fill, greater, abs, logical_not, full_like): the tensor ops
+  transformers' routers are imported as, with torch's semantics. raise_moe folds them into `moe`.
 
 Every expert is a gated FFN with gate and up stacked in one tensor, gate first (transformers'
 layout). Ties in top-k go to the lower expert index, as torch.topk does on CPU.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import shapes as S
-from .ops import REQUIRED, _gelu, _norm_axis, _silu, register
+from .ops import REQUIRED, _gelu, _norm_axis, _silu, _unary, register
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
-SCORINGS = ("softmax",)
+SCORINGS = ("softmax", "sigmoid", "sparsemixer")
+ROUTING_ATTRS = ("top_k", "scoring", "normalize", "n_group", "topk_group", "routed_scaling", "jitter_eps")
 
 
 def top_k(x: np.ndarray, k: int, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +33,11 @@ def top_k(x: np.ndarray, k: int, axis: int = -1) -> tuple[np.ndarray, np.ndarray
     idx = np.argsort(-x, axis=axis, kind="stable")
     idx = np.take(idx, np.arange(k), axis=axis)
     return np.take_along_axis(x, idx, axis=axis), idx.astype(np.int64)
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def expert_act(g: np.ndarray, act: str) -> np.ndarray:
@@ -52,15 +62,72 @@ def run_experts(x, index, weight, gate_up, down, act):
     return out.astype(x.dtype)
 
 
-def route(x, router, top_k_: int, scoring: str, normalize: bool):
-    """(weights[T,k], index[T,k]) of the experts the router picks for each row of x[T,H]."""
+def _keep_top_groups(choice: np.ndarray, n_group: int, topk_group: int) -> np.ndarray:
+    """choice[T,E] with the experts outside each row's topk_group best groups (of n_group consecutive
+    groups) at -inf; a group's score is the sum of its two best choice scores (DeepSeek-V3)."""
+    rows, experts = choice.shape
+    groups = choice.reshape(rows, n_group, experts // n_group)
+    _, best = top_k(top_k(groups, 2)[0].sum(-1), topk_group)
+    keep = np.zeros((rows, n_group), bool)
+    np.put_along_axis(keep, best, True, axis=1)
+    return np.where(np.repeat(keep, experts // n_group, axis=1), choice, np.float32(-np.inf))
+
+
+def _sparsemixer(logits: np.ndarray, jitter_eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Phi-MoE's router at inference: the best expert, then the best of the rest; each one's weight is
+    its softmax over the experts whose logit lies within 2 * jitter_eps (relative) of its own."""
+    threshold = np.float32(2 * jitter_eps)
+
+    def pick(masked):
+        best = masked.max(-1, keepdims=True)
+        index = masked.argmax(-1)[:, None].astype(np.int64)
+        far = (best - logits) / np.maximum(np.abs(logits), best) > threshold
+        return np.take_along_axis(_softmax(np.where(far, np.float32(-np.inf), masked)), index, -1), index
+
+    w1, i1 = pick(logits)
+    rest = logits.copy()
+    np.put_along_axis(rest, i1, np.float32(-np.inf), axis=-1)
+    w2, i2 = pick(rest)
+    return np.concatenate([w1, w2], -1), np.concatenate([i1, i2], -1)
+
+
+def route(x, router, top_k_: int, scoring: str = "softmax", normalize: bool = True, bias=None,
+          n_group: int = 1, topk_group: int = 1, routed_scaling: float = 1.0, jitter_eps: float = 0.0):
+    """(weights[T,k], index[T,k]) of the experts the router picks for each row of x[T,H].
+
+    scores = softmax or sigmoid of x @ router.T; the top_k experts by scores + bias (the bias only
+    chooses), among the topk_group best of n_group groups when n_group > 1; their unbiased scores,
+    divided by their sum when `normalize`, times routed_scaling. scoring "sparsemixer" is Phi-MoE's
+    top-2 router (`_sparsemixer`) instead."""
     logits = np.asarray(x, np.float32) @ np.asarray(router, np.float32).T
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    scores = e / e.sum(-1, keepdims=True)
-    w, idx = top_k(scores, top_k_)
+    if scoring == "sparsemixer":
+        w, idx = _sparsemixer(logits, jitter_eps)
+    else:
+        scores = _softmax(logits) if scoring == "softmax" else 1.0 / (1.0 + np.exp(-logits))
+        choice = scores if bias is None else scores + np.asarray(bias, np.float32)
+        if n_group > 1:
+            choice = _keep_top_groups(choice, n_group, topk_group)
+        idx = top_k(choice, top_k_)[1]
+        w = np.take_along_axis(scores, idx, -1)
     if normalize:
         w = w / w.sum(-1, keepdims=True)
-    return w.astype(np.float32), idx
+    return (w * np.float32(routed_scaling)).astype(np.float32), idx
+
+
+def _constant(graph, v) -> np.ndarray:
+    """The array behind a router input: a weight, or a weight through a cast (the fp16 recipe's)."""
+    p = v.producer
+    if v.kind != "weight" and p is not None and p.op == "cast" and p.inputs[0].kind == "weight":
+        return np.asarray(graph.weight(p.inputs[0])).astype(p.attrs["dtype"])
+    return np.asarray(graph.weight(v))
+
+
+def node_route(graph, node, x):
+    """route() for the rows x[T,H] through moe `node`, with its router weights and attributes."""
+    bias = _constant(graph, node.inputs[4]) if len(node.inputs) > 4 else None
+    a = node.attrs
+    return route(x, _constant(graph, node.inputs[1]), a["top_k"], bias=bias,
+                 **{k: a[k] for k in ROUTING_ATTRS if k != "top_k"})
 
 
 def _check_experts(gate_up, down, act: str) -> None:
@@ -104,24 +171,144 @@ def _moe_experts():
     return infer, ref
 
 
-@register("moe", arity=(4, 4), attrs={"top_k": REQUIRED, "scoring": "softmax", "normalize": True,
-                                      "act": "silu"})
+def _check_routing(a: dict, experts: int, bias) -> None:
+    if a["scoring"] not in SCORINGS:
+        raise ValueError(f"moe: unknown router scoring {a['scoring']!r}; known: {', '.join(SCORINGS)}")
+    if not 1 <= a["top_k"] <= experts:
+        raise ValueError(f"moe: top_k={a['top_k']} out of range for {experts} experts")
+    groups, best = a["n_group"], a["topk_group"]
+    if groups < 1 or experts % groups or not 1 <= best <= groups or (groups > 1 and experts // groups < 2):
+        raise ValueError(f"moe: {experts} experts cannot be split into n_group={groups} groups of two or "
+                         f"more, topk_group={best} of them kept")
+    if a["top_k"] > best * experts // groups:
+        raise ValueError(f"moe: top_k={a['top_k']} exceeds the {best * experts // groups} experts of the kept groups")
+    if bias is not None and (bias.rank != 1 or bias.shape[0] != experts):
+        raise ValueError(f"moe: score bias{bias.shape} is not [{experts}]")
+    if a["scoring"] == "sparsemixer" and (a["top_k"] != 2 or bias is not None or groups > 1):
+        raise ValueError("moe: the sparsemixer router picks exactly 2 experts, without a score bias or groups")
+    for name in ("routed_scaling", "jitter_eps"):
+        v = a[name]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"moe: {name} must be a finite number, got {v!r}")
+    if a["jitter_eps"] < 0:
+        raise ValueError(f"moe: jitter_eps must be >= 0, got {a['jitter_eps']}")
+
+
+@register("moe", arity=(4, 5), attrs={"top_k": REQUIRED, "scoring": "softmax", "normalize": True, "act": "silu",
+                                      "n_group": 1, "topk_group": 1, "routed_scaling": 1.0, "jitter_eps": 0.0})
 def _moe():
     def infer(ins, a):
-        x, router, gate_up, down = ins
+        x, router, gate_up, down = ins[:4]
         _check_experts(gate_up, down, a["act"])
-        if a["scoring"] not in SCORINGS:
-            raise ValueError(f"moe: unknown router scoring {a['scoring']!r}; known: {', '.join(SCORINGS)}")
         experts = gate_up.shape[0]
         if router.rank != 2 or router.shape[0] != experts or S.normalize(x.shape[-1]) != router.shape[1]:
             raise ValueError(f"moe: router{router.shape} vs x{x.shape} and {experts} experts")
-        if not 1 <= a["top_k"] <= experts:
-            raise ValueError(f"moe: top_k={a['top_k']} out of range for {experts} experts")
+        _check_routing(a, experts, ins[4] if len(ins) > 4 else None)
         return [(x.dtype, x.shape)]
 
-    def ref(x, router, gate_up, down, top_k, scoring, normalize, act):
+    def ref(x, router, gate_up, down, bias=None, *, top_k, act, **routing):
         rows = np.asarray(x).reshape(-1, x.shape[-1])
-        w, idx = route(rows, router, top_k, scoring, normalize)
+        w, idx = route(rows, router, top_k, bias=bias, **routing)
         return run_experts(rows, idx, w, gate_up, down, act).reshape(x.shape)
 
     return infer, ref
+
+
+# -------------------------------------------------------------------------------------- router ops
+def _check_index(op: str, x, index, axis: int) -> int:
+    if index.dtype != "int64" or index.rank != x.rank:
+        raise ValueError(f"{op}: index {index.dtype}{index.shape} is not int64 of the rank of x{x.shape}")
+    return _norm_axis(axis, x.rank)
+
+
+@register("gather", arity=(2, 2), attrs={"axis": REQUIRED})
+def _gather():
+    """torch.gather(x, axis, index): x's values at index along axis (the chosen experts' scores)."""
+
+    def infer(ins, a):
+        x, index = ins
+        _check_index("gather", x, index, a["axis"])
+        return [(x.dtype, index.shape)]
+
+    def ref(x, index, axis):
+        return np.take_along_axis(x, index, axis)
+
+    return infer, ref
+
+
+@register("scatter", arity=(2, 2), attrs={"axis": REQUIRED, "value": REQUIRED})
+def _scatter():
+    """torch.scatter(x, axis, index, value): x with `value` at index along axis (masking chosen experts)."""
+
+    def infer(ins, a):
+        x, index = ins
+        _check_index("scatter", x, index, a["axis"])
+        return [(x.dtype, x.shape)]
+
+    def ref(x, index, axis, value):
+        out = np.array(x, copy=True)
+        np.put_along_axis(out, index, np.asarray(value, out.dtype), axis)
+        return out
+
+    return infer, ref
+
+
+@register("masked_fill", arity=(2, 2), attrs={"value": REQUIRED})
+def _masked_fill():
+    """x with `value` where the bool mask (broadcast to x) is true."""
+
+    def infer(ins, a):
+        x, mask = ins
+        if mask.dtype != "bool" or S.broadcast(x.shape, mask.shape) != tuple(x.shape):
+            raise ValueError(f"masked_fill: mask {mask.dtype}{mask.shape} is not bool broadcasting to {x.shape}")
+        return [(x.dtype, x.shape)]
+
+    def ref(x, mask, value):
+        return np.where(mask, np.asarray(value, x.dtype), x)
+
+    return infer, ref
+
+
+@register("greater", arity=(2, 2))
+def _greater():
+    """x > y elementwise with broadcasting, as bool."""
+
+    def infer(ins, a):
+        x, y = ins
+        if x.dtype != y.dtype:
+            raise ValueError(f"dtype mismatch {x.dtype} vs {y.dtype}")
+        return [("bool", S.broadcast(x.shape, y.shape))]
+
+    def ref(x, y):
+        return np.greater(x, y)
+
+    return infer, ref
+
+
+@register("logical_not")
+def _logical_not():
+    def infer(ins, a):
+        if ins[0].dtype != "bool":
+            raise ValueError(f"logical_not takes bool, not {ins[0].dtype}")
+        return [("bool", ins[0].shape)]
+
+    def ref(x):
+        return np.logical_not(x)
+
+    return infer, ref
+
+
+@register("full_like", attrs={"value": REQUIRED})
+def _full_like():
+    """A tensor of x's shape and dtype holding `value` (torch.zeros_like and kin)."""
+
+    def infer(ins, a):
+        return [(ins[0].dtype, ins[0].shape)]
+
+    def ref(x, value):
+        return np.full(x.shape, value, x.dtype)
+
+    return infer, ref
+
+
+register("abs", doc="elementwise absolute value")(_unary(np.abs))

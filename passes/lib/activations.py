@@ -129,21 +129,26 @@ def collect(graph: Graph, windows, observe: dict[Value, Stats], progress: Callab
 
 def collect_sequential(graph: Graph, windows, nodes, visit: Callable[[Node, Stats], None],
                        progress: Callable[[str], None] | None = None, label: str = "calibrating",
-                       **want) -> int:
+                       raw: dict[Node, Callable] | None = None, **want) -> int:
     """Call visit(node, stats of node's first input over all windows) for each of `nodes`, in graph order.
 
     `want` says which statistics (Stats' options). visit runs before the node
     does and may rewrite its weights: later nodes then see its compressed
     output. Nodes reading the same input (q/k/v, gate/up) share one Stats.
+    raw: nodes whose statistics depend on more than their input's channels (a moe layer's experts each see
+    the tokens routed to them): raw[node](node, first input per window) is called instead, in the same order.
     Returns the number of visited nodes.
     """
-    wanted = set(nodes)
+    raw = raw or {}
+    wanted = set(nodes) | set(raw)
     left: dict[Value, int] = {}
-    for n in wanted:
+    for n in set(nodes):
         left[n.inputs[0]] = left.get(n.inputs[0], 0) + 1
     shared: dict[Value, Stats] = {}
 
     def each(node, inputs):
+        if node in raw:
+            return raw[node](node, [ins[0] for ins in inputs])
         x = node.inputs[0]
         if x not in shared:
             shared[x] = Stats.of((ins[0] for ins in inputs), **want)

@@ -30,10 +30,12 @@ class CBackend(Backend):
                            "the memory; new rows rounded to fp16 once, attention widens them on the fly); "
                            "recipe int8-kv's cache is int8 either way", stage="build", choices=("fp32", "fp16")),
         "memory_budget": Option(str, "", "hot/cold offloading: hold the weights in this much memory (60MB, 1.5GiB, or "
-                                "50% of the weights); cold FFN neurons go to cold.bin, read on demand (edgec/offload.py)",
+                                "50% of the weights); cold FFN neurons (or, in a mixture-of-experts model, the least "
+                                "often routed experts) go to cold.bin, read on demand (edgec/offload.py)",
                                 stage="build"),
-        "offload": Option(str, "sparse", "with memory_budget: sparse (read the cold neurons a token activates; the "
-                          "gate stays resident) or stream (read every cold neuron: the dense-streaming baseline)",
+        "offload": Option(str, "sparse", "with memory_budget: sparse (read the cold neurons a token activates, the "
+                          "gate resident; or the cold experts a token routes to, through a cache) or stream (read "
+                          "every cold neuron, or every routed expert: the streaming baseline)",
                           stage="build", choices=("sparse", "stream")),
         "cold_io": Option(str, "direct", "how cold.bin is read: direct (O_DIRECT where the file system allows, so "
                           "the page cache does not hide the reads) or cached", stage="run",
@@ -90,6 +92,8 @@ class CBackend(Backend):
             "caches": [{"past": e.past.name, "present": e.present.name, "dtype": e.dtype} for e in gen.caches],
             "row_symbols": {k: [r, str(d)] for k, (r, d) in gen.row_symbols.items()},
             "context_length": graph.facts.context_length,
+            # mixture-of-experts layers in order, [experts, top_k] each (a routing trace must match them: moe.h)
+            "moe_layers": [list(m) for m in gen.moe_layers],
             "vocab_size": logits.shape[-1] if logits is not None and isinstance(logits.shape[-1], int) else None,
         }
         if offload is not None:
@@ -119,6 +123,8 @@ def plan_and_lower(graph, out_dir, device, budget: str, mode: str, progress=None
 
     parse_budget(budget)  # a malformed size fails before any work
     say = progress or (lambda msg: None)
+    if any(n.op == "moe" for n in graph.nodes):
+        return plan_and_lower_experts(graph, out_dir, device, budget, mode, say)
     gated, why = find_gated(graph)
     if not gated:
         raise EdgecError("memory_budget: no FFN of this model can be offloaded (" + ("; ".join(why[:2]) or "none found")
@@ -141,6 +147,42 @@ def plan_and_lower(graph, out_dir, device, budget: str, mode: str, progress=None
                            for f in gated if f.predictor]}
     if getattr(device, "kind", "") == "gpu":
         meta["gpu_split"] = gpu_split(plan, device)
+    return lowered, meta
+
+
+def plan_and_lower_experts(graph, out_dir, device, budget: str, mode: str, say):
+    """A mixture-of-experts model under `budget`: whole experts are the bundles (edgec.offload.plan_experts ranks them
+    by the activation profile's routing frequency; targets/c/offload_moe.py lowers the plan). Its dense FFNs (a
+    shared expert) stay resident. Returns the graph to generate and c.json's "offload" entry."""
+    from edgec.activations import PROFILE_FILE, ActivationProfile
+    from edgec.offload import expert_gpu_split, plan_experts
+
+    from .offload import COLD_FILE
+    from .offload_moe import costs, find_experts, lower
+
+    found, why = find_experts(graph)
+    if not found:
+        raise EdgecError("memory_budget: no mixture-of-experts layer of this model can be offloaded ("
+                         + "; ".join(why[:2]) + "); build without --memory-budget")
+    say(f"planning {len(found)} MoE layers' experts under {budget}")
+    cost, other = costs(graph, found)
+    profiles = [None] * len(found)
+    if PROFILE_FILE in graph.attachments:
+        prof = ActivationProfile.from_json(graph.attachments[PROFILE_FILE])
+        by_name = {e.name: e for e in prof.experts}
+        moes = [n for n in graph.nodes if n.op == "moe"]
+        for i, f in enumerate(found):  # by the moe's input name, else by position among the moe layers
+            e = by_name.get(f.node.inputs[0].name) or (prof.experts[f.index] if f.index < len(prof.experts) and
+                                                        len(prof.experts) == len(moes) else None)
+            profiles[i] = e if e is not None and e.experts == f.experts else None
+    plan = plan_experts(cost, other, budget, mode, profiles=profiles)
+    say(f"writing {COLD_FILE}: {sum(len(p.cold) for p in plan.layers)} cold experts")
+    lowered, size = lower(graph, plan, out_dir)
+    meta = {"file": COLD_FILE, "bytes": size, "plan": plan.report(), "not_offloaded": why}
+    for note in plan.notes:
+        say(note)
+    if getattr(device, "kind", "") == "gpu":
+        meta["gpu_split"] = expert_gpu_split(plan, device)
     return lowered, meta
 
 

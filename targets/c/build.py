@@ -17,9 +17,9 @@ from pathlib import Path
 from edgec.errors import EdgecError
 
 RUNTIME_DIR = Path(__file__).parent / "runtime"
-RUNTIME_SOURCES = ("ec_rt.c", "ec_ops.c", "ec_api.c", "linear.c", "sparse_ffn.c", "offload.c", "json.c", "tokenizer.c",
-                   "edgec_api.c")
-RUNTIME_HEADERS = ("ec_rt.h", "linear.h", "sparse_ffn.h", "offload.h", "json.h", "tokenizer.h", "edgec.h")
+RUNTIME_SOURCES = ("ec_rt.c", "ec_ops.c", "ec_api.c", "linear.c", "sparse_ffn.c", "offload.c", "moe.c", "json.c",
+                   "tokenizer.c", "edgec_api.c")
+RUNTIME_HEADERS = ("ec_rt.h", "linear.h", "sparse_ffn.h", "offload.h", "moe.h", "json.h", "tokenizer.h", "edgec.h")
 RUN_SOURCE = "edgec_run.c"
 LIBRARY = "libedgec.so"
 STATIC_LIBRARY = "libedgec.a"

@@ -44,6 +44,10 @@ ALIASES = {"reshape", "unsqueeze"}  # same bytes, new shape
 COPIES = ALIASES | {"permute", "slice", "expand", "concat", "split", "last_rows", "embedding", "const", "cast"}
 WIDENED_BITS = (3, 5, 6)  # packed code widths the runtime widens to bytes at bind (see CodeGen._codes_ptr)
 NATIVE_F16 = COPIES | {"linear", "ffn_offload"}  # ops that take float16 tensors as they are; the rest compute in float32
+MOE_MAX_EXPERTS = 256  # runtime/moe.h EC_MOE_MAX_EXPERTS: experts per layer the C kernel serves
+# the moe attributes the C kernel knows (jitter_eps: only the sparsemixer router's, which it refuses)
+MOE_ATTRS = {"top_k", "scoring", "normalize", "act", "n_group", "topk_group", "routed_scaling", "jitter_eps"}
+MOE_OPS = ("moe", "moe_offload")  # moe_offload: targets/c/offload_moe.py's form of a moe with cold experts
 
 
 KV_FORMS = ("fp32", "fp16")  # the backend option kv_cache: how a float KV cache is stored
@@ -90,6 +94,7 @@ class Generated:
     symbols: list[str]                       # `syms[i]`
     caches: list[CacheEntry] = field(default_factory=list)  # `cache[i]`, in order
     row_symbols: dict[str, tuple[str, str]] = field(default_factory=dict)  # last_rows symbol -> (rows input, x dim)
+    moe_layers: list[tuple[int, int]] = field(default_factory=list)  # per moe op in order: (experts, top_k)
 
 
 def dim_c(d) -> str:
@@ -139,6 +144,7 @@ class CodeGen:
         self.qweights: set[str] = set()
         self.op_kinds: dict[str, int] = {}
         self.cold_bytes = 0  # cold.bin's size (ffn_offload nodes, targets/c/offload.py)
+        self.moe_layers: list[tuple[int, int]] = []  # per moe op in order: (experts, top_k)
 
     # -- names and pointers ------------------------------------------------------------
     def var(self, v: Value) -> str:
@@ -161,13 +167,14 @@ class CodeGen:
 
     # -- analysis ----------------------------------------------------------------------------
     def _fusable_weight(self, v: Value) -> str | None:
-        """'q' if v = dequantize(weights...), 'f16' if v = cast(fp16 weight) -> float32, else None."""
+        """'q' if v = dequantize(weights...), 'f16' if v = cast(fp16 weight) -> float32 (2-D, or the 3-D experts
+        of a moe), else None."""
         n = v.producer
         if n is None or not all(i.kind == "weight" for i in n.inputs):
             return None
         if n.op == "dequantize":
             return "q"
-        if n.op == "cast" and n.inputs[0].dtype == "float16" and v.dtype == "float32" and n.inputs[0].rank == 2:
+        if n.op == "cast" and n.inputs[0].dtype == "float16" and v.dtype == "float32" and n.inputs[0].rank in (2, 3):
             return "f16"
         return None
 
@@ -180,10 +187,13 @@ class CodeGen:
             if kind is None:
                 continue
             readers = self.users.get(n.outputs[0], [])
-            ok = n.outputs[0] not in self.g.outputs and readers and all(
-                (r.op == "linear" and r.inputs[1] is n.outputs[0] and r.inputs[0] is not n.outputs[0])
-                or (r.op == "embedding" and r.inputs[0] is n.outputs[0])
-                or (r.op == "ffn_offload" and r.inputs[0] is not n.outputs[0]) for r in readers)
+            v = n.outputs[0]
+            flat = v.rank == 2
+            ok = v not in self.g.outputs and readers and all(
+                (r.op == "linear" and flat and r.inputs[1] is v and r.inputs[0] is not v)
+                or (r.op == "embedding" and flat and r.inputs[0] is v)
+                or (r.op == "ffn_offload" and flat and r.inputs[0] is not v)
+                or (r.op in MOE_OPS and kind == "f16" and r.inputs[0] is not v) for r in readers)
             if ok:
                 self.folded.add(id(n))
 
@@ -330,7 +340,7 @@ class CodeGen:
         self.emit("return 0;")
         self.info = self._info(inputs, outputs, symbols, caches)
         src = self._source(symbols)
-        return Generated(src, self.weights, inputs, outputs, symbols, caches, row_symbols)
+        return Generated(src, self.weights, inputs, outputs, symbols, caches, row_symbols, list(self.moe_layers))
 
     def _reads(self, n: Node) -> list[Value]:
         """The values node n's C code reads: none for a folded node; an attention over an int8 cache reads
@@ -357,7 +367,11 @@ class CodeGen:
         heads = ", ".join(str(e.heads) for e in caches) or "0"
         dims = ", ".join(str(e.dim) for e in caches) or "0"
         dtypes = ", ".join(ECDT[e.dtype] for e in caches) or "0"
+        experts = ", ".join(str(e) for e, _ in self.moe_layers) or "0"
+        top_k = ", ".join(str(k) for _, k in self.moe_layers) or "0"
         return [f"static const int64_t ec_cache_heads[] = {{{heads}}};",
+                f"static const int ec_moe_experts[] = {{{experts}}};  /* each moe layer's experts and top_k */",
+                f"static const int ec_moe_top_k[] = {{{top_k}}};",
                 f"static const int64_t ec_cache_dim[] = {{{dims}}};",
                 f"static const int ec_cache_dtype[] = {{{dtypes}}};  /* each cache's storage form */",
                 "const ec_model_info ec_model = {",
@@ -372,7 +386,9 @@ class CodeGen:
                 "#else",
                 "    0,",
                 "#endif",
-                f"    {sum(n.op == 'ffn_offload' for n in self.g.nodes)}, UINT64_C({self.cold_bytes}),",
+                f"    {sum(n.op in ('ffn_offload', 'moe_offload') for n in self.g.nodes)}, "
+                f"UINT64_C({self.cold_bytes}),",
+                f"    {len(self.moe_layers)}, ec_moe_experts, ec_moe_top_k,",
                 "};"]
 
     def _order_weights(self, text: str) -> str:
@@ -394,7 +410,8 @@ class CodeGen:
         widen = ", ".join(str(self.widened.get(n, 0)) for n in self.weights) or "0"
         return "\n".join([
             "/* Generated by edgec (targets/c/codegen.py) for one model: do not edit. */",
-            "#include <math.h>", "#include <string.h>", '#include "ec_rt.h"', '#include "offload.h"', "",
+            "#include <math.h>", "#include <string.h>", '#include "ec_rt.h"', '#include "moe.h"',
+            '#include "offload.h"', "",
             *self.consts, "",
             f"const int ec_model_n_weights = {len(self.weights)};",
             f"const int ec_model_n_op_kinds = {len(self.op_kinds)};",
@@ -786,6 +803,96 @@ class CodeGen:
                   f"{_c_float(a.get('tau', 0.0))}}};")
         self.emit(f"if (ec_ffn_offload(rt, &{name}, {self.ptr(x)}, {self.ptr(o)}, ({numel_c(x.shape)}) / {d}) != 0) "
                   "return -1;")
+
+    def _moe_refuse(self, n: Node, why: str):
+        return UnsupportedModelError(f"the C runtime's 'moe' kernel does not serve {n.inputs[0].name}'s layer: {why}; "
+                                     "build with --backend onnx or tvm")
+
+    def _moe_mat(self, n: Node, v: Value, what: str) -> str:
+        """runtime/moe.h's ec_moe_mat for expert weights v ([E, R, K], or the [n*R, K] rows of resident experts):
+        a float32 weight, or a float16 one through its folded cast."""
+        src = v.producer
+        if v.kind == "weight" and v.dtype == "float32":
+            return f"{{EC_F32, {self.ptr(v)}, NULL}}"
+        if src is not None and id(src) in self.folded and src.op == "cast":
+            return f"{{EC_F16, {self.ptr(src.inputs[0])}, NULL}}"
+        inner = src.inputs[0].producer if src is not None and src.op in ALIASES else src
+        if inner is not None and inner.op == "dequantize":
+            raise self._moe_refuse(n, f"its {what} weights are quantized, and quantized MoE experts are not "
+                                      "supported by the C runtime yet (build with a recipe that leaves the experts "
+                                      "in fp32 or fp16)")
+        raise self._moe_refuse(n, f"its {what} weights are computed at run time ({src.op if src else v.kind}), not "
+                                  "stored float32 or float16 weights")
+
+    def _moe_struct(self, n: Node, name: str, x: Value, router: Value, gate_up: Value | None, down: Value | None,
+                    where: str = "NULL", cold: str = "NULL") -> str:
+        """The ec_moe_layer for moe node n (or its moe_offload form, whose gate_up and down are the resident experts'
+        rows, absent when none is), after checking what the kernel serves."""
+        a = dict(n.attrs)
+        unknown = sorted(set(a) - MOE_ATTRS - ({"offload"} if n.op == "moe_offload" else set()))
+        if unknown:
+            raise self._moe_refuse(n, f"attribute(s) {unknown} of its router are unknown to it")
+        if a["scoring"] != "softmax":
+            raise self._moe_refuse(n, f"router scoring {a['scoring']!r} (it computes softmax scores only)")
+        if int(a.get("n_group", 1)) != 1:
+            raise self._moe_refuse(n, f"grouped top-k (n_group={a['n_group']}, topk_group={a.get('topk_group')})")
+        if a["act"] not in GLU_ACT:
+            raise self._moe_refuse(n, f"expert activation {a['act']!r}")
+        if x.dtype != "float32" or n.output.dtype != "float32":
+            raise self._moe_refuse(n, f"{x.dtype} activations (it computes in float32)")
+        if n.op == "moe":
+            experts, inter, d = int(gate_up.shape[0]), int(down.shape[2]), int(down.shape[1])
+        else:
+            experts, inter, d = (int(a["offload"][k]) for k in ("experts", "inter", "d"))
+        top_k = int(a["top_k"])
+        if experts > MOE_MAX_EXPERTS:
+            raise self._moe_refuse(n, f"{experts} experts (it serves at most {MOE_MAX_EXPERTS} per layer)")
+        if not 1 <= top_k <= experts:
+            raise self._moe_refuse(n, f"top_k={top_k} of {experts} experts")
+        src = router.producer
+        if src is not None and id(src) in self.folded and src.op == "cast":
+            rdt, rptr = "EC_F16", self.ptr(src.inputs[0])
+        elif router.dtype == "float32":
+            rdt, rptr = "EC_F32", self.ptr(router)
+        else:
+            raise self._moe_refuse(n, f"a {router.dtype} router")
+        layer = len(self.moe_layers)
+        self.moe_layers.append((experts, top_k))
+        empty = "{%s, NULL, NULL}" % ("EC_F16" if a.get("offload", {}).get("dtype") == "float16" else "EC_F32")
+        gu = self._moe_mat(n, gate_up, "gate_up") if gate_up is not None else empty
+        dn = self._moe_mat(n, down, "down") if down is not None else empty
+        return (f"const ec_moe_layer {name} = {{{layer}, {experts}, {d}, {inter}, {top_k}, "
+                f"{int(bool(a['normalize']))}, {_c_float(a.get('routed_scaling', 1.0))}, {GLU_ACT[a['act']]}, {rdt}, "
+                f"{rptr}, {gu}, {dn}, {where}, {cold}}};")
+
+    def op_moe(self, n: Node) -> None:
+        """A mixture-of-experts layer: runtime/moe.h's ec_moe (only the routed experts are computed)."""
+        name = f"moe{len(self.moe_layers)}"
+        if n.op == "moe" and len(n.inputs) != 4:
+            raise self._moe_refuse(n, "a bias on the router's scores" if len(n.inputs) == 5 else
+                                   f"{len(n.inputs)} inputs (it takes x, router, gate_up, down)")
+        self.emit(self._moe_struct(n, name, *n.inputs))
+        self._moe_call(n, name, n.inputs[0])
+
+    def _moe_call(self, n: Node, name: str, x: Value) -> None:
+        o = n.output
+        self.alloc(o)
+        self.emit(f"if (ec_moe(rt, &{name}, {self.ptr(x)}, {self.ptr(o)}, ({numel_c(x.shape)}) / {dim_c(x.shape[-1])}) "
+                  "!= 0) return -1;")
+
+    def op_moe_offload(self, n: Node) -> None:
+        """A moe layer with cold experts (targets/c/offload_moe.py): resident experts' rows here, the others in
+        cold.bin, read whole through the context's expert slots (offload.h's ec_moe_cold)."""
+        off = n.attrs["offload"]
+        ins = dict(zip(off["roles"], n.inputs))
+        name = f"moe{len(self.moe_layers)}"
+        self.cold_bytes = max(self.cold_bytes, off["offset"] + off["n_cold"] * off["bundle"])
+        self.emit(f"const ec_moe_cold {name}_cold = {{{off['id']}, {off['n_cold']}, {off['stream']}, {off['slots']}, "
+                  f"UINT64_C({off['offset']}), UINT64_C({off['bundle']}), UINT64_C({off['down_at']}), "
+                  f"UINT64_C({off['slot_bytes']})}};")
+        self.emit(self._moe_struct(n, name, ins["x"], ins["router"], ins.get("gate_up"), ins.get("down"),
+                                   where=self.ptr(ins["where"]), cold=f"&{name}_cold"))
+        self._moe_call(n, name, ins["x"])
 
     def op_sparsify(self, n: Node) -> None:
         o = n.output

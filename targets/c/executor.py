@@ -26,6 +26,8 @@ from edgec.memory import HugePages
 from edgec.native import sealed_path
 
 from .backend import META_FILE
+
+TRACE_ENV = "EDGEC_MOE_TRACE"  # a routing trace file the moe layers take their experts from (runtime/moe.h)
 from .build import LIBRARY
 from .weights import FILE
 
@@ -54,11 +56,12 @@ def _load(code: bytes):
     lib.ec_rt_open_cold.argtypes = [_P, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint64]
     lib.ec_rt_cold_stats.argtypes = [_P, _P]
     lib.ec_rt_cold_reset.argtypes = [_P]
+    lib.ec_rt_moe_trace.argtypes = [_P, ctypes.c_char_p]
     return lib
 
 
 COLD_STATS = ("bytes_read", "reads", "bundles_read", "cache_hits", "neurons_computed", "neurons", "cache_bytes",
-              "direct", "ffn_calls")  # offload.h's ec_rt_cold_stats, in order
+              "direct", "ffn_calls", "moe_calls", "experts_computed", "experts_resident")  # offload.h's, in order
 
 
 class CExecutor:
@@ -108,6 +111,10 @@ class CExecutor:
             if self.lib.ec_rt_open_cold(self.rt, files.path(self.offload["file"]).encode(), direct,
                                         int(self.offload["bytes"])) != 0:
                 raise ArtifactError(self.lib.ec_rt_error(self.rt).decode())
+        trace = os.environ.get(TRACE_ENV)  # runtime/moe.h's benchmark and testing hook, as edgec_context reads it
+        if trace and self.meta.get("moe_layers"):
+            if self.lib.ec_rt_moe_trace(self.rt, trace.encode()) != 0:
+                raise EdgecError(self.lib.ec_rt_error(self.rt).decode() + f" ({TRACE_ENV})")
         sig = self.meta["signature"]
         self.specs = {s["name"]: (s["dtype"], tuple(s["shape"])) for s in sig["inputs"] + sig["outputs"]}
         self.input_names = [s["name"] for s in sig["inputs"]]

@@ -29,7 +29,9 @@ they cost load time only. Anything else (g not a multiple of 16, 8-bit
 with fp32 compute, a dequantized weight read by something other than a
 linear or an embedding) lowers `dequantize` itself to standard integer ops,
 folded to fp32 at load. An embedding reading a quantized (tied) table
-gathers the packed rows and dequantizes only those.
+gathers the packed rows and dequantizes only those, and so do quantized
+MoE experts (reshape(dequantize(...)) read by a moe op): the moe lowering
+gathers the routed experts' packed rows (gathered_experts).
 
 accuracy_level is the backend option of that name (lower_graph's argument; default
 4: int8 compute; 0 computes in fp32 and matches the interpreter to ~1e-5).
@@ -48,6 +50,7 @@ from edgec.ir.weight_source import WeightSource, weight_source
 
 from .lower_context import OnnxContext, lowering
 from .lower_llm import _embedding as _embedding_gather
+from .lower_generic import _reshape as _reshape_generic
 from .lower_llm import _linear as _linear_matmul
 
 KERNEL_BITS = {2: 2, 3: 4, 4: 4, 5: 8, 6: 8, 8: 8}  # stored bits -> MatMulNBits bits
@@ -206,6 +209,24 @@ def _min_term(cx: OnnxContext, x, mins: str, lay: PackedLayout, rows: int) -> st
     return cx.op("MatMul", sums, cx.op("Transpose", mins, perm=[1, 0]))  # @ [K/g, N]
 
 
+def _dequantized_rows(cx: OnnxContext, src: WeightSource, rows: str) -> str:
+    """float32 [len(rows), K]: the stored rows `rows` (int64, flat) of a packed weight, gathered packed and
+    dequantized (only those rows are ever widened)."""
+    packed, scales, zeros = src.stored[:3]
+    lay = src.layout
+    bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
+    taken = cx.op("Gather", packed.name, rows, axis=0)
+    q = cx.op("Cast", taken if bits == 8 else _unpack_codes(cx, taken, bits, -1, kp), to=1)
+    q = cx.op("Reshape", q, cx.ints([-1, kp // g, g]))
+    z = cx.op("Unsqueeze", cx.op("Cast", cx.op("Gather", zeros.name, rows, axis=0), to=1), cx.ints([2]))
+    s = cx.op("Unsqueeze", _widen_rows(cx, scales, rows), cx.ints([2]))
+    w = cx.op("Mul", cx.op("Sub", q, z), s)
+    if src.mins is not None:
+        w = cx.op("Add", w, cx.op("Unsqueeze", _widen_rows(cx, src.mins, rows), cx.ints([2])))
+    w = cx.op("Reshape", w, cx.ints([-1, kp]))
+    return w if kp == k else cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]))
+
+
 @lowering("embedding", fallback=_embedding_gather)
 def _embedding(cx: OnnxContext, n: Node):
     """Rows of a quantized table: gather the packed rows, scales and zeros, dequantize only those.
@@ -217,24 +238,46 @@ def _embedding(cx: OnnxContext, n: Node):
     if src is None:
         return NotImplemented
     ids = n.inputs[1]
-    packed, scales, zeros = src.stored[:3]
-    lay = src.layout
-    bits, k, g, kp = lay.bits, lay.k, lay.group, lay.kp
     idx = ids.name if ids.dtype in ("int32", "int64") else cx.cast(ids.name, ids.dtype, "int64")
-    flat = cx.op("Reshape", idx, cx.ints([-1]))
-    rows = cx.op("Gather", packed.name, flat, axis=0)
-    q = cx.op("Cast", rows if bits == 8 else _unpack_codes(cx, rows, bits, -1, kp), to=1)
-    q = cx.op("Reshape", q, cx.ints([-1, kp // g, g]))
-    z = cx.op("Unsqueeze", cx.op("Cast", cx.op("Gather", zeros.name, flat, axis=0), to=1), cx.ints([2]))
-    s = cx.op("Unsqueeze", _widen_rows(cx, scales, flat), cx.ints([2]))
-    w = cx.op("Mul", cx.op("Sub", q, z), s)
-    if src.mins is not None:
-        w = cx.op("Add", w, cx.op("Unsqueeze", _widen_rows(cx, src.mins, flat), cx.ints([2])))
-    w = cx.op("Reshape", w, cx.ints([-1, kp]))
-    if kp != k:
-        w = cx.op("Slice", w, cx.ints([0]), cx.ints([k]), cx.ints([1]))
-    shape = cx.op("Concat", cx.op("Shape", idx), cx.ints([k]), axis=0)
+    w = _dequantized_rows(cx, src, cx.op("Reshape", idx, cx.ints([-1])))
+    shape = cx.op("Concat", cx.op("Shape", idx), cx.ints([src.layout.k]), axis=0)
     cx.op("Reshape", w, shape, out=n.output.name)
+
+
+# ----------------------------------------------------------------------------- MoE experts
+def _packed_experts(v) -> WeightSource | None:
+    """The packed source of quantized MoE experts: v = reshape(dequantize(...)) to [E, R, K]
+    (passes/quantize.py's quantize_experts)."""
+    p = v.producer
+    return _packed(p.inputs[0]) if p is not None and p.op == "reshape" and v.rank == 3 else None
+
+
+def _expert_view(cx: OnnxContext, n: Node) -> bool:
+    """n is the reshape that makes packed expert rows [E, R, K], read only by moe ops' expert inputs."""
+    readers = cx.users(n.output)
+    return (n.op == "reshape" and _packed_experts(n.output) is not None and bool(readers)
+            and all(u.op == "moe" and n.output in u.inputs[2:4] and n.output not in u.inputs[:2] for u in readers)
+            and n.output not in cx.graph.outputs)
+
+
+def gathered_experts(cx: OnnxContext, v, index: str) -> str:
+    """float [..., R, K]: the experts `index` [...] (int64) picks from v [E, R, K]; quantized experts are
+    gathered packed and only the picked ones dequantized."""
+    src = _packed_experts(v)
+    if src is None:
+        return cx.op("Gather", v.name, index, axis=0)
+    rows_per = int(v.shape[1])
+    first = cx.op("Mul", cx.op("Unsqueeze", index, cx.ints([-1])), cx.ints([rows_per]))
+    rows = cx.op("Reshape", cx.op("Add", first, cx.ints(np.arange(rows_per))), cx.ints([-1]))
+    w = _dequantized_rows(cx, src, rows)                                     # [n*R, K]
+    shape = cx.op("Concat", cx.op("Shape", index), cx.ints([rows_per, src.layout.k]), axis=0)
+    return cx.op("Reshape", w, shape)
+
+
+@lowering("reshape", fallback=_reshape_generic)
+def _reshape(cx: OnnxContext, n: Node):
+    """Nothing for the view of packed expert rows: the moe lowering gathers the packed rows itself."""
+    return None if _expert_view(cx, n) else NotImplemented
 
 
 def _widen_rows(cx: OnnxContext, v, rows: str) -> str:
@@ -249,7 +292,8 @@ def _dequantize(cx: OnnxContext, n: Node) -> None:
     out = n.output
     readers = cx.users(out)
     if readers and out not in cx.graph.outputs and all(
-            (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u, _level(cx)))
+            _expert_view(cx, u)
+            or (u.inputs[1] is out and out not in (u.inputs[:1] + u.inputs[2:]) and _fusable(u, _level(cx)))
             or (_gatherable(u) and u.inputs[1] is not out) for u in readers):
         return
     packed, scales, zeros = n.inputs[:3]

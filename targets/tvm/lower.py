@@ -367,19 +367,22 @@ def _linear_w8a8(c, n):
     return [c.te(K.linear_w8a8, xq, xs, *(c[v] for v in n.inputs[1:]), name="linear_w8a8")]
 
 
-# ----------------------------------------------------------------------------- driver
 # ----------------------------------------------------------------------------- mixture of experts
 @lowering("sum")
 def _sum(c, n):
     return [R.sum(c[n.inputs[0]], axis=list(n.attrs["axes"]), keepdims=bool(n.attrs["keepdim"]))]
 
 
+def _top(c, x, k: int, axis: int):
+    """(values, indices int64) of the k largest along axis."""
+    both = c.emit(R.topk(x, k=k, axis=axis, ret_type="both", largest=True, dtype="int64"))
+    return relax.TupleGetItem(both, 0), relax.TupleGetItem(both, 1)
+
+
 @lowering("topk")
 def _topk(c, n):
     x = n.inputs[0]
-    both = c.emit(R.topk(c[x], k=n.attrs["k"], axis=n.attrs["axis"] % x.rank, ret_type="both", largest=True,
-                         dtype="int64"))
-    return [relax.TupleGetItem(both, 0), relax.TupleGetItem(both, 1)]
+    return list(_top(c, c[x], n.attrs["k"], n.attrs["axis"] % x.rank))
 
 
 def _experts(c, x, index, weight, gate_up: Value, down: Value, act: str):
@@ -401,19 +404,119 @@ def _moe_experts(c, n):
     return [_experts(c, c[x], c[index], w, gate_up, down, n.attrs["act"])]
 
 
+def _scalar(value: float, dtype: str):
+    return relax.const(np.asarray(value, dtype), dtype)
+
+
+def _filled(like, value: float, dtype: str):
+    """A tensor of like's shape holding value (zeros + value: R.full_like fails to legalize an infinite value)."""
+    return R.add(R.zeros_like(like, dtype=dtype), _scalar(value, dtype))
+
+
+def _scatter(x, index, axis: int, value: float, dtype: str):
+    return R.scatter_elements(x, index, _filled(index, value, dtype), axis=axis)
+
+
+def _keep_top_groups(c, choice, rows, experts: int, n_group: int, topk_group: int, dtype: str):
+    """choice [T,E] at -inf outside the topk_group groups with the best sums of two best scores."""
+    size = experts // n_group
+    groups = c.emit(R.reshape(choice, [rows, n_group, size]))
+    score = c.emit(R.sum(_top(c, groups, 2, 2)[0], axis=[2]))                              # [T,G]
+    keep = _scatter(R.zeros_like(score), _top(c, score, topk_group, 1)[1], 1, 1.0, dtype)
+    keep = R.reshape(R.broadcast_to(R.expand_dims(keep, [2]), [rows, n_group, size]), [rows, experts])
+    return c.emit(R.where(R.astype(keep, "bool"), choice, _scalar(float("-inf"), dtype)))
+
+
+def _sparsemixer(c, logits, jitter_eps: float, dtype: str):
+    """Phi-MoE's two picks (ops_moe._sparsemixer): the best, then the best of the rest."""
+    def pick(masked):
+        best, index = _top(c, masked, 1, 1)
+        far = R.greater(R.divide(R.subtract(best, logits), R.maximum(R.abs(logits), best)),
+                        _scalar(2 * jitter_eps, dtype))
+        gates = R.nn.softmax(R.where(far, _scalar(float("-inf"), dtype), masked), axis=-1)
+        return c.emit(R.gather_elements(gates, index, axis=1)), index
+
+    w1, i1 = pick(logits)
+    w2, i2 = pick(c.emit(_scatter(logits, i1, 1, float("-inf"), dtype)))
+    return R.concat([w1, w2], axis=1), R.concat([i1, i2], axis=1)
+
+
+def _route(c, n):
+    """(weights [T,k], index [T,k]) the moe node's router picks (ops_moe.route)."""
+    x, router = n.inputs[:2]
+    a, dtype, experts = n.attrs, x.dtype, router.shape[0]
+    logits = c.emit(R.matmul(c[x], R.permute_dims(c[router], [1, 0])))
+    if a["scoring"] == "sparsemixer":
+        weight, index = _sparsemixer(c, logits, a["jitter_eps"], dtype)
+    else:
+        scores = c.emit(R.nn.softmax(logits, axis=-1) if a["scoring"] == "softmax" else R.sigmoid(logits))
+        choice = scores
+        if len(n.inputs) > 4:
+            bias = n.inputs[4]
+            choice = c.emit(R.add(scores, c[bias] if bias.dtype == dtype else R.astype(c[bias], dtype)))
+        if a["n_group"] > 1:
+            choice = _keep_top_groups(c, choice, c.dim(x.shape[0]), experts, a["n_group"], a["topk_group"], dtype)
+        weight, index = _top(c, choice, a["top_k"], 1)
+        if choice is not scores:
+            weight = R.gather_elements(scores, index, axis=1)
+    if a["normalize"]:
+        weight = c.emit(weight)
+        weight = R.divide(weight, R.sum(weight, axis=[1], keepdims=True))
+    if a["routed_scaling"] != 1.0:
+        weight = R.multiply(weight, _scalar(a["routed_scaling"], dtype))
+    return c.emit(weight), c.emit(index)
+
+
 @lowering("moe")
 def _moe(c, n):
-    x, router, gate_up, down = n.inputs
+    x, _, gate_up, down = n.inputs[:4]
     if x.rank != 2:
         raise UnsupportedModelError(f"TVM target: moe over a rank-{x.rank} input (expected [tokens, hidden])")
-    scores = c.emit(R.nn.softmax(R.matmul(c[x], R.permute_dims(c[router], [1, 0])), axis=-1))
-    both = c.emit(R.topk(scores, k=n.attrs["top_k"], axis=1, ret_type="both", largest=True, dtype="int64"))
-    weight, index = relax.TupleGetItem(both, 0), relax.TupleGetItem(both, 1)
-    if n.attrs["normalize"]:
-        weight = c.emit(R.divide(weight, R.sum(weight, axis=[1], keepdims=True)))
+    weight, index = _route(c, n)
     return [_experts(c, c[x], index, weight, gate_up, down, n.attrs["act"])]
 
 
+# router ops
+@lowering("gather")
+def _gather(c, n):
+    x, index = n.inputs
+    return [R.gather_elements(c[x], c[index], axis=n.attrs["axis"] % x.rank)]
+
+
+@lowering("scatter")
+def _scatter_op(c, n):
+    x, index = n.inputs
+    return [_scatter(c[x], c[index], n.attrs["axis"] % x.rank, n.attrs["value"], x.dtype)]
+
+
+@lowering("masked_fill")
+def _masked_fill(c, n):
+    x, mask = n.inputs
+    return [R.where(c[mask], _scalar(n.attrs["value"], x.dtype), c[x])]
+
+
+@lowering("full_like")
+def _full_like(c, n):
+    x = n.inputs[0]
+    return [_filled(c[x], n.attrs["value"], x.dtype)]
+
+
+@lowering("greater")
+def _greater(c, n):
+    return [R.greater(c[n.inputs[0]], c[n.inputs[1]])]
+
+
+@lowering("logical_not")
+def _logical_not(c, n):
+    return [R.logical_not(c[n.inputs[0]])]
+
+
+@lowering("abs")
+def _abs(c, n):
+    return [R.abs(c[n.inputs[0]])]
+
+
+# ----------------------------------------------------------------------------- driver
 def _relax_name(name: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in name)
 

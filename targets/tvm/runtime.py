@@ -24,10 +24,18 @@ from .compile import LIB_FILE, META_FILE, WEIGHTS_FILE
 
 
 def _set_threads(threads: int | None) -> None:
+    """TVM's pool with `threads` workers. TVM pins the calling thread to a core while doing so; its CPU
+    set is restored afterwards, or every later runtime in the process (onnxruntime, the C runtime, another
+    TVM model) would start its threads on that one core."""
     if threads:
         cfg = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
         if cfg is not None:
-            cfg(1, int(threads))  # 1: big cores (all, on a homogeneous CPU)
+            saved = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+            try:
+                cfg(1, int(threads))  # 1: big cores (all, on a homogeneous CPU)
+            finally:
+                if saved is not None:
+                    os.sched_setaffinity(0, saved)
 
 
 def _contiguous(a) -> np.ndarray:

@@ -33,6 +33,7 @@ void ec_rt_free(ec_rt *rt) {
     ec_bufs_free(rt->bufs);
     free(rt->act);
     ec_cold_free(rt);
+    ec_moe_trace_free(rt);
     free((void *)rt->w);
     if (rt->owns_widened) free(rt->widened);
     free(rt);

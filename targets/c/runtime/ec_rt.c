@@ -95,6 +95,7 @@ int64_t ec_now_ns(void) {
 
 struct ec_pool {
     int n;
+    int spin;                 /* idle spins before a worker sleeps (0: at once) */
     pthread_t *threads;
     _Atomic uint64_t state;   /* region << 40 | chunks << 20 | next chunk */
     atomic_int done;          /* chunks of the current region finished */
@@ -104,6 +105,7 @@ struct ec_pool {
     ec_task_fn fn;
     void *arg;
     int64_t items, chunk;
+    int64_t pending;          /* chunks of a region ec_parallel_start began and no one has waited for */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 };
@@ -138,7 +140,7 @@ static void *worker_main(void *arg) {
     for (;;) {
         /* spin a little (ops follow each other within microseconds during decode), yielding the core after
            a while in case the caller waits on it, then sleep */
-        for (int spins = 0; region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop) && spins < 20000;
+        for (int spins = 0; region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop) && spins < p->spin;
              spins++)
             back_off(spins);
         if (region_of(atomic_load(&p->state)) == seen && !atomic_load(&p->stop)) {
@@ -155,10 +157,11 @@ static void *worker_main(void *arg) {
     }
 }
 
-ec_pool *ec_pool_new(int threads) {
+static ec_pool *pool_new(int threads, int spin) {
     ec_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n = threads < 1 ? 1 : threads;
+    p->spin = spin;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)p->n, sizeof(pthread_t));
@@ -171,6 +174,11 @@ ec_pool *ec_pool_new(int threads) {
     }
     return p;
 }
+
+ec_pool *ec_pool_new(int threads) { return pool_new(threads, 20000); }
+
+/* I/O threads block in reads: between reads they sleep at once, leaving the cores to the compute threads. */
+ec_pool *ec_pool_new_io(int threads) { return pool_new(threads, 0); }
 
 void ec_pool_free(ec_pool *p) {
     if (!p) return;
@@ -187,13 +195,8 @@ void ec_pool_free(ec_pool *p) {
 
 int ec_pool_threads(const ec_pool *p) { return p ? p->n : 1; }
 
-void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg) {
-    if (n <= 0) return;
-    if (align < 1) align = 1;
-    if (!p || p->n == 1 || n <= align) {
-        fn(arg, 0, n);
-        return;
-    }
+/* Publish fn over [0, n) as the pool's next region; returns its chunk count. */
+static int64_t publish(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg) {
     int64_t units = (n + align - 1) / align, want = (int64_t)p->n * EC_CHUNKS_PER_THREAD;
     if (want > units) want = units;
     if (want > (int64_t)EC_FIELD) want = EC_FIELD;
@@ -211,9 +214,39 @@ void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg)
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
+    return chunks;
+}
+
+/* The caller claims what is left of the current region, then waits for the chunks workers run, yielding if
+   such a worker is not running. */
+static void finish(ec_pool *p, int64_t chunks) {
     claim_chunks(p, p->region);
-    /* only chunks a worker is running are left: wait for them, yielding if that worker is not running */
     for (int spins = 0; atomic_load_explicit(&p->done, memory_order_acquire) < chunks; spins++) back_off(spins);
+}
+
+void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (align < 1) align = 1;
+    if (!p || p->n == 1 || n <= align) {
+        fn(arg, 0, n);
+        return;
+    }
+    finish(p, publish(p, n, align, fn, arg));
+}
+
+void ec_parallel_start(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (!p || p->n == 1) {  /* no worker: it runs now */
+        fn(arg, 0, n);
+        return;
+    }
+    p->pending = publish(p, n, align < 1 ? 1 : align, fn, arg);
+}
+
+void ec_parallel_wait(ec_pool *p) {
+    if (!p || !p->pending) return;
+    finish(p, p->pending);
+    p->pending = 0;
 }
 
 /* ------------------------------------------------------------------ buffer pool */

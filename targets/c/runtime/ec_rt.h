@@ -47,10 +47,16 @@ uint64_t ec_checksum(const uint8_t *data, size_t n);
 typedef struct ec_pool ec_pool;
 typedef void (*ec_task_fn)(void *arg, int64_t begin, int64_t end);
 ec_pool *ec_pool_new(int threads);
+ec_pool *ec_pool_new_io(int threads);  /* workers that sleep between regions instead of spinning (I/O threads) */
 void ec_pool_free(ec_pool *p);
 int ec_pool_threads(const ec_pool *p);
 /* fn over [0, n) split into one contiguous range per thread (ranges rounded to `align`); returns when all are done */
 void ec_parallel(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg);
+/* The same begun on the pool's workers and returning at once (reads of cold weights while the caller computes);
+   ec_parallel_wait then runs what no worker has claimed yet and returns when all of it is done. Nothing else may
+   use the pool in between. Without workers, ec_parallel_start runs it all before returning. */
+void ec_parallel_start(ec_pool *p, int64_t n, int64_t align, ec_task_fn fn, void *arg);
+void ec_parallel_wait(ec_pool *p);
 
 /* ------------------------------------------------------------------ the per-context state */
 typedef struct ec_bufs ec_bufs;
@@ -65,6 +71,7 @@ typedef struct {
     void *act;                /* scratch for quantized activations */
     size_t act_cap;
     struct ec_cold *cold;     /* cold.bin and the cold neurons' caches (offload.c), for models that offload */
+    struct ec_moe_trace *moe_trace;  /* EDGEC_MOE_TRACE: the experts each moe layer takes instead of its router's */
     int64_t timer_ns[EC_MAX_TIMERS];     /* per op kind and layer, when compiled with EC_PROFILE */
     int64_t timer_calls[EC_MAX_TIMERS];
     char err[256];            /* the last error's message */
@@ -72,6 +79,7 @@ typedef struct {
 
 void ec_set_error(ec_rt *rt, const char *fmt, ...);
 void ec_cold_free(ec_rt *rt);  /* offload.c */
+void ec_moe_trace_free(ec_rt *rt);  /* moe.c */
 /* codes of `bits` bits, one little-endian bit stream of `bytes` bytes (edgec.ir.quant.pack) -> a byte each */
 void ec_unpack_codes(const uint8_t *p, uint64_t bytes, int bits, uint8_t *out);
 /* Python's slice(start, end, step).indices(dim)[0] */
@@ -92,8 +100,10 @@ typedef struct {
     const int *cache_dtype;                       /* EC_F32, EC_F16 (kv_cache=fp16), EC_I8 (int8 KV; its scales
                                                      are caches of their own: EC_F32 with dim 1) */
     int act_int8;                                 /* the build's default for ec_rt_new */
-    int n_offload;                                /* FFNs whose cold neurons are in cold.bin (offload.h) */
+    int n_offload;                                /* FFNs and MoE layers with cold weights in cold.bin (offload.h) */
     uint64_t cold_bytes;                          /* cold.bin's size */
+    int n_moe;                                    /* moe layers (moe.h), and each one's experts and top_k */
+    const int *moe_experts, *moe_top_k;
 } ec_model_info;
 
 /* generated in model.c */

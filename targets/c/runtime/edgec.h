@@ -79,7 +79,7 @@ int edgec_detokenize(const edgec_model *m, const int32_t *ids, int n, char *out,
 edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen);
 void edgec_context_free(edgec_ctx *c);
 const char *edgec_error(const edgec_ctx *c);
-void edgec_reset(edgec_ctx *c);                /* empty the KV cache (and a hot/cold model's neuron caches) */
+void edgec_reset(edgec_ctx *c);                /* empty the KV cache (and a hot/cold model's caches) */
 int edgec_length(const edgec_ctx *c);          /* tokens in the cache */
 /* The KV cache's bytes, allocated when the context was made: layers x 2 x kv_heads x context x
    (head_dim x element bytes + scale bytes): 4 and 0 for fp32, 2 and 0 for fp16 (kv_cache=fp16),
@@ -88,8 +88,10 @@ size_t edgec_cache_bytes(const edgec_ctx *c);
 /* Hot/cold models (built with a memory budget): counters of the cold neurons read from model/cold.bin since the
    context was made: [0] bytes read from storage, [1] reads, [2] neuron bundles read, [3] bundle cache hits,
    [4] neurons computed, [5] neurons in the offloaded FFNs, [6] cache bytes, [7] 1 if read with O_DIRECT,
-   [8] offloaded FFN calls. All 0 for other models. */
-#define EDGEC_COLD_STATS 9
+   [8] offloaded FFN calls. Mixture-of-experts models keep cold experts there (bundles are whole experts, counted
+   in [0]-[3] and [6]): [9] offloaded MoE layer calls (per token row), [10] experts computed (per call, the
+   distinct experts routed to), [11] of them resident. All 0 for other models. */
+#define EDGEC_COLD_STATS 12
 void edgec_cold_stats(const edgec_ctx *c, uint64_t out[EDGEC_COLD_STATS]);
 
 /* Append ids to the cache and compute the logits of the last one (edgec_logits). */

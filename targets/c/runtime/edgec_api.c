@@ -15,8 +15,11 @@
 #include <unistd.h>
 
 #include "ec_rt.h"
+#include "moe.h"
 #include "offload.h"
 #include "tokenizer.h"
+
+_Static_assert(EDGEC_COLD_STATS == EC_COLD_STATS, "edgec.h and offload.h count the cold-read counters alike");
 
 struct edgec_model {
     const uint8_t *map;     /* the weights file's bytes: a file mapping, or a copy in huge pages */
@@ -270,6 +273,13 @@ edgec_ctx *edgec_context(edgec_model *m, char *err, size_t errlen) {
         edgec_context_free(c);
         return NULL;
     }
+    /* the benchmark and testing hook of moe.h: experts from a routing trace instead of the routers */
+    const char *trace = mi->n_moe > 0 ? getenv("EDGEC_MOE_TRACE") : NULL;
+    if (ok && trace && *trace && ec_rt_moe_trace(c->rt, trace) != 0) {
+        error_out(err, errlen, "cannot create a context: %s (EDGEC_MOE_TRACE)", c->rt->err);
+        edgec_context_free(c);
+        return NULL;
+    }
     for (int i = 0; ok && i < mi->n_caches; i++) {
         size_t bytes = (size_t)(mi->cache_heads[i] * c->cap * mi->cache_dim[i]) * ec_dtype_size(mi->cache_dtype[i]);
         c->cache[i] = calloc(bytes ? bytes : 1, 1);
@@ -299,6 +309,7 @@ void edgec_cold_stats(const edgec_ctx *c, uint64_t out[EDGEC_COLD_STATS]) { ec_r
 void edgec_reset(edgec_ctx *c) {
     c->len = 0;
     ec_rt_cold_drop(c->rt);  /* a hot/cold model's cached neurons too: a reset context computes as a fresh one */
+    ec_moe_trace_rewind(c->rt);
 }
 int edgec_length(const edgec_ctx *c) { return (int)c->len; }
 size_t edgec_cache_bytes(const edgec_ctx *c) { return c->cache_bytes; }

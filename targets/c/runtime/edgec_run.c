@@ -4,8 +4,10 @@
  *             [--ids 1,2,3]
  * --memory-budget: the weights plus the KV cache, e.g. 200MB, 1.5GiB (the cache gets the rows that fit)
  * --ids: the prompt as token ids instead of -p; prints the generated ids (tests, models without a tokenizer)
- * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr (and, for a hot/cold model,
- * what it read from cold.bin). */
+ * Streams the text on stdout; --stats prints prefill and decode tokens/s on stderr (and, for a hot/cold model or
+ * one with cold experts, what it read from cold.bin).
+ * EDGEC_MOE_TRACE=FILE (benchmarks, tests): mixture-of-experts layers take their experts from a routing trace
+ * instead of their routers (moe.h). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +176,19 @@ int main(int argc, char **argv) {
                     (unsigned long long)cs[3], cs[5] ? 100.0 * (double)cs[4] / (double)cs[5] : 0.0, cs[6] / 1e6,
                     (double)(cs[0] - f[0]) / steps, (double)(cs[2] - f[2]) / steps, (double)(cs[3] - f[3]) / steps,
                     cs[5] > f[5] ? 100.0 * (double)(cs[4] - f[4]) / (double)(cs[5] - f[5]) : 0.0);
+        }
+        if (cs[9]) {  /* cold experts: how the routed experts were served, in all and per decode step */
+            const uint64_t *f = rs.at_first;
+            const double steps = made > 1 ? made - 1 : 1;
+            fprintf(stderr, "experts: %llu bytes read in %llu reads (%s), %llu computed: %.1f%% resident, %.1f%% cache "
+                    "hits, %.1f%% read, cache %.1f MB; per decode step: %.0f bytes, %.1f experts read, %.1f hits, "
+                    "%.1f resident\n", (unsigned long long)cs[0], (unsigned long long)cs[1],
+                    cs[7] ? "O_DIRECT" : "page cache", (unsigned long long)cs[10],
+                    cs[10] ? 100.0 * (double)cs[11] / (double)cs[10] : 0.0,
+                    cs[10] ? 100.0 * (double)cs[3] / (double)cs[10] : 0.0,
+                    cs[10] ? 100.0 * (double)cs[2] / (double)cs[10] : 0.0, cs[6] / 1e6,
+                    (double)(cs[0] - f[0]) / steps, (double)(cs[2] - f[2]) / steps, (double)(cs[3] - f[3]) / steps,
+                    (double)(cs[11] - f[11]) / steps);
         }
     }
     edgec_context_free(c);

@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,14 +37,67 @@ typedef struct {
 
 #define EC_IO_THREADS 8      /* reads in flight at once (threads blocked in pread cost no CPU) */
 
+/* The expert slots of a context, shared by every offloaded MoE layer (moe.h): LRU over whole expert bundles. */
+#define EC_MAX_MOE 1024
+typedef struct {
+    int slots;
+    uint64_t slot_bytes;
+    uint8_t *mem;                    /* slots * slot_bytes, 4 KiB aligned: O_DIRECT reads land in place */
+    int32_t *layer, *bundle;         /* [slots] -> the expert it holds (layer id, cold bundle), or -1 */
+    int32_t *prev, *next, head, tail; /* LRU list of slots, head = most recent */
+    uint32_t *pin, epoch;            /* slot pinned for the current fetch where pin == epoch */
+    int32_t *slot_of[EC_MAX_MOE];    /* per offloaded MoE layer: [n_cold] -> slot, or -1 */
+    int n_cold[EC_MAX_MOE];
+} ec_expert_cache;
+
+typedef struct {
+    uint64_t off;     /* file offset */
+    uint8_t *dst;
+    uint32_t len;
+    int want;         /* the expert (index into the fetch's want list) it reads part of */
+    int err;          /* errno of a failed read, set by the thread that read it */
+} ec_xread;
+
+/* The expert reads in flight (one fetch at a time per context): begun by ec_moe_fetch_start, ended by
+   ec_moe_fetch_wait. */
+typedef struct {
+    int fd;
+    ec_xread *r;
+    int nr, cap;
+    int32_t *slot;    /* the fetch's slots, in want order */
+    atomic_int *left; /* per want: its reads not yet done */
+    int n, cap_n, cap_left, misses, active;
+} ec_xfetch;
+
 struct ec_cold {
     int fd, direct;
     ec_pool *io;                     /* the threads that read spans concurrently */
     uint8_t *bounce;
     size_t bounce_cap;
     ec_cache *cache[EC_MAX_FFNS];
+    ec_expert_cache *experts;
+    ec_xfetch xfetch;
     uint64_t stats[EC_COLD_STATS];
 };
+
+static void experts_free(ec_expert_cache *x) {
+    if (!x) return;
+    for (int i = 0; i < EC_MAX_MOE; i++) free(x->slot_of[i]);
+    free(x->mem); free(x->layer); free(x->bundle); free(x->prev); free(x->next); free(x->pin);
+    free(x);
+}
+
+/* every slot empty, in list order 0 .. slots-1 */
+static void experts_empty(ec_expert_cache *x) {
+    for (int s = 0; s < x->slots; s++) {
+        if (x->layer[s] >= 0) x->slot_of[x->layer[s]][x->bundle[s]] = -1;
+        x->layer[s] = x->bundle[s] = -1;
+        x->prev[s] = s - 1;
+        x->next[s] = s + 1 < x->slots ? s + 1 : -1;
+    }
+    x->head = 0;
+    x->tail = x->slots - 1;
+}
 
 /* ------------------------------------------------------------------ the file */
 int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes) {
@@ -72,7 +127,7 @@ int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes)
     if (!c->direct) posix_fadvise(c->fd, 0, 0, POSIX_FADV_RANDOM);
 #endif
     c->stats[7] = (uint64_t)c->direct;
-    c->io = ec_pool_new(EC_IO_THREADS);
+    c->io = ec_pool_new_io(EC_IO_THREADS);
     if (!c->io) {
         ec_set_error(rt, "cannot start the threads that read the cold weights");
         close(c->fd);
@@ -97,6 +152,10 @@ void ec_cold_free(ec_rt *rt) {
         free(k->mem);
         free(k);
     }
+    experts_free(c->experts);
+    free(c->xfetch.r);
+    free(c->xfetch.slot);
+    free(c->xfetch.left);
     if (c->fd >= 0) close(c->fd);
     ec_pool_free(c->io);
     free(c->bounce);
@@ -110,6 +169,7 @@ void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out) {
 
 void ec_rt_cold_drop(ec_rt *rt) {
     if (!rt->cold) return;
+    if (rt->cold->experts) experts_empty(rt->cold->experts);
     for (int i = 0; i < EC_MAX_FFNS; i++) {
         ec_cache *k = rt->cold->cache[i];
         if (!k) continue;
@@ -626,4 +686,201 @@ int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y,
     if (a) ec_put(rt, a);
     if (score) ec_put(rt, score);
     return rc;
+}
+
+/* ------------------------------------------------------------------ whole experts (moe.h) */
+#define EC_XCHUNK (1u << 18)  /* one read of an expert bundle: 256 KiB, so one expert is many reads in flight */
+
+static void xlru_unlink(ec_expert_cache *x, int s) {
+    if (x->prev[s] >= 0) x->next[x->prev[s]] = x->next[s];
+    else x->head = x->next[s];
+    if (x->next[s] >= 0) x->prev[x->next[s]] = x->prev[s];
+    else x->tail = x->prev[s];
+}
+
+static void xlru_front(ec_expert_cache *x, int s) {
+    if (x->head == s) return;
+    xlru_unlink(x, s);
+    x->prev[s] = -1;
+    x->next[s] = x->head;
+    if (x->head >= 0) x->prev[x->head] = s;
+    x->head = s;
+    if (x->tail < 0) x->tail = s;
+}
+
+/* the context's expert slots (made at the first call: every layer gives the same slots and slot size), with
+   this layer's map of cold bundles to slots; NULL with the error in rt */
+static ec_expert_cache *experts_of(ec_rt *rt, const ec_moe_cold *m) {
+    struct ec_cold *c = rt->cold;
+    ec_expert_cache *x = c->experts;
+    if (!x) {
+        const int s = m->slots > 0 ? m->slots : 1;
+        x = calloc(1, sizeof *x);
+        if (x) {
+            x->slots = s;
+            x->slot_bytes = (m->slot_bytes + EC_BLOCK - 1) / EC_BLOCK * EC_BLOCK;
+            x->mem = aligned_alloc(EC_BLOCK, (size_t)s * x->slot_bytes);
+            x->layer = malloc((size_t)s * sizeof(int32_t));
+            x->bundle = malloc((size_t)s * sizeof(int32_t));
+            x->prev = malloc((size_t)s * sizeof(int32_t));
+            x->next = malloc((size_t)s * sizeof(int32_t));
+            x->pin = calloc((size_t)s, sizeof(uint32_t));
+        }
+        if (!x || !x->mem || !x->layer || !x->bundle || !x->prev || !x->next || !x->pin) {
+            experts_free(x);
+            ec_set_error(rt, "out of memory for %d expert slots of %.1f MB", s, m->slot_bytes / 1e6);
+            return NULL;
+        }
+        for (int i = 0; i < s; i++) x->layer[i] = -1;
+        experts_empty(x);
+        c->stats[6] += (uint64_t)s * x->slot_bytes;
+        c->experts = x;
+    }
+    if (m->id < 0 || m->id >= EC_MAX_MOE || m->slots != x->slots || m->bundle > x->slot_bytes || m->n_cold <= 0) {
+        ec_set_error(rt, "offloaded MoE layer %d does not fit the context's expert cache; rebuild the artifact", m->id);
+        return NULL;
+    }
+    if (!x->slot_of[m->id]) {
+        x->slot_of[m->id] = malloc((size_t)m->n_cold * sizeof(int32_t));
+        if (!x->slot_of[m->id]) {
+            ec_set_error(rt, "out of memory");
+            return NULL;
+        }
+        for (int i = 0; i < m->n_cold; i++) x->slot_of[m->id][i] = -1;
+        x->n_cold[m->id] = m->n_cold;
+    }
+    return x;
+}
+
+static void job_xread(void *arg, int64_t b, int64_t e) {
+    ec_xfetch *j = arg;
+    for (int64_t i = b; i < e; i++) {
+        if (read_full(j->fd, j->r[i].dst, j->r[i].len, j->r[i].off) != 0) j->r[i].err = errno ? errno : EIO;
+        atomic_fetch_sub_explicit(&j->left[j->r[i].want], 1, memory_order_release);
+    }
+}
+
+static int grow(void **p, int *cap, int need, size_t size) {
+    if (need <= *cap) return 0;
+    void *q = realloc(*p, (size_t)need * size);
+    if (!q) return -1;
+    *p = q;
+    *cap = need;
+    return 0;
+}
+
+int ec_moe_fetch_start(ec_rt *rt, const ec_moe_cold *m, const int32_t *want, int n, const uint8_t **out) {
+    struct ec_cold *c = rt->cold;
+    if (!c) {
+        ec_set_error(rt, "this model reads cold experts from cold.bin, which is not open (ec_rt_open_cold)");
+        return -1;
+    }
+    ec_expert_cache *x = experts_of(rt, m);
+    if (!x) return -1;
+    ec_xfetch *f = &c->xfetch;
+    if (f->active || n > x->slots) {
+        ec_set_error(rt, "internal: %d cold experts asked of a cache of %d slots%s", n, x->slots,
+                     f->active ? " while another fetch is in flight" : "");
+        return -1;
+    }
+    const uint64_t chunks = (m->bundle + EC_XCHUNK - 1) / EC_XCHUNK;
+    if (grow((void **)&f->slot, &f->cap_n, n, sizeof(int32_t)) || grow((void **)&f->left, &f->cap_left, n,
+                                                                        sizeof(atomic_int))
+        || grow((void **)&f->r, &f->cap, n * (int)chunks, sizeof(ec_xread))) {
+        ec_set_error(rt, "out of memory");
+        return -1;
+    }
+    int32_t *slot_of = x->slot_of[m->id], *slot = f->slot;
+    x->epoch++;
+    int misses = 0;
+    for (int i = 0; i < n; i++) {  /* hits: pinned, now the most recent (stream mode: read again where they lie) */
+        int s = slot_of[want[i]];
+        slot[i] = s;
+        if (s >= 0) {
+            x->pin[s] = x->epoch;
+            xlru_front(x, s);
+        }
+        if (s < 0 || m->stream) misses++;
+    }
+    c->stats[3] += (uint64_t)(n - misses);
+    int victim = x->tail, nr = 0;
+    for (int i = 0; i < n; i++) {
+        int s = slot[i];
+        if (s >= 0 && !m->stream) continue;
+        if (s < 0) {  /* the least recently used slot not pinned: exists, as n <= slots */
+            while (victim >= 0 && x->pin[victim] == x->epoch) victim = x->prev[victim];
+            s = victim;
+            victim = x->prev[s];
+            if (x->layer[s] >= 0) x->slot_of[x->layer[s]][x->bundle[s]] = -1;
+            x->layer[s] = m->id;
+            x->bundle[s] = want[i];
+            slot_of[want[i]] = s;
+            x->pin[s] = x->epoch;
+            slot[i] = s;
+        }
+        uint8_t *dst = x->mem + (size_t)s * x->slot_bytes;
+        const uint64_t at = m->offset + (uint64_t)want[i] * m->bundle;
+        for (uint64_t o = 0; o < m->bundle; o += EC_XCHUNK)
+            f->r[nr++] = (ec_xread){at + o, dst + o, (uint32_t)(m->bundle - o < EC_XCHUNK ? m->bundle - o : EC_XCHUNK),
+                                    i, 0};
+    }
+    for (int i = 0; i < n; i++) atomic_store_explicit(&f->left[i], 0, memory_order_relaxed);
+    for (int i = 0; i < nr; i++) atomic_fetch_add_explicit(&f->left[f->r[i].want], 1, memory_order_relaxed);
+    for (int i = 0; i < n; i++) out[i] = x->mem + (size_t)slot[i] * x->slot_bytes;
+    f->fd = c->fd;
+    f->nr = nr;
+    f->n = n;
+    f->misses = misses;
+    f->active = 1;
+    ec_parallel_start(c->io, nr, 1, job_xread, f);
+    return 0;
+}
+
+void ec_moe_fetch_ready(ec_rt *rt, int i) {
+    ec_xfetch *f = &rt->cold->xfetch;
+    if (!f->active) return;
+    for (int spins = 0; atomic_load_explicit(&f->left[i], memory_order_acquire) > 0; spins++) {
+        if (spins < 1000) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#elif defined(__aarch64__)
+            __asm__ __volatile__("yield");
+#endif
+        } else {
+            sched_yield();
+        }
+    }
+}
+
+int ec_moe_fetch_wait(ec_rt *rt) {
+    struct ec_cold *c = rt->cold;
+    if (!c || !c->xfetch.active) return 0;
+    ec_xfetch *f = &c->xfetch;
+    ec_expert_cache *x = c->experts;
+    ec_parallel_wait(c->io);
+    f->active = 0;
+    int rc = 0;
+    for (int i = 0; i < f->nr; i++) {
+        c->stats[0] += f->r[i].len;
+        c->stats[1]++;
+        if (f->r[i].err && !rc) {
+            ec_set_error(rt, "reading the cold experts failed (%s); is cold.bin intact?", strerror(f->r[i].err));
+            rc = -1;
+        }
+    }
+    c->stats[2] += (uint64_t)f->misses;
+    for (int i = 0; i < f->n; i++) xlru_front(x, f->slot[i]);  /* every one wanted: now the most recently used */
+    for (int i = 0; rc && i < f->n; i++) {  /* a failed read: forget what the slots held */
+        int s = f->slot[i];
+        if (x->layer[s] >= 0) x->slot_of[x->layer[s]][x->bundle[s]] = -1;
+        x->layer[s] = x->bundle[s] = -1;
+    }
+    return rc;
+}
+
+void ec_moe_count(ec_rt *rt, uint64_t rows, uint64_t used, uint64_t resident) {
+    if (!rt->cold) return;
+    rt->cold->stats[9] += rows;
+    rt->cold->stats[10] += used;
+    rt->cold->stats[11] += resident;
 }

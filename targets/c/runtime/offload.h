@@ -13,6 +13,10 @@
  *           (a low-rank sketch of the gate, passes/predictor.py) the neurons it predicts active; the gate rows
  *           are in the bundles and a candidate still counts as active only where |act(g)| > threshold
  * Both compute what the graph's glu -> down computes, within float rounding.
+ *
+ * Mixture-of-experts layers (moe.h) use the same file, descriptor, I/O threads and counters with whole experts
+ * as the bundles (ec_moe_cold below; edgec/offload.py plan_experts, targets/c/offload_moe.py): a context's one
+ * LRU of expert slots, each expert read straight into its slot in 256 KiB reads.
  */
 #ifndef EC_OFFLOAD_H
 #define EC_OFFLOAD_H
@@ -55,6 +59,35 @@ typedef struct {
 /* y [m, d] = down(glu(gate x, up x)) for x [m, d]; 0, or -1 with the error in rt (no cold file, a read failed). */
 int ec_ffn_offload(ec_rt *rt, const ec_offload_ffn *f, const float *x, float *y, int64_t m);
 
+/* The cold experts of an offloaded mixture-of-experts layer (moe.h): whole experts are the bundles. Bundle c is
+ * at offset + c * bundle in cold.bin: the expert's gate_up rows [2I, d], then its down rows [d, I] from byte
+ * down_at, stored as the resident experts are (a multiple of 4 KiB, zero-padded). A context holds one cache of
+ * `slots` expert slots shared by every offloaded MoE layer (each slot_bytes, the model's largest bundle), kept
+ * in least-recently-used order; a slot holds a bundle byte for byte, read into it directly (O_DIRECT where the
+ * file system allows). stream: every routed expert is read each call (the streaming baseline: nothing is
+ * reused from an earlier call). */
+typedef struct {
+    int id;                           /* index among the model's offloaded MoE layers (its slot map) */
+    int n_cold;                       /* experts in cold.bin */
+    int stream;
+    int slots;                        /* the context's expert slots (every layer gives the same) */
+    uint64_t offset, bundle, down_at, slot_bytes;
+} ec_moe_cold;
+
+/* Cold experts want[0..n) (bundle indices, distinct, n <= slots) -> out[i]: where each one's bundle lies in the
+ * cache. Hits are used where they are (not in stream mode); misses get the least recently used slots not among
+ * want and are read concurrently by the I/O threads (1 MiB per read). In two halves, so the reads run while the
+ * caller computes the resident experts: _start assigns the slots (out[] is set at once) and begins the reads;
+ * _wait returns when they are done (0, or -1 with the error). A bundle may be read only after _wait, and stays
+ * until the next fetch; one fetch at a time per context. */
+int ec_moe_fetch_start(ec_rt *rt, const ec_moe_cold *m, const int32_t *want, int n, const uint8_t **out);
+/* Wait until want[i]'s reads are done (its bundle may be read then, though a failed read is reported only by
+ * _wait): the first experts of a fetch compute while the later ones are still being read. */
+void ec_moe_fetch_ready(ec_rt *rt, int i);
+int ec_moe_fetch_wait(ec_rt *rt);
+/* Count one offloaded MoE call: `rows` token rows, `used` distinct experts computed, `resident` of them resident. */
+void ec_moe_count(ec_rt *rt, uint64_t rows, uint64_t used, uint64_t resident);
+
 /* Open the artifact's cold.bin for rt (each context reads through its own descriptor and caches).
  * direct: try O_DIRECT first. min_bytes: the file must be at least this long. 0, or -1 with the error. */
 int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes);
@@ -62,8 +95,11 @@ int ec_rt_open_cold(ec_rt *rt, const char *path, int direct, uint64_t min_bytes)
 /* Counters since the file was opened (or reset):
  * [0] bytes read from storage  [1] read calls  [2] bundles read  [3] bundle cache hits
  * [4] neurons computed (hot + cold)  [5] neurons considered  [6] cache bytes allocated  [7] 1: O_DIRECT
- * [8] FFN calls (one per offloaded FFN per row) */
-#define EC_COLD_STATS 9
+ * [8] FFN calls (one per offloaded FFN per row)
+ * offloaded MoE layers (their bundles are experts, counted in [0]-[3] and [6]):
+ * [9] MoE calls (one per offloaded MoE layer per row)  [10] experts computed (per call, the distinct experts
+ * routed to)  [11] of them resident */
+#define EC_COLD_STATS 12
 void ec_rt_cold_stats(const ec_rt *rt, uint64_t *out);
 void ec_rt_cold_reset(ec_rt *rt);
 /* Empty the caches (a reset context then computes bit for bit as a fresh one). Results are the same whatever the

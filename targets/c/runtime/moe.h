@@ -1,0 +1,74 @@
+/* edgec embedded C runtime: mixture-of-experts layers (the IR's `moe` op).
+ *
+ * y [T, d] = sum over each token's top_k experts e of w_e * down_e(act(gate_e x) * up_e x), where the router
+ * scores are softmax(x router^T) over the E experts, the top_k highest are taken (ties to the lower index, as
+ * edgec.ir.ops_moe.top_k) and, with `normalize`, divided by their sum, then times `scale` (routed_scaling).
+ * Only routed experts are computed. The tokens of one call are grouped by expert: each expert routed to runs
+ * once on the block of rows routed to it (a decode step: its one row; a prefill: every row that chose it), so
+ * each expert's weights are read once per call; results are added in ascending expert order (the reference's).
+ * Other routers (sigmoid scores, a score bias, grouped top-k, Phi-MoE's sparsemixer) are refused at build time.
+ *
+ * The experts' weights are the linear kernels' (linear.h): expert e is a row block of one stacked matrix,
+ * gate_up [E*2I, d] (gate rows first, then up) and down [E*d, I], of fp32 or fp16 rows or quantized rows
+ * (ec_qweight). A model built with a memory budget keeps some experts resident (the stacked matrices hold those
+ * only, `where` says which) and reads the others from cold.bin whole, through the cold reads' cache of expert
+ * slots (offload.h: ec_moe_fetch_start/_wait). A slot holds an expert as the stacked matrices hold one, so both run the
+ * same kernels on the same bytes: the results are identical whichever way the weights arrived.
+ *
+ * Testing and benchmarking hook: EDGEC_MOE_TRACE=FILE (read by edgec_context and by Python's executor) makes
+ * every moe layer take its experts from a routing trace instead of its router's top-k (ec_rt_moe_trace); the
+ * weights are still the router's softmax scores of those experts (renormalised when `normalize`).
+ */
+#ifndef EC_MOE_H
+#define EC_MOE_H
+
+#include <stdint.h>
+
+#include "ec_rt.h"
+#include "offload.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EC_MOE_MAX_EXPERTS 256   /* experts per layer the kernel serves (DeepSeek-V3's 256; the build checks) */
+
+/* A stacked weight matrix whose row blocks are the experts: rows of `k` floats (EC_F32) or IEEE halves (EC_F16),
+   or quantized rows (q, with dtype -1). */
+typedef struct {
+    int dtype;
+    const void *w;
+    const ec_qweight *q;
+} ec_moe_mat;
+
+typedef struct {
+    int layer;                 /* index among the model's moe ops (its rows in a routing trace) */
+    int experts, d, inter;     /* E, model width d, expert width I */
+    int top_k, normalize;      /* weights: the top_k scores, divided by their sum when normalize, times scale */
+    float scale;
+    int act;                   /* EC_SILU, EC_GELU, EC_GELU_TANH or EC_RELU */
+    int router_dtype;          /* EC_F32 or EC_F16 */
+    const void *router;        /* [E, d] */
+    ec_moe_mat gate_up, down;  /* the resident experts: [n*2I, d] and [n*d, I] */
+    const int32_t *where;      /* NULL: every expert resident, at its own index; else expert e's resident block
+                                  (>= 0) or -1 - its bundle in cold.bin */
+    const ec_moe_cold *cold;   /* the layer's cold experts (offload.h), or NULL */
+} ec_moe_layer;
+
+/* y [T, d] = the layer for x [T, d]. 0, or -1 with the error in rt (a cold read failed). */
+int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T);
+
+/* Take every moe layer's experts from the routing trace in `path` instead of the router (NULL or "" : the
+ * router again). The file: magic "EDGECMT1", then little-endian uint32 version (1), layers, top_k, experts,
+ * uint64 tokens, then int32 expert ids [tokens][layers][top_k] (distinct within a row, in [0, experts)); layers,
+ * top_k and experts must be the model's (every moe layer's). Each layer consumes one trace row per token row
+ * it runs, starting over after the last. 0, or -1 with a one-line reason in rt. */
+int ec_rt_moe_trace(ec_rt *rt, const char *path);
+/* Start every layer at the trace's first row again (edgec_reset). */
+void ec_moe_trace_rewind(ec_rt *rt);
+void ec_moe_trace_free(ec_rt *rt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
