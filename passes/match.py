@@ -41,6 +41,27 @@ def slice_of(v: Value, x: Value, start: int, end, step: int = 1) -> bool:
     return s.attrs["start"] == start and end_ok
 
 
+def rope_core(node: Node, rotated):
+    """(x, cos, sin, nodes) if node == x * cos + rotated(x) * sin, in either operand order; `rotated(v)`
+    gives (x, the nodes computing v from x) when v is x rotated (rotate-half, rotate-every-two), else None.
+    `nodes` are all the nodes of the match."""
+    if node.op != "add":
+        return None
+    for m1, m2 in (node.inputs, node.inputs[::-1]):
+        a, b = producer(m1, "mul"), producer(m2, "mul")
+        if a is None or b is None:
+            continue
+        for rot, sin in (b.inputs, b.inputs[::-1]):
+            m = rotated(rot)
+            if m is None:
+                continue
+            x, nodes = m
+            for xx, cos in (a.inputs, a.inputs[::-1]):
+                if xx is x and cos.shape[-1] == x.shape[-1] == sin.shape[-1]:
+                    return x, cos, sin, nodes | {node, a, b}
+    return None
+
+
 def replace(graph: Graph, old: Node, new: Node) -> None:
     """Put `new` where `old` was and route old's single output to it."""
     graph.insert_before(old, new)

@@ -27,7 +27,7 @@ import numpy as np
 from edgec.ir import Graph, Node, Value
 from edgec.ir.ops import INT_MAX
 
-from .match import last_axis, producer, slice_of
+from .match import last_axis, producer, rope_core, slice_of
 from .registry import PassResult, register_pass
 
 _SWAP = [0, 2, 1, 3]  # [B, S, H, D] <-> [B, H, S, D]
@@ -68,21 +68,7 @@ def _every_two_of(v: Value):
 
 def _match_core(node: Node):
     """(x, cos, sin, nodes) if node == x * cos + rotate_every_two(x) * sin."""
-    if node.op != "add":
-        return None
-    for m1, m2 in (node.inputs, node.inputs[::-1]):
-        a, b = producer(m1, "mul"), producer(m2, "mul")
-        if a is None or b is None:
-            continue
-        for rot, sin in (b.inputs, b.inputs[::-1]):
-            m = _every_two_of(rot)
-            if m is None:
-                continue
-            x, nodes = m
-            for xx, cos in (a.inputs, a.inputs[::-1]):
-                if xx is x and cos.shape[-1] == x.shape[-1] == sin.shape[-1]:
-                    return x, cos, sin, nodes | {node, a, b}
-    return None
+    return rope_core(node, _every_two_of)
 
 
 def _keeps_last_axis(n: Node) -> bool:

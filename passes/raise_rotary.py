@@ -9,7 +9,7 @@ the first cos.shape[-1] dims and passes the rest through.
 from edgec.ir import Graph
 from edgec.ir.ops import INT_MAX
 
-from .match import last_axis, producer, replace, slice_of
+from .match import last_axis, producer, replace, rope_core, slice_of
 from .registry import PassResult, register_pass
 
 
@@ -32,20 +32,9 @@ def _rotate_half_of(v):
 
 
 def _match_core(node):
-    if node.op != "add":
-        return None
-    for m1, m2 in (node.inputs, node.inputs[::-1]):
-        a, b = producer(m1, "mul"), producer(m2, "mul")
-        if a is None or b is None:
-            continue
-        for rh, sin in (b.inputs, b.inputs[::-1]):
-            x = _rotate_half_of(rh)
-            if x is None:
-                continue
-            for xx, cos in (a.inputs, a.inputs[::-1]):
-                if xx is x and cos.shape[-1] == x.shape[-1] and sin.shape[-1] == x.shape[-1]:
-                    return x, cos, sin
-    return None
+    """(x, cos, sin) if node == x * cos + rotate_half(x) * sin."""
+    m = rope_core(node, lambda v: None if (x := _rotate_half_of(v)) is None else (x, set()))
+    return None if m is None else m[:3]
 
 
 def _match_partial(node):
