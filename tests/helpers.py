@@ -10,6 +10,7 @@ import copy
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -192,3 +193,43 @@ def assert_greedy_matches_transformers(hf_model, artifact, prompt=IDS[:5], new_t
                                    pad_token_id=0)[0, len(prompt):].tolist()
     assert len(ours) == new_tokens
     assert ours == theirs
+
+
+def build_tiny(save, arch: str, folder: Path):
+    """A tiny model saved by `save(arch, folder / "hf")` (tiny.py, tiny_moe.py), compiled to the IR (fp32, all
+    phases), with its eager transformers twin; `write_once` writes it as an artifact per backend."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgec.pipeline import compile_ir
+    from edgec.recipes import load_recipe
+
+    save(arch, folder / "hf")
+    recipe = load_recipe("fp32")
+    imported, pm = compile_ir(str(folder / "hf"), recipe)
+    eager = AutoModelForCausalLM.from_pretrained(folder / "hf", attn_implementation="eager",
+                                                 dtype=torch.float32).eval()
+    return SimpleNamespace(arch=arch, dir=folder, recipe=recipe, imported=imported, pm=pm, graph=imported.graph,
+                           eager=eager, artifacts={})
+
+
+def write_artifact_of(built, backend: str) -> Path:
+    """build_tiny's model written as an artifact by `backend` (from copies: a backend may rewrite the graph
+    and add pass records)."""
+    import dataclasses
+
+    from edgec.devices import get_device
+    from edgec.pipeline import write_artifact
+
+    imported = dataclasses.replace(built.imported, graph=copy.deepcopy(built.graph))
+    pm = PassManager()
+    pm.records = list(built.pm.records)
+    return write_artifact(imported, pm, built.dir / backend, device=get_device("host"), backend=get_backend(backend),
+                          recipe=built.recipe)
+
+
+def write_once(built, backend: str) -> Path:
+    """write_artifact_of, once per backend for the module's `built`."""
+    if backend not in built.artifacts:
+        built.artifacts[backend] = write_artifact_of(built, backend)
+    return built.artifacts[backend]

@@ -5,23 +5,13 @@ check the IR interpreter and an artifact of every backend (helpers.BACKENDS; all
 ONNX are `slow`) against transformers' eager model (fp32, max abs diff <= 1e-4), and
 greedy generation with the KV cache against transformers' greedy `generate`.
 """
-import copy
-import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 import edgec
-from edgec.backends import get_backend
-from edgec.devices import get_device
 from edgec.ir import interpret
-from edgec.passes import PassManager
-from edgec.pipeline import compile_ir, write_artifact
-from edgec.recipes import load_recipe
-from helpers import BACKENDS, IDS, assert_greedy_matches_transformers, eager_logits, model_feeds
+from helpers import BACKENDS, IDS, assert_greedy_matches_transformers, build_tiny, eager_logits, model_feeds, write_once
 from tiny import ARCHS, save_tiny
 
 TOL = 1e-4
@@ -35,29 +25,13 @@ ARTIFACT_BACKENDS = [b if b in FAST else pytest.param(b, marks=pytest.mark.slow)
 @pytest.fixture(scope="module", params=ARCHS)
 def built(request, tmp_path_factory):
     """The tiny model of one architecture in the IR (fp32, all phases), with its eager twin."""
-    arch = request.param
-    d = tmp_path_factory.mktemp(arch)
-    save_tiny(arch, d / "hf")
-    recipe = load_recipe("fp32")
-    imported, pm = compile_ir(str(d / "hf"), recipe)
-    eager = AutoModelForCausalLM.from_pretrained(d / "hf", attn_implementation="eager",
-                                                 dtype=torch.float32).eval()
-    return SimpleNamespace(arch=arch, dir=d, recipe=recipe, imported=imported, pm=pm, graph=imported.graph,
-                           eager=eager, artifacts={})
+    return build_tiny(save_tiny, request.param, tmp_path_factory.mktemp(request.param))
 
 
 @pytest.fixture(params=ARTIFACT_BACKENDS)
 def artifact(built, request):
-    """`built` written as an artifact by one backend, once per module (from copies: a backend may
-    rewrite the graph and add pass records)."""
-    backend = request.param
-    if backend not in built.artifacts:
-        imported = dataclasses.replace(built.imported, graph=copy.deepcopy(built.graph))
-        pm = PassManager()
-        pm.records = list(built.pm.records)
-        built.artifacts[backend] = write_artifact(imported, pm, built.dir / backend, device=get_device("host"),
-                                                  backend=get_backend(backend), recipe=built.recipe)
-    return built.artifacts[backend]
+    """`built` written as an artifact by one backend, once per module."""
+    return write_once(built, request.param)
 
 
 def test_interpreter_matches_transformers(built):

@@ -6,9 +6,6 @@ against transformers' `generate`; backends that do not lower `moe` yet must refu
 naming the op, and backends that lower softmax routers only must refuse the other kinds. Plus the
 routing op itself (against transformers' own routers) and the router kinds raise_moe refuses.
 """
-import copy
-import dataclasses
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,15 +13,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import edgec
-from edgec.backends import get_backend
-from edgec.devices import get_device
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, interpret
 from edgec.ir.ops_moe import ROUTING_ATTRS, route, run_experts
 from edgec.passes import PassManager
-from edgec.pipeline import compile_ir, write_artifact
+from edgec.pipeline import compile_ir
 from edgec.recipes import load_recipe
-from helpers import IDS, assert_greedy_matches_transformers, eager_logits, model_feeds, run_pass
+from helpers import (IDS, assert_greedy_matches_transformers, build_tiny, eager_logits, model_feeds, run_pass,
+                     write_artifact_of, write_once)
 from tiny_moe import MOE_ARCHS, REFUSED_ARCHS, ROUTERS, save_tiny_moe
 
 TOL = 1e-4
@@ -50,30 +46,7 @@ REFUSED = _pairs(lambda b, a: not _serves(b, a))  # and the router kinds a backe
 
 @pytest.fixture(scope="module", params=MOE_ARCHS)
 def built(request, tmp_path_factory):
-    arch = request.param
-    d = tmp_path_factory.mktemp(arch)
-    save_tiny_moe(arch, d / "hf")
-    recipe = load_recipe("fp32")
-    imported, pm = compile_ir(str(d / "hf"), recipe)
-    eager = AutoModelForCausalLM.from_pretrained(d / "hf", attn_implementation="eager",
-                                                 dtype=torch.float32).eval()
-    return SimpleNamespace(arch=arch, dir=d, recipe=recipe, imported=imported, pm=pm, graph=imported.graph,
-                           eager=eager, artifacts={})
-
-
-def _write(built, backend: str):
-    imported = dataclasses.replace(built.imported, graph=copy.deepcopy(built.graph))
-    pm = PassManager()
-    pm.records = list(built.pm.records)
-    return write_artifact(imported, pm, built.dir / backend, device=get_device("host"),
-                          backend=get_backend(backend), recipe=built.recipe)
-
-
-def _artifact(built, backend: str):
-    """`built` written as an artifact by one backend, once per module."""
-    if backend not in built.artifacts:
-        built.artifacts[backend] = _write(built, backend)
-    return built.artifacts[backend]
+    return build_tiny(save_tiny_moe, request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_router_and_experts_raised_into_one_moe_op_per_layer(built):
@@ -94,7 +67,7 @@ def test_interpreter_matches_transformers(built):
 
 @pytest.mark.parametrize("built, backend", SERVED, indirect=["built"])
 def test_artifact_matches_transformers(built, backend):
-    model = edgec.load(_artifact(built, backend))
+    model = edgec.load(write_once(built, backend))
     ref = eager_logits(built.eager, IDS)
     out = model.logits(IDS)
     assert out.shape == ref.shape
@@ -103,13 +76,13 @@ def test_artifact_matches_transformers(built, backend):
 
 @pytest.mark.parametrize("built, backend", SERVED, indirect=["built"])
 def test_greedy_generation_with_kv_cache_matches_transformers(built, backend):
-    assert_greedy_matches_transformers(built.eager, _artifact(built, backend))
+    assert_greedy_matches_transformers(built.eager, write_once(built, backend))
 
 
 @pytest.mark.parametrize("built, backend", REFUSED, indirect=["built"])
 def test_backends_refuse_router_kinds_they_lack(built, backend):
     with pytest.raises(UnsupportedModelError, match="'moe'"):
-        _write(built, backend)
+        write_artifact_of(built, backend)
     assert not (built.dir / backend).exists()
 
 
