@@ -136,7 +136,9 @@ static void claim_chunks(ec_pool *p, uint64_t region) {
 
 static void *worker_main(void *arg) {
     ec_pool *p = arg;
-    uint64_t seen = region_of(atomic_load(&p->state));
+    /* region 0 is the pool's state before any work: a region published before this thread first runs is
+       still new to it (ec_parallel_start's callers may wait for its chunks without claiming any) */
+    uint64_t seen = 0;
     for (;;) {
         /* spin a little (ops follow each other within microseconds during decode), yielding the core after
            a while in case the caller waits on it, then sleep */
