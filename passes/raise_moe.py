@@ -8,6 +8,8 @@ recognised are those whose every op the `moe` op's attributes account for (edgec
 - top-k over softmax or sigmoid scores, the weights being the chosen scores (Mixtral, Qwen-MoE), or
   the scores gathered back after choosing by scores + a bias, optionally among the best groups of
   experts (DeepSeek-V3's grouped top-k); then optionally divided by their sum and scaled;
+- top-k over the logits, the weights a softmax of the chosen logits (GPT-OSS; equal to a renormalised
+  softmax top-k), the router linear optionally biased;
 - Phi-MoE's sparsemixer (two top-1 picks, each weighted by a softmax masked by relative distance).
 
 Anything else fails the build naming the op found where the router was expected: the backends lower
@@ -15,12 +17,13 @@ Anything else fails the build naming the op found where the router was expected:
 """
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, Node, Value
+from edgec.ir.ops_moe import BIASES
 
 from .match import producer, replace, scalar
 from .registry import PassResult, register_pass
 
 SUPPORTED = ("softmax or sigmoid scores with top-k (optionally a score bias, DeepSeek-V3's grouped top-k, "
-             "renormalisation and scaling) and Phi-MoE's sparsemixer")
+             "renormalisation and scaling), softmax over the top-k logits, and Phi-MoE's sparsemixer")
 
 
 class _NoMatch(Exception):
@@ -84,12 +87,13 @@ def _is(a: Value, b: Value, role: str) -> None:
         raise _NoMatch(f"the router's {role} is not the value it should be")
 
 
-def _logits(graph: Graph, v: Value, x: Value) -> Value:
-    """The router weight of logits v = linear(x, router) (no bias), x the experts' input."""
+def _logits(graph: Graph, v: Value, x: Value) -> tuple[Value, dict]:
+    """(router weight, {"logit": bias} or {}) of logits v = linear(x, router[, bias]), x the experts' input."""
     linear = _node(v, "linear", "logits")
-    if len(linear.inputs) != 2 or linear.inputs[1].kind != "weight" or not _same_rows(linear.inputs[0], x):
-        raise _NoMatch("the router's logits are not a bias-free linear of the experts' input")
-    return linear.inputs[1]
+    if (linear.inputs[1].kind != "weight" or not _same_rows(linear.inputs[0], x)
+            or any(b.kind != "weight" for b in linear.inputs[2:])):
+        raise _NoMatch("the router's logits are not a linear of the experts' input by constant weights")
+    return linear.inputs[1], ({"logit": linear.inputs[2]} if len(linear.inputs) > 2 else {})
 
 
 def _weights(graph: Graph, w: Value, index: Value, choose: Node) -> tuple[dict, Value]:
@@ -140,25 +144,31 @@ def _groups(graph: Graph, fill: Node) -> tuple[dict, Value]:
     return {"n_group": groups, "topk_group": best.attrs["k"]}, choice
 
 
-def _topk_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, list[Value]]:
-    """Top-k over softmax/sigmoid scores (+ bias, grouped) -> (moe attrs, [router, bias?])."""
+def _topk_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, Value, dict]:
+    """Top-k over softmax/sigmoid scores (+ bias, grouped), or softmax over the top-k logits
+    -> (moe attrs, router, {bias name: Value})."""
     choose = _node(index, "topk", "expert indices", axis=-1)
     if choose.outputs[1] is not _through_casts(index):
         raise _NoMatch("the expert indices are not a top-k's indices")
+    if ((late := producer(_through_casts(weight), "softmax")) is not None
+            and _through_casts(late.inputs[0]) is choose.outputs[0] and late.attrs["axis"] % late.inputs[0].rank
+            == late.inputs[0].rank - 1):
+        router, biases = _logits(graph, choose.inputs[0], x)
+        return {"top_k": choose.attrs["k"], "scoring": "softmax", "normalize": True}, router, biases
     attrs, scores = _weights(graph, weight, index, choose)
     attrs["top_k"] = choose.attrs["k"]
     choice = _through_casts(choose.inputs[0])
     if (fill := producer(choice, "masked_fill")) is not None:
         groups, choice = _groups(graph, fill)
         attrs.update(groups)
-    extra = []
+    extra = {}
     if choice is not _through_casts(scores):
         add = _node(choice, "add", "choice scores")
         bias = add.inputs[1]
         if bias.kind != "weight" or bias.rank != 1:
             raise _NoMatch(f"the router adds {_describe(bias)} to its scores, not a per-expert weight")
         _is(add.inputs[0], scores, "biased scores")
-        extra = [bias]
+        extra = {"score": bias}
     scores = _through_casts(scores)
     if (n := producer(scores, "softmax")) is not None and n.attrs["axis"] % scores.rank == scores.rank - 1:
         attrs["scoring"] = "softmax"
@@ -166,7 +176,8 @@ def _topk_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[d
         attrs["scoring"] = "sigmoid"
     else:
         raise _NoMatch(f"the router's scores come from {_describe(scores)}, not softmax or sigmoid")
-    return attrs, [_logits(graph, n.inputs[0], x), *extra]
+    router, biases = _logits(graph, n.inputs[0], x)
+    return attrs, router, {**biases, **extra}
 
 
 def _pick(graph: Graph, w: Value, i: Value, masked: Value, logits: Value) -> float:
@@ -191,8 +202,8 @@ def _pick(graph: Graph, w: Value, i: Value, masked: Value, logits: Value) -> flo
     return _const(graph, far.inputs[1], "sparsemixer threshold")
 
 
-def _sparsemixer_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, list[Value]]:
-    """Phi-MoE's sparsemixer (top-2) -> (moe attrs, [router])."""
+def _sparsemixer_router(graph: Graph, x: Value, index: Value, weight: Value) -> tuple[dict, Value, dict]:
+    """Phi-MoE's sparsemixer (top-2) -> (moe attrs, router, {bias name: Value})."""
     picks = _node(index, "concat", "expert indices", axis=-1)
     weights = _node(weight, "concat", "expert weights", axis=-1)
     if len(picks.inputs) != 2 or len(weights.inputs) != 2:
@@ -207,11 +218,11 @@ def _sparsemixer_router(graph: Graph, x: Value, index: Value, weight: Value) -> 
     if t1 != t2 or t1 < 0:
         raise _NoMatch(f"the sparsemixer's two thresholds differ ({t1}, {t2})")
     attrs = {"top_k": 2, "scoring": "sparsemixer", "normalize": False, "jitter_eps": t1 / 2}
-    return attrs, [_logits(graph, logits, x)]
+    return (attrs, *_logits(graph, logits, x))
 
 
-def _router(graph: Graph, node: Node) -> tuple[dict, list[Value]]:
-    """The moe attributes and router inputs ([router, bias?]) of a moe_experts node."""
+def _router(graph: Graph, node: Node) -> tuple[dict, Value, dict]:
+    """The moe attributes, router weight and router biases ({"score"/"logit": Value}) of a moe_experts node."""
     x, index, weight = node.inputs[:3]
     kind = _sparsemixer_router if producer(_through_casts(index), "concat") is not None else _topk_router
     try:
@@ -226,9 +237,11 @@ def raise_moe(graph: Graph) -> PassResult:
     """Fold each MoE layer's router and experts into one moe op."""
     count = 0
     for node in [n for n in graph.nodes if n.op == "moe_experts"]:
-        attrs, router = _router(graph, node)
-        x, _, _, gate_up, down = node.inputs
-        replace(graph, node, graph.make_node("moe", [x, router[0], gate_up, down, *router[1:]],
-                                             {**attrs, "act": node.attrs["act"]}))
+        attrs, router, biases = _router(graph, node)
+        x, _, _, gate_up, down = node.inputs[:5]
+        biases.update(zip(("gate_up", "down"), node.inputs[5:]))
+        names = tuple(b for b in BIASES if b in biases)
+        replace(graph, node, graph.make_node("moe", [x, router, gate_up, down, *(biases[b] for b in names)],
+                                             {**attrs, **node.attrs, "biases": names}))
         count += 1
     return PassResult(f"raised {count} moe", {"moe": count})

@@ -6,6 +6,8 @@ compiled once per backend (test_conformance.py) and by the ONNX target's opset t
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from edgec.ir import Graph
@@ -30,8 +32,14 @@ def assert_outputs_match(name: str, graph: Graph, want: dict, got: dict) -> None
 
 
 def case(name):
+    """Register a case; its random draws (rand, R) restart from a seed of its own name at every build, so a
+    case is the same graph and feeds whichever cases ran before it."""
     def deco(fn):
-        CASES[name] = fn
+        def build():
+            R.bit_generator.state = np.random.default_rng(zlib.crc32(name.encode())).bit_generator.state
+            return fn()
+
+        CASES[name] = build
         return fn
 
     return deco
@@ -248,11 +256,26 @@ def _moe_routers():
     rows = rand(4, 8, lo=-3, hi=3)
     mixer = g.add_weight("mixer", np.concatenate([rows[:1] * 1.01, rows]))
     g.outputs = [g.op("moe", x, router, gate_up, down, bias, top_k=3, scoring="sigmoid", n_group=4, topk_group=2,
-                      routed_scaling=2.5),
+                      routed_scaling=2.5, biases=("score",)),
                  g.op("moe", x, router, gate_up, down, top_k=2, scoring="sigmoid", normalize=False),
                  g.op("moe", x, mixer, *_experts_weights(g, experts=5, prefix="mixer_"), top_k=2, scoring="sparsemixer",
                       normalize=False, jitter_eps=0.01)]
     return g, [{"x": rand(s, 8)} for s in (1, 6)]
+
+
+@case("moe_biased")
+def _moe_biased():
+    """GPT-OSS's layer: a biased router, biased experts, the clamped SwiGLU (a limit the inputs reach)."""
+    g = Graph()
+    x = g.add_input("x", "float32", ("seq", 8))
+    gate_up, down = _experts_weights(g)
+    router = g.add_weight("router", rand(4, 8, lo=-3, hi=3))
+    logit, gub, db = (g.add_weight(n, rand(*shape, lo=-1, hi=1)) for n, shape in
+                      (("logit_bias", (4,)), ("gate_up_bias", (4, 6)), ("down_bias", (4, 8))))
+    g.outputs = [g.op("moe", x, router, gate_up, down, logit, gub, db, top_k=2, act="clamped_swiglu", alpha=1.702,
+                      limit=0.8, biases=("logit", "gate_up", "down")),
+                 g.op("moe", x, router, gate_up, down, db, top_k=1, biases=("down",))]
+    return g, [{"x": rand(s, 8, lo=-2, hi=2)} for s in (1, 6)]
 
 
 @case("moe_experts")
@@ -262,7 +285,10 @@ def _moe_experts():
     index = g.add_input("index", "int64", ("seq", 2))
     weight = g.add_input("weight", "float32", ("seq", 2))
     gate_up, down = _experts_weights(g)
-    g.outputs = [g.op("moe_experts", x, index, weight, gate_up, down, act="silu")]
+    gub, db = g.add_weight("gate_up_bias", rand(4, 6)), g.add_weight("down_bias", rand(4, 8))
+    g.outputs = [g.op("moe_experts", x, index, weight, gate_up, down, act="silu"),
+                 g.op("moe_experts", x, index, weight, gate_up, down, gub, db, act="clamped_swiglu", alpha=1.702,
+                      limit=0.5)]
     return g, [{"x": rand(s, 8), "index": R.integers(0, 4, (s, 2)), "weight": rand(s, 2, lo=0, hi=1)}
                for s in (1, 6)]
 
@@ -517,13 +543,15 @@ def _sparsify():
     return g, seq_feeds()
 
 
-def _attention_case(heads, kv, *, past, window=0, softcap=0.0, d=8, dv=8):
+def _attention_case(heads, kv, *, past, window=0, softcap=0.0, d=8, dv=8, sinks=False):
     def build():
         g = Graph()
         q = g.add_input("q", "float32", (1, heads, "seq", d))
         k = g.add_input("k", "float32", (1, kv, "seq", d))
         v = g.add_input("v", "float32", (1, kv, "seq", dv))
         attrs = {"scale": d ** -0.5, "window": window, "softcap": softcap}
+        if sinks:  # one per head, around the scores' range: some rows mostly sink, some barely
+            attrs["sinks"] = tuple(float(x) for x in np.linspace(-3.0, 4.0, heads))
         ins = [q, k, v]
         if past:
             ins += [g.add_input("past_k", "float32", (1, kv, "past", d)),
@@ -551,6 +579,8 @@ for _name, _kw in {
     "attention_past": dict(heads=2, kv=2, past=True),
     "attention_past_gqa": dict(heads=4, kv=2, past=True, dv=4),
     "attention_past_gqa_window_softcap": dict(heads=4, kv=2, past=True, window=4, softcap=3.0),
+    "attention_sinks": dict(heads=4, kv=2, past=False, sinks=True),
+    "attention_past_gqa_window_sinks": dict(heads=4, kv=2, past=True, window=4, sinks=True),
 }.items():
     case(_name)(_attention_case(**_kw))
 
@@ -568,7 +598,7 @@ def _attention_fp16():
 
 # ----------------------------------------------------------------------------- pre-lowering forms
 # made by the ONNX backend's PRELOWER passes (passes/gqa.py, passes/logits_rows.py)
-def _gqa_case(packed: bool):
+def _gqa_case(packed: bool, sinks: bool = False):
     def build():
         heads, kv, d = 4, 2, 16  # GroupQueryAttention rotates heads of a multiple of 16 only
         g = Graph()
@@ -580,7 +610,8 @@ def _gqa_case(packed: bool):
             ins += [*past, pos, *(g.add_weight(n, rand(16, d // 2)) for n in ("cos", "sin"))]
         else:
             ins += [*past, pos]
-        g.outputs = list(g.add_node("gqa_packed" if packed else "gqa", ins, {"scale": d ** -0.5, "window": 3}).outputs)
+        attrs = {"scale": d ** -0.5, "window": 3, **({"sinks": (-1.0, 0.5, 2.0, 3.0)} if sinks else {})}
+        g.outputs = list(g.add_node("gqa_packed" if packed else "gqa", ins, attrs).outputs)
         feeds = [{**{n: rand(1, s, w) for n, w in widths.items()}, "past_k": rand(1, kv, p, d),
                   "past_v": rand(1, kv, p, d), "position_ids": np.arange(p, p + s)[None]} for p, s in ((0, 4), (5, 1))]
         return g, feeds
@@ -590,6 +621,8 @@ def _gqa_case(packed: bool):
 
 case("gqa")(_gqa_case(packed=False))
 case("gqa_packed")(_gqa_case(packed=True))
+case("gqa_sinks")(_gqa_case(packed=False, sinks=True))
+case("gqa_packed_sinks")(_gqa_case(packed=True, sinks=True))
 
 
 @case("last_rows")

@@ -134,7 +134,8 @@ def _quantized_experts(g: Graph) -> Graph:
     (lambda g, n: n.attrs.update(scoring="sigmoid"), "router scoring 'sigmoid'"),
     (lambda g, n: n.attrs.update(n_group=2, topk_group=1), "grouped top-k"),
     (lambda g, n: n.attrs.update(surprise=1), "unknown"),
-    (lambda g, n: n.inputs.append(g.add_weight("bias", np.zeros(4, np.float32))), "bias on the router's scores"),
+    (lambda g, n: (n.inputs.append(g.add_weight("bias", np.zeros(4, np.float32))), n.attrs.update(biases=("score",))),
+     "bias on the router's scores"),
     (lambda g, n: _quantized_experts(g), "quantized MoE experts are not supported by the C runtime yet"),
 ], ids=["sigmoid", "groups", "unknown-attr", "score-bias", "quantized"])
 def test_what_the_kernel_does_not_serve_fails_the_build_naming_it(change, needle, tmp_path):
@@ -287,6 +288,30 @@ def test_cold_experts_compute_what_the_resident_build_computes(arch, recipe, mod
         assert s["cache_hits"] == 0 and s["bundles_read"] == s["experts_computed"]
     else:
         assert s["cache_hits"] > 0 and s["bundles_read"] + s["cache_hits"] == s["experts_computed"]
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(tmp_path_factory):
+    """GPT-OSS: a biased router, biased experts and the clamped SwiGLU."""
+    return save_tiny_moe("gpt_oss", tmp_path_factory.mktemp("hf") / "gpt_oss")
+
+
+@pytest.mark.parametrize("recipe, mode", [("fp16", "sparse"), ("fp32", "stream")])
+def test_cold_experts_with_biases_and_clamped_swiglu_compute_what_the_resident_build_computes(recipe, mode, gpt_oss,
+                                                                                              tmp_path):
+    """GPT-OSS's experts read cold through the expert slots: the biases (fp16 ones with the fp16 recipe) stay
+    resident, every expert's, and the logits and greedy tokens are those of the build that holds every expert."""
+    dense_art = edgec.build(gpt_oss, tmp_path / "dense", backend="c", recipe=recipe)
+    art = edgec.build(gpt_oss, tmp_path / mode, backend="c", recipe=recipe, memory_budget="70%", offload=mode)
+    plan = offload_meta(art)["plan"]
+    assert plan["kind"] == "experts" and plan["cold_experts"] == 8
+    src = (art / "model" / "src" / "model.c").read_text()
+    assert src.count("EC_MOE_CLAMPED_SWIGLU") == 2 and ("{EC_F16, ((const uint16_t *)" in src) == (recipe == "fp16")
+    dense, model = edgec.load(dense_art), edgec.load(art)
+    np.testing.assert_array_equal(model.logits(IDS), dense.logits(IDS))
+    assert model.generate(IDS, 16) == dense.generate(IDS, 16)
+    s = model.executor.cold_stats()
+    assert s["moe_calls"] > 0 and s["experts_resident"] == 0 and s["bundles_read"] > 0
 
 
 def test_the_most_often_routed_experts_stay_resident(qwen2_moe, calib, tmp_path):

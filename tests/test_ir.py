@@ -160,9 +160,13 @@ OP_CASES: dict[str, list] = {
             ([X3, T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
              {"top_k": 1, "normalize": False, "act": "gelu_tanh"}),
             ([T(F32, ("seq", 8)), T(F32, (8, 8)), T(F32, (8, 6, 8)), T(F32, (8, 8, 3)), T(F32, (8,))],
-             {"top_k": 3, "scoring": "sigmoid", "n_group": 4, "topk_group": 2, "routed_scaling": 2.5}),
+             {"top_k": 3, "scoring": "sigmoid", "n_group": 4, "topk_group": 2, "routed_scaling": 2.5,
+              "biases": ("score",)}),
             ([X3, T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
-             {"top_k": 2, "scoring": "sparsemixer", "normalize": False, "jitter_eps": 0.01})],
+             {"top_k": 2, "scoring": "sparsemixer", "normalize": False, "jitter_eps": 0.01}),
+            ([T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3)), T(F32, (4,)), T(F32, (4, 6)),
+              T(F32, (4, 8))], {"top_k": 2, "act": "clamped_swiglu", "alpha": 1.702, "limit": 7.0,
+                                "biases": ("logit", "gate_up", "down")})],
     # router ops
     "gather": [([T(F32, ("seq", 6)), T("int64", ("seq", 2), "int", 6)], {"axis": 1}),
                ([X3, T("int64", (1, "seq", 3), "int", 8)], {"axis": -1})],
@@ -293,7 +297,15 @@ def test_inference_matches_reference(op, idx):
     ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
      {"top_k": 2, "scoring": "tanh"}),
     ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3)), T(F32, (3,))],
-     {"top_k": 2, "scoring": "sigmoid"}),                                          # bias of 3 for 4 experts
+     {"top_k": 2, "scoring": "sigmoid", "biases": ("score",)}),                   # bias of 3 for 4 experts
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3)), T(F32, (4,))],
+     {"top_k": 2}),                                                                # an input `biases` does not name
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3)), T(F32, (4, 5))],
+     {"top_k": 2, "biases": ("gate_up",)}),                                        # gate_up bias of 5 for 2I = 6
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
+     {"top_k": 2, "act": "clamped_swiglu"}),                                       # no limit
+    ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3)), T(F32, (4,))],
+     {"top_k": 2, "biases": ("bogus",)}),
     ("moe", [T(F32, ("seq", 8)), T(F32, (4, 8)), T(F32, (4, 6, 8)), T(F32, (4, 8, 3))],
      {"top_k": 2, "n_group": 3}),                                                  # 4 experts in 3 groups
     ("moe", [T(F32, ("seq", 8)), T(F32, (8, 8)), T(F32, (8, 6, 8)), T(F32, (8, 8, 3))],
@@ -334,7 +346,8 @@ def test_complete_attrs():
         get_op("softmax").complete_attrs({"dim": 1})
     with pytest.raises(ValueError, match="missing attribute"):
         get_op("reshape").complete_attrs({})
-    assert get_op("attention").complete_attrs({"scale": 0.5}) == {"scale": 0.5, "softcap": 0.0, "window": 0}
+    assert get_op("attention").complete_attrs({"scale": 0.5}) == {"scale": 0.5, "softcap": 0.0, "window": 0,
+                                                                  "sinks": ()}
     with pytest.raises(KeyError, match="unknown IR op"):
         get_op("frobnicate")
 
@@ -623,7 +636,7 @@ def test_printer_multi_output_node():
     line = format_graph(g).splitlines()[1]
     assert line == ("  %attn_0: float32[1, seq, 4, 8], %attn_1: float32[1, 2, past+seq, 8], "
                     "%attn_2: float32[1, 2, past+seq, 8] = attention(%q, %k, %k, %pk, %pk, "
-                    "scale=0.5, softcap=0.0, window=0)")
+                    "scale=0.5, softcap=0.0, window=0, sinks=[])")
 
 
 # ============================================================== weight store

@@ -148,3 +148,23 @@ def test_awq_rounds_the_experts_to_nearest(mixtral):
     result = run_pass(graph, "awq", ctx=Calib(n=4, seqlen=32), bits=4, group_size=16)
     assert result["quantized_expert_weights"] == 4 and "no per-expert AWQ" in result.summary
     assert all(v.producer.op == "reshape" for n in graph.nodes if n.op == "moe" for v in n.inputs[2:4])
+
+
+@pytest.mark.parametrize("recipe", ["int4-gptq", "int4-awq"])
+def test_gpt_oss_experts_quantized_match_the_interpreter(recipe, tmp_path):
+    """GPT-OSS's biased experts and clamped SwiGLU through the calibrated recipes (GPTQ's down
+    projection is calibrated on the biased, clamped activations) and the ONNX backend."""
+    from edgec.pipeline import calib_config
+    from helpers import write_calib
+
+    hf = save_tiny_moe("gpt_oss", tmp_path / "hf")
+    rec = load_recipe(recipe)
+    imported, pm = compile_ir(str(hf), rec, calib=calib_config(rec, write_calib(tmp_path / "calib.txt"), 8, 48))
+    graph = imported.graph
+    assert any(r.counts.get("quantized_expert_weights") == 4 or r.counts.get("expert_layers") == 2
+               for r in pm.records)
+    moes = [n for n in graph.nodes if n.op == "moe"]
+    assert len(moes) == 2 and all(v.producer.op == "reshape" for n in moes for v in n.inputs[2:4])
+    art = write_artifact(imported, pm, tmp_path / "art", device=get_device("host"), backend=get_backend("onnx"),
+                         recipe=load_recipe(recipe), options={"accuracy_level": 0})
+    check_prefill_and_decode(graph, art)

@@ -112,3 +112,37 @@ def test_unsupported_opset_is_rejected(tmp_path):
     graph, _ = CASES["add"]()
     with pytest.raises(UnsupportedModelError, match="opset"):
         compile_graph(graph, tmp_path, opset=MIN_OPSET - 1)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "gather"])
+def test_moe_layers_onnxruntime_computes_exactly_use_its_moe_op(kernel, tmp_path):
+    """moe_kernel=auto: the softmax-routed SwiGLU layers (GPT-OSS's clamped one, and silu(gate) * up with a
+    down bias) become com.microsoft.MoE with gate/up interleaved and nothing of the plain gate_up stored; the
+    other layers (gelu experts) and moe_kernel=gather gather. Both equal the interpreter."""
+    graph, feeds = CASES["moe_biased"]()
+    gelu = graph.op("moe", graph.inputs[0], *graph.nodes[0].inputs[1:4], top_k=2, act="gelu")
+    graph.outputs.append(gelu)
+    compile_graph(graph, tmp_path, moe_kernel=kernel)
+    m = onnx.load(tmp_path / "model.onnx", load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    names = {t.name for t in m.graph.initializer}
+    if kernel == "auto":
+        assert ops.count("MoE") == 2 and {"gate_up.interleaved", "gate_up_bias.interleaved"} <= names
+        assert "gate_up" in names  # the gelu layer still gathers from it
+    else:
+        assert "MoE" not in ops and not any(n.endswith(".interleaved") for n in names)
+    ex = OnnxExecutor(tmp_path, threads=1)
+    for f in feeds:
+        assert_outputs_match("moe_biased", graph, interpret(graph, f), ex.run(f))
+
+
+def test_reordered_weight_streams_one_leading_row_at_a_time():
+    from edgec.targets.onnx.lower import Initializer
+
+    w = rand(3, 4, 5)
+    order = np.array([0, 2, 1, 3])
+    init = Initializer("w.interleaved", w, rows=order)
+    chunks = list(init.chunks())
+    assert len(chunks) == 3 and init.shape == (3, 4, 5)
+    np.testing.assert_array_equal(np.stack(chunks), w[:, order])
+    np.testing.assert_array_equal(init.to_numpy(), w[:, order])

@@ -14,7 +14,7 @@ import transformers
 
 from edgec.synthetic import VOCAB, char_tokenizer
 
-MOE_ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "phimoe"]
+MOE_ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "phimoe", "gpt_oss", "deepseek_v2"]
 # what raise_moe makes of each router (the moe op's attributes)
 ROUTERS = {
     "mixtral": {"scoring": "softmax", "top_k": 2, "normalize": True},
@@ -23,15 +23,12 @@ ROUTERS = {
     "deepseek_v3": {"scoring": "sigmoid", "top_k": 3, "normalize": True, "n_group": 4, "topk_group": 2,
                     "routed_scaling": 2.5},
     "phimoe": {"scoring": "sparsemixer", "top_k": 2, "normalize": False, "jitter_eps": 0.01},
+    # softmax over the top-2 logits of a biased router; biased experts with a clamped SwiGLU
+    "deepseek_v2": {"scoring": "softmax", "top_k": 2, "normalize": False},  # (complex RoPE: frontend/complex_pairs.py)
+    "gpt_oss": {"scoring": "softmax", "top_k": 2, "normalize": True, "act": "clamped_swiglu", "limit": 1.5,
+                "biases": ("logit", "gate_up", "down")},
 }
 ROUTER_SCALE = {"deepseek_v3": 2.0}  # else 8
-# MoE architectures edgec refuses at build time, with what the one-line error must name
-REFUSED_ARCHS = {
-    "gpt_oss": "attention sinks",              # (and biased, transposed, interleaved experts; clamped SwiGLU)
-    "deepseek_v2": "aten.polar",               # complex-valued RoPE (view_as_complex)
-}
-
-
 def tiny_moe_config(arch: str):
     c = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -58,12 +55,15 @@ def tiny_moe_config(arch: str):
         # sparsemixer routing (top-2 with a jitter threshold), LayerNorm
         return transformers.PhimoeConfig(num_local_experts=4, router_jitter_noise=0.01, **c)
     if arch == "gpt_oss":
-        return transformers.GptOssConfig(num_local_experts=4, head_dim=16,
+        # attention sinks; sliding-window layers (window 6) alternating with full ones; a limit the clamped
+        # SwiGLU reaches on these weights
+        return transformers.GptOssConfig(num_local_experts=4, head_dim=16, sliding_window=6, swiglu_limit=1.5,
                                          rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **c)
     if arch == "deepseek_v2":
+        # MLA without a q low-rank, complex-valued RoPE (torch.polar) on 8 of each head's 24 q/k dims
         return transformers.DeepseekV2Config(n_routed_experts=4, moe_intermediate_size=32, first_k_dense_replace=0,
                                              kv_lora_rank=32, q_lora_rank=None, qk_rope_head_dim=8,
-                                             qk_nope_head_dim=16, v_head_dim=12, **c)
+                                             qk_nope_head_dim=16, v_head_dim=12, **{**c, "num_key_value_heads": 4})
     raise ValueError(f"no tiny MoE config for {arch!r}")
 
 
@@ -78,6 +78,11 @@ def save_tiny_moe(arch: str, path: Path, seed: int = 0) -> Path:
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):  # chooses experts, never weighs them
                 b.copy_(torch.linspace(-0.2, 0.2, experts)[torch.randperm(experts)])
+        for name, p in model.named_parameters():  # GPT-OSS: sinks that matter, experts' biases (zero at init)
+            if name.endswith("sinks"):
+                p.copy_(torch.linspace(-2.0, 3.0, p.numel())[torch.randperm(p.numel())])
+            elif name.endswith("proj_bias"):
+                p.normal_(0, 0.5)
     model.save_pretrained(path)
     char_tokenizer().save_pretrained(path)
     return path

@@ -17,6 +17,8 @@ import torch
 from ..errors import UnsupportedModelError
 from ..ir import Graph, Value
 from ..ir.ops import INT_MAX
+from . import complex_pairs
+from .moe import standard_layout
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.int64: "int64",
            torch.int32: "int32", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool",
@@ -152,6 +154,8 @@ class Importer:
             return args[0][args[1]]
         if name == "aten.sym_size.int":
             return node.meta["val"]
+        if complex_pairs.involves_complex(node):
+            return complex_pairs.convert(self, node, args, kwargs)
         fn = _HANDLERS.get(name)
         if fn is not None:
             return fn(self, node, args, kwargs)
@@ -432,9 +436,14 @@ def _inplace_binary(im, node, args, kw):
 
 @handles("edgec.attention.default")
 def _attention(im, node, args, kw):
-    q, k, v, scale, softcap, window = args
+    q, k, v, scale, softcap, window, *rest = args
+    sinks = rest[0] if rest else kw.get("sinks")
+    if sinks is not None:  # a few logits (one per head): an attribute, read from the weight now
+        if sinks.kind != "weight":
+            im.fail(node, "attention sinks computed from the input")
+        sinks = tuple(float(x) for x in np.asarray(im.graph.weight(sinks), np.float32).reshape(-1))
     return im.graph.op("attention", q, k, v, scale=float(scale), softcap=float(softcap),
-                       window=int(window))
+                       window=int(window), sinks=sinks or ())
 
 
 def _converted(im, n):
@@ -506,8 +515,20 @@ def _topk(im, node, args, kw):
 
 @handles("edgec.moe_experts.default")
 def _moe_experts(im, node, args, kw):
-    x, index, weight, gate_up, down, act = args
-    return im.graph.op("moe_experts", x, index, weight, gate_up, down, act=act)
+    names = ("gate_up_bias", "down_bias", "transposed", "interleaved", "alpha", "limit")
+    x, index, weight, gate_up, down, act, *rest = args
+    opt = {**dict(zip(names, rest)), **kw}
+    experts = [gate_up, down] + [opt[b] for b in names[:2] if opt.get(b) is not None]
+    if opt.get("transposed") or opt.get("interleaved"):  # rewritten once into the moe op's layout
+        if any(v.kind != "weight" for v in experts):
+            im.fail(node, "expert weights computed from the input")
+        arrays = [np.asarray(im.graph.weight(v)) for v in experts]
+        gu, dn, gub = standard_layout(arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None,
+                                      bool(opt.get("transposed")), bool(opt.get("interleaved")))
+        arrays[:3] = [gu, dn] + ([gub] if gub is not None else [])
+        experts = [im.graph.add_weight(v.name, np.ascontiguousarray(a)) for v, a in zip(experts, arrays)]
+    return im.graph.op("moe_experts", x, index, weight, *experts, act=act,
+                       alpha=float(opt.get("alpha", 1.0)), limit=float(opt.get("limit", 0.0)))
 
 
 # DeepSeek-V3's grouped top-k masks the experts of the groups it drops (zeros_like, scatter_, masked_fill)

@@ -22,7 +22,7 @@ DEFAULT_MODEL_NAME = "smollm2-135m"
 # Architectures (config.model_type) that edgec's tests trace end to end.
 VERIFIED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2",
                           "gpt2", "opt", "gpt_neox", "stablelm", "cohere", "gptj", "falcon",
-                          "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3", "phimoe")
+                          "mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "phimoe", "gpt_oss")
 
 
 @dataclass

@@ -522,7 +522,7 @@ def _glu():
     return infer, ref
 
 
-@register("attention", arity=(3, 5), attrs={"scale": REQUIRED, "softcap": 0.0, "window": 0})
+@register("attention", arity=(3, 5), attrs={"scale": REQUIRED, "softcap": 0.0, "window": 0, "sinks": ()})
 def _attention():
     """Causal GQA attention.
 
@@ -530,7 +530,9 @@ def _attention():
     attention(q, k, v, past_k[B,KV,P,D], past_v[B,KV,P,Dv]) -> out, present_k, present_v
     The query at row i sits at absolute position P+i and sees keys at positions
     j <= P+i (and j > P+i-window when window > 0). softcap > 0 applies
-    softcap*tanh(scores/softcap) before masking (Gemma 2).
+    softcap*tanh(scores/softcap) before masking (Gemma 2). sinks, when given,
+    is one logit per query head that joins every row's softmax denominator and
+    weighs no value (GPT-OSS's attention sinks): p_j = exp(s_j) / (sum exp(s) + exp(sink)).
     """
 
     def infer(ins, a):
@@ -538,6 +540,8 @@ def _attention():
         if q.shape[1] % k.shape[1]:
             raise ValueError(f"attention: {q.shape[1]} query heads vs {k.shape[1]} kv heads")
         out = (q.dtype, (q.shape[0], q.shape[2], q.shape[1], v.shape[3]))
+        if a["sinks"] and len(a["sinks"]) != q.shape[1]:
+            raise ValueError(f"attention: {len(a['sinks'])} sinks for {q.shape[1]} query heads")
         if len(ins) == 3:
             return [out]
         if len(ins) != 5:
@@ -547,7 +551,7 @@ def _attention():
         return [out, (k.dtype, k.shape[:2] + (total, k.shape[3])),
                 (v.dtype, v.shape[:2] + (total, v.shape[3]))]
 
-    def ref(q, k, v, past_k=None, past_v=None, *, scale, softcap, window):
+    def ref(q, k, v, past_k=None, past_v=None, *, scale, softcap, window, sinks=()):
         if past_k is not None:
             k = np.concatenate([past_k, k], axis=2)
             v = np.concatenate([past_v, v], axis=2)
@@ -565,9 +569,15 @@ def _attention():
         if window:
             allowed &= kpos > qpos - window
         s = np.where(allowed, s, np.float32(-np.inf))
-        s = s - s.max(-1, keepdims=True)
-        p = np.exp(s)
-        p /= p.sum(-1, keepdims=True)
+        m = s.max(-1, keepdims=True)
+        if sinks:
+            sink = np.asarray(sinks, np.float32)[None, :, None, None]
+            m = np.maximum(m, sink)
+        p = np.exp(s - m)
+        denom = p.sum(-1, keepdims=True)
+        if sinks:
+            denom = denom + np.exp(sink - m)
+        p /= denom
         out = np.matmul(p, vv).swapaxes(1, 2).astype(q.dtype)
         return out if past_k is None else (out, *present)
 

@@ -100,7 +100,7 @@ def _split():
     return infer, ref
 
 
-_ATTN = {"scale": REQUIRED, "softcap": 0.0, "window": 0}
+_ATTN = {"scale": REQUIRED, "softcap": 0.0, "window": 0, "sinks": ()}
 
 
 def _gqa_dims(width, past_k, what: str) -> tuple[int, int, int]:

@@ -2,17 +2,23 @@
 
 - topk(x, k, axis) -> (values, indices int64): the k largest along an axis, largest first (the
   router's choice before raise_moe folds it).
-- moe_experts(x[T,H], index[T,k] int64, weight[T,k], gate_up[E,2I,H], down[E,H,I], act): the routed
-  experts of one layer as the frontend imports them (edgec.frontend.moe).
-- moe(x[...,H], router[E,H], gate_up[E,2I,H], down[E,H,I], bias[E]?; top_k, scoring, normalize, act,
-  n_group, topk_group, routed_scaling, jitter_eps): router and experts in one op (passes/raise_moe.py
-  makes it), see `route`; then sum_k weight_k * down[e_k] @ (act(gate[e_k] x) * up[e_k] x). Only
-  routed experts are computed.
+- moe_experts(x[T,H], index[T,k] int64, weight[T,k], gate_up[E,2I,H], down[E,H,I],
+  [gate_up_bias[E,2I], down_bias[E,H]]; act, alpha, limit): the routed experts of one layer as the
+  frontend imports them (edgec.frontend.moe).
+- moe(x[...,H], router[E,H], gate_up[E,2I,H], down[E,H,I], *biases; top_k, scoring, normalize, act,
+  alpha, limit, n_group, topk_group, routed_scaling, jitter_eps, biases): router and experts in one op
+  (passes/raise_moe.py makes it), see `route`; then sum_k weight_k * down[e_k] @ gated(gate_up[e_k] x).
+  Only routed experts are computed. The attribute `biases` names the optional inputs after `down`, in
+  order (BIASES): "score" [E] (added to the scores to choose, DeepSeek-V3), "logit" [E] (the router
+  linear's bias, GPT-OSS), "gate_up" [E,2I] and "down" [E,H] (the experts' biases, GPT-OSS); read them
+  with `moe_biases`.
 - Router ops (gather, scatter, masked_fill, greater, abs, logical_not, full_like): the tensor ops
   transformers' routers are imported as, with torch's semantics. raise_moe folds them into `moe`.
 
 Every expert is a gated FFN with gate and up stacked in one tensor, gate first (transformers'
-layout). Ties in top-k go to the lower expert index, as torch.topk does on CPU.
+layout): act(gate) * up, or GPT-OSS's "clamped_swiglu": gate = min(gate, limit), up = clamp(up,
+-limit, limit), (up + 1) * gate * sigmoid(alpha * gate). Ties in top-k go to the lower expert index, as
+torch.topk does on CPU.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import numpy as np
 from . import shapes as S
 from .ops import REQUIRED, _gelu, _norm_axis, _silu, _unary, register
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu", "clamped_swiglu")
+BIASES = ("score", "logit", "gate_up", "down")
 SCORINGS = ("softmax", "sigmoid", "sparsemixer")
 ROUTING_ATTRS = ("top_k", "scoring", "normalize", "n_group", "topk_group", "routed_scaling", "jitter_eps")
 
@@ -48,16 +55,30 @@ def expert_act(g: np.ndarray, act: str) -> np.ndarray:
     return _gelu(g, "tanh" if act == "gelu_tanh" else "none")
 
 
-def run_experts(x, index, weight, gate_up, down, act):
+def gated(h: np.ndarray, act: str, alpha: float = 1.0, limit: float = 0.0) -> np.ndarray:
+    """An expert's hidden activations from h = [gate | up] (rows [T, 2I])."""
+    inter = h.shape[-1] // 2
+    g, u = h[..., :inter], h[..., inter:]
+    if act != "clamped_swiglu":
+        return expert_act(g, act) * u
+    g = np.minimum(g, np.float32(limit))
+    u = np.clip(u, np.float32(-limit), np.float32(limit))
+    return ((u + np.float32(1)) * (g / (np.float32(1) + np.exp(-np.float32(alpha) * g)))).astype(h.dtype)
+
+
+def run_experts(x, index, weight, gate_up, down, act, gate_up_bias=None, down_bias=None, alpha=1.0, limit=0.0):
     """x[T,H] through the experts index[T,k] chose, weighted by weight[T,k] (one expert at a time)."""
     x = np.asarray(x)
     gate_up, down = np.asarray(gate_up), np.asarray(down)
-    inter = down.shape[2]
     out = np.zeros(x.shape, np.float32)
     for e in np.unique(index):
         rows, slot = np.nonzero(index == e)
         h = x[rows] @ gate_up[e].T.astype(x.dtype, copy=False)
-        y = (expert_act(h[:, :inter], act) * h[:, inter:]) @ down[e].T.astype(x.dtype, copy=False)
+        if gate_up_bias is not None:
+            h = h + np.asarray(gate_up_bias)[e].astype(x.dtype, copy=False)
+        y = gated(h, act, alpha, limit) @ down[e].T.astype(x.dtype, copy=False)
+        if down_bias is not None:
+            y = y + np.asarray(down_bias)[e].astype(x.dtype, copy=False)
         np.add.at(out, rows, y * weight[rows, slot, None])
     return out.astype(x.dtype)
 
@@ -92,14 +113,17 @@ def _sparsemixer(logits: np.ndarray, jitter_eps: float) -> tuple[np.ndarray, np.
 
 
 def route(x, router, top_k_: int, scoring: str = "softmax", normalize: bool = True, bias=None,
-          n_group: int = 1, topk_group: int = 1, routed_scaling: float = 1.0, jitter_eps: float = 0.0):
+          n_group: int = 1, topk_group: int = 1, routed_scaling: float = 1.0, jitter_eps: float = 0.0,
+          logit_bias=None):
     """(weights[T,k], index[T,k]) of the experts the router picks for each row of x[T,H].
 
-    scores = softmax or sigmoid of x @ router.T; the top_k experts by scores + bias (the bias only
+    scores = softmax or sigmoid of x @ router.T (+ logit_bias); the top_k experts by scores + bias (the bias only
     chooses), among the topk_group best of n_group groups when n_group > 1; their unbiased scores,
     divided by their sum when `normalize`, times routed_scaling. scoring "sparsemixer" is Phi-MoE's
     top-2 router (`_sparsemixer`) instead."""
     logits = np.asarray(x, np.float32) @ np.asarray(router, np.float32).T
+    if logit_bias is not None:
+        logits = logits + np.asarray(logit_bias, np.float32)
     if scoring == "sparsemixer":
         w, idx = _sparsemixer(logits, jitter_eps)
     else:
@@ -122,17 +146,25 @@ def _constant(graph, v) -> np.ndarray:
     return np.asarray(graph.weight(v))
 
 
+def moe_biases(node) -> dict:
+    """{name: Value} of a moe node's optional inputs (BIASES), by its `biases` attribute."""
+    return dict(zip(node.attrs["biases"], node.inputs[4:]))
+
+
 def node_route(graph, node, x):
     """route() for the rows x[T,H] through moe `node`, with its router weights and attributes."""
-    bias = _constant(graph, node.inputs[4]) if len(node.inputs) > 4 else None
+    b = {k: _constant(graph, v) for k, v in moe_biases(node).items() if k in ("score", "logit")}
     a = node.attrs
-    return route(x, _constant(graph, node.inputs[1]), a["top_k"], bias=bias,
+    return route(x, _constant(graph, node.inputs[1]), a["top_k"], bias=b.get("score"), logit_bias=b.get("logit"),
                  **{k: a[k] for k in ROUTING_ATTRS if k != "top_k"})
 
 
-def _check_experts(gate_up, down, act: str) -> None:
+def _check_experts(gate_up, down, act: str, a=None) -> None:
     if act not in ACTIVATIONS:
         raise ValueError(f"moe: unknown expert activation {act!r}; known: {', '.join(ACTIVATIONS)}")
+    if act == "clamped_swiglu" and a is not None and not (
+            math.isfinite(a["alpha"]) and math.isfinite(a["limit"]) and a["limit"] > 0):
+        raise ValueError(f"moe: clamped_swiglu needs a finite alpha and a limit > 0, got {a['alpha']}, {a['limit']}")
     if gate_up.rank != 3 or down.rank != 3 or gate_up.shape[0] != down.shape[0]:
         raise ValueError(f"moe: expert weights gate_up{gate_up.shape} and down{down.shape} are not [E,2I,H], [E,H,I]")
     if gate_up.shape[1] != 2 * down.shape[2] or gate_up.shape[2] != down.shape[1]:
@@ -156,22 +188,35 @@ def _topk():
     return infer, ref
 
 
-@register("moe_experts", arity=(5, 5), attrs={"act": REQUIRED})
+def _check_expert_biases(gate_up, down, biases: dict) -> None:
+    want = {"gate_up": tuple(gate_up.shape[:2]), "down": tuple(down.shape[:2])}
+    for k, v in biases.items():
+        if k in want and tuple(v.shape) != want[k]:
+            raise ValueError(f"moe: {k} bias{v.shape} is not {list(want[k])}")
+
+
+_EXPERT_ATTRS = {"act": REQUIRED, "alpha": 1.0, "limit": 0.0}
+
+
+@register("moe_experts", arity=(5, 7), attrs=_EXPERT_ATTRS)
 def _moe_experts():
     def infer(ins, a):
-        x, index, weight, gate_up, down = ins
-        _check_experts(gate_up, down, a["act"])
+        x, index, weight, gate_up, down = ins[:5]
+        _check_experts(gate_up, down, a["act"], a)
+        if len(ins) == 6:
+            raise ValueError("moe_experts: the expert biases come as a pair (gate_up_bias, down_bias)")
+        _check_expert_biases(gate_up, down, dict(zip(("gate_up", "down"), ins[5:])))
         if x.rank != 2 or index.rank != 2 or index.dtype != "int64" or S.normalize(x.shape[1]) != down.shape[1]:
             raise ValueError(f"moe_experts: x{x.shape}, index{index.shape} vs experts {gate_up.shape}")
         return [(x.dtype, x.shape)]
 
-    def ref(x, index, weight, gate_up, down, act):
-        return run_experts(x, index, weight, gate_up, down, act)
+    def ref(x, index, weight, gate_up, down, gate_up_bias=None, down_bias=None, *, act, alpha, limit):
+        return run_experts(x, index, weight, gate_up, down, act, gate_up_bias, down_bias, alpha, limit)
 
     return infer, ref
 
 
-def _check_routing(a: dict, experts: int, bias) -> None:
+def _check_routing(a: dict, experts: int, biases: dict) -> None:
     if a["scoring"] not in SCORINGS:
         raise ValueError(f"moe: unknown router scoring {a['scoring']!r}; known: {', '.join(SCORINGS)}")
     if not 1 <= a["top_k"] <= experts:
@@ -182,9 +227,10 @@ def _check_routing(a: dict, experts: int, bias) -> None:
                          f"more, topk_group={best} of them kept")
     if a["top_k"] > best * experts // groups:
         raise ValueError(f"moe: top_k={a['top_k']} exceeds the {best * experts // groups} experts of the kept groups")
-    if bias is not None and (bias.rank != 1 or bias.shape[0] != experts):
-        raise ValueError(f"moe: score bias{bias.shape} is not [{experts}]")
-    if a["scoring"] == "sparsemixer" and (a["top_k"] != 2 or bias is not None or groups > 1):
+    for name in ("score", "logit"):
+        if name in biases and tuple(biases[name].shape) != (experts,):
+            raise ValueError(f"moe: {name} bias{biases[name].shape} is not [{experts}]")
+    if a["scoring"] == "sparsemixer" and (a["top_k"] != 2 or "score" in biases or groups > 1):
         raise ValueError("moe: the sparsemixer router picks exactly 2 experts, without a score bias or groups")
     for name in ("routed_scaling", "jitter_eps"):
         v = a[name]
@@ -194,22 +240,31 @@ def _check_routing(a: dict, experts: int, bias) -> None:
         raise ValueError(f"moe: jitter_eps must be >= 0, got {a['jitter_eps']}")
 
 
-@register("moe", arity=(4, 5), attrs={"top_k": REQUIRED, "scoring": "softmax", "normalize": True, "act": "silu",
-                                      "n_group": 1, "topk_group": 1, "routed_scaling": 1.0, "jitter_eps": 0.0})
+@register("moe", arity=(4, 8), attrs={"top_k": REQUIRED, "scoring": "softmax", "normalize": True, "act": "silu",
+                                      "alpha": 1.0, "limit": 0.0, "n_group": 1, "topk_group": 1,
+                                      "routed_scaling": 1.0, "jitter_eps": 0.0, "biases": ()})
 def _moe():
     def infer(ins, a):
         x, router, gate_up, down = ins[:4]
-        _check_experts(gate_up, down, a["act"])
+        _check_experts(gate_up, down, a["act"], a)
+        names = tuple(a["biases"])
+        if len(set(names)) != len(names) or not set(names) <= set(BIASES) or len(ins) != 4 + len(names):
+            raise ValueError(f"moe: biases {list(names)} (each at most once, of {', '.join(BIASES)}) "
+                             f"for {len(ins) - 4} inputs after the experts")
+        biases = dict(zip(names, ins[4:]))
         experts = gate_up.shape[0]
         if router.rank != 2 or router.shape[0] != experts or S.normalize(x.shape[-1]) != router.shape[1]:
             raise ValueError(f"moe: router{router.shape} vs x{x.shape} and {experts} experts")
-        _check_routing(a, experts, ins[4] if len(ins) > 4 else None)
+        _check_expert_biases(gate_up, down, biases)
+        _check_routing(a, experts, biases)
         return [(x.dtype, x.shape)]
 
-    def ref(x, router, gate_up, down, bias=None, *, top_k, act, **routing):
+    def ref(x, router, gate_up, down, *extra, top_k, act, alpha, limit, biases, **routing):
+        b = dict(zip(biases, extra))
         rows = np.asarray(x).reshape(-1, x.shape[-1])
-        w, idx = route(rows, router, top_k, bias=bias, **routing)
-        return run_experts(rows, idx, w, gate_up, down, act).reshape(x.shape)
+        w, idx = route(rows, router, top_k, bias=b.get("score"), logit_bias=b.get("logit"), **routing)
+        return run_experts(rows, idx, w, gate_up, down, act, b.get("gate_up"), b.get("down"), alpha,
+                           limit).reshape(x.shape)
 
     return infer, ref
 

@@ -25,6 +25,7 @@ from edgec.ir import Graph, Node, Value
 from edgec.ir import shapes as S
 from edgec.ir.cost import layer_labels
 from edgec.ir.ops import INT_MAX
+from edgec.ir.ops_moe import BIASES, moe_biases
 from edgec.ir.quant import PackedLayout
 
 MAX_TIMERS = 1024  # ec_rt.h EC_MAX_TIMERS: op kind x layer timers of an EC_PROFILE build
@@ -46,7 +47,10 @@ WIDENED_BITS = (3, 5, 6)  # packed code widths the runtime widens to bytes at bi
 NATIVE_F16 = COPIES | {"linear", "ffn_offload"}  # ops that take float16 tensors as they are; the rest compute in float32
 MOE_MAX_EXPERTS = 256  # runtime/moe.h EC_MOE_MAX_EXPERTS: experts per layer the C kernel serves
 # the moe attributes the C kernel knows (jitter_eps: only the sparsemixer router's, which it refuses)
-MOE_ATTRS = {"top_k", "scoring", "normalize", "act", "n_group", "topk_group", "routed_scaling", "jitter_eps"}
+MOE_ATTRS = {"top_k", "scoring", "normalize", "act", "alpha", "limit", "n_group", "topk_group", "routed_scaling",
+             "jitter_eps", "biases"}
+MOE_ACT = {**GLU_ACT, "clamped_swiglu": "EC_MOE_CLAMPED_SWIGLU"}  # runtime/moe.h's ec_moe_layer.act
+MOE_BIASES = ("logit", "gate_up", "down")  # the moe biases the C kernel adds (not DeepSeek-V3's "score")
 MOE_OPS = ("moe", "moe_offload")  # moe_offload: targets/c/offload_moe.py's form of a moe with cold experts
 
 
@@ -824,10 +828,22 @@ class CodeGen:
         raise self._moe_refuse(n, f"its {what} weights are computed at run time ({src.op if src else v.kind}), not "
                                   "stored float32 or float16 weights")
 
+    def _moe_bias(self, n: Node, v: Value | None, what: str) -> str:
+        """runtime/moe.h's ec_moe_bias for a bias input v ([E, n]): float32 (a weight or computed), or a float16 weight
+        through its folded cast; {EC_F32, NULL} when absent."""
+        if v is None:
+            return "{EC_F32, NULL}"
+        src = v.producer
+        if src is not None and id(src) in self.folded and src.op == "cast":
+            return f"{{EC_F16, {self.ptr(src.inputs[0])}}}"
+        if v.dtype != "float32":
+            raise self._moe_refuse(n, f"a {v.dtype} {what} bias")
+        return f"{{EC_F32, {self.ptr(v)}}}"
+
     def _moe_struct(self, n: Node, name: str, x: Value, router: Value, gate_up: Value | None, down: Value | None,
-                    where: str = "NULL", cold: str = "NULL") -> str:
+                    biases: dict, where: str = "NULL", cold: str = "NULL") -> str:
         """The ec_moe_layer for moe node n (or its moe_offload form, whose gate_up and down are the resident experts'
-        rows, absent when none is), after checking what the kernel serves."""
+        rows, absent when none is; its biases are every expert's), after checking what the kernel serves."""
         a = dict(n.attrs)
         unknown = sorted(set(a) - MOE_ATTRS - ({"offload"} if n.op == "moe_offload" else set()))
         if unknown:
@@ -836,7 +852,11 @@ class CodeGen:
             raise self._moe_refuse(n, f"router scoring {a['scoring']!r} (it computes softmax scores only)")
         if int(a.get("n_group", 1)) != 1:
             raise self._moe_refuse(n, f"grouped top-k (n_group={a['n_group']}, topk_group={a.get('topk_group')})")
-        if a["act"] not in GLU_ACT:
+        if "score" in biases:
+            raise self._moe_refuse(n, "a bias on the router's scores (DeepSeek-V3's score correction)")
+        if set(biases) - set(MOE_BIASES):
+            raise self._moe_refuse(n, f"biases {sorted(set(biases) - set(MOE_BIASES))}")
+        if a["act"] not in MOE_ACT:
             raise self._moe_refuse(n, f"expert activation {a['act']!r}")
         if x.dtype != "float32" or n.output.dtype != "float32":
             raise self._moe_refuse(n, f"{x.dtype} activations (it computes in float32)")
@@ -856,22 +876,29 @@ class CodeGen:
             rdt, rptr = "EC_F32", self.ptr(router)
         else:
             raise self._moe_refuse(n, f"a {router.dtype} router")
+        logit = biases.get("logit")
+        if logit is not None and logit.dtype != "float32":
+            raise self._moe_refuse(n, f"a {logit.dtype} router bias")
         layer = len(self.moe_layers)
         self.moe_layers.append((experts, top_k))
         empty = "{%s, NULL, NULL}" % ("EC_F16" if a.get("offload", {}).get("dtype") == "float16" else "EC_F32")
         gu = self._moe_mat(n, gate_up, "gate_up") if gate_up is not None else empty
         dn = self._moe_mat(n, down, "down") if down is not None else empty
+        lptr = self.ptr(logit) if logit is not None else "NULL"
+        gub, dnb = (self._moe_bias(n, biases.get(k), k) for k in ("gate_up", "down"))
         return (f"const ec_moe_layer {name} = {{{layer}, {experts}, {d}, {inter}, {top_k}, "
-                f"{int(bool(a['normalize']))}, {_c_float(a.get('routed_scaling', 1.0))}, {GLU_ACT[a['act']]}, {rdt}, "
-                f"{rptr}, {gu}, {dn}, {where}, {cold}}};")
+                f"{int(bool(a['normalize']))}, {_c_float(a.get('routed_scaling', 1.0))}, {MOE_ACT[a['act']]}, "
+                f"{_c_float(a.get('alpha', 1.0))}, {_c_float(a.get('limit', 0.0))}, {rdt}, {rptr}, {lptr}, {gub}, "
+                f"{dnb}, {gu}, {dn}, {where}, {cold}}};")
 
     def op_moe(self, n: Node) -> None:
         """A mixture-of-experts layer: runtime/moe.h's ec_moe (only the routed experts are computed)."""
         name = f"moe{len(self.moe_layers)}"
-        if n.op == "moe" and len(n.inputs) != 4:
-            raise self._moe_refuse(n, "a bias on the router's scores" if len(n.inputs) == 5 else
-                                   f"{len(n.inputs)} inputs (it takes x, router, gate_up, down)")
-        self.emit(self._moe_struct(n, name, *n.inputs))
+        names = tuple(n.attrs.get("biases") or ())
+        if len(n.inputs) != 4 + len(names):
+            raise self._moe_refuse(n, f"{len(n.inputs)} inputs for biases {list(names)} (it takes x, router, gate_up, "
+                                      "down and the biases the attribute names)")
+        self.emit(self._moe_struct(n, name, *n.inputs[:4], moe_biases(n)))
         self._moe_call(n, name, n.inputs[0])
 
     def _moe_call(self, n: Node, name: str, x: Value) -> None:
@@ -890,7 +917,8 @@ class CodeGen:
         self.emit(f"const ec_moe_cold {name}_cold = {{{off['id']}, {off['n_cold']}, {off['stream']}, {off['slots']}, "
                   f"UINT64_C({off['offset']}), UINT64_C({off['bundle']}), UINT64_C({off['down_at']}), "
                   f"UINT64_C({off['slot_bytes']})}};")
-        self.emit(self._moe_struct(n, name, ins["x"], ins["router"], ins.get("gate_up"), ins.get("down"),
+        biases = {k: ins[f"{k}_bias"] for k in BIASES if f"{k}_bias" in ins}
+        self.emit(self._moe_struct(n, name, ins["x"], ins["router"], ins.get("gate_up"), ins.get("down"), biases,
                                    where=self.ptr(ins["where"]), cold=f"&{name}_cold"))
         self._moe_call(n, name, ins["x"])
 
@@ -924,6 +952,18 @@ class CodeGen:
         self.emit(f"ec_linear_w8a8(rt, {self.ptr(o)}, {self.ptr(x)}, {self.ptr(wq)}, {self.ptr(ws)}, {bias}, "
                   f"({numel_c(x.shape)}) / {k}, {k}, {nout});")
 
+    def _attention_sinks(self, n: Node) -> str:
+        """The kernel's sinks argument: a static array of the node's sinks (one logit per query head), or NULL."""
+        sinks = tuple(n.attrs.get("sinks") or ())
+        if not sinks:
+            return "NULL"
+        heads = n.inputs[0].shape[1]
+        if isinstance(heads, int) and len(sinks) != heads:
+            raise EdgecError(f"attention: {len(sinks)} sinks for {heads} query heads")
+        name = f"sinks_{self.var(n.outputs[0])}"
+        self.consts.append(f"static const float {name}[] = {{{', '.join(_c_float(x) for x in sinks)}}};")
+        return name
+
     def op_attention(self, n: Node) -> None:
         q, k, v = n.inputs[:3]
         if any(t.dtype != "float32" for t in n.inputs):
@@ -933,7 +973,8 @@ class CodeGen:
         kvh, dv = dim_c(k.shape[1]), dim_c(v.shape[3])
         self.alloc(out)
         a = n.attrs
-        tail = f"{_c_float(a['scale'])}, {_c_float(a.get('softcap') or 0.0)}, {int(a.get('window') or 0)}"
+        tail = (f"{_c_float(a['scale'])}, {_c_float(a.get('softcap') or 0.0)}, {int(a.get('window') or 0)}, "
+                f"{self._attention_sinks(n)}")
         if len(n.inputs) == 3:
             tmpk, tmpv = f"{self.var(out)}_k", f"{self.var(out)}_v"
             self.emit(f"void *{tmpk} = ec_get(rt, (size_t)({numel_c(k.shape)}) * 4);")

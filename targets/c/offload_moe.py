@@ -4,8 +4,9 @@ edgec/offload.py's plan_experts says which experts of each `moe` stay resident; 
 with cold experts becomes `moe_offload(x, router, gate_up_hot, down_hot, where)`, lowered by the code generator
 to runtime/moe.h's ec_moe with an ec_moe_cold (offload.h). Its resident experts are the stacked rows of the
 hot experts only ([n_hot*2I, d] and [n_hot*d, I], fp32 or fp16 as the model stores them), `where` [E] int32
-says for each expert its resident block (>= 0) or -1 - its bundle in cold.bin. The cold experts are written to
-cold.bin in ascending order per layer, each one bundle:
+says for each expert its resident block (>= 0) or -1 - its bundle in cold.bin. The moe's biases (GPT-OSS's router
+and expert biases, ops_moe.moe_biases) are small: they stay resident, every expert's, as the inputs "<name>_bias"
+of the moe_offload. The cold experts are written to cold.bin in ascending order per layer, each one bundle:
 
     gate_up rows [2I, d] | zeros to a 64-byte boundary (down_at) | down rows [d, I] | zeros to 4 KiB
 exactly the bytes of the resident rows, so a cache slot that holds a bundle is read by the same kernels as the
@@ -22,6 +23,7 @@ import numpy as np
 
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
+from edgec.ir.ops_moe import moe_biases
 
 from .offload import BLOCK, COLD_FILE, _copy, _other_memory
 
@@ -85,15 +87,20 @@ def find_experts(graph: Graph) -> tuple[list[Experts], list[str]]:
     return found, why
 
 
+def _stored_bytes(graph: Graph, v: Value) -> int:
+    """The bytes of the weight behind v (a weight, or a weight through a cast), 0 if computed."""
+    w = v if v.kind == "weight" else v.producer.inputs[0] if v.producer and v.producer.inputs else None
+    return graph.weights.info(w.name).nbytes if w is not None and w.kind == "weight" else 0
+
+
 def costs(graph: Graph, found: list[Experts]):
     """edgec.offload.ExpertCost of each layer and the memory bytes of every other weight the model reads."""
     from edgec.offload import ExpertCost
 
     out = []
     for f in found:
-        router = f.node.inputs[1]
-        r = router if router.kind == "weight" else router.producer.inputs[0] if router.producer else None
-        fixed = (graph.weights.info(r.name).nbytes if r is not None and r.kind == "weight" else 0) + 4 * f.experts
+        resident = [f.node.inputs[1], *moe_biases(f.node).values()]  # the router and the biases
+        fixed = sum(_stored_bytes(graph, v) for v in resident) + 4 * f.experts
         out.append(ExpertCost(f.node.inputs[0].name, f.experts, int(f.node.attrs["top_k"]), f.bundle, f.slot, fixed))
     skip = SimpleNamespace(removed=[f.node for f in found])
     return out, _other_memory(graph, [skip])
@@ -138,6 +145,7 @@ def lower(graph: Graph, plan, out_dir: Path) -> tuple[Graph, int]:
             where[p.hot] = np.arange(len(p.hot))
             where[p.cold] = -1 - np.arange(len(p.cold))
             ins["where"] = g.add_weight(f"moe_offload{k}.where", where)
+            ins.update((f"{name}_bias", v) for name, v in moe_biases(n).items())  # resident, every expert's
             off = {"id": k, "experts": f.experts, "d": d, "inter": inter, "n_cold": int(len(p.cold)),
                    "offset": offset, "bundle": f.bundle, "down_at": f.down_at, "stream": int(plan.mode == "stream"),
                    "slots": int(plan.slots), "slot_bytes": int(plan.slot_bytes),

@@ -14,6 +14,9 @@ class OnnxBackend(Backend):
                                  "(default: the lowering's)", stage="build", min=0, max=4),
         "opset": Option(int, None, "ONNX opset of the model (default: the lowering's)", stage="build",
                         min=17, max=21),
+        "moe_kernel": Option(str, "auto", "mixture-of-experts layers: auto (onnxruntime's MoE op where it computes "
+                             "the layer exactly, else gather), gather (gathered experts + batched MatMuls)",
+                             stage="build", choices=("auto", "gather")),
         "providers": Option(list, None, "onnxruntime execution providers in order of preference "
                             "(those this onnxruntime lacks are skipped; default: CPU)"),
         "intra_op_threads": Option(int, 0, "0: onnxruntime's default (one per physical core)", min=0),
@@ -35,7 +38,7 @@ class OnnxBackend(Backend):
         from .lower import DEFAULT_OPSET
 
         return compile_graph(graph, out_dir, device=device, opset=options.get("opset") or DEFAULT_OPSET,
-                             accuracy_level=options.get("accuracy_level"))
+                             accuracy_level=options.get("accuracy_level"), moe_kernel=options.get("moe_kernel") or "auto")
 
     traces_ops = True  # open(trace_dir=...) then executor.op_trace(): onnxruntime's profiler
 

@@ -50,7 +50,7 @@ def _version(dist: str) -> str:
 
 
 def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFAULT_OPSET,
-                  accuracy_level: int | None = None) -> dict[str, Any]:
+                  accuracy_level: int | None = None, moe_kernel: str = "auto") -> dict[str, Any]:
     """Lower, write model.onnx + model.onnx.data into out_dir, check, return manifest metadata.
 
     `device` is accepted for the common target interface; the ONNX output does
@@ -58,7 +58,7 @@ def compile_graph(graph: Graph, out_dir: Path, *, device=None, opset: int = DEFA
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lowered = lower_graph(graph, opset, accuracy_level)
+    lowered = lower_graph(graph, opset, accuracy_level, moe_kernel)
     model = lowered.model
     if graph.facts.context_length:
         entry = model.metadata_props.add()

@@ -39,6 +39,7 @@ class Initializer:
     name: str
     array: np.ndarray  # possibly an np.memmap: never copied as a whole
     transpose: bool = False
+    rows: np.ndarray | None = None  # store array[:, rows] (a reordering of axis 1; not with transpose)
 
     @property
     def dtype(self) -> str:
@@ -61,6 +62,10 @@ class Initializer:
         a = self.array
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
+        if self.rows is not None:  # one leading index at a time (an expert's rows)
+            for i in range(a.shape[0]):
+                yield np.ascontiguousarray(np.asarray(a[i])[self.rows])
+            return
         if not self.transpose:
             yield np.ascontiguousarray(a)
             return
@@ -71,6 +76,8 @@ class Initializer:
 
     def to_numpy(self) -> np.ndarray:
         a = np.asarray(self.array)
+        if self.rows is not None:
+            return np.ascontiguousarray(a[:, self.rows])
         return np.ascontiguousarray(a.T if self.transpose else a)
 
 
@@ -125,9 +132,11 @@ def _live_nodes(nodes: list[onnx.NodeProto], outputs: list[str]) -> list[onnx.No
     return live[::-1]
 
 
-def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, accuracy_level: int | None = None) -> LoweredModel:
+def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, accuracy_level: int | None = None,
+                moe_kernel: str = "auto") -> LoweredModel:
     """Lower `graph`; initializer data is left out of the proto (see LoweredModel).
-    accuracy_level: MatMulNBits' compute type (the backend option; None: lower_quant's default)."""
+    accuracy_level: MatMulNBits' compute type (the backend option; None: lower_quant's default);
+    moe_kernel: the backend option (lower_moe.py)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModelError(f"ONNX target: opset {opset} not supported "
                                     f"(use {MIN_OPSET}..{MAX_OPSET})")
@@ -137,6 +146,7 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, accuracy_level: int | 
             raise UnsupportedModelError(f"ONNX target: graph output {v.name!r} is a {v.kind}, not computed")
     inits, transposed = _plan_weights(graph)
     cx = OnnxContext(graph, opset, transposed, accuracy_level)
+    cx.moe_kernel = moe_kernel
     for n in graph.nodes:
         if id(n) in cx.absorbed:
             continue
@@ -145,7 +155,8 @@ def lower_graph(graph: Graph, opset: int = DEFAULT_OPSET, accuracy_level: int | 
     nodes = _live_nodes(cx.nodes, [v.name for v in graph.outputs])
     # A fused lowering may leave a weight unread (MatMulNBits' default zero points): don't store it.
     read = {name for nd in nodes for name in nd.input}
-    inits = [i for i in inits if i.name in read]
+    inits = [i for i in inits + [Initializer(name, graph.weights[src], rows=rows) for name, src, rows in cx.reordered]
+             if i.name in read]
     inputs = [_value_info(v) for v in graph.inputs]
     outputs = [_value_info(v) for v in graph.outputs]
     g = helper.make_graph(nodes, graph.facts.name, inputs, outputs)

@@ -52,6 +52,8 @@ class OnnxContext(LoweringContext):
         self._names |= set(transposed.values())
         self._consts: dict[tuple, str] = {}
         self.metadata: dict[str, str] = {}  # -> model.metadata_props (e.g. the KV cache layout)
+        self.reordered: list[tuple[str, str, np.ndarray]] = []  # (initializer, weight, axis-1 order): reordered
+        self.moe_kernel = "auto"  # the backend option (lower_moe.py)
 
     def fresh(self, hint: str) -> str:
         base = f"{self.scope}/{hint}"
@@ -84,6 +86,15 @@ class OnnxContext(LoweringContext):
             self.scope = saved
             self._consts[key] = name
         return self._consts[key]
+
+    def reordered_weight(self, v: Value, suffix: str, rows) -> str:
+        """An initializer holding weight v with axis 1 in the order `rows` (written lazily, a row block at a
+        time, by the external-data writer); the weight itself is stored only if something still reads it."""
+        name = f"{v.name}.{suffix}"
+        if name not in self._names:
+            self._names.add(name)
+            self.reordered.append((name, v.name, np.asarray(rows, np.int64)))
+        return name
 
     def ints(self, values) -> str:
         return self.const(np.asarray(values, np.int64), "int64")

@@ -15,7 +15,10 @@ That gives two ways to run the same model:
 A model with GQA nodes says so by `metadata_props["edgec.kv_cache"] =
 "shared_buffer"` (the pass rewrites all attentions of a graph or none).
 IR window W (key j visible from query i iff j > i - W) is GQA's
-local_window_size = W (checked against the interpreter in tests).
+local_window_size = W (checked against the interpreter in tests). Attention
+sinks (one logit per query head) are GQA's `head_sink` input, typed as the
+query: onnxruntime's CPU kernel adds exp(sink - m) to each row's softmax
+denominator, m the row max taken with the sink, as the IR reference does.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from .lower_context import INT64_MAX, OnnxContext, lowering
 
 KV_LAYOUT_KEY = "edgec.kv_cache"
 SHARED_BUFFER = "shared_buffer"
+_HEAD_SINK = 11  # GroupQueryAttention's input index of head_sink
 
 
 def _lengths(cx: OnnxContext, pos: Value) -> tuple[str, str]:
@@ -60,6 +64,8 @@ def _gqa(cx: OnnxContext, n: Node) -> None:
         ins = [qkv.name, "", "", pk.name, pv.name, *_lengths(cx, pos),
                cx.cast(cos.name, cos.dtype, "float32"), cx.cast(sin.name, sin.dtype, "float32")]
         rotary = {"do_rotary": 1, "rotary_interleaved": 0}
+    if a["sinks"]:  # input 11, after the optional cos/sin caches, position_ids and attention_bias
+        ins += [""] * (_HEAD_SINK - len(ins)) + [cx.const(a["sinks"], out.dtype)]
     cx.nodes.append(helper.make_node(
         "GroupQueryAttention", ins, [out.name, present_k.name, present_v.name],
         name=cx.fresh("GroupQueryAttention_node"), domain="com.microsoft", num_heads=heads,

@@ -128,7 +128,8 @@ def _attention(cx: OnnxContext, n: Node) -> None:
     k, v as [B, KV, 1, T, D], so MatMul broadcasting shares each kv head with
     its `rep` query heads. The causal mask is built at run time from
     P = T - S (past length): query row i may see key j iff j <= P+i
-    (and j > P+i-window with a sliding window).
+    (and j > P+i-window with a sliding window). Attention sinks join each
+    row's softmax as one more column (see _softmax_with_sinks).
     """
     q, k, v = n.inputs[:3]
     a = n.attrs
@@ -164,7 +165,11 @@ def _attention(cx: OnnxContext, n: Node) -> None:
         lo = cx.op("Sub", qpos, cx.const(int(a["window"]), "int64"))
         allowed = cx.op("And", allowed, cx.op("Greater", kpos, lo))
     s = cx.op("Where", allowed, s, cx.const(np.finfo(np.float32).min, f32))
-    o = cx.op("MatMul", cx.op("Softmax", s, axis=-1), vf)
+    if a["sinks"]:
+        p = _softmax_with_sinks(cx, s, a["sinks"], kv_heads, rep)
+    else:
+        p = cx.op("Softmax", s, axis=-1)
+    o = cx.op("MatMul", p, vf)
 
     out = n.outputs[0]
     dst = cx.sink(out, f32)
@@ -176,3 +181,17 @@ def _attention(cx: OnnxContext, n: Node) -> None:
     cx.land(dst, out, f32)
 
 
+def _softmax_with_sinks(cx: OnnxContext, s: str, sinks, kv_heads: int, rep: int) -> str:
+    """Softmax over the last axis of the fp32 scores with each head's sink logit in the denominator.
+
+    The sink is appended as a column (a [.., H, 1, 1] constant expanded to the
+    rows of `s`), the row softmax taken over T+1 columns (one fused Softmax,
+    max-subtracted with the sink included, as the reference), and the sink's
+    column dropped: it weighs no value.
+    """
+    rank = 5 if rep > 1 else 4
+    sink = np.asarray(sinks, np.float32).reshape([1, kv_heads, rep, 1, 1] if rep > 1 else [1, -1, 1, 1])
+    rows = cx.op("Concat", cx.op("Shape", s, start=0, end=rank - 1), cx.ints([1]), axis=0)
+    col = cx.op("Expand", cx.const(sink, "float32"), rows)
+    p = cx.op("Softmax", cx.op("Concat", s, col, axis=-1), axis=-1)
+    return cx.slice(p, rank - 1, 0, -1)

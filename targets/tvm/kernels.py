@@ -110,10 +110,14 @@ def rotary_cached(x, pos, cos_cache, sin_cache):
 
 
 # ----------------------------------------------------------------------------- attention
-def attention_mask(scores, scale: float, softcap: float, window: int):
+def attention_mask(scores, scale: float, softcap: float, window: int, sinks=None):
     """Scale, soft-cap and causally mask grouped scores [B, KV, rep, S, T].
 
-    Query i sits at position T - S + i and sees keys j <= T - S + i.
+    Query i sits at position T - S + i and sees keys j <= T - S + i. With
+    `sinks` ([KV, rep] float32: the sink logit of query head g*rep + r) the
+    result has one more column, T, holding each row's sink: a softmax over
+    T+1 columns then counts it in the denominator (attention sinks), and the
+    caller drops that column before the value matmul.
     """
     s_len, t_len = scores.shape[3], scores.shape[4]
     neg_inf = tirx.const(float("-inf"), "float32")
@@ -129,7 +133,13 @@ def attention_mask(scores, scale: float, softcap: float, window: int):
             ok = tirx.all(ok, j > qpos - window)
         return tirx.if_then_else(ok, s, neg_inf)
 
-    return te.compute(scores.shape, body, name="masked_scores")
+    if sinks is None:
+        return te.compute(scores.shape, body, name="masked_scores")
+
+    def with_sink(b, g, r, i, j):  # the key index clamped so that the reads stay inside `scores`
+        return tirx.if_then_else(j < t_len, body(b, g, r, i, tirx.min(j, t_len - 1)), sinks[g, r])
+
+    return te.compute((*scores.shape[:4], t_len + 1), with_sink, name="masked_scores")
 
 
 # ----------------------------------------------------------------------------- int8 rows / W8A8

@@ -24,6 +24,7 @@ from tvm.relax import op as R
 from edgec.errors import UnsupportedModelError
 from edgec.ir import Graph, Node, Value
 from edgec.ir import shapes as S
+from edgec.ir.ops_moe import moe_biases
 from edgec.ir.quant import PackedLayout
 from edgec.ir.weight_source import read_as_weight_only, weight_source
 from edgec.targets.lowering import LoweringContext, LoweringTable, check_supported
@@ -239,6 +240,7 @@ def _attention(c, n):
 
     Plain Relax matmuls, so every target's matmul schedule (dlight on GPUs)
     applies; the mask is an elementwise epilogue computed from indices.
+    Attention sinks are one more column of the masked scores (kernels.attention_mask).
     """
     qv, kv_, vv = n.inputs[:3]
     q, k, v = c[qv], c[kv_], c[vv]
@@ -255,9 +257,15 @@ def _attention(c, n):
     scores = c.emit(R.matmul(qg, R.permute_dims(k, [0, 1, 3, 2]), out_dtype="float32"))
     t_len = c.shape(n.outputs[1])[2] if outs else c.shape(kv_)[2]
     scores = c.emit(R.reshape(scores, [b, kv, rep, s_len, t_len]))  # exposes S to the mask
-    masked = c.te(lambda t: K.attention_mask(t, float(a["scale"]), float(a["softcap"]), int(a["window"])),
-                  scores, name="attention_mask")
-    p = c.emit(R.reshape(R.nn.softmax(masked, axis=-1), [b, kv, rep * s_len, t_len]))
+    mask = (float(a["scale"]), float(a["softcap"]), int(a["window"]))
+    if a["sinks"]:  # a sink column joins the softmax, then is dropped: it weighs no value
+        sinks = relax.const(np.asarray(a["sinks"], np.float32).reshape(kv, rep), "float32")
+        masked = c.te(lambda t, sk: K.attention_mask(t, *mask, sinks=sk), scores, sinks, name="attention_mask")
+        p = c.emit(R.strided_slice(R.nn.softmax(masked, axis=-1), axes=[4], begin=[0], end=[t_len]))
+    else:
+        masked = c.te(lambda t: K.attention_mask(t, *mask), scores, name="attention_mask")
+        p = R.nn.softmax(masked, axis=-1)
+    p = c.emit(R.reshape(p, [b, kv, rep * s_len, t_len]))
     if vv.dtype != "float32":
         v = R.astype(v, "float32")
     o = c.emit(R.matmul(p, v))  # [B, KV, rep*S, Dv]
@@ -385,23 +393,44 @@ def _topk(c, n):
     return list(_top(c, c[x], n.attrs["k"], n.attrs["axis"] % x.rank))
 
 
-def _experts(c, x, index, weight, gate_up: Value, down: Value, act: str):
+def _gated(h, inter: int, a: dict, dtype: str):
+    """ops_moe.gated on h [.., 2I, 1] (gate rows first)."""
+    parts = R.split(h, [inter], axis=2)
+    g, u = relax.TupleGetItem(parts, 0), relax.TupleGetItem(parts, 1)
+    if a["act"] != "clamped_swiglu":
+        fn = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh, "relu": R.nn.relu}[a["act"]]
+        return R.multiply(fn(g), u)
+    g = R.minimum(g, _scalar(a["limit"], dtype))
+    u = R.clip(u, -a["limit"], a["limit"])
+    glu = R.multiply(g, R.sigmoid(R.multiply(g, _scalar(a["alpha"], dtype))))
+    return R.multiply(R.add(u, _scalar(1.0, dtype)), glu)
+
+
+def _expert_bias(c, bias: Value | None, index, y, dtype: str):
+    """y [T,k,N,1] + bias[index] (bias [E,N]), or y."""
+    if bias is None:
+        return y
+    b = c[bias] if bias.dtype == dtype else R.astype(c[bias], dtype)
+    return R.add(y, R.expand_dims(R.take(b, index, axis=0), [3]))
+
+
+def _experts(c, x, index, weight, gate_up: Value, down: Value, a: dict, dtype: str, biases: dict):
     """sum_k weight[t,k] * expert_{index[t,k]}(x[t]) for x [T,H]: the chosen experts' weights gathered
     per token and two batched matmuls (a decode step reads only its top-k experts)."""
     inter = down.shape[2]
     h = c.emit(R.matmul(R.take(c[gate_up], index, axis=0), R.expand_dims(x, [1, 3])))   # [T,k,2I,1]
-    parts = c.emit(R.split(h, [inter], axis=2))
-    fn = {"silu": R.nn.silu, "gelu": R.nn.gelu, "gelu_tanh": R.nn.gelu_tanh, "relu": R.nn.relu}[act]
-    a = R.multiply(fn(relax.TupleGetItem(parts, 0)), relax.TupleGetItem(parts, 1))
-    y = c.emit(R.matmul(R.take(c[down], index, axis=0), a))                              # [T,k,H,1]
+    h = c.emit(_expert_bias(c, biases.get("gate_up"), index, h, dtype))
+    y = c.emit(R.matmul(R.take(c[down], index, axis=0), _gated(h, inter, a, dtype)))     # [T,k,H,1]
+    y = _expert_bias(c, biases.get("down"), index, y, dtype)
     return R.sum(R.multiply(y, R.expand_dims(weight, [2, 3])), axis=[1, 3])
 
 
 @lowering("moe_experts")
 def _moe_experts(c, n):
-    x, index, weight, gate_up, down = n.inputs
+    x, index, weight, gate_up, down = n.inputs[:5]
     w = c[weight] if weight.dtype == x.dtype else R.astype(c[weight], x.dtype)
-    return [_experts(c, c[x], c[index], w, gate_up, down, n.attrs["act"])]
+    return [_experts(c, c[x], c[index], w, gate_up, down, n.attrs, x.dtype,
+                     dict(zip(("gate_up", "down"), n.inputs[5:])))]
 
 
 def _scalar(value: float, dtype: str):
@@ -445,14 +474,19 @@ def _route(c, n):
     """(weights [T,k], index [T,k]) the moe node's router picks (ops_moe.route)."""
     x, router = n.inputs[:2]
     a, dtype, experts = n.attrs, x.dtype, router.shape[0]
-    logits = c.emit(R.matmul(c[x], R.permute_dims(c[router], [1, 0])))
+    biases = moe_biases(n)
+    logits = R.matmul(c[x], R.permute_dims(c[router], [1, 0]))
+    if "logit" in biases:
+        b = biases["logit"]
+        logits = R.add(logits, c[b] if b.dtype == dtype else R.astype(c[b], dtype))
+    logits = c.emit(logits)
     if a["scoring"] == "sparsemixer":
         weight, index = _sparsemixer(c, logits, a["jitter_eps"], dtype)
     else:
         scores = c.emit(R.nn.softmax(logits, axis=-1) if a["scoring"] == "softmax" else R.sigmoid(logits))
         choice = scores
-        if len(n.inputs) > 4:
-            bias = n.inputs[4]
+        if "score" in biases:
+            bias = biases["score"]
             choice = c.emit(R.add(scores, c[bias] if bias.dtype == dtype else R.astype(c[bias], dtype)))
         if a["n_group"] > 1:
             choice = _keep_top_groups(c, choice, c.dim(x.shape[0]), experts, a["n_group"], a["topk_group"], dtype)
@@ -473,7 +507,7 @@ def _moe(c, n):
     if x.rank != 2:
         raise UnsupportedModelError(f"TVM target: moe over a rank-{x.rank} input (expected [tokens, hidden])")
     weight, index = _route(c, n)
-    return [_experts(c, c[x], index, weight, gate_up, down, n.attrs["act"])]
+    return [_experts(c, c[x], index, weight, gate_up, down, n.attrs, x.dtype, moe_biases(n))]
 
 
 # router ops

@@ -3,7 +3,8 @@
  * Layout of this file:
  *   1. errors and small host helpers
  *   2. quantized GEMV (ec_cuda_linear_q): one warp per output row
- *   3. attention (ec_cuda_attention_f32): flash-decoding, one warp per key, online softmax
+ *   3. attention (ec_cuda_attention_f32, ec_cuda_attention_sinks_f32): flash-decoding, one warp per key,
+ *      online softmax
  *   4. self-check against a host reference (ec_cuda_selftest; main() under EC_CUDA_SELFTEST_MAIN)
  *
  * The weight layout is linear.h's ec_qweight, included (not copied) through ec_cuda.h; the kernels
@@ -306,6 +307,7 @@ struct AttnArgs {
     int64_t ccap, h, kvh, s, p, d, dv, window, chunk;
     int splits;
     float scale, softcap;
+    const float *sinks;       /* one logit per query head [h] in each row's softmax (weighing no value), or null */
 };
 
 /* weight of a partial state with running max mw when the merged max is mx (0 for empty states) */
@@ -363,11 +365,15 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP) attn_split(AttnArgs a) {
     float mx = -INFINITY, lsum = 0.f, wt[ATT_WARPS];
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; w++) mx = fmaxf(mx, s_m[w]);
+    /* one split: the sink joins the denominator here (several: once, in attn_combine) */
+    const float sink = a.sinks && a.splits == 1 ? __ldg(a.sinks + hh) : -INFINITY;
+    mx = fmaxf(mx, sink);
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; w++) {
         wt[w] = rescale(s_m[w], mx);
         lsum = fmaf(s_l[w], wt[w], lsum);
     }
+    lsum += rescale(sink, mx);
     const int64_t row = bh * a.s + i; /* (batch, head, query) */
     if (a.splits == 1) {              /* every query has at least its own key, so lsum > 0 */
         const float inv = 1.f / lsum;
@@ -397,9 +403,11 @@ __global__ void __launch_bounds__(ATT_WARPS *WARP) attn_split(AttnArgs a) {
 __global__ void attn_combine(AttnArgs a) {
     const int64_t i = blockIdx.x, bh = blockIdx.y, ib = bh / a.h, hh = bh % a.h, row = bh * a.s + i;
     const float *ml = a.ws_ml + row * a.splits * 2, *acc = a.ws_acc + row * a.splits * a.dv;
-    float mx = -INFINITY, lsum = 0.f;
+    const float sink = a.sinks ? __ldg(a.sinks + hh) : -INFINITY;
+    float mx = sink, lsum = 0.f;
     for (int sp = 0; sp < a.splits; sp++) mx = fmaxf(mx, ml[2 * sp]);
     for (int sp = 0; sp < a.splits; sp++) lsum = fmaf(ml[2 * sp + 1], rescale(ml[2 * sp], mx), lsum);
+    lsum += rescale(sink, mx); /* the sink's share of the denominator (0 without one) */
     const float inv = 1.f / lsum;
     float *o = a.out + ((ib * a.s + i) * a.h + hh) * a.dv;
     for (int e = threadIdx.x; e < a.dv; e += blockDim.x) {
@@ -431,6 +439,16 @@ extern "C" int ec_cuda_attention_f32(float *out, const float *q, const float *k,
                                      int64_t ccap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d,
                                      int64_t dv, float scale, float softcap, int64_t window, void *workspace,
                                      size_t workspace_bytes, void *stream) {
+    return ec_cuda_attention_sinks_f32(out, q, k, v, past_k, past_v, pcap, present_k, present_v, ccap, b, h, kvh, s, p,
+                                       d, dv, scale, softcap, window, nullptr, workspace, workspace_bytes, stream);
+}
+
+extern "C" int ec_cuda_attention_sinks_f32(float *out, const float *q, const float *k, const float *v,
+                                           const float *past_k, const float *past_v, int64_t pcap, float *present_k,
+                                           float *present_v, int64_t ccap, int64_t b, int64_t h, int64_t kvh,
+                                           int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap,
+                                           int64_t window, const float *sinks, void *workspace,
+                                           size_t workspace_bytes, void *stream) {
     if (b < 0 || h < 1 || kvh < 1 || h % kvh || s < 0 || p < 0 || d < 1 || dv < 1 || d > EC_CUDA_ATTN_MAX_D ||
         dv > EC_CUDA_ATTN_MAX_D || ccap < p + s)
         return fail(EC_CUDA_EARG, "ec_cuda_attention_f32: unsupported shape (b %lld h %lld kvh %lld s %lld p %lld "
@@ -486,6 +504,7 @@ extern "C" int ec_cuda_attention_f32(float *out, const float *q, const float *k,
     a.chunk = (keys + splits - 1) / splits;
     a.scale = scale;
     a.softcap = softcap;
+    a.sinks = sinks;
     const dim3 grid((unsigned)splits, (unsigned)s, (unsigned)(b * h));
     const int64_t dm = d > dv ? d : dv;
     if (dm <= 32)
@@ -607,6 +626,7 @@ struct AttnCase {
     int b, h, kvh, s, p, d, dv, window;
     float softcap;
     bool in_place, workspace;
+    bool sinks = false; /* one logit per query head in [-3, 3) (ec_cuda_attention_sinks_f32) */
 };
 
 /* max over outputs of |got - ref| / max |v|, and whether the caches hold past + new rows */
@@ -616,26 +636,28 @@ int attn_case(const AttnCase &c, Rng &rng, double *worst) {
     std::vector<float> q((size_t)c.b * c.h * c.s * c.d), k((size_t)c.b * c.kvh * c.s * c.d),
         v((size_t)c.b * c.kvh * c.s * c.dv), pk((size_t)c.b * c.kvh * pcap * c.d),
         pv((size_t)c.b * c.kvh * pcap * c.dv), ck((size_t)c.b * c.kvh * ccap * c.d, 0.f),
-        cv((size_t)c.b * c.kvh * ccap * c.dv, 0.f), out((size_t)c.b * c.s * c.h * c.dv);
+        cv((size_t)c.b * c.kvh * ccap * c.dv, 0.f), out((size_t)c.b * c.s * c.h * c.dv), sinks;
     for (auto *vec : {&q, &k, &v, &pk, &pv})
         for (auto &e : *vec) e = 2.f * rng.uniform();
+    if (c.sinks)
+        for (int hh = 0; hh < c.h; hh++) sinks.push_back(3.f * rng.uniform());
     if (c.in_place) /* the past rows already sit in the cache */
         for (int64_t hd = 0; hd < (int64_t)c.b * c.kvh; hd++) {
             memcpy(&ck[hd * ccap * c.d], &pk[hd * pcap * c.d], sizeof(float) * c.p * c.d);
             memcpy(&cv[hd * ccap * c.dv], &pv[hd * pcap * c.dv], sizeof(float) * c.p * c.dv);
         }
-    DevBuf dq, dk, dv_, dpk, dpv, dck, dcv, dout, dws;
+    DevBuf dq, dk, dv_, dpk, dpv, dck, dcv, dout, dws, dsinks;
     if (dq.upload(q) || dk.upload(k) || dv_.upload(v) || dpk.upload(pk) || dpv.upload(pv) || dck.upload(ck) ||
-        dcv.upload(cv) || dout.upload(out))
+        dcv.upload(cv) || dout.upload(out) || (c.sinks && dsinks.upload(sinks)))
         return EC_CUDA_ECUDA;
     size_t wsb = c.workspace ? ec_cuda_attention_workspace_size(c.b, c.h, c.s, c.dv) : 0;
     if (wsb && ec_cuda_malloc(&dws.p, wsb)) return EC_CUDA_ECUDA;
     const float *past_k = c.in_place ? dck.as<float>() : dpk.as<float>();
     const float *past_v = c.in_place ? dcv.as<float>() : dpv.as<float>();
-    int rc = ec_cuda_attention_f32(dout.as<float>(), dq.as<float>(), dk.as<float>(), dv_.as<float>(),
-                                   c.p ? past_k : nullptr, c.p ? past_v : nullptr, c.in_place ? ccap : pcap,
-                                   dck.as<float>(), dcv.as<float>(), ccap, c.b, c.h, c.kvh, c.s, c.p, c.d, c.dv,
-                                   scale, c.softcap, c.window, dws.p, wsb, nullptr);
+    int rc = ec_cuda_attention_sinks_f32(dout.as<float>(), dq.as<float>(), dk.as<float>(), dv_.as<float>(),
+                                         c.p ? past_k : nullptr, c.p ? past_v : nullptr, c.in_place ? ccap : pcap,
+                                         dck.as<float>(), dcv.as<float>(), ccap, c.b, c.h, c.kvh, c.s, c.p, c.d,
+                                         c.dv, scale, c.softcap, c.window, dsinks.as<float>(), dws.p, wsb, nullptr);
     if (rc || (rc = ec_cuda_sync(nullptr)) || (rc = ec_cuda_copy(out.data(), dout.p, out.size() * 4)) ||
         (rc = ec_cuda_copy(ck.data(), dck.p, ck.size() * 4)) || (rc = ec_cuda_copy(cv.data(), dcv.p, cv.size() * 4)))
         return rc;
@@ -667,7 +689,9 @@ int attn_case(const AttnCase &c, Rng &rng, double *worst) {
                     sc[j] = dot;
                     mx = dot > mx ? dot : mx;
                 }
+                if (c.sinks) mx = sinks[hh] > mx ? sinks[hh] : mx;
                 for (int64_t j = lo; j <= qpos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                if (c.sinks) sum += exp(sinks[hh] - mx); /* in the denominator only */
                 for (int e = 0; e < c.dv; e++) {
                     double o = 0.0;
                     for (int64_t j = lo; j <= qpos; j++) {
@@ -716,6 +740,8 @@ extern "C" int ec_cuda_selftest(char *msg, size_t cap) {
         {1, 3, 1, 7, 0, 80, 48, 0, 0.f, false, true},      /* no past, d != dv, odd head dim */
         {1, 2, 1, 3, 40, 256, 256, 0, 50.f, true, true},   /* Gemma-sized heads */
         {1, 2, 2, 1, 5, 16, 16, 4, 0.f, true, false},      /* tiny window */
+        {1, 8, 2, 1, 700, 64, 64, 0, 0.f, true, true, true},     /* attention sinks, split keys */
+        {2, 4, 2, 5, 40, 64, 64, 16, 20.f, false, false, true},  /* sinks in one block, window, soft-cap */
     };
     double wg = 0.0, wa = 0.0;
     Rng rng{0x9e3779b97f4a7c15ull};

@@ -11,7 +11,7 @@
  *   ec_cuda_attention_f32  causal GQA attention with a KV cache, optional sliding window and logit
  *                        soft-capping: exactly the contract of ec_rt.h's ec_attention_f32 (same
  *                        argument order, shapes and cache update), for decode (s = 1) and short
- *                        prefills.
+ *                        prefills; ec_cuda_attention_sinks_f32 adds its attention sinks.
  *
  * All tensor pointers are device pointers (or managed memory). Every function returns an
  * EC_CUDA_* code; on failure ec_cuda_last_error() describes the failure (per host thread). Kernels
@@ -70,7 +70,7 @@ int ec_cuda_linear_q(const float *x, int M, const ec_qweight *w, const float *bi
    EC_CUDA_ATTN_MAX_SPLITS thread blocks (b, h, s as in ec_cuda_attention_f32). */
 size_t ec_cuda_attention_workspace_size(int64_t b, int64_t h, int64_t s, int64_t dv);
 
-/* ec_attention_f32 (ec_rt.h) on the GPU: q [b, h, s, d]; k, v [b, kvh, s, d|dv]; past_k/past_v
+/* ec_attention_f32 (ec_rt.h) on the GPU, without sinks: q [b, h, s, d]; k, v [b, kvh, s, d|dv]; past_k/past_v
    [b, kvh, p, *] with row capacity pcap (NULL when p == 0); present_k/present_v [b, kvh, ccap, *]:
    rows [0, p) are copied from past unless past == present (an in-place cache; the two must not
    overlap otherwise), rows [p, p+s) get k / v. Query i (position p+i) attends to keys
@@ -83,6 +83,16 @@ int ec_cuda_attention_f32(float *out, const float *q, const float *k, const floa
                           int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d, int64_t dv,
                           float scale, float softcap, int64_t window, void *workspace, size_t workspace_bytes,
                           void *stream);
+
+/* The same with attention sinks, as ec_attention_f32's `sinks` (the arguments in its order, then workspace,
+   workspace_bytes and stream): sinks, a device pointer to one logit per query head [h] or NULL (then it is
+   ec_cuda_attention_f32), joins each row's softmax denominator and weighs no value:
+   p_j = exp(s_j - m) / (sum_j exp(s_j - m) + exp(sinks[hh] - m)), m = max(max_j s_j, sinks[hh]). */
+int ec_cuda_attention_sinks_f32(float *out, const float *q, const float *k, const float *v, const float *past_k,
+                                const float *past_v, int64_t pcap, float *present_k, float *present_v, int64_t ccap,
+                                int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d, int64_t dv,
+                                float scale, float softcap, int64_t window, const float *sinks, void *workspace,
+                                size_t workspace_bytes, void *stream);
 
 /* Runs both kernel families on small random cases against a host reference (double precision,
    the same semantics) on the current device. EC_CUDA_OK when all agree, EC_CUDA_ENODEV without a

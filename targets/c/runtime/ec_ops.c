@@ -491,6 +491,7 @@ typedef struct {
     int kind;
     int64_t ccap, h, kvh, s, p, d, dv, window;
     float scale, softcap;
+    const float *sinks;          /* one logit per query head [h] in every row's softmax, or NULL */
 } ec_attn_job;
 
 /* Decode (few queries) takes one dot product per key. Prefill reads the keys transposed (kt: [d, t],
@@ -639,27 +640,37 @@ static void weighted_sum(float *o, const float *pw, const float *v, int64_t n, i
     }
 }
 
-/* row[0, n) <- softmax(row * scale), soft-capped first where softcap > 0; in place */
-static void softmax_scores(float *row, int64_t n, float scale, float softcap) {
+/* row[0, n) <- softmax(row * scale), soft-capped first where softcap > 0; in place. A sink (> -inf; -INFINITY
+   when there is none) joins the softmax as one more logit whose weight is dropped: the row then sums to less
+   than 1. */
+static void softmax_scores(float *row, int64_t n, float scale, float softcap, float sink) {
     if (softcap > 0) {
         for (int64_t c = 0; c < n; c++) row[c] = tanh_fast(row[c] * scale / softcap) * softcap;
     } else {
         for (int64_t c = 0; c < n; c++) row[c] *= scale;
     }
-    float inv = 1.0f / exp_shifted(row, row, n, max_f32(row, n));
+    float m = max_f32(row, n), sink_w = 0.0f;
+    if (sink > -INFINITY) {
+        m = sink > m ? sink : m;
+        sink_w = ec_expf(sink - m);
+    }
+    float inv = 1.0f / (exp_shifted(row, row, n, m) + sink_w);
     for (int64_t c = 0; c < n; c++) row[c] *= inv;
 }
+
+/* query head hh's sink logit, -INFINITY without sinks */
+static inline float head_sink(const ec_attn_job *j, int64_t hh) { return j->sinks ? j->sinks[hh] : -INFINITY; }
 
 /* One query over the keys [lo, lo + n) (decode): scores, softmax, weighted sum of the values. A float32
    cache is read where it lies; an fp16 or int8 one through `tile` (EC_KV_TILE rows widened at a time), so
    the sums are those of the float32 kernel over the dequantized rows. */
 static void attend_one(const ec_attn_job *j, float *o, float *row, float *tile, const float *q, const void *kc,
-                       const float *ks, const void *vc, const float *vs, int64_t lo, int64_t n) {
+                       const float *ks, const void *vc, const float *vs, int64_t lo, int64_t n, float sink) {
     const int64_t d = j->d, dv = j->dv;
     if (j->kind == EC_F32) {
         const float *k = kc, *v = vc;
         for (int64_t c = 0; c < n; c++) row[c] = dot_f32(q, k + (lo + c) * d, d);
-        softmax_scores(row, n, j->scale, j->softcap);
+        softmax_scores(row, n, j->scale, j->softcap, sink);
         weighted_sum(o, row, v + lo * dv, n, dv, 0);
         return;
     }
@@ -668,7 +679,7 @@ static void attend_one(const ec_attn_job *j, float *o, float *row, float *tile, 
         widen_rows(tile, j->kind, kc, ks, lo + c0, m, d);
         for (int64_t c = 0; c < m; c++) row[c0 + c] = dot_f32(q, tile + c * d, d);
     }
-    softmax_scores(row, n, j->scale, j->softcap);
+    softmax_scores(row, n, j->scale, j->softcap, sink);
     for (int64_t c0 = 0; c0 < n; c0 += EC_KV_TILE) {
         int64_t m = n - c0 < EC_KV_TILE ? n - c0 : EC_KV_TILE;
         widen_rows(tile, j->kind, vc, vs, lo + c0, m, dv);
@@ -696,6 +707,7 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
     int64_t kt_group = -1;
     for (int64_t hh = hb; hh < he; hh++) {
         int64_t g = hh / rep;
+        const float sink = head_sink(j, hh);
         const void *kraw = (const char *)j->ck + (size_t)(g * j->ccap * d) * esz;
         const void *vraw = (const char *)j->cv + (size_t)(g * j->ccap * dv) * esz;
         const float *ks = j->ks ? j->ks + g * j->ccap : NULL, *vs = j->vs ? j->vs + g * j->ccap : NULL;
@@ -727,7 +739,7 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
                 scores_block(rows, qs, kt, ldk, d, lo, n);
                 for (int r = 0; r < EC_QB; r++) {  /* each query's own keys, zero weight elsewhere */
                     int64_t a = los[r] - lo, b = a + ns[r];
-                    softmax_scores(rows[r] + a, ns[r], j->scale, j->softcap);
+                    softmax_scores(rows[r] + a, ns[r], j->scale, j->softcap, sink);
                     for (int64_t c = 0; c < a; c++) rows[r][c] = 0.0f;
                     for (int64_t c = b; c < n; c++) rows[r][c] = 0.0f;
                 }
@@ -735,7 +747,7 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
                 continue;
             }
             for (int r = 0; r < nq; r++)
-                attend_one(j, outs[r], rows[r], tile, qs[r], kraw, ks, vraw, vs, los[r], ns[r]);
+                attend_one(j, outs[r], rows[r], tile, qs[r], kraw, ks, vraw, vs, los[r], ns[r], sink);
         }
     }
     free(sc);
@@ -749,20 +761,21 @@ static void attn_heads(void *arg, int64_t hb, int64_t he) {
 /* the heads of batch row ib over a cache whose rows [0, p + s) are in place */
 static void attend_cached(ec_rt *rt, int kind, float *out, const float *q, const void *ck, const void *cv,
                           const float *ks, const float *vs, int64_t cap, int64_t ib, int64_t h, int64_t kvh,
-                          int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+                          int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window,
+                          const float *sinks) {
     size_t esz = ec_dtype_size(kind);
     ec_attn_job j = {out + ib * s * h * dv, q + ib * h * s * d,
                      (const char *)ck + (size_t)(ib * kvh * cap * d) * esz,
                      (const char *)cv + (size_t)(ib * kvh * cap * dv) * esz,
                      ks ? ks + ib * kvh * cap : NULL, vs ? vs + ib * kvh * cap : NULL, kind,
-                     cap, h, kvh, s, p, d, dv, window, scale, softcap};
+                     cap, h, kvh, s, p, d, dv, window, scale, softcap, sinks};
     ec_parallel(rt->pool, h, 1, attn_heads, &j);
 }
 
 void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, const float *v,
                       const float *past_k, const float *past_v, int64_t pcap, float *present_k, float *present_v,
                       int64_t ccap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d, int64_t dv,
-                      float scale, float softcap, int64_t window) {
+                      float scale, float softcap, int64_t window, const float *sinks) {
     for (int64_t ib = 0; ib < b; ib++) {
         float *ck = present_k + ib * kvh * ccap * d, *cv = present_v + ib * kvh * ccap * dv;
         for (int64_t g = 0; g < kvh; g++) {
@@ -775,13 +788,13 @@ void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, con
             memcpy(cv + (g * ccap + p) * dv, v + (ib * kvh + g) * s * dv, sizeof(float) * (size_t)(s * dv));
         }
         attend_cached(rt, EC_F32, out, q, present_k, present_v, NULL, NULL, ccap, ib, h, kvh, s, p, d, dv, scale,
-                      softcap, window);
+                      softcap, window, sinks);
     }
 }
 
 void ec_attention_f16(ec_rt *rt, float *out, const float *q, const float *k, const float *v, uint16_t *cache_k,
                       uint16_t *cache_v, int64_t cap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p,
-                      int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+                      int64_t d, int64_t dv, float scale, float softcap, int64_t window, const float *sinks) {
     for (int64_t ib = 0; ib < b; ib++) {
         for (int64_t g = 0; g < kvh; g++) {  /* the new rows, rounded to half once */
             int64_t row = (ib * kvh + g) * cap + p, src = (ib * kvh + g) * s;
@@ -789,13 +802,14 @@ void ec_attention_f16(ec_rt *rt, float *out, const float *q, const float *k, con
             for (int64_t i = 0; i < s * dv; i++) cache_v[row * dv + i] = ec_f32_to_f16(v[src * dv + i]);
         }
         attend_cached(rt, EC_F16, out, q, cache_k, cache_v, NULL, NULL, cap, ib, h, kvh, s, p, d, dv, scale, softcap,
-                      window);
+                      window, sinks);
     }
 }
 
 void ec_attention_i8(ec_rt *rt, float *out, const float *q, const float *k, const float *v, int8_t *cache_k,
                      float *scale_k, int8_t *cache_v, float *scale_v, int64_t cap, int64_t b, int64_t h, int64_t kvh,
-                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window) {
+                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window,
+                     const float *sinks) {
     for (int64_t ib = 0; ib < b; ib++) {
         for (int64_t g = 0; g < kvh; g++) {  /* the new rows, quantized once (the graph's quantize_rows) */
             int64_t row = (ib * kvh + g) * cap + p, src = (ib * kvh + g) * s;
@@ -803,6 +817,6 @@ void ec_attention_i8(ec_rt *rt, float *out, const float *q, const float *k, cons
             ec_quantize_rows(cache_v + row * dv, scale_v + row, v + src * dv, s, dv);
         }
         attend_cached(rt, EC_I8, out, q, cache_k, cache_v, scale_k, scale_v, cap, ib, h, kvh, s, p, d, dv, scale,
-                      softcap, window);
+                      softcap, window, sinks);
     }
 }

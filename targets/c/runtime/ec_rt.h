@@ -165,11 +165,14 @@ int ec_positions_ok(const int64_t *pos, int64_t n, int64_t table_rows);
 /* causal GQA attention, batch 1 per call over b batches.
  * q [b, h, s, d]; k, v [b, kv, s, d|dv] (this call's rows); past_k/past_v [b, kv, p, *] with row capacity pcap
  * (NULL when p == 0); present_k/present_v [b, kv, *, *] with row capacity ccap: rows [0, p) are copied from
- * past unless past == present (an in-place cache), rows [p, p+s) get k/v. out [b, s, h, dv]. */
+ * past unless past == present (an in-place cache), rows [p, p+s) get k/v. out [b, s, h, dv].
+ * sinks: NULL, or one logit per query head [h] (GPT-OSS's attention sinks) that joins each row's softmax
+ * denominator and weighs no value: p_j = exp(s_j - m) / (sum_j exp(s_j - m) + exp(sinks[hh] - m)),
+ * m = max(max_j s_j, sinks[hh]). */
 void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, const float *v,
                       const float *past_k, const float *past_v, int64_t pcap, float *present_k, float *present_v,
                       int64_t ccap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p, int64_t d, int64_t dv,
-                      float scale, float softcap, int64_t window);
+                      float scale, float softcap, int64_t window, const float *sinks);
 /* The same over an in-place cache of cap rows stored in another form (rows [0, p) already there, rows
  * [p, p+s) appended from k/v, then read where they lie, widened on the fly):
  *   ec_attention_f16: IEEE half rows [b, kv, cap, d|dv], the new rows rounded to half once;
@@ -177,10 +180,11 @@ void ec_attention_f32(ec_rt *rt, float *out, const float *q, const float *k, con
  *   quantized by ec_quantize_rows (the IR's quantize_rows, bit for bit). */
 void ec_attention_f16(ec_rt *rt, float *out, const float *q, const float *k, const float *v, uint16_t *cache_k,
                       uint16_t *cache_v, int64_t cap, int64_t b, int64_t h, int64_t kvh, int64_t s, int64_t p,
-                      int64_t d, int64_t dv, float scale, float softcap, int64_t window);
+                      int64_t d, int64_t dv, float scale, float softcap, int64_t window, const float *sinks);
 void ec_attention_i8(ec_rt *rt, float *out, const float *q, const float *k, const float *v, int8_t *cache_k,
                      float *scale_k, int8_t *cache_v, float *scale_v, int64_t cap, int64_t b, int64_t h, int64_t kvh,
-                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window);
+                     int64_t s, int64_t p, int64_t d, int64_t dv, float scale, float softcap, int64_t window,
+                     const float *sinks);
 
 /* linear layers through the thread pool (the kernels of linear.h on column ranges) */
 void ec_linear_f32_mt(ec_rt *rt, float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t k,

@@ -1,17 +1,19 @@
 /* edgec embedded C runtime: mixture-of-experts layers (see moe.h for the contract).
  *
- * One call: the router's logits x router^T through the linear kernels, a softmax and the top_k per row (or the
- * routing trace's experts), then the rows grouped by expert with a counting sort (rows ascending within an
- * expert), and for each expert routed to, in ascending order: its rows gathered, gate_up and down as two
- * linears over that block with the thread pool into the expert's block of rows of one buffer; at the end the
- * blocks are weighted and added to the rows they came from in ascending expert order, whatever order the experts
- * were computed in. Cold experts (a model with a memory budget) are fetched `slots` at a time in ascending order,
- * the first batch (a decode step's cold experts, all read concurrently) while the resident experts compute.
+ * One call: the router's logits x router^T (+ logit_bias) through the linear kernels, a softmax and the top_k per
+ * row (or the routing trace's experts), then the rows grouped by expert with a counting sort (rows ascending within
+ * an expert), and for each expert routed to, in ascending order: its rows gathered, gate_up and down as two linears
+ * (with the expert's biases, if any) over that block with the thread pool into the expert's block of rows of one
+ * buffer; at the end the blocks are weighted and added to the rows they came from in ascending expert order,
+ * whatever order the experts were computed in. Cold experts (a model with a memory budget) are fetched `slots` at a
+ * time in ascending order, the first batch (a decode step's cold experts, all read concurrently) while the resident
+ * experts compute.
  */
 #define _GNU_SOURCE
 #include "moe.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,13 +112,13 @@ int ec_rt_moe_trace(ec_rt *rt, const char *path) {
 }
 
 /* ------------------------------------------------------------------ kernels over row blocks */
-/* y [m, n] = x [m, k] times rows [row0, row0 + n) of mat */
+/* y [m, n] = x [m, k] times rows [row0, row0 + n) of mat (+ bias [n], unless NULL) */
 static void mat_linear(ec_rt *rt, const ec_moe_mat *mat, int64_t row0, float *y, const float *x, int64_t m, int64_t k,
-                       int64_t n) {
+                       int64_t n, const float *bias) {
     if (mat->dtype == EC_F32) {
-        ec_linear_f32_mt(rt, y, x, (const float *)mat->w + row0 * k, NULL, m, k, n);
+        ec_linear_f32_mt(rt, y, x, (const float *)mat->w + row0 * k, bias, m, k, n);
     } else if (mat->dtype == EC_F16) {
-        ec_linear_f16_mt(rt, y, x, (const uint16_t *)mat->w + row0 * k, NULL, m, k, n);
+        ec_linear_f16_mt(rt, y, x, (const uint16_t *)mat->w + row0 * k, bias, m, k, n);
     } else {  /* quantized rows: the block's codes, scales, zero points and minima */
         ec_qweight q = *mat->q;
         const size_t row = (size_t)q.kp * (size_t)q.bits / 8;
@@ -124,7 +126,7 @@ static void mat_linear(ec_rt *rt, const ec_moe_mat *mat, int64_t row0, float *y,
         q.scales += (size_t)row0 * (size_t)q.groups;
         q.zeros += (size_t)row0 * (size_t)q.groups;
         if (q.mins) q.mins += (size_t)row0 * (size_t)q.groups;
-        ec_linear_q_mt(rt, y, x, &q, NULL, m, n);
+        ec_linear_q_mt(rt, y, x, &q, bias, m, n);
     }
 }
 
@@ -141,27 +143,50 @@ static void top_k(const float *s, int E, int k, int32_t *idx) {
     }
 }
 
-/* ------------------------------------------------------------------ the layer */
-/* out [n, D] = expert `block` of (gmat, dmat) on rows r[0..n) of x [T, D] (gathered into xe unless n == T: all) */
-static void expert(ec_rt *rt, const ec_moe_layer *m, const ec_moe_mat *gmat, const ec_moe_mat *dmat, int64_t block,
-                   const float *x, const int32_t *r, int n, int64_t T, float *xe, float *gu, float *h, float *out) {
+/* GPT-OSS's clamped SwiGLU: g' = min(g, limit), u' = clamp(u, -limit, limit), out = (u' + 1) * g' * sigmoid(alpha g')
+   (a NaN stays NaN, as in the reference) */
+static void clamped_swiglu(float *out, const float *g, const float *u, int n, float alpha, float limit) {
+    for (int i = 0; i < n; i++) {
+        const float gi = g[i] > limit ? limit : g[i];
+        const float ui = u[i] > limit ? limit : u[i] < -limit ? -limit : u[i];
+        out[i] = (ui + 1.f) * (gi / (1.f + expf(-alpha * gi)));
+    }
+}
+
+/* expert e's row of n bias values b [E, n] as floats: in place when fp32, else widened into buf; NULL if none */
+static const float *bias_row(const ec_moe_bias *b, int e, int n, float *buf) {
+    if (!b->v) return NULL;
+    if (b->dtype == EC_F32) return (const float *)b->v + (size_t)e * (size_t)n;
+    const uint16_t *h = (const uint16_t *)b->v + (size_t)e * (size_t)n;
+    for (int i = 0; i < n; i++) buf[i] = ec_f16_to_f32(h[i]);
+    return buf;
+}
+
+/* out [n, D] = expert e, whose weights are block `block` of (gmat, dmat), on rows r[0..n) of x [T, D] (gathered into
+   xe unless n == T: all); bias: scratch for its biases [2I + D] */
+static void expert(ec_rt *rt, const ec_moe_layer *m, const ec_moe_mat *gmat, const ec_moe_mat *dmat, int e,
+                   int64_t block, const float *x, const int32_t *r, int n, int64_t T, float *xe, float *gu, float *h,
+                   float *bias, float *out) {
     const int D = m->d, I = m->inter;
     const float *in = x;
     if (n != T) {
         for (int i = 0; i < n; i++) memcpy(xe + (size_t)i * D, x + (size_t)r[i] * D, (size_t)D * sizeof(float));
         in = xe;
     }
-    mat_linear(rt, gmat, block * 2 * I, gu, in, n, D, 2 * I);
-    for (int i = 0; i < n; i++)
-        ec_glu_f32(h + (size_t)i * I, gu + (size_t)i * 2 * I, gu + (size_t)i * 2 * I + I, I, m->act, 0.f);
-    mat_linear(rt, dmat, block * D, out, h, n, I, D);
+    mat_linear(rt, gmat, block * 2 * I, gu, in, n, D, 2 * I, bias_row(&m->gate_up_bias, e, 2 * I, bias));
+    for (int i = 0; i < n; i++) {
+        const float *g = gu + (size_t)i * 2 * I;
+        if (m->act == EC_MOE_CLAMPED_SWIGLU) clamped_swiglu(h + (size_t)i * I, g, g + I, I, m->alpha, m->limit);
+        else ec_glu_f32(h + (size_t)i * I, g, g + I, I, m->act, 0.f);
+    }
+    mat_linear(rt, dmat, block * D, out, h, n, I, D, bias_row(&m->down_bias, e, D, bias + 2 * I));
 }
 
 int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T) {
     const int E = m->experts, K = m->top_k, D = m->d, I = m->inter;
     float *score = ec_get(rt, (size_t)T * (size_t)E * sizeof(float));
-    if (m->router_dtype == EC_F16) ec_linear_f16_mt(rt, score, x, m->router, NULL, T, D, E);
-    else ec_linear_f32_mt(rt, score, x, m->router, NULL, T, D, E);
+    if (m->router_dtype == EC_F16) ec_linear_f16_mt(rt, score, x, m->router, m->logit_bias, T, D, E);
+    else ec_linear_f32_mt(rt, score, x, m->router, m->logit_bias, T, D, E);
     ec_softmax_f32(score, score, T, E, 1);
 
     /* each row's experts and weights */
@@ -232,10 +257,11 @@ int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T
     float *gu = ec_get(rt, (size_t)T * 2 * (size_t)I * sizeof(float));
     float *h = ec_get(rt, (size_t)T * (size_t)I * sizeof(float));
     float *ye = ec_get(rt, (size_t)T * (size_t)K * (size_t)D * sizeof(float));
+    float *bias = ec_get(rt, (size_t)(2 * I + D) * sizeof(float));
     for (int e = 0; e < E && !rc; e++)
         if (start[e + 1] > start[e] && (!m->where || m->where[e] >= 0))
-            expert(rt, m, &m->gate_up, &m->down, m->where ? m->where[e] : e, x, rows + start[e],
-                   start[e + 1] - start[e], T, xe, gu, h, ye + (size_t)start[e] * D);
+            expert(rt, m, &m->gate_up, &m->down, e, m->where ? m->where[e] : e, x, rows + start[e],
+                   start[e + 1] - start[e], T, xe, gu, h, bias, ye + (size_t)start[e] * D);
     for (int b = 0; b < n_cold && !rc; b += slots) {  /* the cold ones, a cache-full at a time */
         const int len = n_cold - b < slots ? n_cold - b : slots;
         if (b && (rc = ec_moe_fetch_start(rt, m->cold, cold + b, len, bundle + b)) != 0) break;
@@ -245,7 +271,7 @@ int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T
             gmat.w = bundle[i];
             dmat.w = bundle[i] + m->cold->down_at;
             ec_moe_fetch_ready(rt, i - b);
-            expert(rt, m, &gmat, &dmat, 0, x, rows + start[e], start[e + 1] - start[e], T, xe, gu, h,
+            expert(rt, m, &gmat, &dmat, e, 0, x, rows + start[e], start[e + 1] - start[e], T, xe, gu, h, bias,
                    ye + (size_t)start[e] * D);
         }
         rc = ec_moe_fetch_wait(rt);  /* the reads' errors and counts */
@@ -258,6 +284,7 @@ int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T
             const float *er = ye + (size_t)at * D, w = rw[at];
             for (int j = 0; j < D; j++) yr[j] += er[j] * w;
         }
+    ec_put(rt, bias);
     ec_put(rt, ye);
     ec_put(rt, h);
     ec_put(rt, gu);

@@ -1,8 +1,11 @@
 /* edgec embedded C runtime: mixture-of-experts layers (the IR's `moe` op).
  *
- * y [T, d] = sum over each token's top_k experts e of w_e * down_e(act(gate_e x) * up_e x), where the router
- * scores are softmax(x router^T) over the E experts, the top_k highest are taken (ties to the lower index, as
- * edgec.ir.ops_moe.top_k) and, with `normalize`, divided by their sum, then times `scale` (routed_scaling).
+ * y [T, d] = sum over each token's top_k experts e of w_e * (down_e gated(gate_up_e x + gate_up_bias_e) + down_bias_e),
+ * where the router scores are softmax(x router^T + logit_bias) over the E experts, the top_k highest are taken (ties
+ * to the lower index, as edgec.ir.ops_moe.top_k) and, with `normalize`, divided by their sum, then times `scale`
+ * (routed_scaling). The biases are optional (GPT-OSS has all three). gated([g | u]) = act(g) * u, or GPT-OSS's
+ * clamped SwiGLU (EC_MOE_CLAMPED_SWIGLU): g' = min(g, limit), u' = clamp(u, -limit, limit),
+ * (u' + 1) * g' * sigmoid(alpha g').
  * Only routed experts are computed. The tokens of one call are grouped by expert: each expert routed to runs
  * once on the block of rows routed to it (a decode step: its one row; a prefill: every row that chose it), so
  * each expert's weights are read once per call; results are added in ascending expert order (the reference's).
@@ -13,7 +16,8 @@
  * (ec_qweight). A model built with a memory budget keeps some experts resident (the stacked matrices hold those
  * only, `where` says which) and reads the others from cold.bin whole, through the cold reads' cache of expert
  * slots (offload.h: ec_moe_fetch_start/_wait). A slot holds an expert as the stacked matrices hold one, so both run the
- * same kernels on the same bytes: the results are identical whichever way the weights arrived.
+ * same kernels on the same bytes: the results are identical whichever way the weights arrived. The experts' biases
+ * are small and always resident, for every expert (hot or cold), at its own index.
  *
  * Testing and benchmarking hook: EDGEC_MOE_TRACE=FILE (read by edgec_context and by Python's executor) makes
  * every moe layer take its experts from a routing trace instead of its router's top-k (ec_rt_moe_trace); the
@@ -32,6 +36,7 @@ extern "C" {
 #endif
 
 #define EC_MOE_MAX_EXPERTS 256   /* experts per layer the kernel serves (DeepSeek-V3's 256; the build checks) */
+#define EC_MOE_CLAMPED_SWIGLU 64 /* ec_moe_layer.act: GPT-OSS's clamped SwiGLU (apart from ec_rt.h's activations) */
 
 /* A stacked weight matrix whose row blocks are the experts: rows of `k` floats (EC_F32) or IEEE halves (EC_F16),
    or quantized rows (q, with dtype -1). */
@@ -41,14 +46,23 @@ typedef struct {
     const ec_qweight *q;
 } ec_moe_mat;
 
+/* Per-expert bias rows [E, n] of floats (EC_F32) or IEEE halves (EC_F16); v NULL: none. */
+typedef struct {
+    int dtype;
+    const void *v;
+} ec_moe_bias;
+
 typedef struct {
     int layer;                 /* index among the model's moe ops (its rows in a routing trace) */
     int experts, d, inter;     /* E, model width d, expert width I */
     int top_k, normalize;      /* weights: the top_k scores, divided by their sum when normalize, times scale */
     float scale;
-    int act;                   /* EC_SILU, EC_GELU, EC_GELU_TANH or EC_RELU */
+    int act;                   /* EC_SILU, EC_GELU, EC_GELU_TANH, EC_RELU or EC_MOE_CLAMPED_SWIGLU */
+    float alpha, limit;        /* the clamped SwiGLU's (unused by the other activations) */
     int router_dtype;          /* EC_F32 or EC_F16 */
     const void *router;        /* [E, d] */
+    const float *logit_bias;   /* [E] added to the router's logits, or NULL */
+    ec_moe_bias gate_up_bias, down_bias;  /* [E, 2I] and [E, d], or none */
     ec_moe_mat gate_up, down;  /* the resident experts: [n*2I, d] and [n*d, I] */
     const int32_t *where;      /* NULL: every expert resident, at its own index; else expert e's resident block
                                   (>= 0) or -1 - its bundle in cold.bin */
