@@ -18,6 +18,12 @@ so the search costs N*K^2 per alpha, independent of the token count.
 - a `glu(act(gate), up)` whose `up` is a quantized linear: up's rows are
   divided by s, which for the packed format is just its row scales;
 - otherwise an explicit `mul(x, 1/s)` with a [K] constant is inserted.
+
+MoE experts (`awq_experts`): each expert's down projection is scaled on the activations of the tokens
+routed to it, and 1/s is folded into the same expert's up rows (and up bias), exact because
+act(gate) * up is linear in up. An expert's gate_up reads the layer's input, which the router reads too,
+so it is rounded to nearest (as are GPT-OSS's clamped experts, whose (clamp(up) + 1) takes no fold, and
+experts fewer than EXPERT_MIN_TOKENS calibration tokens reach).
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from edgec.errors import EdgecError
 from edgec.ir import Graph, Node, Value
 from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with, search_params
 
-from .gptq import gptq_hessian
+from .gptq import EXPERT_MIN_TOKENS, gptq_hessian
 from .lib.activations import collect_sequential
 from .quantize import (Target, check_clip_min, expert_weights, find_targets, make_spec, quantize_experts,
                        replace_weight, summary, weight_selector)
@@ -111,6 +117,47 @@ def _apply_fold(graph: Graph, x: Value, group: list[Node], s: np.ndarray, how: s
             n.inputs = [m.output] + n.inputs[1:]
 
 
+def awq_experts(graph: Graph, node: Node, xs: list[np.ndarray], spec: QuantSpec, grid: int) -> tuple[int, list]:
+    """Per-expert AWQ of moe `node`'s down projections on the rows xs the layer sees: rewrites its down (columns
+    times s) and up rows (divided by s) in place, in full precision. Returns (experts scaled, their error
+    ratios vs RTN)."""
+    from edgec.ir.ops_moe import gated, moe_biases, node_route
+
+    a = node.attrs
+    gate_up, down = node.inputs[2:4]
+    if a["act"] == "clamped_swiglu" or gate_up.kind != "weight" or down.kind != "weight":
+        return 0, []
+    bias = moe_biases(node).get("gate_up")
+    if bias is not None and bias.kind != "weight":
+        return 0, []
+    x = np.concatenate([np.asarray(r, np.float32).reshape(-1, r.shape[-1]) for r in xs])
+    _, idx = node_route(graph, node, x)
+    gu = np.array(graph.weight(gate_up), np.float32)
+    dn = np.array(graph.weight(down), np.float32)
+    gb = np.array(graph.weight(bias), np.float32) if bias is not None else None
+    inter = dn.shape[2]
+    scaled, gains = 0, []
+    for e in range(gu.shape[0]):
+        xe = x[(idx == e).any(1)]
+        if len(xe) < EXPERT_MIN_TOKENS:
+            continue
+        h = gated(xe @ gu[e].T + (gb[e] if gb is not None else 0), a["act"], a["alpha"], a["limit"])
+        ht = torch.from_numpy(np.ascontiguousarray(h, np.float32))
+        s, err, base = search_scales(dn[e], ht.T @ ht, np.abs(h).mean(0), spec, grid)
+        gains.append(err / base if base > 0 else 1.0)
+        if np.all(s == 1):
+            continue
+        dn[e] *= s
+        gu[e, inter:] /= s[:, None]
+        if gb is not None:
+            gb[e, inter:] /= s
+        scaled += 1
+    graph.weights[gate_up.name], graph.weights[down.name] = gu, dn
+    if gb is not None:
+        graph.weights[bias.name] = gb
+    return scaled, gains
+
+
 @register_pass("awq", needs_calibration=True, bits=4, group_size=128, symmetric=False, grid=20, lm_head=False,
                skip=[], only=[], layers=None, clip_search=False, clip_min=0.6, scales="fp32")
 def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, clip_search=False,
@@ -152,7 +199,19 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
         ctx.progress(f"awq: {len(results)}/{len(single)} {', '.join(u.name for u in group)}: "
                      f"output error {gains[-1]:.2f}x of RTN")
 
-    collect_sequential(graph, ctx.windows(), by_node, visit, abs_sum=True, hessian=True)
+    expert_gains: list[float] = []
+    scaled_experts = 0
+
+    def visit_moe(node, xs):
+        nonlocal scaled_experts
+        n, g = awq_experts(graph, node, xs, spec, grid)
+        scaled_experts += n
+        expert_gains.extend(g)
+        ctx.progress(f"awq: {node.output.name}: {n} experts' down projections scaled")
+
+    moes = {n for n, i in experts if i == 3}  # (down projections the selection quantizes)
+    collect_sequential(graph, ctx.windows(), by_node, visit, raw={n: visit_moe for n in moes}, abs_sum=True,
+                       hessian=True)
     users = graph.users()
     plans = [(x, group, s, _fold_target(graph, x, group, users, results)) for x, group, s in groups
              if not np.all(s == 1)]
@@ -168,17 +227,18 @@ def awq(graph: Graph, ctx, bits, group_size, symmetric, grid, lm_head, skip, cli
             codes, scales, zeros, _ = rtn(w, spec)
             packed = pack(codes, spec.bits)
         replace_weight(graph, t, packed, scales, zeros, spec)
-    # MoE experts: no per-expert activation scaling yet (a scale folded into the norm before a moe layer would
-    # also scale its router); they are rounded to nearest, each expert on its own
+    # MoE experts, each on its own: down projections scaled above, then every expert weight rounded to nearest
     n_experts = quantize_experts(graph, experts, spec)
     graph.prune_weights()
     extra = (f", output error {np.mean(gains):.2f}x of RTN, scales folded into "
              f"{folds['norm']} norms + {folds['glu']} up projections, {folds['mul']} mul" if gains else "")
     if n_experts:
-        extra += f", {n_experts} MoE expert weights rounded to nearest (no per-expert AWQ yet)"
+        extra += (f", {n_experts} MoE expert weights ({scaled_experts} experts' down projections AWQ-scaled"
+                  + (f", output error {np.mean(expert_gains):.2f}x of RTN" if expert_gains else "")
+                  + "; gate_up rounded to nearest)")
     count, after = sum(len(t.linears) for t in targets), graph.weights.total_bytes()
     counts = {"linears": count, "bytes_before": before, "bytes_after": after, "folded_norms": folds["norm"],
-              "quantized_expert_weights": n_experts,
+              "quantized_expert_weights": n_experts, "awq_scaled_experts": scaled_experts,
               "folded_up": folds["glu"], "muls": folds["mul"]}
     if gains:
         counts["error_vs_rtn"] = float(np.mean(gains))

@@ -140,14 +140,32 @@ def interpret_value(graph, v):
     return get_op("dequantize").ref(*arrays, **dq.attrs).reshape(reshape.attrs["shape"])
 
 
-def test_awq_rounds_the_experts_to_nearest(mixtral):
-    """AWQ has no per-expert scaling yet: it says so and still stores every expert quantized."""
+def test_awq_scales_each_experts_down_projection_on_its_routed_tokens(mixtral):
+    """Per-expert AWQ: each expert's down projection scaled on its own routed tokens' activations with 1/s
+    folded into its up rows (exact in full precision), then every expert stored quantized; the layer's
+    output error on held-out tokens is below round-to-nearest's."""
     from helpers import Calib
 
     graph = raised_graph(mixtral)
-    result = run_pass(graph, "awq", ctx=Calib(n=4, seqlen=32), bits=4, group_size=16)
-    assert result["quantized_expert_weights"] == 4 and "no per-expert AWQ" in result.summary
+    node = next(n for n in graph.nodes if n.op == "moe")
+    ref = {i: np.asarray(graph.weight(node.inputs[i])).copy() for i in (2, 3)}
+    rtn = copy_graph(graph)
+    run_pass(rtn, "quantize", bits=4, group_size=16, lm_head=False)
+    result = run_pass(graph, "awq", ctx=Calib(n=8, seqlen=48), bits=4, group_size=16)
+    assert result["quantized_expert_weights"] == 4 and result["awq_scaled_experts"] == 8
+    assert "down projections AWQ-scaled" in result.summary
     assert all(v.producer.op == "reshape" for n in graph.nodes if n.op == "moe" for v in n.inputs[2:4])
+    x = _first_moe_inputs(copy_graph(rtn), Calib(n=4, seqlen=48, seed=9).windows())  # held-out windows
+
+    def layer(g):
+        n = next(m for m in g.nodes if m.op == "moe")
+        weights = [np.asarray(g.weight(n.inputs[1]))] + [interpret_value(g, n.inputs[i]) for i in (2, 3)]
+        return get_op("moe").ref(x, *weights, **n.attrs)
+
+    moe = next(n for n in graph.nodes if n.op == "moe")
+    exact = get_op("moe").ref(x, np.asarray(graph.weight(moe.inputs[1])), ref[2], ref[3], **moe.attrs)
+    err_awq, err_rtn = (np.abs(layer(g) - exact).mean() for g in (graph, rtn))
+    assert err_awq < 0.9 * err_rtn, (err_awq, err_rtn)
 
 
 @pytest.mark.parametrize("recipe", ["int4-gptq", "int4-awq"])
