@@ -16,6 +16,12 @@ along the input dimension K of W[N, K] (2:4 is what sparse tensor cores run).
 The calibrated methods run sequentially (passes/lib/activations.py's
 collect_sequential): each linear sees the outputs of the already-pruned
 earlier linears, as in the papers.
+
+Mixture-of-experts layers are pruned expert by expert (`prune_experts`): each
+expert's gate_up on the calibration rows its router sends to it, its down on
+its own activations computed with the pruned gate_up (as GPTQ calibrates
+experts). An expert fewer than EXPERT_MIN_TOKENS rows reach is pruned by
+magnitude, and the summary counts them.
 The lm_head (the projection that produces the logits) is kept dense unless
 `lm_head=true`: it is the most sensitive layer and, often tied to the token
 embedding, a bad trade.
@@ -27,7 +33,8 @@ import numpy as np
 from edgec.errors import EdgecError
 from edgec.ir import Graph, Node
 
-from .lib.activations import collect_sequential
+from .gptq import EXPERT_MIN_TOKENS
+from .lib.activations import Stats, collect_sequential
 from .lib.linears import lm_head_nodes, own_weight, set_weight
 from .registry import PassResult, register_pass
 
@@ -87,35 +94,84 @@ def apply_mask(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.zeros((), w.dtype), w)
 
 
-def _result(graph: Graph, nodes: list[Node], n: int, m: int) -> PassResult:
-    zeros = sum(int(np.count_nonzero(graph.weight(x.inputs[1]) == 0)) for x in nodes)
-    total = sum(int(np.prod(x.inputs[1].shape)) for x in nodes)
+def _result(graph: Graph, nodes: list[Node], n: int, m: int, moes=(), rare: int = 0) -> PassResult:
+    weights = [x.inputs[1] for x in nodes] + [v for x in moes for v in x.inputs[2:4]]
+    zeros = sum(int(np.count_nonzero(graph.weight(w) == 0)) for w in weights)
+    total = sum(int(np.prod(w.shape)) for w in weights)
     what = f"{n}:{m}" if m else "unstructured"
-    return PassResult(f"pruned {len(nodes)} linears to {100 * zeros / max(total, 1):.1f}% ({what})",
-                      {"linears": len(nodes), "zeros": zeros, "weights": total, "n": n, "m": m})
+    experts = (f" and the experts of {len(moes)} MoE layers" + (f" ({rare} experts too rarely routed to calibrate: "
+               "by magnitude)" if rare else "")) if moes else ""
+    return PassResult(f"pruned {len(nodes)} linears{experts} to {100 * zeros / max(total, 1):.1f}% ({what})",
+                      {"linears": len(nodes), "moe_layers": len(moes), "rare_experts": rare, "zeros": zeros,
+                       "weights": total, "n": n, "m": m})
+
+
+def moe_layers(graph: Graph) -> list[Node]:
+    """moe nodes whose experts are plain float weights (not already quantized)."""
+    return [n for n in graph.nodes if n.op == "moe"
+            and all(v.kind == "weight" and v.dtype in LINEAR_DTYPES for v in n.inputs[2:4])]
+
+
+def prune_experts(graph: Graph, node: Node, xs, prune, sparsity: float, n: int, m: int) -> int:
+    """Prune moe `node`'s experts one by one with prune(w [R, K], rows [T, K]), each expert's gate_up on the rows
+    of xs routed to it and its down on its activations through the pruned gate_up; xs None (no data) or an
+    expert fewer than EXPERT_MIN_TOKENS rows reach: by magnitude. Returns how many experts were rare."""
+    from edgec.ir.ops_moe import gated, moe_biases, node_route
+
+    gate_up, down = node.inputs[2:4]
+    gu, dn = np.array(graph.weight(gate_up)), np.array(graph.weight(down))
+    bias = moe_biases(node).get("gate_up")
+    gb = np.asarray(graph.weight(bias), np.float32) if bias is not None and bias.kind == "weight" else None
+    x = idx = None
+    if xs is not None:
+        x = np.concatenate([np.asarray(r, np.float32).reshape(-1, r.shape[-1]) for r in xs])
+        idx = node_route(graph, node, x)[1]
+    a, rare = node.attrs, 0
+
+    def by_magnitude(w):
+        return apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m))
+
+    for e in range(gu.shape[0]):
+        xe = x[(idx == e).any(1)] if x is not None else None
+        if xe is None or len(xe) < EXPERT_MIN_TOKENS:
+            rare += xe is not None
+            gu[e], dn[e] = by_magnitude(gu[e]), by_magnitude(dn[e])
+            continue
+        gu[e] = prune(gu[e], xe)
+        h = xe @ gu[e].astype(np.float32).T + (gb[e] if gb is not None else 0)
+        dn[e] = prune(dn[e], gated(h, a["act"], a["alpha"], a["limit"]))
+    graph.weights[gate_up.name], graph.weights[down.name] = gu, dn
+    return rare
 
 
 def _prepare(graph: Graph, sparsity, n, m, lm_head):
     sparsity, n, m = check_sparsity(sparsity, n, m)
     nodes = weight_linears(graph, lm_head)
-    if not nodes:
+    moes = moe_layers(graph)
+    if not nodes and not moes:
         raise EdgecError("found no linear with a plain float weight to prune; run pruning before "
                          "quantization or fp16_weights in the recipe")
     check_divisible(graph, nodes, m)
+    for w in (v for x in moes for v in x.inputs[2:4]):
+        if m and w.shape[2] % m:
+            raise EdgecError(f"N:M sparsity with m={m} needs every pruned weight's input size to be a multiple of "
+                             f"{m}; expert weight {w.name} has {w.shape[2]}")
     for node in nodes:
         own_weight(graph, node)
-    return sparsity, n, m, nodes
+    return sparsity, n, m, nodes, moes
 
 
 # ---------------------------------------------------------------- magnitude
 @register_pass("magnitude", sparsity=0.5, n=0, m=0, lm_head=False)
 def magnitude(graph: Graph, sparsity, n, m, lm_head) -> PassResult:
     """Zero the smallest-magnitude weights of every linear (per output row, or N:M)."""
-    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    sparsity, n, m, nodes, moes = _prepare(graph, sparsity, n, m, lm_head)
     for node in nodes:
         w = np.asarray(graph.weight(node.inputs[1]))
         set_weight(graph, node, apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m)))
-    return _result(graph, nodes, n, m)
+    for node in moes:
+        prune_experts(graph, node, None, None, sparsity, n, m)
+    return _result(graph, nodes, n, m, moes)
 
 
 # ---------------------------------------------------------------- wanda
@@ -128,14 +184,21 @@ def wanda_prune(w: np.ndarray, x_norm: np.ndarray, sparsity: float, n: int = 0, 
 @register_pass("wanda", needs_calibration=True, sparsity=0.5, n=0, m=0, lm_head=False)
 def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> PassResult:
     """Wanda pruning: |W| times input-activation norm, per output row (or N:M), sequentially."""
-    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    sparsity, n, m, nodes, moes = _prepare(graph, sparsity, n, m, lm_head)
+    rare = 0
 
     def visit(node, stats):
         w = np.asarray(graph.weight(node.inputs[1]))
         set_weight(graph, node, wanda_prune(w, stats.norms, sparsity, n, m))
 
-    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "wanda", sum_sq=True)
-    return _result(graph, nodes, n, m)
+    def visit_moe(node, xs):
+        nonlocal rare
+        rare += prune_experts(graph, node, xs, lambda w, x: wanda_prune(w, np.sqrt((x.astype(np.float64) ** 2).sum(0)),
+                                                                        sparsity, n, m), sparsity, n, m)
+
+    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "wanda", raw={x: visit_moe for x in moes},
+                       sum_sq=True)
+    return _result(graph, nodes, n, m, moes, rare)
 
 
 # ---------------------------------------------------------------- sparsegpt
@@ -194,15 +257,23 @@ def sparsegpt_prune(w: np.ndarray, h: np.ndarray, sparsity: float, n: int = 0, m
                lm_head=False)
 def sparsegpt(graph: Graph, ctx, sparsity, n, m, damp, block_size, lm_head) -> PassResult:
     """SparseGPT: OBS pruning with Hessian-based error compensation, layer by layer."""
-    sparsity, n, m, nodes = _prepare(graph, sparsity, n, m, lm_head)
+    sparsity, n, m, nodes, moes = _prepare(graph, sparsity, n, m, lm_head)
     if not isinstance(block_size, int) or block_size <= 0 or (m and block_size % m):
         raise EdgecError(f"sparsegpt: block_size must be a positive multiple of m, got {block_size!r}")
     if not isinstance(damp, (int, float)) or not 0 < damp < 1:
         raise EdgecError(f"sparsegpt: damp must be in (0, 1), got {damp!r}")
 
+    rare = 0
+
     def visit(node, stats):  # linears reading the same activation (q/k/v, gate/up) share one Hessian
         w = np.asarray(graph.weight(node.inputs[1]))
         set_weight(graph, node, sparsegpt_prune(w, stats.hessian, sparsity, n, m, block_size, damp))
 
-    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "sparsegpt", hessian=True)
-    return _result(graph, nodes, n, m)
+    def visit_moe(node, xs):
+        nonlocal rare
+        rare += prune_experts(graph, node, xs, lambda w, x: sparsegpt_prune(
+            w, Stats.of([x], hessian=True).hessian, sparsity, n, m, block_size, damp), sparsity, n, m)
+
+    collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "sparsegpt", raw={x: visit_moe for x in moes},
+                       hessian=True)
+    return _result(graph, nodes, n, m, moes, rare)
