@@ -155,10 +155,10 @@ def tokenizer_program(tmp_path_factory, driver: Path, name: str) -> Path:
 
 
 def c_artifact(tmp_path_factory, tiny_llama: Path, recipe: str, **kw) -> Path:
-    """tiny_llama built with --backend c (memoized per session)."""
+    """tiny_llama (or another model folder) built with --backend c (memoized per session, per model)."""
     import edgec
 
-    key = ("art", recipe, tuple(sorted(kw.items())))
+    key = ("art", str(tiny_llama), recipe, tuple(sorted(kw.items())))
     if key not in _memo:
         tag = recipe + "".join(f"-{k}{v}" for k, v in sorted(kw.items()))
         _memo[key] = edgec.build(tiny_llama, tmp_path_factory.mktemp("san-art") / tag, backend="c", recipe=recipe,

@@ -158,25 +158,31 @@ def test_edgec_run_under_sanitizers(art, tmp_path_factory, tmp_path):
 
 # mixture of experts (runtime/moe.c): every expert resident, and cold experts read from cold.bin through the
 # context's expert slots (sparse: an LRU reused between calls; stream: every routed expert read each call)
-MOE = {"moe": {}, "moe-sparse": {"memory_budget": "70%"}, "moe-stream": {"memory_budget": "70%", "offload": "stream"}}
+# (DeepSeek-V3: sigmoid scores, a score bias, grouped top-k; 8 experts, 3 routed, 2 MoE layers)
+MOE = {"moe": ("mixtral", {}), "moe-sparse": ("mixtral", {"memory_budget": "70%"}),
+       "moe-stream": ("mixtral", {"memory_budget": "70%", "offload": "stream"}),
+       "moe-deepseek-sparse": ("deepseek_v3", {"memory_budget": "70%"})}
+ROUTING = {"mixtral": (4, 2), "deepseek_v3": (8, 3)}  # tiny_moe.py: experts, top_k
 
 
 @pytest.mark.parametrize("kind", list(MOE))
 def test_moe_under_sanitizers(kind, san, tmp_path_factory, tmp_path):
-    """A tiny Mixtral's edgec-run instrumented: its greedy tokens equal the optimized program's, with the routers'
+    """A tiny MoE's edgec-run instrumented: its greedy tokens equal the optimized program's, with the routers'
     experts and with a routing trace (EDGEC_MOE_TRACE, which also runs a prompt longer than the slots)."""
     import numpy as np
 
     from edgec.offload import write_routing_trace
     from tiny_moe import save_tiny_moe
 
-    key = tmp_path_factory.getbasetemp() / "san-mixtral"
-    hf = key if (key / "config.json").exists() else save_tiny_moe("mixtral", key)
-    art = c_artifact(tmp_path_factory, hf, "fp16", **MOE[kind])
+    arch, options = MOE[kind]
+    key = tmp_path_factory.getbasetemp() / f"san-{arch}"
+    hf = key if (key / "config.json").exists() else save_tiny_moe(arch, key)
+    art = c_artifact(tmp_path_factory, hf, "fp16", **options)
     exe = program(tmp_path_factory, art, "edgec-run", None)
     rng = np.random.default_rng(0)
-    trace = write_routing_trace(tmp_path / "t.bin", np.stack([[rng.permutation(4)[:2] for _ in range(2)]
-                                                              for _ in range(40)]), 4)
+    experts, k = ROUTING[arch]
+    trace = write_routing_trace(tmp_path / "t.bin", np.stack([[rng.permutation(experts)[:k] for _ in range(2)]
+                                                              for _ in range(40)]), experts)
     ids = ",".join(map(str, IDS * 3))
     for extra in ({}, {"EDGEC_MOE_TRACE": str(trace)}):
         env = {**san_env(leaks=lsan_works(tmp_path_factory)), **extra}

@@ -30,8 +30,6 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {
     "tvm": {"concat_weight": "CpuParallel (targets/tvm/schedule.py) cannot fuse the loops of a concat "
                              "of an input and a weight along `seq`: TVM InternalError 'padding factor "
                              "... is not divisible'"},
-    "c": {"moe_routers": "the C runtime's moe serves softmax routers only: it refuses sigmoid, grouped and "
-                         "sparsemixer routers at build time"},
 }
 
 

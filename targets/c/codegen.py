@@ -46,11 +46,13 @@ COPIES = ALIASES | {"permute", "slice", "expand", "concat", "split", "last_rows"
 WIDENED_BITS = (3, 5, 6)  # packed code widths the runtime widens to bytes at bind (see CodeGen._codes_ptr)
 NATIVE_F16 = COPIES | {"linear", "ffn_offload"}  # ops that take float16 tensors as they are; the rest compute in float32
 MOE_MAX_EXPERTS = 256  # runtime/moe.h EC_MOE_MAX_EXPERTS: experts per layer the C kernel serves
-# the moe attributes the C kernel knows (jitter_eps: only the sparsemixer router's, which it refuses)
+# the moe attributes the C kernel knows
 MOE_ATTRS = {"top_k", "scoring", "normalize", "act", "alpha", "limit", "n_group", "topk_group", "routed_scaling",
              "jitter_eps", "biases"}
 MOE_ACT = {**GLU_ACT, "clamped_swiglu": "EC_MOE_CLAMPED_SWIGLU"}  # runtime/moe.h's ec_moe_layer.act
-MOE_BIASES = ("logit", "gate_up", "down")  # the moe biases the C kernel adds (not DeepSeek-V3's "score")
+MOE_SCORING = {"softmax": "EC_MOE_SOFTMAX", "sigmoid": "EC_MOE_SIGMOID",  # runtime/moe.h's ec_moe_layer.scoring
+               "sparsemixer": "EC_MOE_SPARSEMIXER"}
+MOE_BIASES = ("score", "logit", "gate_up", "down")  # the moe biases the C kernel adds
 MOE_OPS = ("moe", "moe_offload")  # moe_offload: targets/c/offload_moe.py's form of a moe with cold experts
 
 
@@ -848,12 +850,8 @@ class CodeGen:
         unknown = sorted(set(a) - MOE_ATTRS - ({"offload"} if n.op == "moe_offload" else set()))
         if unknown:
             raise self._moe_refuse(n, f"attribute(s) {unknown} of its router are unknown to it")
-        if a["scoring"] != "softmax":
-            raise self._moe_refuse(n, f"router scoring {a['scoring']!r} (it computes softmax scores only)")
-        if int(a.get("n_group", 1)) != 1:
-            raise self._moe_refuse(n, f"grouped top-k (n_group={a['n_group']}, topk_group={a.get('topk_group')})")
-        if "score" in biases:
-            raise self._moe_refuse(n, "a bias on the router's scores (DeepSeek-V3's score correction)")
+        if a["scoring"] not in MOE_SCORING:
+            raise self._moe_refuse(n, f"router scoring {a['scoring']!r} (it knows {', '.join(MOE_SCORING)})")
         if set(biases) - set(MOE_BIASES):
             raise self._moe_refuse(n, f"biases {sorted(set(biases) - set(MOE_BIASES))}")
         if a["act"] not in MOE_ACT:
@@ -869,6 +867,13 @@ class CodeGen:
             raise self._moe_refuse(n, f"{experts} experts (it serves at most {MOE_MAX_EXPERTS} per layer)")
         if not 1 <= top_k <= experts:
             raise self._moe_refuse(n, f"top_k={top_k} of {experts} experts")
+        groups, keep = int(a.get("n_group", 1)), int(a.get("topk_group", 1))
+        if groups > 1 and (experts % groups or experts // groups < 2 or not 1 <= keep <= groups
+                           or top_k > keep * (experts // groups) or a["scoring"] == "sparsemixer"):
+            raise self._moe_refuse(n, f"grouped top-k (n_group={groups}, topk_group={keep}) of top_k={top_k} of "
+                                      f"{experts} experts with {a['scoring']} scores")
+        if a["scoring"] == "sparsemixer" and "score" in biases:
+            raise self._moe_refuse(n, "a score bias on the sparsemixer router")
         src = router.producer
         if src is not None and id(src) in self.folded and src.op == "cast":
             rdt, rptr = "EC_F16", self.ptr(src.inputs[0])
@@ -876,20 +881,22 @@ class CodeGen:
             rdt, rptr = "EC_F32", self.ptr(router)
         else:
             raise self._moe_refuse(n, f"a {router.dtype} router")
-        logit = biases.get("logit")
-        if logit is not None and logit.dtype != "float32":
-            raise self._moe_refuse(n, f"a {logit.dtype} router bias")
+        for k in ("logit", "score"):
+            if k in biases and biases[k].dtype != "float32":
+                raise self._moe_refuse(n, f"a {biases[k].dtype} {k} bias")
         layer = len(self.moe_layers)
         self.moe_layers.append((experts, top_k))
         empty = "{%s, NULL, NULL}" % ("EC_F16" if a.get("offload", {}).get("dtype") == "float16" else "EC_F32")
         gu = self._moe_mat(n, gate_up, "gate_up") if gate_up is not None else empty
         dn = self._moe_mat(n, down, "down") if down is not None else empty
-        lptr = self.ptr(logit) if logit is not None else "NULL"
+        lptr, sptr = (self.ptr(biases[k]) if k in biases else "NULL" for k in ("logit", "score"))
         gub, dnb = (self._moe_bias(n, biases.get(k), k) for k in ("gate_up", "down"))
+        threshold = np.float32(2 * a.get("jitter_eps", 0.0))  # as ops_moe._sparsemixer's
         return (f"const ec_moe_layer {name} = {{{layer}, {experts}, {d}, {inter}, {top_k}, "
-                f"{int(bool(a['normalize']))}, {_c_float(a.get('routed_scaling', 1.0))}, {MOE_ACT[a['act']]}, "
-                f"{_c_float(a.get('alpha', 1.0))}, {_c_float(a.get('limit', 0.0))}, {rdt}, {rptr}, {lptr}, {gub}, "
-                f"{dnb}, {gu}, {dn}, {where}, {cold}}};")
+                f"{int(bool(a['normalize']))}, {_c_float(a.get('routed_scaling', 1.0))}, {MOE_SCORING[a['scoring']]}, "
+                f"{groups}, {keep}, {_c_float(threshold)}, {MOE_ACT[a['act']]}, {_c_float(a.get('alpha', 1.0))}, "
+                f"{_c_float(a.get('limit', 0.0))}, {rdt}, {rptr}, {lptr}, {sptr}, {gub}, {dnb}, {gu}, {dn}, {where}, "
+                f"{cold}}};")
 
     def op_moe(self, n: Node) -> None:
         """A mixture-of-experts layer: runtime/moe.h's ec_moe (only the routed experts are computed)."""

@@ -1,13 +1,13 @@
 /* edgec embedded C runtime: mixture-of-experts layers (see moe.h for the contract).
  *
- * One call: the router's logits x router^T (+ logit_bias) through the linear kernels, a softmax and the top_k per
- * row (or the routing trace's experts), then the rows grouped by expert with a counting sort (rows ascending within
- * an expert), and for each expert routed to, in ascending order: its rows gathered, gate_up and down as two linears
- * (with the expert's biases, if any) over that block with the thread pool into the expert's block of rows of one
- * buffer; at the end the blocks are weighted and added to the rows they came from in ascending expert order,
- * whatever order the experts were computed in. Cold experts (a model with a memory budget) are fetched `slots` at a
- * time in ascending order, the first batch (a decode step's cold experts, all read concurrently) while the resident
- * experts compute.
+ * One call: the router's logits x router^T (+ logit_bias) through the linear kernels, each row's experts and weights
+ * by the layer's router (route_row; or the routing trace's experts), then the rows grouped by expert with a
+ * counting sort (rows ascending within an expert), and for each expert routed to, in ascending order: its rows
+ * gathered, gate_up and down as two linears (with the expert's biases, if any) over that block with the thread pool
+ * into the expert's block of rows of one buffer; at the end the blocks are weighted and added to the rows they came
+ * from in ascending expert order, whatever order the experts were computed in. Cold experts (a model with a memory
+ * budget) are fetched `slots` at a time in ascending order, the first batch (a decode step's cold experts, all read
+ * concurrently) while the resident experts compute.
  */
 #define _GNU_SOURCE
 #include "moe.h"
@@ -111,6 +111,78 @@ int ec_rt_moe_trace(ec_rt *rt, const char *path) {
     return 0;
 }
 
+/* ------------------------------------------------------------------ routers (edgec.ir.ops_moe.route) */
+/* the k largest of s [n], largest first, ties to the lower index, into idx [k] */
+static void top_k(const float *s, int n, int k, int32_t *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int e = 0; e < n; e++) {
+            int taken = 0;
+            for (int i = 0; i < j && !taken; i++) taken = idx[i] == e;
+            if (!taken && (best < 0 || s[e] > s[best])) best = e;
+        }
+        idx[j] = best;
+    }
+}
+
+/* DeepSeek-V3's grouped top-k (ops_moe._keep_top_groups): c [E] with the experts outside the `keep` best of `groups`
+   consecutive groups at -inf; a group's score is the sum of its two best */
+static void keep_top_groups(float *c, int E, int groups, int keep) {
+    const int size = E / groups;
+    float score[EC_MOE_MAX_EXPERTS];
+    int32_t best[EC_MOE_MAX_EXPERTS], two[2];
+    for (int g = 0; g < groups; g++) {
+        top_k(c + g * size, size, 2, two);
+        score[g] = c[g * size + two[0]] + c[g * size + two[1]];
+    }
+    top_k(score, groups, keep, best);
+    for (int g = 0; g < groups; g++) {
+        int kept = 0;
+        for (int i = 0; i < keep && !kept; i++) kept = best[i] == g;
+        for (int e = 0; !kept && e < size; e++) c[g * size + e] = -INFINITY;
+    }
+}
+
+/* softmax or sigmoid scores s [E]: the top_k experts by s + score_bias, among the best groups' when grouped */
+static void choose_by_score(const ec_moe_layer *m, const float *s, int32_t *ix) {
+    const int E = m->experts;
+    float choice[EC_MOE_MAX_EXPERTS];
+    if (m->score_bias || m->n_group > 1) {
+        for (int e = 0; e < E; e++) choice[e] = m->score_bias ? s[e] + m->score_bias[e] : s[e];
+        if (m->n_group > 1) keep_top_groups(choice, E, m->n_group, m->topk_group);
+        s = choice;
+    }
+    top_k(s, E, m->top_k, ix);
+}
+
+/* Phi-MoE's sparsemixer (ops_moe._sparsemixer): pick j's weight, expert ix[j] of the logits l [E], is its softmax
+   over the experts not picked before it whose logit lies within `threshold` (relative) of its own */
+static float sparsemixer_weight(const float *l, int E, const int32_t *ix, int j, float threshold) {
+    const float best = l[ix[j]];
+    float sum = 0.f;
+    for (int e = 0; e < E; e++) {
+        int before = 0;
+        for (int i = 0; i < j && !before; i++) before = ix[i] == e;
+        const float mag = fabsf(l[e]) > best ? fabsf(l[e]) : best;
+        if (!before && !((best - l[e]) / mag > threshold)) sum += expf(l[e] - best);
+    }
+    return 1.f / sum;
+}
+
+/* one row's experts ix [top_k] (unless `traced`: given) and weights w [top_k] from its scores s [E] (the logits for
+   the sparsemixer) */
+static void route_row(const ec_moe_layer *m, const float *s, int traced, int32_t *ix, float *w) {
+    const int E = m->experts, K = m->top_k;
+    if (!traced && m->scoring == EC_MOE_SPARSEMIXER) top_k(s, E, K, ix);
+    else if (!traced) choose_by_score(m, s, ix);
+    float sum = 0.f;
+    for (int j = 0; j < K; j++) {
+        w[j] = m->scoring == EC_MOE_SPARSEMIXER ? sparsemixer_weight(s, E, ix, j, m->threshold) : s[ix[j]];
+        sum += w[j];
+    }
+    for (int j = 0; j < K; j++) w[j] = (m->normalize ? w[j] / sum : w[j]) * m->scale;
+}
+
 /* ------------------------------------------------------------------ kernels over row blocks */
 /* y [m, n] = x [m, k] times rows [row0, row0 + n) of mat (+ bias [n], unless NULL) */
 static void mat_linear(ec_rt *rt, const ec_moe_mat *mat, int64_t row0, float *y, const float *x, int64_t m, int64_t k,
@@ -127,19 +199,6 @@ static void mat_linear(ec_rt *rt, const ec_moe_mat *mat, int64_t row0, float *y,
         q.zeros += (size_t)row0 * (size_t)q.groups;
         if (q.mins) q.mins += (size_t)row0 * (size_t)q.groups;
         ec_linear_q_mt(rt, y, x, &q, bias, m, n);
-    }
-}
-
-/* top_k of the scores s [E], largest first, ties to the lower index */
-static void top_k(const float *s, int E, int k, int32_t *idx) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int i = 0; i < j && !taken; i++) taken = idx[i] == e;
-            if (!taken && (best < 0 || s[e] > s[best])) best = e;
-        }
-        idx[j] = best;
     }
 }
 
@@ -187,24 +246,22 @@ int ec_moe(ec_rt *rt, const ec_moe_layer *m, const float *x, float *y, int64_t T
     float *score = ec_get(rt, (size_t)T * (size_t)E * sizeof(float));
     if (m->router_dtype == EC_F16) ec_linear_f16_mt(rt, score, x, m->router, m->logit_bias, T, D, E);
     else ec_linear_f32_mt(rt, score, x, m->router, m->logit_bias, T, D, E);
-    ec_softmax_f32(score, score, T, E, 1);
+    if (m->scoring == EC_MOE_SOFTMAX) ec_softmax_f32(score, score, T, E, 1);
+    else if (m->scoring == EC_MOE_SIGMOID)
+        for (int64_t i = 0; i < T * E; i++) score[i] = 1.f / (1.f + expf(-score[i]));
 
     /* each row's experts and weights */
     int32_t *idx = ec_get(rt, (size_t)T * (size_t)K * sizeof(int32_t));
     float *wt = ec_get(rt, (size_t)T * (size_t)K * sizeof(float));
     struct ec_moe_trace *tr = rt->moe_trace;
+    const int traced = tr && m->layer < tr->layers;
     for (int64_t t = 0; t < T; t++) {
         int32_t *ix = idx + t * K;
-        const float *s = score + t * E;
-        if (tr && m->layer < tr->layers) {
+        if (traced) {
             int64_t row = tr->cursor[m->layer]++ % tr->tokens;
             memcpy(ix, tr->ids + ((size_t)row * (size_t)tr->layers + (size_t)m->layer) * (size_t)K, (size_t)K * 4);
-        } else {
-            top_k(s, E, K, ix);
         }
-        float sum = 0.f;
-        for (int j = 0; j < K; j++) sum += s[ix[j]];
-        for (int j = 0; j < K; j++) wt[t * K + j] = (m->normalize ? s[ix[j]] / sum : s[ix[j]]) * m->scale;
+        route_row(m, score + t * E, traced, ix, wt + t * K);
     }
     ec_put(rt, score);
 

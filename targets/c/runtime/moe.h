@@ -1,15 +1,20 @@
 /* edgec embedded C runtime: mixture-of-experts layers (the IR's `moe` op).
  *
  * y [T, d] = sum over each token's top_k experts e of w_e * (down_e gated(gate_up_e x + gate_up_bias_e) + down_bias_e),
- * where the router scores are softmax(x router^T + logit_bias) over the E experts, the top_k highest are taken (ties
- * to the lower index, as edgec.ir.ops_moe.top_k) and, with `normalize`, divided by their sum, then times `scale`
- * (routed_scaling). The biases are optional (GPT-OSS has all three). gated([g | u]) = act(g) * u, or GPT-OSS's
+ * with the experts and weights of edgec.ir.ops_moe.route: the logits l = x router^T (+ logit_bias), then
+ *   - EC_MOE_SOFTMAX or EC_MOE_SIGMOID: scores s = softmax(l) or sigmoid(l); the top_k experts by s + score_bias (the
+ *     bias only chooses: DeepSeek-V3's score correction), with grouped top-k (n_group > 1) among the topk_group best of
+ *     n_group consecutive groups only, a group's score the sum of its two best; each one's weight is its score s;
+ *   - EC_MOE_SPARSEMIXER (Phi-MoE): the top_k experts by l; pick j's weight is its softmax among the experts not
+ *     picked before it whose logit is within `threshold` (2 * jitter_eps), relative, of its own;
+ * the top-k ties go to the lower index (as edgec.ir.ops_moe.top_k), then with `normalize` the weights are divided by
+ * their sum, then times `scale` (routed_scaling). The biases are optional (GPT-OSS has logit, gate_up and down;
+ * DeepSeek-V3 a score bias). gated([g | u]) = act(g) * u, or GPT-OSS's
  * clamped SwiGLU (EC_MOE_CLAMPED_SWIGLU): g' = min(g, limit), u' = clamp(u, -limit, limit),
  * (u' + 1) * g' * sigmoid(alpha g').
  * Only routed experts are computed. The tokens of one call are grouped by expert: each expert routed to runs
  * once on the block of rows routed to it (a decode step: its one row; a prefill: every row that chose it), so
  * each expert's weights are read once per call; results are added in ascending expert order (the reference's).
- * Other routers (sigmoid scores, a score bias, grouped top-k, Phi-MoE's sparsemixer) are refused at build time.
  *
  * The experts' weights are the linear kernels' (linear.h): expert e is a row block of one stacked matrix,
  * gate_up [E*2I, d] (gate rows first, then up) and down [E*d, I], of fp32 or fp16 rows or quantized rows
@@ -21,7 +26,8 @@
  *
  * Testing and benchmarking hook: EDGEC_MOE_TRACE=FILE (read by edgec_context and by Python's executor) makes
  * every moe layer take its experts from a routing trace instead of its router's top-k (ec_rt_moe_trace); the
- * weights are still the router's softmax scores of those experts (renormalised when `normalize`).
+ * weights are still the router's of those experts: their scores (softmax or sigmoid, without the score bias), or the
+ * sparsemixer's weight of each pick in the trace's order; renormalised when `normalize`, times `scale`.
  */
 #ifndef EC_MOE_H
 #define EC_MOE_H
@@ -37,6 +43,10 @@ extern "C" {
 
 #define EC_MOE_MAX_EXPERTS 256   /* experts per layer the kernel serves (DeepSeek-V3's 256; the build checks) */
 #define EC_MOE_CLAMPED_SWIGLU 64 /* ec_moe_layer.act: GPT-OSS's clamped SwiGLU (apart from ec_rt.h's activations) */
+/* ec_moe_layer.scoring: the router's kind (edgec.ir.ops_moe.SCORINGS) */
+#define EC_MOE_SOFTMAX 0
+#define EC_MOE_SIGMOID 1
+#define EC_MOE_SPARSEMIXER 2
 
 /* A stacked weight matrix whose row blocks are the experts: rows of `k` floats (EC_F32) or IEEE halves (EC_F16),
    or quantized rows (q, with dtype -1). */
@@ -57,11 +67,15 @@ typedef struct {
     int experts, d, inter;     /* E, model width d, expert width I */
     int top_k, normalize;      /* weights: the top_k scores, divided by their sum when normalize, times scale */
     float scale;
+    int scoring;               /* EC_MOE_SOFTMAX, EC_MOE_SIGMOID or EC_MOE_SPARSEMIXER */
+    int n_group, topk_group;   /* grouped top-k: among the topk_group best of n_group groups (1, 1: not grouped) */
+    float threshold;           /* the sparsemixer's: 2 * jitter_eps (unused by the other routers) */
     int act;                   /* EC_SILU, EC_GELU, EC_GELU_TANH, EC_RELU or EC_MOE_CLAMPED_SWIGLU */
     float alpha, limit;        /* the clamped SwiGLU's (unused by the other activations) */
     int router_dtype;          /* EC_F32 or EC_F16 */
     const void *router;        /* [E, d] */
     const float *logit_bias;   /* [E] added to the router's logits, or NULL */
+    const float *score_bias;   /* [E] added to the scores to choose the experts (not to their weights), or NULL */
     ec_moe_bias gate_up_bias, down_bias;  /* [E, 2I] and [E, d], or none */
     ec_moe_mat gate_up, down;  /* the resident experts: [n*2I, d] and [n*d, I] */
     const int32_t *where;      /* NULL: every expert resident, at its own index; else expert e's resident block
