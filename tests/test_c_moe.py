@@ -207,9 +207,9 @@ def test_too_many_experts_or_a_top_k_beyond_them_fail_the_build(tmp_path):
 
 @pytest.mark.parametrize("attrs, needle", [
     (dict(scoring="tanh"), "router scoring 'tanh'"),
-    (dict(n_group=3, topk_group=1), "grouped top-k (n_group=3"),
-    (dict(n_group=2, topk_group=1, top_k=3), "grouped top-k (n_group=2, topk_group=1) of top_k=3"),
-    (dict(scoring="sparsemixer", n_group=2, topk_group=1), "with sparsemixer scores"),
+    (dict(n_group=3, topk_group=1), "cannot be split into n_group=3 groups"),
+    (dict(n_group=2, topk_group=1, top_k=3), "top_k=3 exceeds the 2 experts of the kept groups"),
+    (dict(scoring="sparsemixer", n_group=2, topk_group=1), "sparsemixer router picks exactly 2 experts"),
 ], ids=["scoring", "groups", "top-k-beyond-groups", "grouped-sparsemixer"])
 def test_routers_the_op_does_not_define_fail_the_build(attrs, needle):
     """Routers the op does not define (the IR's verifier refuses them before): the code generator refuses them too."""

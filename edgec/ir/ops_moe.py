@@ -216,7 +216,8 @@ def _moe_experts():
     return infer, ref
 
 
-def _check_routing(a: dict, experts: int, biases: dict) -> None:
+def check_routing(a: dict, experts: int, biases: dict) -> None:
+    """ValueError naming what is wrong with a moe node's router attributes and biases (backends reuse it)."""
     if a["scoring"] not in SCORINGS:
         raise ValueError(f"moe: unknown router scoring {a['scoring']!r}; known: {', '.join(SCORINGS)}")
     if not 1 <= a["top_k"] <= experts:
@@ -256,7 +257,7 @@ def _moe():
         if router.rank != 2 or router.shape[0] != experts or S.normalize(x.shape[-1]) != router.shape[1]:
             raise ValueError(f"moe: router{router.shape} vs x{x.shape} and {experts} experts")
         _check_expert_biases(gate_up, down, biases)
-        _check_routing(a, experts, biases)
+        check_routing(a, experts, biases)
         return [(x.dtype, x.shape)]
 
     def ref(x, router, gate_up, down, *extra, top_k, act, alpha, limit, biases, **routing):
