@@ -35,7 +35,7 @@ from edgec.ir import Graph, Node, Value
 from edgec.ir.quant import QuantSpec, dequantize_codes, group_params, pack, quantize_with, search_params
 
 from .gptq import EXPERT_MIN_TOKENS, gptq_hessian
-from .lib.activations import collect_sequential
+from .lib.activations import Stats, collect_sequential
 from .quantize import (Target, check_clip_min, expert_weights, find_targets, make_spec, quantize_experts,
                        replace_weight, summary, weight_selector)
 from .registry import PassResult, register_pass
@@ -121,29 +121,24 @@ def awq_experts(graph: Graph, node: Node, xs: list[np.ndarray], spec: QuantSpec,
     """Per-expert AWQ of moe `node`'s down projections on the rows xs the layer sees: rewrites its down (columns
     times s) and up rows (divided by s) in place, in full precision. Returns (experts scaled, their error
     ratios vs RTN)."""
-    from edgec.ir.ops_moe import gated, moe_biases, node_route
+    from edgec.ir.ops_moe import expert_hidden, moe_biases, routed_rows
 
-    a = node.attrs
     gate_up, down = node.inputs[2:4]
-    if a["act"] == "clamped_swiglu" or gate_up.kind != "weight" or down.kind != "weight":
+    if node.attrs["act"] == "clamped_swiglu" or gate_up.kind != "weight" or down.kind != "weight":
         return 0, []
     bias = moe_biases(node).get("gate_up")
     if bias is not None and bias.kind != "weight":
         return 0, []
-    x = np.concatenate([np.asarray(r, np.float32).reshape(-1, r.shape[-1]) for r in xs])
-    _, idx = node_route(graph, node, x)
     gu = np.array(graph.weight(gate_up), np.float32)
     dn = np.array(graph.weight(down), np.float32)
     gb = np.array(graph.weight(bias), np.float32) if bias is not None else None
     inter = dn.shape[2]
     scaled, gains = 0, []
-    for e in range(gu.shape[0]):
-        xe = x[(idx == e).any(1)]
+    for e, xe in enumerate(routed_rows(graph, node, xs)):
         if len(xe) < EXPERT_MIN_TOKENS:
             continue
-        h = gated(xe @ gu[e].T + (gb[e] if gb is not None else 0), a["act"], a["alpha"], a["limit"])
-        ht = torch.from_numpy(np.ascontiguousarray(h, np.float32))
-        s, err, base = search_scales(dn[e], ht.T @ ht, np.abs(h).mean(0), spec, grid)
+        stats = Stats.of([expert_hidden(graph, node, e, xe, gu[e])], abs_sum=True, hessian=True)
+        s, err, base = search_scales(dn[e], gptq_hessian(stats), stats.mean_abs, spec, grid)
         gains.append(err / base if base > 0 else 1.0)
         if np.all(s == 1):
             continue

@@ -158,19 +158,13 @@ def gptq_experts(graph: Graph, node, xs: list[np.ndarray], spec: QuantSpec, whic
     `which` (gate_up: 2, down: 3; the other stays fp32). Writes the dequantized weights back (later layers
     see this one quantized) and returns {input index: (packed, scales, zeros)}, plus "rtn": the experts
     too rarely routed to calibrate."""
-    from edgec.ir.ops_moe import gated, moe_biases, node_route
+    from edgec.ir.ops_moe import expert_hidden, routed_rows
 
-    x = np.concatenate([np.asarray(a, np.float32).reshape(-1, a.shape[-1]) for a in xs])
-    a = node.attrs
-    _, idx = node_route(graph, node, x)
     gate_up = np.asarray(graph.weight(node.inputs[2]), np.float32)
     down = np.asarray(graph.weight(node.inputs[3]), np.float32)
-    gu_bias = moe_biases(node).get("gate_up")
-    gu_bias = np.asarray(graph.weight(gu_bias), np.float32) if gu_bias is not None else None
     parts = {2: [], 3: []}
     rtn = 0
-    for e in range(gate_up.shape[0]):
-        xe = x[(idx == e).any(1)]
+    for e, xe in enumerate(routed_rows(graph, node, xs)):
         rare = len(xe) < EXPERT_MIN_TOKENS
         rtn += rare
         with single_thread():
@@ -179,9 +173,8 @@ def gptq_experts(graph: Graph, node, xs: list[np.ndarray], spec: QuantSpec, whic
                 parts[2].append(q)
             if 3 in which:
                 gu = dequantize_codes(*parts[2][-1], gate_up.shape[2]) if 2 in which else gate_up[e]
-                h = xe @ gu.T + (gu_bias[e] if gu_bias is not None else 0)
                 parts[3].append(_rtn_codes(down[e], spec) if rare else gptq_quantize(
-                    down[e], hessian([gated(h, a["act"], a["alpha"], a["limit"])]), spec, **gptq_opts))
+                    down[e], hessian([expert_hidden(graph, node, e, xe, gu)]), spec, **gptq_opts))
     out = {"rtn": rtn}
     for i, w in ((2, gate_up), (3, down)):
         if i not in which:

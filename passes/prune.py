@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgec.errors import EdgecError
-from edgec.ir import Graph, Node
+from edgec.ir import Graph, Node, Value
 
 from .gptq import EXPERT_MIN_TOKENS
 from .lib.activations import Stats, collect_sequential
@@ -64,12 +64,13 @@ def check_sparsity(sparsity, n, m) -> tuple[float, int, int]:
     return 1.0 - n / m, n, m
 
 
-def check_divisible(graph: Graph, nodes: list[Node], m: int) -> None:
-    for node in nodes:
-        k = node.inputs[1].shape[1]
+def check_divisible(weights: list[Value], m: int) -> None:
+    """N:M groups run along each weight's input dimension (its last axis): it must hold whole groups."""
+    for w in weights:
+        k = w.shape[-1]
         if m and k % m:
-            raise EdgecError(f"N:M sparsity with m={m} needs every pruned linear's input size to be a "
-                             f"multiple of {m}; {node.inputs[1].name} has {k}")
+            raise EdgecError(f"N:M sparsity with m={m} needs every pruned weight's input size to be a "
+                             f"multiple of {m}; {w.name} has {k}")
 
 
 # ---------------------------------------------------------------- masks
@@ -94,8 +95,13 @@ def apply_mask(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, np.zeros((), w.dtype), w)
 
 
+def _pruned_weights(nodes: list[Node], moes) -> list[Value]:
+    """The linears' weights and the moe layers' expert weights (gate_up, down)."""
+    return [x.inputs[1] for x in nodes] + [v for x in moes for v in x.inputs[2:4]]
+
+
 def _result(graph: Graph, nodes: list[Node], n: int, m: int, moes=(), rare: int = 0) -> PassResult:
-    weights = [x.inputs[1] for x in nodes] + [v for x in moes for v in x.inputs[2:4]]
+    weights = _pruned_weights(nodes, moes)
     zeros = sum(int(np.count_nonzero(graph.weight(w) == 0)) for w in weights)
     total = sum(int(np.prod(w.shape)) for w in weights)
     what = f"{n}:{m}" if m else "unstructured"
@@ -116,30 +122,19 @@ def prune_experts(graph: Graph, node: Node, xs, prune, sparsity: float, n: int, 
     """Prune moe `node`'s experts one by one with prune(w [R, K], rows [T, K]), each expert's gate_up on the rows
     of xs routed to it and its down on its activations through the pruned gate_up; xs None (no data) or an
     expert fewer than EXPERT_MIN_TOKENS rows reach: by magnitude. Returns how many experts were rare."""
-    from edgec.ir.ops_moe import gated, moe_biases, node_route
+    from edgec.ir.ops_moe import expert_hidden, routed_rows
 
     gate_up, down = node.inputs[2:4]
     gu, dn = np.array(graph.weight(gate_up)), np.array(graph.weight(down))
-    bias = moe_biases(node).get("gate_up")
-    gb = np.asarray(graph.weight(bias), np.float32) if bias is not None and bias.kind == "weight" else None
-    x = idx = None
-    if xs is not None:
-        x = np.concatenate([np.asarray(r, np.float32).reshape(-1, r.shape[-1]) for r in xs])
-        idx = node_route(graph, node, x)[1]
-    a, rare = node.attrs, 0
-
-    def by_magnitude(w):
-        return apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m))
-
-    for e in range(gu.shape[0]):
-        xe = x[(idx == e).any(1)] if x is not None else None
+    rows = routed_rows(graph, node, xs) if xs is not None else [None] * gu.shape[0]
+    rare = 0
+    for e, xe in enumerate(rows):
         if xe is None or len(xe) < EXPERT_MIN_TOKENS:
             rare += xe is not None
-            gu[e], dn[e] = by_magnitude(gu[e]), by_magnitude(dn[e])
+            gu[e], dn[e] = magnitude_prune(gu[e], sparsity, n, m), magnitude_prune(dn[e], sparsity, n, m)
             continue
         gu[e] = prune(gu[e], xe)
-        h = xe @ gu[e].astype(np.float32).T + (gb[e] if gb is not None else 0)
-        dn[e] = prune(dn[e], gated(h, a["act"], a["alpha"], a["limit"]))
+        dn[e] = prune(dn[e], expert_hidden(graph, node, e, xe, gu[e]))
     graph.weights[gate_up.name], graph.weights[down.name] = gu, dn
     return rare
 
@@ -151,24 +146,24 @@ def _prepare(graph: Graph, sparsity, n, m, lm_head):
     if not nodes and not moes:
         raise EdgecError("found no linear with a plain float weight to prune; run pruning before "
                          "quantization or fp16_weights in the recipe")
-    check_divisible(graph, nodes, m)
-    for w in (v for x in moes for v in x.inputs[2:4]):
-        if m and w.shape[2] % m:
-            raise EdgecError(f"N:M sparsity with m={m} needs every pruned weight's input size to be a multiple of "
-                             f"{m}; expert weight {w.name} has {w.shape[2]}")
+    check_divisible(_pruned_weights(nodes, moes), m)
     for node in nodes:
         own_weight(graph, node)
     return sparsity, n, m, nodes, moes
 
 
 # ---------------------------------------------------------------- magnitude
+def magnitude_prune(w: np.ndarray, sparsity: float, n: int = 0, m: int = 0) -> np.ndarray:
+    """Magnitude pruning of one weight: the smallest |W_ij| per output row (or N:M group); the pruned copy."""
+    return apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m))
+
+
 @register_pass("magnitude", sparsity=0.5, n=0, m=0, lm_head=False)
 def magnitude(graph: Graph, sparsity, n, m, lm_head) -> PassResult:
     """Zero the smallest-magnitude weights of every linear (per output row, or N:M)."""
     sparsity, n, m, nodes, moes = _prepare(graph, sparsity, n, m, lm_head)
     for node in nodes:
-        w = np.asarray(graph.weight(node.inputs[1]))
-        set_weight(graph, node, apply_mask(w, prune_mask(np.abs(w.astype(np.float32)), sparsity, n, m)))
+        set_weight(graph, node, magnitude_prune(np.asarray(graph.weight(node.inputs[1])), sparsity, n, m))
     for node in moes:
         prune_experts(graph, node, None, None, sparsity, n, m)
     return _result(graph, nodes, n, m, moes)
@@ -193,7 +188,7 @@ def wanda(graph: Graph, ctx, sparsity, n, m, lm_head) -> PassResult:
 
     def visit_moe(node, xs):
         nonlocal rare
-        rare += prune_experts(graph, node, xs, lambda w, x: wanda_prune(w, np.sqrt((x.astype(np.float64) ** 2).sum(0)),
+        rare += prune_experts(graph, node, xs, lambda w, x: wanda_prune(w, Stats.of([x], sum_sq=True).norms,
                                                                         sparsity, n, m), sparsity, n, m)
 
     collect_sequential(graph, ctx.windows(), nodes, visit, ctx.progress, "wanda", raw={x: visit_moe for x in moes},

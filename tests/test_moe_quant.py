@@ -87,22 +87,14 @@ def test_gptq_calibrates_each_expert_on_the_tokens_routed_to_it(mixtral, tmp_pat
     from helpers import Calib
 
     graph = raised_graph(mixtral)
-    node = next(n for n in graph.nodes if n.op == "moe")
-    ref = {i: np.asarray(graph.weight(node.inputs[i])).copy() for i in (2, 3)}
+    dense = copy_graph(graph)
     rtn = copy_graph(graph)
     run_pass(rtn, "quantize", bits=4, group_size=16, lm_head=False)
     result = run_pass(graph, "gptq", ctx=Calib(n=8, seqlen=48), bits=4, group_size=16)
     assert result["expert_layers"] == 2
     node = next(n for n in graph.nodes if n.op == "moe")
     x = _first_moe_inputs(copy_graph(rtn), Calib(n=4, seqlen=48, seed=9).windows())  # held-out windows
-
-    def layer(g):
-        n = next(m for m in g.nodes if m.op == "moe")
-        weights = [np.asarray(g.weight(n.inputs[1]))] + [interpret_value(g, n.inputs[i]) for i in (2, 3)]
-        return get_op("moe").ref(x, *weights, **n.attrs)
-
-    exact = get_op("moe").ref(x, np.asarray(graph.weight(node.inputs[1])), ref[2], ref[3], **node.attrs)
-    err_gptq, err_rtn = (np.abs(layer(g) - exact).mean() for g in (graph, rtn))
+    err_gptq, err_rtn = _first_layer_errors(dense, x, graph, rtn)
     assert err_gptq < 0.9 * err_rtn, (err_gptq, err_rtn)
     _, idx = route(x, graph.weight(node.inputs[1]), 2, "softmax", True)
     assert len(np.unique(idx)) == 4  # every expert seen
@@ -122,6 +114,19 @@ def _first_moe_inputs(graph, windows) -> np.ndarray:
     rows = Rows()
     collect(graph, windows, {next(n for n in graph.nodes if n.op == "moe").inputs[0]: rows})
     return np.concatenate(rows.rows)
+
+
+def _first_layer(g, x) -> np.ndarray:
+    """g's first moe layer on rows x, its experts as g holds them (dequantized where quantized)."""
+    n = next(m for m in g.nodes if m.op == "moe")
+    weights = [np.asarray(g.weight(n.inputs[1]))] + [interpret_value(g, n.inputs[i]) for i in (2, 3)]
+    return get_op("moe").ref(x, *weights, **n.attrs)
+
+
+def _first_layer_errors(dense, x, *graphs) -> list[float]:
+    """The mean absolute error of each graph's first moe layer on rows x against the dense graph's."""
+    exact = _first_layer(dense, x)
+    return [np.abs(_first_layer(g, x) - exact).mean() for g in graphs]
 
 
 def copy_graph(graph):
@@ -147,8 +152,7 @@ def test_awq_scales_each_experts_down_projection_on_its_routed_tokens(mixtral):
     from helpers import Calib
 
     graph = raised_graph(mixtral)
-    node = next(n for n in graph.nodes if n.op == "moe")
-    ref = {i: np.asarray(graph.weight(node.inputs[i])).copy() for i in (2, 3)}
+    dense = copy_graph(graph)
     rtn = copy_graph(graph)
     run_pass(rtn, "quantize", bits=4, group_size=16, lm_head=False)
     result = run_pass(graph, "awq", ctx=Calib(n=8, seqlen=48), bits=4, group_size=16)
@@ -156,15 +160,7 @@ def test_awq_scales_each_experts_down_projection_on_its_routed_tokens(mixtral):
     assert "down projections AWQ-scaled" in result.summary
     assert all(v.producer.op == "reshape" for n in graph.nodes if n.op == "moe" for v in n.inputs[2:4])
     x = _first_moe_inputs(copy_graph(rtn), Calib(n=4, seqlen=48, seed=9).windows())  # held-out windows
-
-    def layer(g):
-        n = next(m for m in g.nodes if m.op == "moe")
-        weights = [np.asarray(g.weight(n.inputs[1]))] + [interpret_value(g, n.inputs[i]) for i in (2, 3)]
-        return get_op("moe").ref(x, *weights, **n.attrs)
-
-    moe = next(n for n in graph.nodes if n.op == "moe")
-    exact = get_op("moe").ref(x, np.asarray(graph.weight(moe.inputs[1])), ref[2], ref[3], **moe.attrs)
-    err_awq, err_rtn = (np.abs(layer(g) - exact).mean() for g in (graph, rtn))
+    err_awq, err_rtn = _first_layer_errors(dense, x, graph, rtn)
     assert err_awq < 0.9 * err_rtn, (err_awq, err_rtn)
 
 
@@ -219,10 +215,5 @@ def test_pruning_prunes_every_expert_on_its_routed_tokens(mixtral, method):
         mag = copy_graph(dense)
         run_pass(mag, "magnitude", sparsity=0.5, n=2, m=4)
         x = _first_moe_inputs(copy_graph(dense), Calib(n=4, seqlen=48, seed=9).windows())  # held-out rows
-
-        def layer(g):
-            n = next(m for m in g.nodes if m.op == "moe")
-            return get_op("moe").ref(x, *(np.asarray(g.weight(v)) for v in n.inputs[1:4]), **n.attrs)
-
-        err = {k: np.abs(layer(g) - layer(dense)).mean() for k, g in (("sparsegpt", graph), ("magnitude", mag))}
-        assert err["sparsegpt"] < 0.95 * err["magnitude"], err
+        err_sparsegpt, err_magnitude = _first_layer_errors(dense, x, graph, mag)
+        assert err_sparsegpt < 0.95 * err_magnitude, (err_sparsegpt, err_magnitude)

@@ -518,16 +518,18 @@ def _moe_experts(im, node, args, kw):
     names = ("gate_up_bias", "down_bias", "transposed", "interleaved", "alpha", "limit")
     x, index, weight, gate_up, down, act, *rest = args
     opt = {**dict(zip(names, rest)), **kw}
-    experts = [gate_up, down] + [opt[b] for b in names[:2] if opt.get(b) is not None]
+    gate_up_bias, down_bias = opt.get("gate_up_bias"), opt.get("down_bias")
     if opt.get("transposed") or opt.get("interleaved"):  # rewritten once into the moe op's layout
-        if any(v.kind != "weight" for v in experts):
+        moved = [v for v in (gate_up, down, gate_up_bias) if v is not None]
+        if any(v.kind != "weight" for v in moved):
             im.fail(node, "expert weights computed from the input")
-        arrays = [np.asarray(im.graph.weight(v)) for v in experts]
-        gu, dn, gub = standard_layout(arrays[0], arrays[1], arrays[2] if len(arrays) > 2 else None,
-                                      bool(opt.get("transposed")), bool(opt.get("interleaved")))
-        arrays[:3] = [gu, dn] + ([gub] if gub is not None else [])
-        experts = [im.graph.add_weight(v.name, np.ascontiguousarray(a)) for v, a in zip(experts, arrays)]
-    return im.graph.op("moe_experts", x, index, weight, *experts, act=act,
+        layout = standard_layout(*(None if v is None else np.asarray(im.graph.weight(v))
+                                   for v in (gate_up, down, gate_up_bias)),
+                                 bool(opt.get("transposed")), bool(opt.get("interleaved")))
+        gate_up, down, gate_up_bias = (None if v is None else im.graph.add_weight(v.name, np.ascontiguousarray(a))
+                                       for v, a in zip((gate_up, down, gate_up_bias), layout))
+    biases = [b for b in (gate_up_bias, down_bias) if b is not None]
+    return im.graph.op("moe_experts", x, index, weight, gate_up, down, *biases, act=act,
                        alpha=float(opt.get("alpha", 1.0)), limit=float(opt.get("limit", 0.0)))
 
 

@@ -159,6 +159,25 @@ def node_route(graph, node, x):
                  **{k: a[k] for k in ROUTING_ATTRS if k != "top_k"})
 
 
+def routed_rows(graph, node, xs) -> list[np.ndarray]:
+    """The rows of xs (arrays [..., H]: the moe node's input, e.g. per calibration window) that `node`'s router
+    sends to each expert, in expert order (what the passes that calibrate experts one by one see)."""
+    x = np.concatenate([np.asarray(r, np.float32).reshape(-1, r.shape[-1]) for r in xs])
+    idx = node_route(graph, node, x)[1]
+    return [x[(idx == e).any(1)] for e in range(node.inputs[2].shape[0])]
+
+
+def expert_hidden(graph, node, e: int, rows: np.ndarray, gate_up_e) -> np.ndarray:
+    """Expert e's activations (its down projection's input) on rows [T, H] through gate_up_e [2I, H] (the node's
+    own rows, or a compressed copy of them) and the node's gate_up bias."""
+    h = rows @ np.asarray(gate_up_e, np.float32).T
+    bias = moe_biases(node).get("gate_up")
+    if bias is not None:
+        h = h + _constant(graph, bias)[e]
+    a = node.attrs
+    return gated(h, a["act"], a["alpha"], a["limit"])
+
+
 def _check_experts(gate_up, down, act: str, a=None) -> None:
     if act not in ACTIVATIONS:
         raise ValueError(f"moe: unknown expert activation {act!r}; known: {', '.join(ACTIVATIONS)}")
